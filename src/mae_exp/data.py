@@ -1,0 +1,224 @@
+"""Dataset sources -> uint8 arrays on disk that every later stage memory-maps.
+
+On-disk format of a prepared dataset (a directory, one DVC output):
+    unlabeled_images.npy  (N, H, W, 3) uint8     pre-training images
+    train_images.npy      (N, H, W, 3) uint8     labeled, for the probe / fine-tuning
+    train_labels.npy      (N,) int64
+    test_images.npy, test_labels.npy
+    meta.json             source, image size, class names, split sizes
+
+The directory is built under a temporary name and renamed into place, so a half-written dataset never
+replaces a good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import DataConfig
+from .progress import progress
+
+SPLITS = ("unlabeled", "train", "test")
+LABELED = ("train", "test")
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, H, W, 3) uint8, usually a read-only memory map
+    labels: np.ndarray | None  # (N,) int64, None for the unlabeled split
+
+
+def load_split(root: str | Path, split: str) -> Split:
+    root = Path(root)
+    images_path = root / f"{split}_images.npy"
+    if not images_path.exists():
+        raise FileNotFoundError(f"{images_path} is missing: run `dvc repro download` first")
+    images = np.load(images_path, mmap_mode="r")
+    labels_path = root / f"{split}_labels.npy"
+    labels = np.load(labels_path) if labels_path.exists() else None
+    return Split(images, labels)
+
+
+def load_meta(root: str | Path) -> dict:
+    return json.loads((Path(root) / "meta.json").read_text())
+
+
+class PreparedWriter:
+    """Writes a prepared dataset into `<out>.partial/` and renames it to `<out>` on `commit()`.
+
+    Splits are written through `np.lib.format.open_memmap`, so a source can fill them chunk by chunk
+    without holding a whole split in memory.
+    """
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.tmp = self.out.with_name(self.out.name + ".partial")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.sizes: dict[str, int] = {}
+
+    def images(self, split: str, n: int, size: int) -> np.ndarray:
+        self.sizes[split] = n
+        return np.lib.format.open_memmap(self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
+                                         shape=(n, size, size, 3))
+
+    def labels(self, split: str, labels: np.ndarray) -> None:
+        np.save(self.tmp / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
+
+    def commit(self, meta: dict) -> Path:
+        # the digest identifies the content, so resumable pre-training state is keyed to it
+        meta = {**meta, "sizes": self.sizes, "digest": _digest(sorted(self.tmp.glob("*.npy")))}
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.tmp.rename(self.out)
+        return self.out
+
+
+def _digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- embedded: shapes
+
+SHAPE_CLASSES = ("disk", "ring", "square", "triangle", "star", "plus", "crescent", "ell", "arrow", "half_disk")
+
+
+def _regular_polygon(u, v, sides: int, radius: float):
+    inside = torch.ones_like(u, dtype=torch.bool)
+    for k in range(sides):
+        theta = 2 * math.pi * k / sides
+        inside &= u * math.cos(theta) + v * math.sin(theta) < radius * math.cos(math.pi / sides)
+    return inside
+
+
+def _shape_mask(cls: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Membership of local coordinates (u, v) in [-1, 1]^2 for shape class `cls`."""
+    r = torch.sqrt(u * u + v * v)
+    name = SHAPE_CLASSES[cls]
+    if name == "disk":
+        return r < 0.9
+    if name == "ring":
+        return (r < 0.95) & (r > 0.55)
+    if name == "square":
+        return torch.maximum(u.abs(), v.abs()) < 0.75
+    if name == "triangle":
+        return _regular_polygon(u, v + 0.15, 3, 0.95)
+    if name == "star":
+        theta = torch.atan2(v, u)
+        t = torch.frac(theta * 5 / (2 * math.pi) + 10.0)
+        spike = 1 - 2 * (t - 0.5).abs()
+        return r < 0.38 + 0.62 * spike
+    if name == "plus":
+        return ((u.abs() < 0.28) & (v.abs() < 0.9)) | ((v.abs() < 0.28) & (u.abs() < 0.9))
+    if name == "crescent":
+        return (r < 0.9) & ((u - 0.4) ** 2 + v ** 2 > 0.7 ** 2)
+    if name == "ell":
+        return ((u > -0.8) & (u < -0.3) & (v.abs() < 0.85)) | ((u > -0.8) & (u < 0.7) & (v > 0.35) & (v < 0.85))
+    if name == "arrow":
+        shaft = (v.abs() < 0.18) & (u > -0.9) & (u < 0.15)
+        head = (u >= 0.1) & (u < 0.9) & (v.abs() < (0.9 - u) * 0.85)
+        return shaft | head
+    if name == "half_disk":
+        return (r < 0.9) & (v > -0.2)
+    raise ValueError(cls)
+
+
+def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """(N,) class labels -> (N, size, size, 3) uint8 images.
+
+    The label is carried only by the outline: colour, scale, position, rotation, background texture
+    and clutter are drawn independently of it, so colour statistics cannot tell the classes apart.
+    """
+    n, g = labels.shape[0], generator
+    ss = 2  # supersampling for anti-aliased edges
+    s = size * ss
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g)
+
+    # background: smooth low-frequency texture between two random colours, plus fine grain
+    lowres = rand(n, 1, 4, 4)
+    texture = F.interpolate(lowres, size=(s, s), mode="bicubic", align_corners=False).clamp(0, 1)
+    c0, c1 = rand(n, 3, 1, 1), rand(n, 3, 1, 1)
+    img = c0 + (c1 - c0) * texture
+    img = img + 0.06 * (rand(n, 1, s, s) - 0.5)
+
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
+    xs, ys = xs[None], ys[None]
+
+    def place(scale, mask_fn):
+        angle = rand(n) * 2 * math.pi
+        cx = (rand(n) * 2 - 1) * (1 - scale)
+        cy = (rand(n) * 2 - 1) * (1 - scale)
+        dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
+        cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+        u = (cos * dx + sin * dy) / scale[:, None, None]
+        v = (-sin * dx + cos * dy) / scale[:, None, None]
+        return mask_fn(u, v).float()[:, None]
+
+    def paint(img, alpha):
+        colour = rand(n, 3, 1, 1)
+        return img * (1 - alpha) + colour * alpha
+
+    # clutter: up to three small strokes and blobs, behind the shape
+    for _ in range(3):
+        present = (rand(n) < 0.6).float()[:, None, None, None]
+        scale = 0.08 + 0.12 * rand(n)
+        blob = place(scale, lambda u, v: (u.abs() < 1) & (v.abs() < 0.25) | (u * u + v * v < 0.3))
+        img = paint(img, blob * present)
+
+    scale = 0.35 + 0.3 * rand(n)
+    alpha = torch.zeros(n, 1, s, s)
+    for cls in labels.unique().tolist():
+        idx = labels == cls
+        alpha[idx] = place(scale, lambda u, v: _shape_mask(cls, u, v))[idx]
+    img = paint(img, alpha)
+
+    img = F.avg_pool2d(img, ss).clamp(0, 1)
+    return (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def generate_shapes(cfg: DataConfig, seed: int, out: str | Path, chunk: int = 1024) -> Path:
+    writer = PreparedWriter(out)
+    sizes = {"unlabeled": cfg.shapes.unlabeled, "train": cfg.shapes.train, "test": cfg.shapes.test}
+    total = sum(sizes.values())
+    with progress() as bar:
+        task = bar.add_task("generating shapes", total=total)
+        for split_index, split in enumerate(SPLITS):
+            n = sizes[split]
+            g = torch.Generator().manual_seed(seed * 1000 + split_index)
+            labels = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=g)]
+            images = writer.images(split, n, cfg.image_size)
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                images[start:stop] = render_shapes(labels[start:stop], cfg.image_size, g).numpy()
+                bar.advance(task, stop - start)
+            images.flush()
+            if split in LABELED:
+                writer.labels(split, labels.numpy())
+    return writer.commit({"source": "shapes", "image_size": cfg.image_size, "classes": list(SHAPE_CLASSES),
+                          "seed": seed})
+
+
+def prepare(cfg: DataConfig, seed: int, out: str | Path) -> Path:
+    """Build the prepared dataset for `cfg.source` at `out`."""
+    if cfg.source == "shapes":
+        return generate_shapes(cfg, seed, out)
+    raise NotImplementedError(
+        f"data.source {cfg.source!r} is not available yet; use data.source: shapes (embedded, offline)")

@@ -1,0 +1,187 @@
+"""The pre-training loop, one code path for both variants.
+
+Resumable state lives outside DVC's declared outputs, in `scratch/pretrain_<variant>/<key>/last.pt`,
+where <key> hashes everything that determines the run (seed, data, model, pretrain, variant). DVC
+deletes declared outputs before it runs a stage, and a stage with persistent outputs is not
+run-cached; so the declared outputs (final checkpoint, encoder, metrics, curve) are written once, at
+the end, and a killed run resumes from scratch/ when `dvc repro` runs it again with the same params.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import objectives
+from .augment import augment, to_float
+from .config import Params, as_dict, fingerprint
+from .data import load_meta, load_split
+from .model import MaskedAutoencoderViT
+from .progress import console, progress
+from .runtime import (adamw, autocast, batches, gather, resident_images, save_csv, save_json, save_torch,
+                      setup, warmup_cosine)
+
+LOG_EVERY = 10  # steps between reads of the loss on the host (each read synchronises the device)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class Outputs:
+    checkpoint: Path  # full model (encoder + decoder), for visualisation
+    encoder: Path  # encoder weights, for the probe and fine-tuning
+    metrics: Path
+    curve: Path
+    scratch: Path  # root of the resumable state
+
+
+def run_key(p: Params, variant: str, data_digest: str) -> str:
+    t = p.pretrain
+    # threads and checkpoint frequency do not change what is learned: a resume may alter them
+    schedule = {k: v for k, v in as_dict(t).items() if k not in ("threads", "checkpoint_every")}
+    return fingerprint(p.seed, p.data, p.model, schedule, p.variant(variant), data_digest)
+
+
+def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) -> dict:
+    variant = p.variant(variant_name)
+    cfg = p.pretrain
+    device, amp_dtype = setup(cfg.precision, cfg.threads, p.seed)
+    meta = load_meta(data_root)
+    images = resident_images(load_split(data_root, "unlabeled").images, device)
+    n = images.shape[0]
+    if n < cfg.batch_size:
+        raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) is larger than the unlabeled split ({n} images)")
+
+    model = MaskedAutoencoderViT(p.model, p.data.input_size).to(device)
+    lr = cfg.base_lr * cfg.batch_size / 256
+    optimizer = adamw(model, lr, cfg.weight_decay, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    steps_per_epoch = n // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+
+    # Two generators, both saved in checkpoints so a resumed run draws what the uninterrupted one would:
+    # one on the CPU for the epoch order, one on the device for crops, flips and masks.
+    order_gen = torch.Generator().manual_seed(p.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(p.seed + 1)
+
+    key = run_key(p, variant_name, meta.get("digest", ""))
+    scratch = Path(out.scratch) / key
+    last = scratch / "last.pt"
+    history: list[dict] = []
+    start_epoch, elapsed = 0, 0.0
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        order_gen.set_state(state["order_gen"])
+        aug_gen.set_state(state["aug_gen"].to(aug_gen.get_state().device))
+        history, start_epoch, elapsed = state["history"], state["epoch"], state["elapsed"]
+        console.print(f"[green]resuming {variant_name} from epoch {start_epoch + 1}/{cfg.epochs}[/] ({last})")
+    else:
+        console.print(f"starting {variant_name} pre-training from scratch "
+                      f"({n} images, {cfg.epochs} epochs, lr {lr:.2e}, device {device})")
+
+    model.train()
+    with progress(loss=True) as bar:
+        task = bar.add_task(f"pretrain {variant_name}", total=total_steps,
+                            completed=start_epoch * steps_per_epoch, loss="-")
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            sums = torch.zeros(4, device=device)  # loss, mse, freq, unif
+            for i, idx in enumerate(batches(n, cfg.batch_size, order_gen)):
+                step = epoch * steps_per_epoch + i
+                ratio = objectives.mask_ratio_at(step / total_steps, variant)
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_cosine(step, total_steps, warmup_steps, lr)
+                x = augment(to_float(gather(images, idx, device)), cfg.min_crop_scale, aug_gen,
+                            out_size=p.data.input_size)
+                with autocast(device, amp_dtype):
+                    latent, mask, ids_restore = model.forward_encoder(x, ratio, generator=aug_gen)
+                    pred = model.forward_decoder(latent, ids_restore)
+                terms = loss_terms(model, x, pred, mask, latent)
+                loss = terms[0] + variant.lambda_freq * terms[2] + variant.lambda_unif * terms[3]
+                terms[0] = loss
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                sums += torch.stack([t.detach().float() for t in terms])
+                if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:
+                    check_finite(sums, variant_name, epoch, i, last)
+                    bar.update(task, completed=step + 1, loss=f"{sums[0].item() / (i + 1):.4f}")
+            seconds = time.perf_counter() - t0
+            elapsed += seconds
+            means = (sums / steps_per_epoch).tolist()
+            history.append({"epoch": epoch + 1, "loss": means[0], "mse": means[1], "freq": means[2],
+                            "unif": means[3], "mask_ratio": ratio, "lr": optimizer.param_groups[0]["lr"],
+                            "images_per_s": steps_per_epoch * cfg.batch_size / seconds})
+            console.print(f"{variant_name} epoch {epoch + 1}/{cfg.epochs}: loss {means[0]:.4f} "
+                          f"(mse {means[1]:.4f}, freq {means[2]:.4f}, unif {means[3]:.3f}), "
+                          f"mask {ratio:.2f}, {history[-1]['images_per_s']:.0f} img/s")
+            if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
+                save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict(), "order_gen": order_gen.get_state(),
+                            "aug_gen": aug_gen.get_state(), "history": history, "epoch": epoch + 1,
+                            "elapsed": elapsed}, last)
+                _test_hook_kill(epoch + 1)
+
+    final = history[-1]
+    config = {"model": as_dict(p.model), "input_size": p.data.input_size, "variant": variant_name,
+              "classes": meta["classes"]}
+    save_torch({**config, "model_state": model.state_dict(), "history": history}, out.checkpoint)
+    save_torch({**config, "encoder_state": model.encoder.state_dict()}, out.encoder)
+    save_csv(history, out.curve)
+    metrics = {"final_loss": final["loss"], "final_mse": final["mse"], "final_freq": final["freq"],
+               "final_unif": final["unif"], "epochs": cfg.epochs, "wall_time_s": round(elapsed, 2),
+               "images_per_s": round(total_steps * cfg.batch_size / elapsed, 1),
+               "resumed_at_epoch": start_epoch}
+    save_json(metrics, out.metrics)
+    shutil.rmtree(scratch, ignore_errors=True)  # the declared outputs now hold the result
+    return metrics
+
+
+def loss_terms(model: MaskedAutoencoderViT, x, pred, mask, latent) -> list[torch.Tensor]:
+    """[mse, mse, masked Laplacian L1, uniformity]; the first slot becomes the weighted total.
+
+    All terms are computed for both variants, so their curves are comparable; a term with weight 0
+    only adds its (cheap) forward to the graph.
+    """
+    mse = model.forward_loss(x, pred, mask)
+    recon = model.reconstruct(x, pred)
+    pixel_mask = objectives.patch_mask_to_pixels(mask, model.grid, model.patch_size)
+    freq = objectives.masked_laplacian_l1(recon, x, pixel_mask)
+    unif = objectives.uniformity(latent[:, 1:].mean(dim=1))
+    return [mse, mse, freq, unif]
+
+
+def check_finite(sums: torch.Tensor, variant: str, epoch: int, step: int, last: Path) -> None:
+    if not torch.isfinite(sums).all():
+        kept = f"the last good checkpoint is kept at {last}" if last.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"pretrain {variant}: the loss became {sums[0].item()} at epoch {epoch + 1}, step {step + 1}; "
+            f"{kept}. Lower pretrain.base_lr, raise pretrain.warmup_epochs or use pretrain.precision: fp32.")
+
+
+def _test_hook_kill(epoch: int) -> None:
+    """Tests simulate a crash (SIGKILL, no clean-up) right after the checkpoint of a given epoch."""
+    if os.environ.get("MAE_TEST_KILL_AFTER_EPOCH") == str(epoch):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def init_random(p: Params, encoder_path: str | Path, data_root: str | Path) -> Path:
+    """The encoder every pre-training starts from (same seed), saved untrained: the probe's baseline."""
+    torch.manual_seed(p.seed)
+    model = MaskedAutoencoderViT(p.model, p.data.input_size)
+    return save_torch({"model": as_dict(p.model), "input_size": p.data.input_size, "variant": "random",
+                       "classes": load_meta(data_root)["classes"], "encoder_state": model.encoder.state_dict()},
+                      encoder_path)

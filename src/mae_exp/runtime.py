@@ -1,0 +1,109 @@
+"""What every training loop shares: device and precision, threads, schedule, atomic files, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def setup(precision: str, threads: int, seed: int) -> tuple[torch.device, torch.dtype | None]:
+    """Pick the device, the autocast dtype (None = full fp32) and the CPU thread count; seed torch."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # One compute thread per core; DataLoader workers are not used (batches are indexed in memory).
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(seed)
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"  # CPU bf16 autocast is rarely faster
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def warmup_cosine(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warmup to `peak` over `warmup` steps, then half a cosine down to 0 at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms and tokens (1-D parameters), as in MAE."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith("token") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95),
+                             fused=device.type == "cuda")
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call write(tmp_path), then rename over `path`: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_torch(obj, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_json(obj, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_csv(rows: list[dict], path: str | Path) -> Path:
+    import pandas as pd
+    return atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = True):
+    """Index tensors covering range(n) in a random order (or in order without a generator)."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def gather(images, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows `idx` of a uint8 (N, H, W, 3) array or tensor, as a tensor on `device`."""
+    if isinstance(images, torch.Tensor):
+        return images[idx.to(images.device)].to(device, non_blocking=True)
+    idx_np = idx.numpy()
+    order = idx_np.argsort()  # sorted reads are sequential on a memory map
+    rows = torch.from_numpy(images[idx_np[order]])
+    rows = rows[torch.from_numpy(order.argsort())]
+    return rows.to(device, non_blocking=True)
+
+
+def resident_images(images, device: torch.device):
+    """Keep the dataset where batches are indexed: on the GPU when it fits, else the memory map."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        if images.nbytes < 0.5 * free:
+            return torch.from_numpy(images[:]).to(device)
+    return images

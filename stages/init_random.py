@@ -1,0 +1,5 @@
+"""Stage `init_random`: the untrained encoder (same seed as pre-training), the probe's baseline."""
+from mae_exp.cli import run_stage
+from mae_exp.pretrain import init_random
+
+run_stage(lambda p: init_random(p, "models/random/encoder.pt", "data/prepared"))

@@ -1,0 +1,79 @@
+import torch
+
+from mae_exp.model import MaskedAutoencoderViT, sincos_1d, sincos_2d
+
+
+def make(cfg):
+    torch.manual_seed(0)
+    return MaskedAutoencoderViT(cfg.model, cfg.data.input_size)
+
+
+def test_random_masking_keeps_the_right_count_and_restores_order(tiny_model_cfg):
+    model = make(tiny_model_cfg)
+    b, n, d = 5, 16, 8
+    x = torch.arange(b * n * d, dtype=torch.float32).reshape(b, n, d)
+    for ratio in (0.25, 0.5, 0.75):
+        kept, mask, ids_restore = model.random_masking(x, ratio)
+        keep = int(n * (1 - ratio))
+        assert kept.shape == (b, keep, d)
+        assert mask.shape == (b, n)
+        assert (mask.sum(dim=1) == n - keep).all()
+        # the kept tokens are exactly the unmasked ones, and unshuffling restores every position
+        for i in range(b):
+            visible = x[i][mask[i] == 0]
+            assert torch.equal(kept[i].sort(dim=0).values, visible.sort(dim=0).values)
+        filler = torch.full((b, n - keep, d), -1.0)
+        restored = torch.gather(torch.cat([kept, filler], 1), 1, ids_restore[..., None].expand(-1, -1, d))
+        assert torch.equal(restored[mask == 0], x[mask == 0])
+        assert (restored[mask == 1] == -1).all()
+
+
+def test_same_noise_gives_same_mask(tiny_model_cfg):
+    model = make(tiny_model_cfg)
+    x = torch.randn(3, 16, 4)
+    noise = torch.rand(3, 16)
+    _, m1, _ = model.random_masking(x, 0.75, noise=noise)
+    _, m2, _ = model.random_masking(x * 2, 0.75, noise=noise)
+    assert torch.equal(m1, m2)
+    _, m3, _ = model.random_masking(x, 0.75, noise=torch.rand(3, 16))
+    assert not torch.equal(m1, m3)
+
+
+def test_sincos_embedding():
+    emb = sincos_1d(8, torch.arange(5))
+    assert emb.shape == (5, 8)
+    assert torch.allclose(emb[0], torch.cat([torch.zeros(4), torch.ones(4)]).double())  # sin 0, cos 0
+    assert torch.allclose(emb[:, :4] ** 2 + emb[:, 4:] ** 2, torch.ones(5, 4).double())  # unit circles
+    grid = sincos_2d(16, 3)
+    assert grid.shape == (10, 16)
+    assert torch.equal(grid[0], torch.zeros(16))  # the cls slot
+    patches = grid[1:]
+    # first half encodes the row, second half the column
+    assert torch.equal(patches[0, :8], patches[1, :8]) and not torch.equal(patches[0, 8:], patches[1, 8:])
+    assert torch.equal(patches[0, 8:], patches[3, 8:]) and not torch.equal(patches[0, :8], patches[3, :8])
+    assert len({tuple(r.tolist()) for r in patches}) == 9  # every position distinct
+
+
+def test_patchify_roundtrip_and_loss_only_on_masked(tiny_model_cfg):
+    model = make(tiny_model_cfg)
+    s = tiny_model_cfg.data.input_size
+    imgs = torch.randn(2, 3, s, s)
+    patches = model.patchify(imgs)
+    assert patches.shape == (2, model.num_patches, model.patch_size ** 2 * 3)
+    assert torch.equal(model.unpatchify(patches), imgs)
+    # a prediction equal to the target on masked patches gives zero loss, whatever the visible ones hold
+    target, _, _ = model.target(imgs)
+    mask = torch.zeros(2, model.num_patches)
+    mask[:, ::2] = 1
+    pred = torch.where(mask[..., None] == 1, target, torch.randn_like(target))
+    assert model.forward_loss(imgs, pred, mask).item() < 1e-10
+    assert model.forward_loss(imgs, torch.randn_like(target), mask).item() > 0.1
+
+
+def test_forward_shapes_and_encoder_sees_only_visible(tiny_model_cfg):
+    model = make(tiny_model_cfg)
+    s = tiny_model_cfg.data.input_size
+    loss, pred, mask, latent = model(torch.randn(4, 3, s, s), mask_ratio=0.75)
+    assert latent.shape[1] == 1 + int(model.num_patches * 0.25)  # cls + visible tokens
+    assert pred.shape == (4, model.num_patches, model.patch_size ** 2 * 3)
+    assert loss.ndim == 0 and torch.isfinite(loss)

@@ -1,0 +1,63 @@
+import math
+
+import pytest
+import torch
+
+from mae_exp.config import VariantConfig
+from mae_exp.objectives import laplacian, mask_ratio_at, masked_laplacian_l1, patch_mask_to_pixels, uniformity
+
+
+def test_laplacian_of_constant_and_linear_images_is_zero():
+    flat = torch.full((1, 3, 8, 8), 0.7)
+    assert laplacian(flat).abs().max() < 1e-6
+    ramp = torch.arange(8.0).expand(1, 3, 8, 8)
+    assert laplacian(ramp)[..., 1:-1, 1:-1].abs().max() < 1e-6  # second derivative of a ramp
+
+
+def test_masked_laplacian_loss_zero_on_identical_positive_otherwise():
+    torch.manual_seed(0)
+    img = torch.rand(2, 3, 16, 16)
+    mask = torch.zeros(2, 16)
+    mask[:, :8] = 1
+    pixels = patch_mask_to_pixels(mask, 4, 4)
+    assert pixels.shape == (2, 1, 16, 16) and pixels.sum() == 2 * 8 * 16
+    assert masked_laplacian_l1(img, img, pixels).item() == 0
+    blurred = torch.nn.functional.avg_pool2d(img, 3, 1, 1)
+    assert masked_laplacian_l1(blurred, img, pixels).item() > 0.05
+    # differences confined to visible pixels do not count
+    changed = img.clone()
+    changed[:, :, 12:, :] = torch.rand(2, 3, 4, 16)  # rows 12-15: the last patch row, visible
+    assert masked_laplacian_l1(changed, img, pixels).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_uniformity_is_zero_when_collapsed_and_lower_when_spread():
+    collapsed = torch.ones(32, 8)
+    assert uniformity(collapsed).item() == pytest.approx(0.0, abs=1e-6)
+    torch.manual_seed(0)
+    spread = torch.randn(32, 8)
+    clustered = torch.ones(32, 8) + 0.05 * torch.randn(32, 8)
+    assert uniformity(spread) < uniformity(clustered) < 0
+    # +-e_i in 4-D: 4 antipodal pairs (squared distance 4), 24 orthogonal pairs (squared distance 2)
+    expected = math.log((4 * math.exp(-8) + 24 * math.exp(-4)) / 28)
+    assert uniformity(torch.cat([torch.eye(4), -torch.eye(4)])).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_uniformity_gradient_pushes_points_apart():
+    z = (torch.ones(8, 4) + 0.1 * torch.randn(8, 4)).requires_grad_()
+    uniformity(z).backward()
+    stepped = z.detach() - 0.5 * z.grad
+    assert uniformity(stepped) < uniformity(z.detach())
+
+
+def test_mask_ratio_schedule():
+    original = VariantConfig(mask_ratio=0.75, mask_ratio_start=0.75, curriculum_fraction=0.0,
+                             lambda_freq=0.0, lambda_unif=0.0)
+    improved = VariantConfig(mask_ratio=0.75, mask_ratio_start=0.5, curriculum_fraction=0.5,
+                             lambda_freq=0.0, lambda_unif=0.0)
+    assert [mask_ratio_at(t, original) for t in (0, 0.3, 1)] == [0.75, 0.75, 0.75]
+    assert mask_ratio_at(0.0, improved) == pytest.approx(0.5)
+    assert mask_ratio_at(0.25, improved) == pytest.approx(0.625)
+    assert mask_ratio_at(0.5, improved) == pytest.approx(0.75)
+    assert mask_ratio_at(0.9, improved) == pytest.approx(0.75)
+    ratios = [mask_ratio_at(t / 100, improved) for t in range(101)]
+    assert ratios == sorted(ratios)  # never decreases
