@@ -152,42 +152,46 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
     def rand(*shape):
         return torch.rand(*shape, generator=g)
 
-    # background: smooth low-frequency texture between two random colours, plus fine grain
+    # background: a random colour with a smooth low-frequency texture of random hue, plus fine grain
     lowres = rand(n, 1, 4, 4)
     texture = F.interpolate(lowres, size=(s, s), mode="bicubic", align_corners=False).clamp(0, 1)
-    c0, c1 = rand(n, 3, 1, 1), rand(n, 3, 1, 1)
+    c0 = rand(n, 3, 1, 1)
+    c1 = (c0 + 0.3 * (rand(n, 3, 1, 1) - 0.5)).clamp(0, 1)
     img = c0 + (c1 - c0) * texture
     img = img + 0.06 * (rand(n, 1, s, s) - 0.5)
+    background = (c0 + c1) / 2
 
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
     xs, ys = xs[None], ys[None]
 
-    def place(scale, mask_fn):
+    def local_coords(scale):
+        """Random rotation and position: image coordinates -> the object's own frame."""
         angle = rand(n) * 2 * math.pi
         cx = (rand(n) * 2 - 1) * (1 - scale)
         cy = (rand(n) * 2 - 1) * (1 - scale)
         dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
         cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-        u = (cos * dx + sin * dy) / scale[:, None, None]
-        v = (-sin * dx + cos * dy) / scale[:, None, None]
-        return mask_fn(u, v).float()[:, None]
+        return (cos * dx + sin * dy) / scale[:, None, None], (-sin * dx + cos * dy) / scale[:, None, None]
 
     def paint(img, alpha):
         colour = rand(n, 3, 1, 1)
+        # keep the object visible: a colour too close to the background is replaced by its opposite
+        close = (colour - background).norm(dim=1, keepdim=True) < 0.35
+        colour = torch.where(close, 1 - background, colour)
         return img * (1 - alpha) + colour * alpha
 
-    # clutter: up to three small strokes and blobs, behind the shape
-    for _ in range(3):
+    # clutter: up to two small strokes or blobs, behind the shape
+    for _ in range(2):
         present = (rand(n) < 0.6).float()[:, None, None, None]
-        scale = 0.08 + 0.12 * rand(n)
-        blob = place(scale, lambda u, v: (u.abs() < 1) & (v.abs() < 0.25) | (u * u + v * v < 0.3))
+        u, v = local_coords(0.06 + 0.08 * rand(n))
+        blob = ((u.abs() < 1) & (v.abs() < 0.25) | (u * u + v * v < 0.3)).float()[:, None]
         img = paint(img, blob * present)
 
-    scale = 0.35 + 0.3 * rand(n)
+    u, v = local_coords(0.45 + 0.3 * rand(n))
     alpha = torch.zeros(n, 1, s, s)
     for cls in labels.unique().tolist():
         idx = labels == cls
-        alpha[idx] = place(scale, lambda u, v: _shape_mask(cls, u, v))[idx]
+        alpha[idx] = _shape_mask(cls, u[idx], v[idx]).float()[:, None]
     img = paint(img, alpha)
 
     img = F.avg_pool2d(img, ss).clamp(0, 1)
