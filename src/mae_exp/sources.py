@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import re
 import shutil
+import ssl
 import tarfile
 import time
 import urllib.error
@@ -55,6 +56,15 @@ class _ImageSink:
         self.count = 0
         self.file = open(self.path, "r+b")
         self.file.seek(self.offset)
+
+    def __enter__(self) -> "_ImageSink":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.finish()
+        else:
+            self.file.close()
 
     def write(self, images: np.ndarray) -> None:
         assert images.dtype == np.uint8 and images.shape[1:] == (self.size, self.size, 3), images.shape
@@ -152,7 +162,8 @@ def download(url: str, dest: Path, md5: str, *, retries: int = 5, timeout: float
         except urllib.error.URLError as e:  # no answer at all (offline, DNS, firewall) or an HTTP error
             reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else e.reason
             raise SourceError(_offline_message(url, dest, md5, reason, part)) from None
-        except (_Interrupted, OSError, http.client.HTTPException) as e:  # broke off mid-transfer
+        except (_Interrupted, ConnectionError, TimeoutError, ssl.SSLError, http.client.HTTPException) as e:
+            # broke off mid-transfer (a local disk error is not retried: it propagates as it is)
             failures = 1 if _size(part) > before else failures + 1  # progress restarts the count
             if failures > retries:
                 raise SourceError(f"the download of {url} keeps breaking off ({e}); the {_size(part)} bytes "
@@ -263,13 +274,13 @@ def extract_stl10(archive: Path, image_size: int, out: str | Path, chunk: int = 
                                               f"3x96x96 images: not an STL-10 archive")
                         n = counts[split] = member.size // _STL10_IMAGE_BYTES
                         task = bar.add_task(f"extracting {split}", total=n)
-                        sink = _ImageSink(writer, split, n, image_size)
                         f = tar.extractfile(member)
-                        for start in range(0, n, chunk):
-                            k = min(chunk, n - start)
-                            sink.write(stl10_to_hwc(_read_exactly(f, k * _STL10_IMAGE_BYTES, where), image_size))
-                            bar.advance(task, k)
-                        sink.finish()
+                        with _ImageSink(writer, split, n, image_size) as sink:
+                            for start in range(0, n, chunk):
+                                k = min(chunk, n - start)
+                                raw = _read_exactly(f, k * _STL10_IMAGE_BYTES, where)
+                                sink.write(stl10_to_hwc(raw, image_size))
+                                bar.advance(task, k)
                     elif name in _STL10_LABELS:
                         raw = _read_exactly(tar.extractfile(member), member.size, where)
                         labels[_STL10_LABELS[name]] = np.frombuffer(raw, np.uint8).astype(np.int64) - 1  # 1-based
@@ -286,12 +297,12 @@ def extract_stl10(archive: Path, image_size: int, out: str | Path, chunk: int = 
 
 
 def _check_stl10(archive: Path, counts: dict, labels: dict, classes: list[str] | None) -> None:
-    missing = [f"{STL10.base_folder}/{name}" for name in [*_STL10_IMAGES, *_STL10_LABELS, _STL10_CLASSES]
-               if (name in _STL10_IMAGES and _STL10_IMAGES[name] not in counts)
-               or (name in _STL10_LABELS and _STL10_LABELS[name] not in labels)
-               or (name == _STL10_CLASSES and not classes)]
+    missing = [name for name, split in _STL10_IMAGES.items() if split not in counts]
+    missing += [name for name, split in _STL10_LABELS.items() if split not in labels]
+    missing += [] if classes else [_STL10_CLASSES]
     if missing:
-        raise SourceError(f"{archive} lacks {', '.join(missing)}: not a complete STL-10 archive")
+        raise SourceError(f"{archive} lacks {', '.join(f'{STL10.base_folder}/{m}' for m in missing)}: "
+                          f"not a complete STL-10 archive")
     for split, y in labels.items():
         if len(y) != counts[split]:
             raise SourceError(f"{archive}: {split} has {counts[split]} images but {len(y)} labels")
@@ -385,26 +396,25 @@ def load_image(path: Path, size: int) -> np.ndarray:
 def _write_folder_split(writer, split: str, files: list[Path], labels: list[int] | None, size: int,
                         skip_bad: bool, bar, chunk: int = 256):
     """Decode `files` into `split`; returns the sink, the kept labels and the skipped files."""
-    sink = _ImageSink(writer, split, len(files), size)
     kept_labels, skipped, buffer = [], [], []
     task = bar.add_task(f"reading {split} images", total=len(files))
-    for i, path in enumerate(files):
-        try:
-            buffer.append(load_image(path, size))
-        except _UNREADABLE as e:
-            if not skip_bad:
-                raise SourceError(f"{path} is not a readable image ({type(e).__name__}: {e}). Fix or remove it, "
-                                  f"or set data.skip_bad_files: true to skip unreadable files "
-                                  f"(they are counted and reported)") from None
-            skipped.append(path)
-        else:
-            if labels is not None:
-                kept_labels.append(labels[i])
-        if len(buffer) == chunk or (i == len(files) - 1 and buffer):
-            sink.write(np.stack(buffer))
-            buffer.clear()
-        bar.advance(task)
-    sink.finish()
+    with _ImageSink(writer, split, len(files), size) as sink:
+        for i, path in enumerate(files):
+            try:
+                buffer.append(load_image(path, size))
+            except _UNREADABLE as e:
+                if not skip_bad:
+                    raise SourceError(f"{path} is not a readable image ({type(e).__name__}: {e}). Fix or remove "
+                                      f"it, or set data.skip_bad_files: true to skip unreadable files "
+                                      f"(they are counted and reported)") from None
+                skipped.append(path)
+            else:
+                if labels is not None:
+                    kept_labels.append(labels[i])
+            if len(buffer) == chunk or (i == len(files) - 1 and buffer):
+                sink.write(np.stack(buffer))
+                buffer.clear()
+            bar.advance(task)
     return sink, np.asarray(kept_labels, dtype=np.int64), skipped
 
 
@@ -427,10 +437,9 @@ def prepare_folder(cfg: DataConfig, out: str | Path) -> Path:
             skipped += bad
         else:  # pre-train on the train images, without their labels
             train = sinks["train"]
-            unlabeled = _ImageSink(writer, "unlabeled", train.count, cfg.image_size)
-            for images in train.read_back(1024):
-                unlabeled.write(images)
-            unlabeled.finish()
+            with _ImageSink(writer, "unlabeled", train.count, cfg.image_size) as unlabeled:
+                for images in train.read_back(1024):
+                    unlabeled.write(images)
         for split in SPLITS:
             if writer.sizes[split] == 0:
                 raise SourceError(f"{root / split}: no readable image, all were skipped")
