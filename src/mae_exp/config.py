@@ -39,6 +39,7 @@ class DataConfig:
     root: str  # where stl10 archives / folder datasets live
     image_size: int  # stored size of the prepared images
     input_size: int  # size fed to the model (crops are resampled to it, e.g. 96 -> 224)
+    skip_bad_files: bool  # folder: skip (and count) unreadable files instead of stopping at the first
     shapes: ShapesConfig
 
 
@@ -188,6 +189,7 @@ def validate(p: Params) -> Params:
            f"must be one of {', '.join(DATA_SOURCES)}, got {p.data.source!r}")
     _check(p.data.image_size >= 8, "data.image_size", f"must be at least 8, got {p.data.image_size}")
     _check(p.data.input_size >= 8, "data.input_size", f"must be at least 8, got {p.data.input_size}")
+    _check(p.data.root.strip() != "", "data.root", "must name a directory (the download stage depends on it)")
     for split in ("unlabeled", "train", "test"):
         n = getattr(p.data.shapes, split)
         _check(n >= 1, f"data.shapes.{split}", f"must be at least 1, got {n}")

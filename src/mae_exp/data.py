@@ -224,5 +224,9 @@ def prepare(cfg: DataConfig, seed: int, out: str | Path) -> Path:
     """Build the prepared dataset for `cfg.source` at `out`."""
     if cfg.source == "shapes":
         return generate_shapes(cfg, seed, out)
-    raise NotImplementedError(
-        f"data.source {cfg.source!r} is not available yet; use data.source: shapes (embedded, offline)")
+    from . import sources  # here, not at the top: sources builds on PreparedWriter from this module
+    if cfg.source == "stl10":
+        return sources.prepare_stl10(cfg, out)
+    if cfg.source == "folder":
+        return sources.prepare_folder(cfg, out)
+    raise NotImplementedError(f"data.source {cfg.source!r} has no preparation")
