@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,11 @@ def dvc(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 def git(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
     return run(["git", *args], cwd, **kw)
+
+
+def ran_stages(output: str) -> set[str]:
+    """The stages that a `dvc repro` / `dvc exp run` output says it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def copy_repo(dest: Path, config: str | None = "configs/tiny.yaml") -> Path:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
 import yaml
 
-from conftest import copy_repo, dvc, git
+from conftest import copy_repo, dvc, git, ran_stages
 
 STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
           "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
           "finetune@improved", "visualize", "report"}
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import importlib.util
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -24,13 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, copy_repo, dvc, env, git
+from conftest import BIN, copy_repo, dvc, env, git, ran_stages
 
 SSHD = Path("/usr/sbin/sshd")  # sshd must be started by absolute path (it re-executes itself)
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def require_ssh() -> None:
