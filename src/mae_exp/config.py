@@ -67,6 +67,7 @@ class PretrainConfig:
     precision: str  # auto: bf16 on CUDA, fp32 on CPU
     checkpoint_every: int  # epochs between resumable checkpoints
     threads: int  # torch CPU threads; 0 = all cores
+    compile: bool  # torch.compile the transformer blocks
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class FinetuneConfig:
     min_crop_scale: float
     precision: str
     threads: int
+    compile: bool
 
 
 @dataclass(frozen=True)

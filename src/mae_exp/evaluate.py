@@ -126,6 +126,8 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
     device, amp_dtype = setup(cfg.precision, cfg.threads, p.seed)
     num_classes = len(load_meta(data_root)["classes"])
     model = Classifier(load_encoder(encoder_path, p), num_classes).to(device)
+    if cfg.compile:
+        model.encoder.compile_blocks()
     train, test = load_split(data_root, "train"), load_split(data_root, "test")
     train_images = resident_images(train.images, device)
     test_images = resident_images(test.images, device)
@@ -176,9 +178,9 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
 @torch.no_grad()
 def evaluate_classifier(model, images, labels, input_size, device, amp_dtype, batch_size) -> float:
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)  # summed on the device: one sync at the end
     for idx in batches(len(labels), batch_size, drop_last=False):
         x = resize(to_float(gather(images, idx, device)), input_size)
         with autocast(device, amp_dtype):
-            correct += (model(x).argmax(dim=1) == labels[idx.to(device)]).sum().item()
-    return correct / len(labels)
+            correct += (model(x).argmax(dim=1) == labels[idx.to(device)]).sum()
+    return correct.item() / len(labels)

@@ -97,6 +97,13 @@ class ViTEncoder(nn.Module):
             x = blk(x)
         return self.norm(x)
 
+    def compile_blocks(self) -> None:
+        """torch.compile each transformer block (where nearly all FLOPs are). Compiling blocks rather
+        than the whole model keeps Python floats (the mask ratio) and generators out of the graphs; a
+        changing visible-token count under curriculum masking recompiles once, then runs dynamic."""
+        for blk in self.blocks:
+            blk.compile()
+
     def features(self, imgs: torch.Tensor) -> torch.Tensor:
         """All patches, no masking: mean of the patch tokens, the representation probed downstream."""
         return self(self.embed(imgs))[:, 1:].mean(dim=1)
@@ -137,6 +144,12 @@ class MaskedAutoencoderViT(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def compile_blocks(self) -> None:
+        """torch.compile the encoder's and the decoder's transformer blocks (see ViTEncoder)."""
+        self.encoder.compile_blocks()
+        for blk in self.decoder_blocks:
+            blk.compile()
 
     # ------------------------------------------------------------------ pixels <-> patches
 

@@ -45,8 +45,8 @@ class Outputs:
 
 def run_key(p: Params, variant: str, data_digest: str) -> str:
     t = p.pretrain
-    # threads and checkpoint frequency do not change what is learned: a resume may alter them
-    schedule = {k: v for k, v in as_dict(t).items() if k not in ("threads", "checkpoint_every")}
+    # threads, checkpoint frequency and compilation do not change what is learned: a resume may alter them
+    schedule = {k: v for k, v in as_dict(t).items() if k not in ("threads", "checkpoint_every", "compile")}
     return fingerprint(p.seed, p.data, p.model, schedule, p.variant(variant), data_digest)
 
 
@@ -61,6 +61,8 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
         raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) is larger than the unlabeled split ({n} images)")
 
     model = MaskedAutoencoderViT(p.model, p.data.input_size).to(device)
+    if cfg.compile:
+        model.compile_blocks()  # in place: parameter names, and so checkpoints, stay as in eager mode
     lr = cfg.base_lr * cfg.batch_size / 256
     optimizer = adamw(model, lr, cfg.weight_decay, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
