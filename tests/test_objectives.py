@@ -21,13 +21,13 @@ def test_masked_laplacian_loss_zero_on_identical_positive_otherwise():
     mask[:, :8] = 1
     pixels = patch_mask_to_pixels(mask, 4, 4)
     assert pixels.shape == (2, 1, 16, 16) and pixels.sum() == 2 * 8 * 16
-    assert masked_laplacian_l1(img, img, pixels).item() == 0
+    assert masked_laplacian_l1(img, img, mask, 4).item() == 0
     blurred = torch.nn.functional.avg_pool2d(img, 3, 1, 1)
-    assert masked_laplacian_l1(blurred, img, pixels).item() > 0.05
+    assert masked_laplacian_l1(blurred, img, mask, 4).item() > 0.05
     # differences confined to visible pixels do not count
     changed = img.clone()
     changed[:, :, 12:, :] = torch.rand(2, 3, 4, 16)  # rows 12-15: the last patch row, visible
-    assert masked_laplacian_l1(changed, img, pixels).item() == pytest.approx(0, abs=1e-7)
+    assert masked_laplacian_l1(changed, img, mask, 4).item() == pytest.approx(0, abs=1e-7)
 
 
 def test_uniformity_is_zero_when_collapsed_and_lower_when_spread():
@@ -61,3 +61,20 @@ def test_mask_ratio_schedule():
     assert mask_ratio_at(0.9, improved) == pytest.approx(0.75)
     ratios = [mask_ratio_at(t / 100, improved) for t in range(101)]
     assert ratios == sorted(ratios)  # never decreases
+
+
+def test_fast_laplacian_loss_matches_the_two_filter_pixel_mask_definition():
+    """Shifted slices on the difference, masked per patch == conv3x3 on each image, pixel-mask mean."""
+    torch.manual_seed(1)
+    recon, img = torch.randn(3, 3, 24, 24), torch.randn(3, 3, 24, 24)
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(3, 1, 3, 3)
+
+    def conv_laplacian(x):
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+
+    torch.testing.assert_close(laplacian(img), conv_laplacian(img), rtol=1e-5, atol=1e-5)
+    mask = (torch.rand(3, 36) < 0.6).float()  # 6x6 grid of 4 px patches
+    pixels = patch_mask_to_pixels(mask, 6, 4)
+    diff = (conv_laplacian(recon) - conv_laplacian(img)).abs().mean(dim=1, keepdim=True)
+    reference = (diff * pixels).sum() / pixels.sum()
+    torch.testing.assert_close(masked_laplacian_l1(recon, img, mask, 4), reference, rtol=1e-5, atol=1e-6)

@@ -75,8 +75,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_cfg):
             model.zero_grad()
             latent, mask, ids_restore = model.forward_encoder(x, ratio, noise=noise)
             pred = model.forward_decoder(latent, ids_restore)
-            terms = loss_terms(model, x, pred, mask, latent)
-            loss = terms[0] + 0.05 * terms[2] + 0.01 * terms[3]
+            loss = loss_terms(model, x, pred, mask, latent, tiny_model_cfg.improved)[0]
             loss.backward()
             losses.append(loss.detach())
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

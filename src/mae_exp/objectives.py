@@ -14,14 +14,14 @@ import torch.nn.functional as F
 
 from .config import VariantConfig
 
-_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-
-
 def laplacian(imgs: torch.Tensor) -> torch.Tensor:
-    """Per-channel 3x3 Laplacian, replicate-padded so borders do not light up."""
-    c = imgs.shape[1]
-    kernel = _LAPLACIAN.to(imgs.device, imgs.dtype).expand(c, 1, 3, 3)
-    return F.conv2d(F.pad(imgs, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+    """Per-channel 4-neighbour Laplacian, replicate-padded so borders do not light up.
+
+    Written as shifted slices rather than a grouped 3x3 convolution: the same numbers, about 3x
+    faster on a CPU, where a depthwise convolution is a slow path.
+    """
+    p = F.pad(imgs, (1, 1, 1, 1), mode="replicate")
+    return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * imgs
 
 
 def patch_mask_to_pixels(mask: torch.Tensor, grid: int, patch_size: int) -> torch.Tensor:
@@ -30,10 +30,17 @@ def patch_mask_to_pixels(mask: torch.Tensor, grid: int, patch_size: int) -> torc
     return m.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
 
 
-def masked_laplacian_l1(recon: torch.Tensor, imgs: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
-    """Mean |lap(recon) - lap(imgs)| over masked pixels (and channels). Zero iff equal edges there."""
-    diff = (laplacian(recon.float()) - laplacian(imgs.float())).abs().mean(dim=1, keepdim=True)
-    return (diff * pixel_mask).sum() / pixel_mask.sum().clamp_min(1)
+def masked_laplacian_l1(recon: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Mean |lap(recon) - lap(imgs)| over the pixels (and channels) of masked patches; 0 iff equal edges there.
+
+    `mask` is the (B, L) patch mask (1 = masked). The Laplacian is linear, so one filter runs over the
+    difference; the masked mean is taken per patch, without building a pixel mask.
+    """
+    err = laplacian(recon.float() - imgs.float()).abs().mean(dim=1)  # (B, H, W)
+    b, h, w = err.shape
+    rows, cols = h // patch_size, w // patch_size
+    per_patch = err.reshape(b, rows, patch_size, cols, patch_size).sum(dim=(2, 4)).reshape(b, rows * cols)
+    return (per_patch * mask).sum() / (mask.sum() * patch_size ** 2).clamp_min(1)
 
 
 def uniformity(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:

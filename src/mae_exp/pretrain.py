@@ -20,7 +20,7 @@ import torch
 
 from . import objectives
 from .augment import augment, to_float
-from .config import Params, as_dict, fingerprint
+from .config import Params, VariantConfig, as_dict, fingerprint
 from .data import load_meta, load_split
 from .model import MaskedAutoencoderViT
 from .progress import console, progress
@@ -110,14 +110,12 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
                 with autocast(device, amp_dtype):
                     latent, mask, ids_restore = model.forward_encoder(x, ratio, generator=aug_gen)
                     pred = model.forward_decoder(latent, ids_restore)
-                terms = loss_terms(model, x, pred, mask, latent)
-                loss = terms[0] + variant.lambda_freq * terms[2] + variant.lambda_unif * terms[3]
-                terms[0] = loss
+                terms = loss_terms(model, x, pred, mask, latent, variant)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(terms[0]).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                sums += torch.stack([t.detach().float() for t in terms])
+                sums += terms.detach()
                 if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:
                     check_finite(sums, variant_name, epoch, i, last)
                     bar.update(task, completed=step + 1, loss=f"{sums[0].item() / (i + 1):.4f}")
@@ -152,18 +150,20 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     return metrics
 
 
-def loss_terms(model: MaskedAutoencoderViT, x, pred, mask, latent) -> list[torch.Tensor]:
-    """[mse, mse, masked Laplacian L1, uniformity]; the first slot becomes the weighted total.
+def loss_terms(model: MaskedAutoencoderViT, x, pred, mask, latent, variant: VariantConfig) -> torch.Tensor:
+    """(4,) [weighted total, masked MSE, masked Laplacian L1, uniformity]; the total is the loss.
 
-    All terms are computed for both variants, so their curves are comparable; a term with weight 0
-    only adds its (cheap) forward to the graph.
+    Every term is computed for both variants, so their curves are comparable; a term with weight 0
+    is only monitored: computed without a graph, it costs a forward and no backward.
     """
     mse = model.forward_loss(x, pred, mask)
-    recon = model.reconstruct(x, pred)
-    pixel_mask = objectives.patch_mask_to_pixels(mask, model.grid, model.patch_size)
-    freq = objectives.masked_laplacian_l1(recon, x, pixel_mask)
-    unif = objectives.uniformity(latent[:, 1:].mean(dim=1))
-    return [mse, mse, freq, unif]
+    track = torch.is_grad_enabled()
+    with torch.set_grad_enabled(track and variant.lambda_freq > 0):
+        freq = objectives.masked_laplacian_l1(model.reconstruct(x, pred), x, mask, model.patch_size)
+    with torch.set_grad_enabled(track and variant.lambda_unif > 0):
+        unif = objectives.uniformity(latent[:, 1:].mean(dim=1))
+    total = mse + variant.lambda_freq * freq + variant.lambda_unif * unif
+    return torch.stack([total, mse, freq, unif]).float()
 
 
 def check_finite(sums: torch.Tensor, variant: str, epoch: int, step: int, last: Path) -> None:

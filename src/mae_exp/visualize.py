@@ -32,13 +32,13 @@ def load_mae(path: str | Path, p: Params) -> MaskedAutoencoderViT:
 
 @torch.no_grad()
 def reconstruct(model: MaskedAutoencoderViT, x: torch.Tensor, noise: torch.Tensor, mask_ratio: float):
-    """-> (reconstruction with visible patches pasted back, pixel mask), both in [0, 1] space."""
+    """-> (reconstruction with visible patches pasted back, in [0, 1] space; pixel mask; patch mask)."""
     latent, mask, ids_restore = model.forward_encoder(x, mask_ratio, noise=noise)
     pred = model.forward_decoder(latent, ids_restore)
     pixel_mask = patch_mask_to_pixels(mask, model.grid, model.patch_size)
     recon = to_unit(model.reconstruct(x, pred))
     image = to_unit(x)
-    return image * (1 - pixel_mask) + recon * pixel_mask, pixel_mask
+    return image * (1 - pixel_mask) + recon * pixel_mask, pixel_mask, mask
 
 
 def masked_psnr(recon: torch.Tensor, image: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
@@ -63,9 +63,9 @@ def visualize(p: Params, checkpoints: dict[str, str | Path], data_root: str | Pa
         for idx in bar.track(batches(n_eval, 128, drop_last=False), description="reconstructing"):
             x = resize(to_float(torch.from_numpy(test[idx.numpy()])), p.data.input_size)
             for name, model in models.items():
-                recon, pixel_mask = reconstruct(model, x, noise[idx], cfg.mask_ratio)
+                recon, pixel_mask, mask = reconstruct(model, x, noise[idx], cfg.mask_ratio)
                 image = to_unit(x)
-                sums[name]["hf_error"] += masked_laplacian_l1(recon, image, pixel_mask).item() * len(idx)
+                sums[name]["hf_error"] += masked_laplacian_l1(recon, image, mask, model.patch_size).item() * len(idx)
                 sums[name]["psnr"] += masked_psnr(recon, image, pixel_mask).sum().item()
                 if idx[0] == 0:
                     shown[name] = recon[: cfg.images]
