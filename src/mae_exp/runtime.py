@@ -92,6 +92,11 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, d
 def gather(images, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Rows `idx` of a uint8 (N, H, W, 3) array or tensor, as a tensor on `device`."""
     if isinstance(images, torch.Tensor):
+        if images.is_pinned() and device.type == "cuda":
+            # host-resident set: gather into pinned memory (the caching host allocator reuses it once
+            # the copy is done), so the upload overlaps with the GPU's work on the previous step
+            rows = torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype, pin_memory=True)
+            return torch.index_select(images, 0, idx, out=rows).to(device, non_blocking=True)
         return images[idx.to(images.device)].to(device, non_blocking=True)
     idx_np = idx.numpy()
     order = idx_np.argsort()  # sorted reads are sequential on a memory map
@@ -101,9 +106,13 @@ def gather(images, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def resident_images(images, device: torch.device):
-    """Keep the dataset where batches are indexed: on the GPU when it fits, else the memory map."""
+    """Keep the dataset where batches are indexed: on the GPU when it fits in half its free memory,
+    else in pinned host memory when that fits in half the free RAM, else the memory map (CPU runs
+    read the memory map: the page cache keeps it in RAM)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info()
         if images.nbytes < 0.5 * free:
             return torch.from_numpy(images[:]).to(device)
+        if images.nbytes < 0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"):
+            return torch.from_numpy(images[:]).pin_memory()
     return images
