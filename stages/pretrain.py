@@ -11,4 +11,4 @@ def main(params, variant):
     pretrain(params, variant, "data/prepared", outputs)
 
 
-run_stage(main, ("variant",), {"variant": VARIANTS})
+run_stage(main, ("variant",), {"variant": VARIANTS}, section="pretrain")  # pretrain.processes: see distributed.py

@@ -68,6 +68,7 @@ class PretrainConfig:
     checkpoint_every: int  # epochs between resumable checkpoints
     threads: int  # torch CPU threads; 0 = all cores
     compile: bool  # torch.compile the transformer blocks
+    processes: int  # > 1: DistributedDataParallel under torchrun; batch_size stays the global batch
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class FinetuneConfig:
     precision: str
     threads: int
     compile: bool
+    processes: int  # > 1: DistributedDataParallel under torchrun; batch_size stays the global batch
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,10 @@ def validate(p: Params) -> Params:
         _check(s.precision in PRECISIONS, f"{section}.precision",
                f"must be one of {', '.join(PRECISIONS)}, got {s.precision!r}")
         _check(s.threads >= 0, f"{section}.threads", f"must be >= 0 (0 = all cores), got {s.threads}")
+        _check(s.processes >= 1, f"{section}.processes", f"must be at least 1, got {s.processes}")
+        _check(s.batch_size % s.processes == 0, f"{section}.batch_size",
+               f"({s.batch_size}, the global batch) must be divisible by {section}.processes ({s.processes}): "
+               f"every process takes an equal share")
     _check(p.pretrain.checkpoint_every >= 1, "pretrain.checkpoint_every",
            f"must be at least 1, got {p.pretrain.checkpoint_every}")
     for name in VARIANTS:

@@ -4,6 +4,8 @@ Linear probe: the encoder is frozen, so its features are extracted once (no augm
 BatchNorm (no affine) + linear head is trained on the cached features, as in MAE's protocol.
 Fine-tuning: encoder + LayerNorm + linear head trained end to end with crop/flip augmentation.
 Both report top-1 accuracy on the test split after the last epoch (no selection on the test set).
+Fine-tuning runs in `finetune.processes` processes (see distributed.py): each takes its rows of every
+global batch, and its share of the test set; rank 0 alone writes the metrics and the curve.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import augment, resize, to_float
+from . import distributed
+from .augment import crop_and_flip, draw_crops, resize, to_float
 from .config import FinetuneConfig, LinearProbeConfig, ModelConfig, Params
 from .data import load_meta, load_split
 from .model import ViTEncoder
@@ -128,13 +131,18 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
     model = Classifier(load_encoder(encoder_path, p), num_classes).to(device)
     if cfg.compile:
         model.encoder.compile_blocks()
+    net = distributed.wrap(model)  # DDP over the processes; `model` itself with one
     train, test = load_split(data_root, "train"), load_split(data_root, "test")
     train_images = resident_images(train.images, device)
     test_images = resident_images(test.images, device)
     y_train = torch.from_numpy(train.labels).to(device)
     y_test = torch.from_numpy(test.labels).to(device)
     n = len(y_train)
-    batch_size = min(cfg.batch_size, n)
+    batch_size = min(cfg.batch_size, n)  # the global batch
+    if batch_size % distributed.world_size():
+        raise ValueError(f"finetune.batch_size is capped at the {n} train images, which finetune.processes "
+                         f"({distributed.world_size()}) does not divide; lower finetune.batch_size")
+    mine = distributed.shard(batch_size)  # this process's rows of every global batch
     lr = cfg.base_lr * batch_size / 256
     optimizer = adamw(model, lr, cfg.weight_decay, device)
     steps_per_epoch = n // batch_size
@@ -153,34 +161,40 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
                 step = epoch * steps_per_epoch + i
                 for group in optimizer.param_groups:
                     group["lr"] = warmup_cosine(step, total, warmup, lr)
-                x = augment(to_float(gather(train_images, idx, device)), cfg.min_crop_scale, aug_gen,
-                            out_size=p.data.input_size)
+                boxes, flip = draw_crops(batch_size, cfg.min_crop_scale, aug_gen, device)  # global batch's
+                x = crop_and_flip(to_float(gather(train_images, idx[mine], device)), boxes[mine], flip[mine],
+                                  p.data.input_size)
                 with autocast(device, amp_dtype):
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y_train[idx.to(device)], label_smoothing=0.1)
+                    logits = net(x)
+                loss = F.cross_entropy(logits.float(), y_train[idx[mine].to(device)], label_smoothing=0.1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach()
                 bar.update(task, advance=1)
-            train_loss = loss_sum.item() / steps_per_epoch
+            train_loss = distributed.mean(loss_sum).item() / steps_per_epoch
             bar.update(task, loss=f"{train_loss:.4f}")
             top1 = evaluate_classifier(model, test_images, y_test, p.data.input_size, device, amp_dtype, batch_size)
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_top1": top1})
             console.print(f"finetune {name} epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f}, test top-1 {top1:.4f}")
     metrics = {"top1": round(history[-1]["test_top1"], 4), "epochs": cfg.epochs,
                "wall_time_s": round(time.perf_counter() - t0, 2)}
-    save_csv(history, curve_path)
-    save_json(metrics, metrics_path)
+    if distributed.is_rank0():
+        save_csv(history, curve_path)
+        save_json(metrics, metrics_path)
     return metrics
 
 
 @torch.no_grad()
 def evaluate_classifier(model, images, labels, input_size, device, amp_dtype, batch_size) -> float:
+    """Test top-1; with several processes each classifies its share of every batch, and the counts add up."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)  # summed on the device: one sync at the end
     for idx in batches(len(labels), batch_size, drop_last=False):
+        idx = idx.tensor_split(distributed.world_size())[distributed.rank()]
+        if len(idx) == 0:
+            continue
         x = resize(to_float(gather(images, idx, device)), input_size)
         with autocast(device, amp_dtype):
             correct += (model(x).argmax(dim=1) == labels[idx.to(device)]).sum()
-    return correct.item() / len(labels)
+    return distributed.total(correct).item() / len(labels)

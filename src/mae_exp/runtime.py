@@ -11,12 +11,15 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
+
 
 def setup(precision: str, threads: int, seed: int) -> tuple[torch.device, torch.dtype | None]:
     """Pick the device, the autocast dtype (None = full fp32) and the CPU thread count; seed torch."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # One compute thread per core; DataLoader workers are not used (batches are indexed in memory).
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    device = distributed.device()  # under torchrun on GPUs: this process's own, cuda:LOCAL_RANK
+    # One compute thread per core (shared by the processes on this machine); DataLoader workers are not
+    # used (batches are indexed in memory).
+    torch.set_num_threads(distributed.cpu_threads(threads))
     torch.manual_seed(seed)
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"  # CPU bf16 autocast is rarely faster

@@ -1,0 +1,189 @@
+"""Several processes (pretrain.processes / finetune.processes: 2) on this machine's CPUs, gloo backend,
+through the real stage scripts, torchrun's launcher and dvc, on the tiny config.
+
+Two processes against one with the same global batch and seed differ only by the order of float
+reductions. Measured on a 2-core CPU (torch 2.15): per-epoch loss terms within 3e-7 relative, weights
+within 6e-8 absolute (attention key biases aside, see below). The tests allow LOSS_RTOL and WEIGHT_ATOL.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from conftest import copy_repo, dvc, ran_stages, run
+from mae_exp.config import ConfigError, parse_params
+
+LOSS_RTOL = 1e-5  # per-epoch loss, mse, freq, unif: float reduction order only
+WEIGHT_ATOL = 1e-6  # every weight, except:
+KEY_BIAS_ATOL = 1e-3  # attention key biases: their true gradient is 0 (softmax ignores a constant added to
+# every logit of a query), so AdamW moves them by normalised rounding noise, up to lr per step; they have
+# no effect on any output. Measured: 3e-5 after the tiny run's 18 steps (lr 1.9e-4).
+
+STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
+          "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
+          "finetune@improved", "visualize", "report"}
+
+
+def set_params(repo: Path, **changes) -> None:
+    """set_params(repo, pretrain__processes=2): `__` separates the levels of a key."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """The tiny pipeline with 2 processes for pre-training and fine-tuning: pretrain_original killed right
+    after its epoch-2 checkpoint, then a whole `dvc repro` (which resumes it), each rank's final weights
+    dumped."""
+    root = tmp_path_factory.mktemp("two")
+    repo = copy_repo(root / "repo")
+    set_params(repo, pretrain__processes=2, finetune__processes=2)
+    dumps = root / "rank_weights"
+    killed = dvc("repro", "pretrain_original", cwd=repo, check=False, extra_env={"MAE_TEST_KILL_AFTER_EPOCH": "2"})
+    [ckpt] = (repo / "scratch" / "pretrain_original").glob("*/last.pt")
+    killed_at = torch.load(ckpt, weights_only=False)["epoch"]
+    full = dvc("repro", cwd=repo, extra_env={"MAE_TEST_DUMP_RANK_WEIGHTS": str(dumps)})
+    return SimpleNamespace(repo=repo, killed=killed, killed_at=killed_at, output=full.stdout + full.stderr,
+                           dumps=dumps)
+
+
+@pytest.fixture(scope="module")
+def one(two, tmp_path_factory):
+    """Both variants pre-trained in one process (the tiny config) on the same prepared data; one CPU
+    thread, as each of the two processes has on this machine."""
+    repo = copy_repo(tmp_path_factory.mktemp("one") / "repo")
+    set_params(repo, pretrain__threads=1)
+    shutil.copytree(two.repo / "data" / "prepared", repo / "data" / "prepared")
+    for variant in ("original", "improved"):
+        run(["python", "stages/pretrain.py", variant], repo)
+    return repo
+
+
+def curve(repo: Path, variant: str) -> list[dict]:
+    with open(repo / "plots" / f"pretrain_{variant}.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def weights(repo: Path, variant: str) -> dict:
+    return torch.load(repo / "models" / variant / "checkpoint.pt", weights_only=False)["model_state"]
+
+
+def assert_weights_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name, w in want.items():
+        g = got[name]
+        if name.endswith("attn.qkv.bias"):  # [query | key | value]
+            (gq, gk, gv), (wq, wk, wv) = g.chunk(3), w.chunk(3)
+            torch.testing.assert_close(gk, wk, rtol=0, atol=KEY_BIAS_ATOL, msg=f"{name} (key part)")
+            g, w = torch.cat([gq, gv]), torch.cat([wq, wv])
+        torch.testing.assert_close(g, w, rtol=0, atol=WEIGHT_ATOL, msg=name)
+
+
+def test_dvc_repro_with_two_processes_completes(two):
+    assert ran_stages(two.output) == STAGES - {"download"}  # ran with the killed pre-training
+    assert "pretrain.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/pretrain.py improved" in two.output
+    assert "finetune.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/finetune.py original" in two.output
+    assert "(192 images, 3 epochs, lr 1.88e-04, device cpu, 2 processes)" in two.output  # the global batch's lr
+    assert two.output.count("improved epoch 3/3") == 1  # rank 0 alone prints
+    for name in ("random", "original", "improved"):
+        assert 0 <= json.loads((two.repo / "metrics" / f"finetune_{name}.json").read_text())["top1"] <= 1
+    assert dvc("status", cwd=two.repo).stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_both_ranks_hold_identical_parameters(two):
+    for variant in ("original", "improved"):  # original: killed and resumed; improved: straight through
+        rank0 = torch.load(two.dumps / f"{variant}_rank0.pt")
+        rank1 = torch.load(two.dumps / f"{variant}_rank1.pt")
+        assert rank0.keys() == rank1.keys()
+        for name in rank0:
+            assert torch.equal(rank0[name], rank1[name]), (variant, name)  # bit for bit
+
+
+def test_two_processes_follow_one_process_with_the_same_global_batch(two, one):
+    rows2, rows1 = curve(two.repo, "improved"), curve(one, "improved")
+    assert [r["epoch"] for r in rows2] == ["1", "2", "3"]
+    for r2, r1 in zip(rows2, rows1):
+        for term in ("loss", "mse", "freq", "unif"):  # unif: pairwise over the gathered global batch
+            assert float(r2[term]) == pytest.approx(float(r1[term]), rel=LOSS_RTOL), (r2["epoch"], term)
+        assert (r2["mask_ratio"], r2["lr"]) == (r1["mask_ratio"], r1["lr"])  # same steps, same schedule
+    assert_weights_close(weights(two.repo, "improved"), weights(one, "improved"))
+
+
+def test_killed_two_process_pretrain_resumes_at_the_next_epoch(two, one):
+    assert two.killed.returncode != 0
+    assert "pretrain.processes: worker rank 0 of 2 was killed by signal 9" in two.killed.stdout + two.killed.stderr
+    assert two.killed_at == 2
+    assert "resuming original from epoch 3/3" in two.output
+    assert json.loads((two.repo / "metrics" / "pretrain_original.json").read_text())["resumed_at_epoch"] == 2
+    assert [r["epoch"] for r in curve(two.repo, "original")] == ["1", "2", "3"]
+    assert not list((two.repo / "scratch" / "pretrain_original").glob("*/last.pt"))
+    # an uninterrupted run (one process: the key leaves processes out, so either count resumes either's)
+    for r2, r1 in zip(curve(two.repo, "original"), curve(one, "original")):
+        assert float(r2["loss"]) == pytest.approx(float(r1["loss"]), rel=LOSS_RTOL)
+    assert_weights_close(weights(two.repo, "original"), weights(one, "original"))
+
+
+# --------------------------------------------------------------------------- what cannot run says so
+
+
+def assert_one_clear_line(proc, *words) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" not in out
+    [line] = [line for line in out.splitlines() if line.startswith("error:")]
+    for word in words:
+        assert word in line, (word, line)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="nccl would start on this machine's GPUs")
+def test_nccl_without_enough_gpus_names_the_param(repo):
+    set_params(repo, pretrain__processes=2)
+    proc = run(["python", "stages/pretrain.py", "original"], repo, check=False,
+               extra_env={"MAE_DIST_BACKEND": "nccl"})
+    assert_one_clear_line(proc, "pretrain.processes", "nccl", "one GPU each")
+
+
+def test_a_backend_that_cannot_start_names_the_param_and_does_not_hang(repo):
+    """A worker as torchrun starts it, whose rendezvous port is taken: the gloo backend cannot start."""
+    set_params(repo, pretrain__processes=2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run(["python", "stages/pretrain.py", "original"], repo, check=False, timeout=120, extra_env={
+            "MAE_DIST_BACKEND": "gloo", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    assert_one_clear_line(proc, "pretrain.processes", "gloo backend could not start", str(port))
+
+
+def test_torchrun_world_size_must_match_the_param(repo):
+    proc = run(["python", "stages/finetune.py", "random"], repo, check=False, extra_env={
+        "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"})
+    assert_one_clear_line(proc, "finetune.processes is 1", "torchrun started 2 processes", "finetune.processes: 2")
+
+
+@pytest.mark.parametrize("section", ["pretrain", "finetune"])
+def test_processes_validation_names_the_keys(section):
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
+    raw[section]["processes"] = 0
+    with pytest.raises(ConfigError, match=f"{section}.processes must be at least 1"):
+        parse_params(raw)
+    raw[section].update(processes=3, batch_size=32)
+    with pytest.raises(ConfigError, match=rf"{section}.batch_size \(32, the global batch\) must be divisible "
+                                          rf"by {section}.processes \(3\)"):
+        parse_params(raw)
