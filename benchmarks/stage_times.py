@@ -8,6 +8,7 @@ the table puts them side by side with the ratio to the first, all measured in th
     python benchmarks/stage_times.py                      # HEAD with its params.yaml
     python benchmarks/stage_times.py --rev main~3 --rev HEAD
     python benchmarks/stage_times.py --params configs/tiny.yaml
+    python benchmarks/stage_times.py --here             # in this checkout: what `dvc repro` runs here
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def time_repro(rev: str, params: Path | None, console) -> dict[str, float]:
+def time_repro(rev: str, params: Path | None, console, here: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="stage-times-") as tmp:
-        clone = Path(tmp) / "repo"
-        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-        subprocess.run(["git", "checkout", "-q", rev], cwd=clone, check=True)
+        clone = REPO if here else Path(tmp) / "repo"
+        if not here:
+            subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+            subprocess.run(["git", "checkout", "-q", rev], cwd=clone, check=True)
         if params:
             (clone / "params.yaml").write_text(params.read_text())
         env_path = f"{BIN}:{os.environ.get('PATH', '')}"
@@ -60,12 +62,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rev", action="append", help="git revision to time (repeatable); default HEAD")
     ap.add_argument("--params", type=Path, help="params file to use instead of each revision's params.yaml")
+    ap.add_argument("--here", action="store_true",
+                    help="run `dvc repro` in this checkout instead (its cache and run-cache apply; results stay)")
     a = ap.parse_args()
     from rich.console import Console
     from rich.table import Table
     console = Console()
-    revs = a.rev or ["HEAD"]
-    results = [time_repro(rev, a.params.resolve() if a.params else None, console) for rev in revs]
+    revs = ["workspace"] if a.here else (a.rev or ["HEAD"])
+    results = [time_repro(rev, a.params.resolve() if a.params else None, console, a.here) for rev in revs]
     table = Table(title="dvc repro wall time per stage (s), fresh clone")
     table.add_column("stage")
     for rev in revs:
