@@ -70,7 +70,7 @@ def main() -> None:
     console = Console()
     revs = ["workspace"] if a.here else (a.rev or ["HEAD"])
     results = [time_repro(rev, a.params.resolve() if a.params else None, console, a.here) for rev in revs]
-    table = Table(title="dvc repro wall time per stage (s), fresh clone")
+    table = Table(title="dvc repro wall time per stage (s), " + ("this checkout" if a.here else "fresh clone"))
     table.add_column("stage")
     for rev in revs:
         table.add_column(rev, justify="right")
