@@ -140,8 +140,8 @@ def paired_differences(runs: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 
 def _num(value: float, metric: str, signed: bool = True) -> str:
     _, unit, _, scale, decimals = METRICS[metric]
-    text = f"{value * scale:{'+' if signed else ''}.{decimals}f}".replace("-", "\u2212")
-    return text
+    v = round(value * scale, decimals) + 0.0  # + 0.0: no "-0.0"
+    return f"{v:{'+' if signed else ''}.{decimals}f}".replace("-", "\u2212")
 
 
 def _with_unit(text: str, metric: str) -> str:
@@ -437,14 +437,17 @@ def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def queue_status() -> dict[str, tuple[str, str]]:
-    """task id -> (name, status) from `dvc queue status`."""
-    tasks = {}
+def queue_status(with_workers: bool = False):
+    """task id -> (name, status) from `dvc queue status` (and the number of workers, active or idle)."""
+    tasks, workers = {}, 0
     for line in dvc("queue", "status").stdout.splitlines():
         parts = line.split()
         if len(parts) >= 3 and re.fullmatch(r"[0-9a-f]{7,40}", parts[0]):
             tasks[parts[0]] = (parts[1], parts[-1])
-    return tasks
+        found = re.match(r"Worker status: (\d+) active, (\d+) idle", line.strip())
+        if found:
+            workers = int(found[1]) + int(found[2])
+    return (tasks, workers) if with_workers else tasks
 
 
 def experiment_names() -> set[str]:
@@ -464,15 +467,18 @@ def distinct_ablations(params: Params) -> None:
 
 
 def plan(params: Params, seeds: list[int] | None, ablations: list[str] | None) -> list[tuple[str, list[str]]]:
-    """(experiment name, -S overrides) per seed and ablation, seed by seed."""
+    """(experiment name, -S overrides) per seed and ablation, ablation by ablation. The first ablation
+    gives every seed its original branch; the others get it from DVC's run-cache instead of training it
+    again (with -j N, as long as N is at most the number of seeds). And a study cut short has every seed
+    of the first ablations rather than every ablation of the first seeds."""
     known = params.study.ablations
     distinct_ablations(params)
     for a in ablations or []:
         if a not in known:
             raise StudyError(f"unknown ablation {a!r}; study.ablations in params.yaml has: {', '.join(known)}")
     jobs = []
-    for seed in seeds or params.study.seeds:
-        for a in ablations or known:
+    for a in ablations or known:
+        for seed in seeds or params.study.seeds:
             overrides = [f"seed={seed}", *(f"{k}={v!r}" for k, v in known[a].items())]
             jobs.append((f"s{seed}-{a}", overrides))
     return jobs
@@ -517,13 +523,13 @@ def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: 
 def wait(mine: dict[str, str], poll_s: float) -> int:
     """Poll `dvc queue status` until every task of ours has finished, with a progress bar."""
     from .progress import progress
-    started = time.monotonic()
+    started = no_worker_since = time.monotonic()
     status: dict[str, str] = {}
     try:
         with progress(running="") as bar:
             task = bar.add_task("experiments", total=len(mine), running="")
             while True:
-                tasks = queue_status()
+                tasks, workers = queue_status(with_workers=True)
                 now = {t: tasks.get(t, ("", "Unknown"))[1] for t in mine}
                 for t, s in now.items():  # a line per change, so a log file tells the story too
                     if status.get(t) != s:
@@ -536,6 +542,12 @@ def wait(mine: dict[str, str], poll_s: float) -> int:
                            running=f"{', '.join(running) or '-'} (failed: {failed})")
                 if finished == len(mine):
                     break
+                if workers:
+                    no_worker_since = time.monotonic()
+                elif time.monotonic() - no_worker_since > max(60.0, 3 * poll_s):
+                    raise StudyError(f"no queue worker is running but {len(mine) - finished} experiment(s) "
+                                     "have not finished: `dvc queue status`; `dvc queue start -j N` resumes, "
+                                     "then `python -m mae_exp.study report`")
                 time.sleep(poll_s)
     except KeyboardInterrupt:
         out.print("stopped waiting; the queue keeps running in the background: `dvc queue status`, "
