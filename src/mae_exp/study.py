@@ -20,6 +20,7 @@ import json
 import math
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -48,7 +49,7 @@ DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "a
     "laplacian_only": ("the Laplacian loss alone", "changes"),
     "uniformity_only": ("the uniformity loss alone", "changes"),
 }
-TERMINAL = {"Success", "Failed"}
+TERMINAL = {"Success", "Failed", "Removed"}  # "Removed": gone from `dvc queue status` (dvc queue remove)
 
 out = Console(width=None if sys.stdout.isatty() else 130, highlight=False)
 
@@ -359,7 +360,9 @@ def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame,
         out.print(f"[dim]note: {n}[/]")
 
 
-def save_figure(summary: pd.DataFrame, runs: pd.DataFrame, path: str | Path) -> None:
+def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, path: str | Path) -> None:
+    """Top row: each encoder's mean ± std over seeds (bars from 0, dots = single seeds). Bottom row: the
+    paired difference improved − original per ablation, its 95% CI, the per-seed differences and 0."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -367,34 +370,53 @@ def save_figure(summary: pd.DataFrame, runs: pd.DataFrame, path: str | Path) -> 
     groups = list(dict.fromkeys(summary["group"]))
     palette = {"random": "#9e9e9e", "original": "#1f77b4"}
     others = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
-    colours = {g: palette.get(g) or others[i % len(others)] for i, g in enumerate(g for g in groups
-                                                                                 if g not in palette)}
+    colours = {g: others[i % len(others)] for i, g in enumerate(g for g in groups if g not in palette)}
     colours.update(palette)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.6 * len(METRICS), 3.9))
-    for ax, metric in zip(axes, METRICS):
+    per_seed = runs.sort_values("seed").groupby("seed").first()
+    fig, axes = plt.subplots(2, len(METRICS), figsize=(3.6 * len(METRICS), 7.0))
+    for col, metric in enumerate(METRICS):
         label, unit, higher_better, scale, _ = METRICS[metric]
+        title = f"{label}{f' ({unit})' if unit else ''}, {'higher' if higher_better else 'lower'} is better"
+        ax = axes[0, col]
         sub = summary[(summary["metric"] == metric) & (summary["n"] > 0)].set_index("group")
         names = [g for g in groups if g in sub.index]
-        x = range(len(names))
-        ax.bar(x, sub.loc[names, "mean"] * scale, yerr=sub.loc[names, "std"].fillna(0) * scale, capsize=3,
-               color=[colours[g] for g in names], alpha=0.85)
+        ax.bar(range(len(names)), sub.loc[names, "mean"] * scale, yerr=sub.loc[names, "std"].fillna(0) * scale,
+               capsize=3, color=[colours[g] for g in names], alpha=0.85)
         for i, g in enumerate(names):  # each seed as a dot
-            enc = "improved" if g.startswith("improved: ") else g
-            rows = runs[runs["ablation"] == g[len("improved: "):]] if enc == "improved" else \
-                runs.sort_values("seed").groupby("seed").first()
-            vals = rows[f"{metric}_{enc}"].dropna() * scale
+            if g.startswith("improved: "):
+                vals = runs.loc[runs["ablation"] == g[len("improved: "):], f"{metric}_improved"]
+            else:
+                vals = per_seed[f"{metric}_{g}"]
+            vals = vals.dropna() * scale
             ax.scatter([i] * len(vals), vals, s=10, color="black", zorder=3)
-        ax.set_xticks(list(x), [g.replace("improved: ", "") for g in names], rotation=35, ha="right",
+        ax.set_xticks(range(len(names)), [g.replace("improved: ", "") for g in names], rotation=35, ha="right",
                       fontsize=8)
-        ax.set_title(f"{label}{f' ({unit})' if unit else ''}, {'higher' if higher_better else 'lower'} "
-                     "is better", fontsize=9)
-        lo = (sub.loc[names, "mean"] - sub.loc[names, "std"].fillna(0)).min() * scale
-        hi = (sub.loc[names, "mean"] + sub.loc[names, "std"].fillna(0)).max() * scale
-        pad = (hi - lo) * 0.6 or abs(hi) * 0.05 or 1
-        ax.set_ylim(lo - pad, hi + pad)  # differences are small: do not start the axis at 0
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+
+        ax = axes[1, col]
+        d = diffs[(diffs["metric"] == metric) & (diffs["n"] > 0)]
+        ablations = list(d["ablation"])
+        for i, row in enumerate(d.to_dict("records")):
+            colour = colours[f"improved: {row['ablation']}"]
+            if row["n"] >= 2:
+                ax.errorbar([i], [row["diff_mean"] * scale],
+                            yerr=[[(row["diff_mean"] - row["ci_low"]) * scale],
+                                  [(row["ci_high"] - row["diff_mean"]) * scale]],
+                            fmt="D", color=colour, capsize=4, markersize=6)
+            else:
+                ax.plot([i], [row["diff_mean"] * scale], "D", color=colour, markersize=6)
+            sub = runs[runs["ablation"] == row["ablation"]]
+            vals = (sub[f"{metric}_improved"] - sub[f"{metric}_original"]).dropna() * scale
+            ax.scatter([i + 0.15] * len(vals), vals, s=10, color="black", zorder=3)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xlim(-0.6, max(len(ablations), 1) - 0.4)
+        ax.set_xticks(range(len(ablations)), ablations, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"improved − original{f' ({unit})' if unit else ''}, 95% CI", fontsize=9)
         ax.tick_params(labelsize=8)
     n = runs["seed"].nunique()
-    fig.suptitle(f"mean ± std over {n} seed{'s' if n != 1 else ''} (dots: single seeds)", fontsize=10)
+    fig.suptitle(f"top: mean ± std over {n} seed{'s' if n != 1 else ''}; bottom: paired difference to the "
+                 "original with its 95% CI (dots: single seeds)", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
@@ -415,7 +437,7 @@ def report(shown: list, params_path: str | Path = "params.yaml", csv_path="metri
     diffs = paired_differences(runs)
     atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs).to_csv(tmp, index=False))
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(markdown(summary, diffs, runs, notes)))
-    save_figure(summary, runs, png_path)
+    save_figure(summary, diffs, runs, png_path)
     print_report(summary, diffs, runs, notes)
     out.print(f"[dim]wrote {csv_path}, {md_path}, {png_path}[/]")
     return runs
@@ -489,27 +511,28 @@ def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: 
     params = load_params("params.yaml")
     todo = plan(params, seeds, ablations)
     done = experiment_names()
-    pending = {name for name, status in queue_status().values() if status in ("Queued", "Running")}
+    before = queue_status()
+    pending = {t: name for t, (name, status) in before.items() if status in ("Queued", "Running")}
     mine: dict[str, str] = {}  # task id -> name
-    before = set(queue_status())
     for name, overrides in todo:
-        if name in pending:
-            out.print(f"{name}: already queued or running, not queued again")
+        if name in pending.values():
+            out.print(f"{name}: already queued or running, not queued again (waited for below)")
+            mine.update({t: n for t, n in pending.items() if n == name})
             continue
         if name in done and not force:
             out.print(f"{name}: already done on this commit, skipped (--force runs it again)")
             continue
         args = ["exp", "run", "--queue", "-n", name, *(a for o in overrides for a in ("-S", o))]
         dvc(*args, *(["-f"] if name in done else []))
-        after = set(queue_status())
-        mine.update({task: name for task in after - before})  # the task id, as names can repeat
+        after = queue_status()
+        mine.update({task: name for task in set(after) - set(before)})  # the task id, as names can repeat
         before = after
         out.print(f"{name}: queued ({' '.join(overrides)})")
     if not mine:
         out.print("nothing new to run; `python -m mae_exp.study report` reads what is there")
         return 0
     if not start:
-        out.print(f"queued {len(mine)}; start with `dvc queue start -j N`")
+        out.print(f"{len(mine)} experiment(s) in the queue; start it with `dvc queue start -j N`")
         return 0
     # the worker it starts outlives it: no pipes, or waiting for their end would wait for the queue
     proc = subprocess.run([_dvc(), "queue", "start", "-j", str(jobs)], stdin=subprocess.DEVNULL,
@@ -530,13 +553,13 @@ def wait(mine: dict[str, str], poll_s: float) -> int:
             task = bar.add_task("experiments", total=len(mine), running="")
             while True:
                 tasks, workers = queue_status(with_workers=True)
-                now = {t: tasks.get(t, ("", "Unknown"))[1] for t in mine}
+                now = {t: tasks.get(t, ("", "Removed"))[1] for t in mine}
                 for t, s in now.items():  # a line per change, so a log file tells the story too
                     if status.get(t) != s:
                         bar.console.print(f"{time.strftime('%H:%M:%S')} {mine[t]}: {s.lower()}")
                 status = now
                 finished = sum(s in TERMINAL for s in status.values())
-                failed = sum(s == "Failed" for s in status.values())
+                failed = sum(s in ("Failed", "Removed") for s in status.values())
                 running = [mine[t] for t, s in status.items() if s == "Running"]
                 bar.update(task, completed=finished,
                            running=f"{', '.join(running) or '-'} (failed: {failed})")
@@ -553,15 +576,22 @@ def wait(mine: dict[str, str], poll_s: float) -> int:
         out.print("stopped waiting; the queue keeps running in the background: `dvc queue status`, "
                   "then `python -m mae_exp.study report`")
         return 130
-    failed = [t for t, s in status.items() if s == "Failed"]
+    failed = [t for t, s in status.items() if s != "Success"]
     minutes = (time.monotonic() - started) / 60
     out.print(f"{len(mine) - len(failed)} of {len(mine)} experiments succeeded in {minutes:.1f} min")
     for t in failed:
-        out.print(f"[bold red]failed:[/] {mine[t]}: see `dvc queue logs {t}`")
+        if status[t] == "Removed":
+            out.print(f"[bold red]not run:[/] {mine[t]}: removed from the queue (task {t})")
+        else:
+            out.print(f"[bold red]failed:[/] {mine[t]}: see `dvc queue logs {t}`")
     return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def _interrupted(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -578,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rev", help="only experiments based on this commit (default: all commits)")
     r.add_argument("--from-json", help="read this saved `dvc exp show --json` output instead of running it")
     a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # `kill`: stop waiting as Ctrl-C does
     try:
         if a.command == "queue":
             return queue(a.seeds, a.ablations, a.jobs, not a.no_start, a.force, a.poll)
