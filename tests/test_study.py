@@ -220,9 +220,10 @@ def test_two_ablations_with_the_same_recipe_are_refused():
 def test_plan_names_and_overrides():
     p = parse_params(TINY)
     jobs = plan(p, [1, 2], ["all", "uniformity_only"])
-    assert [name for name, _ in jobs] == ["s1-all", "s2-all", "s1-uniformity_only", "s2-uniformity_only"]
-    assert jobs[2][1] == ["seed=1", "improved.mask_ratio_start=0.75", "improved.curriculum_fraction=0.0",
-                          "improved.lambda_freq=0.0"]
+    assert [j.name for j in jobs] == ["s1-all", "s2-all", "s1-uniformity_only", "s2-uniformity_only"]
+    assert (jobs[2].seed, jobs[2].ablation) == (1, "uniformity_only")
+    assert jobs[2].overrides == ("seed=1", "improved.mask_ratio_start=0.75", "improved.curriculum_fraction=0.0",
+                                 "improved.lambda_freq=0.0")
     with pytest.raises(StudyError, match="unknown ablation 'nope'"):
         plan(p, None, ["nope"])
 
@@ -236,15 +237,21 @@ def test_no_stage_reads_the_study_section():
 
 def test_waiting_names_failed_experiments_and_their_logs(monkeypatch, capsys):
     import mae_exp.study as study_mod
+    old = ("0000000", ("s43-all", "Failed"))  # an earlier attempt of the same name: not ours
     states = iter([
-        ({"aaaaaaa": ("s42-all", "Running"), "bbbbbbb": ("s43-all", "Queued")}, 1),
-        ({"aaaaaaa": ("s42-all", "Success"), "bbbbbbb": ("s43-all", "Failed")}, 1),
+        dict([old, ("aaaaaaa", ("s42-all", "Running")), ("bbbbbbb", ("s43-all", "Queued"))]),
+        # DVC re-stashed s43-all under a new task id
+        dict([old, ("aaaaaaa", ("s42-all", "Success")), ("ccccccc", ("s43-all", "Queued"))]),
+        dict([old, ("aaaaaaa", ("s42-all", "Success")), ("ccccccc", ("s43-all", "Failed"))]),
     ])
-    monkeypatch.setattr(study_mod, "queue_status", lambda with_workers=False: next(states))
+    first = next(states)
+    calls = iter([first, first, *states])
+    monkeypatch.setattr(study_mod, "queue_status",
+                        lambda with_workers=False: (next(calls), 1) if with_workers else next(calls))
     assert study_mod.wait({"aaaaaaa": "s42-all", "bbbbbbb": "s43-all"}, poll_s=0) == 1
     printed = capsys.readouterr()
     assert "1 of 2 experiments succeeded" in printed.out
-    assert "failed: s43-all: see `dvc queue logs bbbbbbb`" in printed.out
+    assert "failed: s43-all: see `dvc queue logs ccccccc`" in printed.out
     assert "s42-all: running" in printed.err and "s43-all: failed" in printed.err  # one line per change
 
 
@@ -271,7 +278,7 @@ def test_queue_and_report_end_to_end(tmp_path):
 
     # again: nothing new is queued, and existing names are no error
     proc = study("queue", "--seeds", "42", "43", "--ablations", "all", "laplacian_only", cwd=repo)
-    assert "s42-all: already done on this commit, skipped" in proc.stdout
+    assert "s42-all: already done (s42-all), skipped" in proc.stdout
     assert "nothing new to run" in proc.stdout
 
     proc = study("report", cwd=repo)

@@ -473,8 +473,23 @@ def queue_status(with_workers: bool = False):
 
 
 def experiment_names() -> set[str]:
-    """Names of the finished experiments on the current commit (HEAD's baseline)."""
+    """Names of the finished experiments on the current commit (HEAD's baseline): DVC refuses to queue
+    one of these names again without -f."""
     return {line.strip() for line in dvc("exp", "ls", "--name-only").stdout.splitlines() if line.strip()}
+
+
+def show_experiments(rev: str | None = None) -> list:
+    """`dvc exp show --json` of every commit's experiments, or of those based on `rev`."""
+    scope = ["--rev", rev] if rev else ["--all-commits"]
+    return json.loads(dvc("exp", "show", "--json", "--no-fetch", *scope).stdout)
+
+
+def finished_cells(params: Params, params_path: str | Path = "params.yaml") -> dict[tuple[int, str], str]:
+    """(seed, ablation) -> name of a finished experiment that the report would use, on any commit."""
+    import yaml
+    study_raw = yaml.safe_load(Path(params_path).read_text())["study"]
+    runs, _ = collect_runs(show_experiments(), study_raw, params)
+    return {(int(r["seed"]), r["ablation"]): r["name"] for r in runs.to_dict("records")}
 
 
 def distinct_ablations(params: Params) -> None:
@@ -488,8 +503,16 @@ def distinct_ablations(params: Params) -> None:
         seen[v] = name
 
 
-def plan(params: Params, seeds: list[int] | None, ablations: list[str] | None) -> list[tuple[str, list[str]]]:
-    """(experiment name, -S overrides) per seed and ablation, ablation by ablation. The first ablation
+@dataclasses.dataclass(frozen=True)
+class Job:
+    name: str  # s<seed>-<ablation>
+    seed: int
+    ablation: str
+    overrides: tuple[str, ...]  # for `dvc exp run -S`
+
+
+def plan(params: Params, seeds: list[int] | None, ablations: list[str] | None) -> list[Job]:
+    """One experiment per seed and ablation, ablation by ablation. The first ablation
     gives every seed its original branch; the others get it from DVC's run-cache instead of training it
     again (with -j N, as long as N is at most the number of seeds). And a study cut short has every seed
     of the first ablations rather than every ablation of the first seeds."""
@@ -501,8 +524,8 @@ def plan(params: Params, seeds: list[int] | None, ablations: list[str] | None) -
     jobs = []
     for a in ablations or known:
         for seed in seeds or params.study.seeds:
-            overrides = [f"seed={seed}", *(f"{k}={v!r}" for k, v in known[a].items())]
-            jobs.append((f"s{seed}-{a}", overrides))
+            overrides = (f"seed={seed}", *(f"{k}={v!r}" for k, v in known[a].items()))
+            jobs.append(Job(f"s{seed}-{a}", seed, a, overrides))
     return jobs
 
 
@@ -510,20 +533,22 @@ def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: 
           poll_s: float = 10.0) -> int:
     params = load_params("params.yaml")
     todo = plan(params, seeds, ablations)
-    done = experiment_names()
+    done = finished_cells(params)  # by params, on any commit: committing in between does not lose them
+    names_here = experiment_names()
     before = queue_status()
     pending = {t: name for t, (name, status) in before.items() if status in ("Queued", "Running")}
     mine: dict[str, str] = {}  # task id -> name
-    for name, overrides in todo:
+    for job in todo:
+        name, overrides = job.name, job.overrides
         if name in pending.values():
             out.print(f"{name}: already queued or running, not queued again (waited for below)")
             mine.update({t: n for t, n in pending.items() if n == name})
             continue
-        if name in done and not force:
-            out.print(f"{name}: already done on this commit, skipped (--force runs it again)")
+        if (job.seed, job.ablation) in done and not force:
+            out.print(f"{name}: already done ({done[job.seed, job.ablation]}), skipped (--force runs it again)")
             continue
         args = ["exp", "run", "--queue", "-n", name, *(a for o in overrides for a in ("-S", o))]
-        dvc(*args, *(["-f"] if name in done else []))
+        dvc(*args, *(["-f"] if name in names_here else []))
         after = queue_status()
         mine.update({task: name for task in set(after) - set(before)})  # the task id, as names can repeat
         before = after
@@ -548,11 +573,19 @@ def wait(mine: dict[str, str], poll_s: float) -> int:
     from .progress import progress
     started = no_worker_since = time.monotonic()
     status: dict[str, str] = {}
+    seen = set(queue_status())  # older tasks of the same names are not ours
     try:
         with progress(running="") as bar:
             task = bar.add_task("experiments", total=len(mine), running="")
             while True:
                 tasks, workers = queue_status(with_workers=True)
+                for t in [t for t in mine if t not in tasks]:
+                    # DVC sometimes re-stashes a queued experiment under a new task id: follow it
+                    new = [u for u, (n, _) in tasks.items() if n == mine[t] and u not in mine and u not in seen]
+                    if new:
+                        mine[new[0]] = mine.pop(t)
+                        status[new[0]] = status.pop(t, None)
+                seen |= set(tasks)
                 now = {t: tasks.get(t, ("", "Removed"))[1] for t in mine}
                 for t, s in now.items():  # a line per change, so a log file tells the story too
                     if status.get(t) != s:
@@ -612,11 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.command == "queue":
             return queue(a.seeds, a.ablations, a.jobs, not a.no_start, a.force, a.poll)
-        if a.from_json:
-            shown = json.loads(Path(a.from_json).read_text())
-        else:
-            scope = ["--rev", a.rev] if a.rev else ["--all-commits"]
-            shown = json.loads(dvc("exp", "show", "--json", "--no-fetch", *scope).stdout)
+        shown = json.loads(Path(a.from_json).read_text()) if a.from_json else show_experiments(a.rev)
         report(shown)
         return 0
     except (StudyError, ConfigError) as e:
