@@ -248,7 +248,8 @@ def test_waiting_names_failed_experiments_and_their_logs(monkeypatch, capsys):
     calls = iter([first, first, *states])
     monkeypatch.setattr(study_mod, "queue_status",
                         lambda with_workers=False: (next(calls), 1) if with_workers else next(calls))
-    assert study_mod.wait({"aaaaaaa": "s42-all", "bbbbbbb": "s43-all"}, poll_s=0) == 1
+    monkeypatch.setattr(study_mod, "start_workers", lambda jobs: None)
+    assert study_mod.run({"aaaaaaa": "s42-all", "bbbbbbb": "s43-all"}, [], jobs=1, poll_s=0, names_here=set()) == 1
     printed = capsys.readouterr()
     assert "1 of 2 experiments succeeded" in printed.out
     assert "failed: s43-all: see `dvc queue logs ccccccc`" in printed.out

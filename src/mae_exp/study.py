@@ -99,11 +99,6 @@ def mean_ci(values, level: float = 0.95) -> tuple[int, float, float, float, floa
     return n, mean, sd, mean - half, mean + half
 
 
-def group_order(runs: pd.DataFrame) -> list[str]:
-    ablations = list(dict.fromkeys(runs["ablation"]))
-    return ["random", "original", *(f"improved: {a}" for a in ablations)]
-
-
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per group (random init, original, improved per ablation) and metric.
 
@@ -535,48 +530,67 @@ def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: 
     todo = plan(params, seeds, ablations)
     done = finished_cells(params)  # by params, on any commit: committing in between does not lose them
     names_here = experiment_names()
-    before = queue_status()
-    pending = {t: name for t, (name, status) in before.items() if status in ("Queued", "Running")}
+    pending = {t: name for t, (name, status) in queue_status().items() if status in ("Queued", "Running")}
     mine: dict[str, str] = {}  # task id -> name
+    waiting: list[Job] = []
     for job in todo:
-        name, overrides = job.name, job.overrides
-        if name in pending.values():
-            out.print(f"{name}: already queued or running, not queued again (waited for below)")
-            mine.update({t: n for t, n in pending.items() if n == name})
-            continue
-        if (job.seed, job.ablation) in done and not force:
-            out.print(f"{name}: already done ({done[job.seed, job.ablation]}), skipped (--force runs it again)")
-            continue
-        args = ["exp", "run", "--queue", "-n", name, *(a for o in overrides for a in ("-S", o))]
-        dvc(*args, *(["-f"] if name in names_here else []))
-        after = queue_status()
-        mine.update({task: name for task in set(after) - set(before)})  # the task id, as names can repeat
-        before = after
-        out.print(f"{name}: queued ({' '.join(overrides)})")
-    if not mine:
+        if job.name in pending.values():
+            out.print(f"{job.name}: already queued or running, not queued again (waited for below)")
+            mine.update({t: n for t, n in pending.items() if n == job.name})
+        elif (job.seed, job.ablation) in done and not force:
+            out.print(f"{job.name}: already done ({done[job.seed, job.ablation]}), skipped "
+                      "(--force runs it again)")
+        else:
+            waiting.append(job)
+    if not mine and not waiting:
         out.print("nothing new to run; `python -m mae_exp.study report` reads what is there")
         return 0
     if not start:
-        out.print(f"{len(mine)} experiment(s) in the queue; start it with `dvc queue start -j N`")
+        for job in waiting:
+            enqueue(job, names_here)
+        out.print(f"{len(mine) + len(waiting)} experiment(s) in the queue; start it with `dvc queue start -j N`")
         return 0
-    # the worker it starts outlives it: no pipes, or waiting for their end would wait for the queue
+    out.print(f"{len(waiting)} to run, at most {jobs} at a time in DVC's queue")
+    return run(mine, waiting, jobs, poll_s, names_here)
+
+
+def enqueue(job: Job, names_here: set[str]) -> str | None:
+    """`dvc exp run --queue` one experiment; its task id (names can repeat in the queue, ids do not)."""
+    before = set(queue_status())
+    args = ["exp", "run", "--queue", "-n", job.name, *(a for o in job.overrides for a in ("-S", o))]
+    dvc(*args, *(["-f"] if job.name in names_here else []))  # DVC refuses a name done on this commit
+    new = [t for t, (n, _) in queue_status().items() if t not in before and n == job.name]
+    out.print(f"{job.name}: queued ({' '.join(job.overrides)})")
+    return new[0] if new else None
+
+
+def start_workers(jobs: int) -> None:
+    # the worker it starts outlives it: no pipes, or waiting for their end would wait for the queue.
+    # Idempotent: DVC starts only the workers (1..N) that are not running.
     proc = subprocess.run([_dvc(), "queue", "start", "-j", str(jobs)], stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise StudyError(f"`dvc queue start -j {jobs}` failed (exit {proc.returncode}); the experiments "
-                         "stay queued: see `dvc queue status`")
-    return wait(mine, poll_s)
+        raise StudyError(f"`dvc queue start -j {jobs}` failed (exit {proc.returncode}): see `dvc queue status`")
 
 
-def wait(mine: dict[str, str], poll_s: float) -> int:
-    """Poll `dvc queue status` until every task of ours has finished, with a progress bar."""
+def run(mine: dict[str, str], waiting: list[Job], jobs: int, poll_s: float, names_here: set[str]) -> int:
+    """Feed DVC's queue at most `jobs` experiments at a time and poll `dvc queue status` until every one
+    has finished, with a progress bar and a line per change of state.
+
+    Why not queue everything up front: in a git worktree (refs shared with the main checkout), DVC 3.67
+    dropped every still-queued entry when an experiment finished (its stash ref is rewritten), twice in
+    one study. An experiment that a worker has taken is no longer in the stash, so keeping no more
+    experiments queued than there are workers loses none."""
     from .progress import progress
+    waiting = list(waiting)
+    total = len(mine) + len(waiting)
     started = no_worker_since = time.monotonic()
     status: dict[str, str] = {}
     seen = set(queue_status())  # older tasks of the same names are not ours
+    workers_started = False
     try:
         with progress(running="") as bar:
-            task = bar.add_task("experiments", total=len(mine), running="")
+            task = bar.add_task("experiments", total=total, running="")
             while True:
                 tasks, workers = queue_status(with_workers=True)
                 for t in [t for t in mine if t not in tasks]:
@@ -591,30 +605,47 @@ def wait(mine: dict[str, str], poll_s: float) -> int:
                     if status.get(t) != s:
                         bar.console.print(f"{time.strftime('%H:%M:%S')} {mine[t]}: {s.lower()}")
                 status = now
+                in_flight = sum(s in ("Queued", "Running") for s in status.values())
+                if waiting and in_flight < jobs:
+                    while waiting and in_flight < jobs:
+                        job = waiting.pop(0)
+                        t = enqueue(job, names_here)
+                        if t:
+                            mine[t] = job.name
+                            seen.add(t)
+                            in_flight += 1
+                    start_workers(jobs)
+                    workers_started = True
+                    no_worker_since = time.monotonic()
+                    continue  # poll again at once: the new tasks' state
+                if not workers_started and in_flight:
+                    start_workers(jobs)  # only experiments queued before this command
+                    workers_started = True
                 finished = sum(s in TERMINAL for s in status.values())
                 failed = sum(s in ("Failed", "Removed") for s in status.values())
                 running = [mine[t] for t, s in status.items() if s == "Running"]
                 bar.update(task, completed=finished,
                            running=f"{', '.join(running) or '-'} (failed: {failed})")
-                if finished == len(mine):
+                if finished == len(mine) and not waiting:
                     break
                 if workers:
                     no_worker_since = time.monotonic()
                 elif time.monotonic() - no_worker_since > max(60.0, 3 * poll_s):
-                    raise StudyError(f"no queue worker is running but {len(mine) - finished} experiment(s) "
-                                     "have not finished: `dvc queue status`; `dvc queue start -j N` resumes, "
-                                     "then `python -m mae_exp.study report`")
+                    raise StudyError(f"no queue worker is running but {total - finished} experiment(s) "
+                                     "have not finished: `dvc queue status`; the same command resumes")
                 time.sleep(poll_s)
     except KeyboardInterrupt:
-        out.print("stopped waiting; the queue keeps running in the background: `dvc queue status`, "
-                  "then `python -m mae_exp.study report`")
+        out.print("stopped; the experiments already in DVC's queue go on in the background "
+                  "(`dvc queue status`); the same command queues the rest, "
+                  "`python -m mae_exp.study report` reads what is done")
         return 130
     failed = [t for t, s in status.items() if s != "Success"]
     minutes = (time.monotonic() - started) / 60
     out.print(f"{len(mine) - len(failed)} of {len(mine)} experiments succeeded in {minutes:.1f} min")
     for t in failed:
         if status[t] == "Removed":
-            out.print(f"[bold red]not run:[/] {mine[t]}: removed from the queue (task {t})")
+            out.print(f"[bold red]not run:[/] {mine[t]}: removed from the queue (task {t}); "
+                      "the same command queues it again")
         else:
             out.print(f"[bold red]failed:[/] {mine[t]}: see `dvc queue logs {t}`")
     return 1 if failed else 0
