@@ -256,6 +256,38 @@ def test_waiting_names_failed_experiments_and_their_logs(monkeypatch, capsys):
     assert "s42-all: running" in printed.err and "s43-all: failed" in printed.err  # one line per change
 
 
+def test_the_queue_is_fed_at_most_jobs_experiments_at_a_time(monkeypatch, capsys):
+    """A fake DVC queue: each status call moves one queued task to running and running ones to success."""
+    import mae_exp.study as study_mod
+    tasks: dict[str, list] = {}
+    most = []
+
+    def status(with_workers=False):
+        for t in list(tasks):
+            if tasks[t][1] == "Running":
+                tasks[t][1] = "Success"
+        queued = [t for t in tasks if tasks[t][1] == "Queued"]
+        if queued:
+            tasks[queued[0]][1] = "Running"
+        most.append(sum(v[1] in ("Queued", "Running") for v in tasks.values()))
+        view = {t: tuple(v) for t, v in tasks.items()}
+        return (view, 1) if with_workers else view
+
+    def enqueue(job, names_here):
+        t = f"{len(tasks):07x}"
+        tasks[t] = [job.name, "Queued"]
+        return t
+
+    monkeypatch.setattr(study_mod, "queue_status", status)
+    monkeypatch.setattr(study_mod, "enqueue", enqueue)
+    monkeypatch.setattr(study_mod, "start_workers", lambda jobs: None)
+    jobs = plan(parse_params(TINY), [1, 2, 3], ["all", "laplacian_only"])
+    assert study_mod.run({}, jobs, jobs=2, poll_s=0, names_here=set()) == 0
+    assert max(most) <= 2 and len(tasks) == 6
+    assert all(state == "Success" for _, state in tasks.values())
+    assert "6 of 6 experiments succeeded" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- end to end
 
 
