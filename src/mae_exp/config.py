@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,15 @@ class VisualizeConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """Seeds x ablations for `python -m mae_exp.study` (no pipeline stage reads this section)."""
+
+    seeds: tuple[int, ...]
+    # ablation name -> {"improved.<key>": value} applied on top of `improved`; {} = all improvements
+    ablations: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     data: DataConfig
@@ -123,6 +133,7 @@ class Params:
     linear_probe: LinearProbeConfig
     finetune: FinetuneConfig
     visualize: VisualizeConfig
+    study: StudyConfig
 
     def variant(self, name: str) -> VariantConfig:
         if name not in VARIANTS:
@@ -156,6 +167,12 @@ def _build(cls, raw, where: str):
 def _coerce(kind, value, key: str):
     if dataclasses.is_dataclass(kind):
         return _build(kind, value if value is not None else {}, key)
+    if kind == tuple[int, ...]:
+        if isinstance(value, list) and value:
+            return tuple(_coerce(int, v, f"{key}[{i}]") for i, v in enumerate(value))
+        raise ConfigError(f"{key} must be a non-empty list of integers, got {value!r}")
+    if kind == dict[str, dict[str, float]]:
+        return _overrides(value, key)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -176,6 +193,34 @@ def _coerce(kind, value, key: str):
     else:  # pragma: no cover - only the kinds above appear in the dataclasses
         raise TypeError(kind)
     raise ConfigError(f"{key} must be {_kind_name(kind)}, got {value!r} ({type(value).__name__})")
+
+
+ABLATION_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _overrides(value, key: str) -> dict[str, dict[str, float]]:
+    """study.ablations: name -> {"improved.<key>": number}; names become experiment names."""
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{key} must be a non-empty mapping of ablation name -> overrides, got {value!r}")
+    fields = typing.get_type_hints(VariantConfig)
+    valid = ", ".join(f"improved.{f}" for f in fields)
+    out = {}
+    for name, overrides in value.items():
+        where = f"{key}.{name}"
+        if not isinstance(name, str) or not ABLATION_NAME.fullmatch(name):
+            raise ConfigError(f"{key}: ablation name {name!r} must use only letters, digits and _")
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where} must be a mapping of improved.* keys to values ({{}} for none), "
+                              f"got {overrides!r}")
+        out[name] = {}
+        for dotted, v in overrides.items():
+            section, _, field = str(dotted).partition(".")
+            if section != "improved" or field not in fields:
+                raise ConfigError(f"{where}: unknown override {dotted!r}; valid keys: {valid}")
+            out[name][dotted] = _coerce(fields[field], v, f"{where}.{dotted}")
+    return out
 
 
 def _kind_name(kind) -> str:
@@ -245,7 +290,32 @@ def validate(p: Params) -> Params:
     _check(vz.images >= 1, "visualize.images", f"must be at least 1, got {vz.images}")
     _check(vz.eval_images >= 1, "visualize.eval_images", f"must be at least 1, got {vz.eval_images}")
     _check(0 < vz.mask_ratio < 1, "visualize.mask_ratio", f"must lie strictly between 0 and 1, got {vz.mask_ratio}")
+    _validate_study(p)
     return p
+
+
+def ablation_variant(p: Params, name: str) -> VariantConfig:
+    """The improved recipe with study ablation `name`'s overrides applied."""
+    overrides = {k.partition(".")[2]: v for k, v in p.study.ablations[name].items()}
+    return dataclasses.replace(p.improved, **overrides)
+
+
+def _validate_study(p: Params) -> None:
+    seeds = p.study.seeds
+    dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+    _check(not dupes, "study.seeds", f"must not repeat a seed, got {dupes[0] if dupes else ''} twice")
+    # Only per-value checks here: inside an ablation experiment `improved` already carries that ablation's
+    # overrides, so checks that compare ablations (two giving the same recipe) belong to mae_exp.study.
+    for name in p.study.ablations:
+        v = ablation_variant(p, name)
+        where = f"study.ablations.{name}"
+        for key in ("mask_ratio", "mask_ratio_start"):
+            r = getattr(v, key)
+            _check(0 < r < 1, f"{where}: improved.{key}", f"must lie strictly between 0 and 1, got {r}")
+        _check(0 <= v.curriculum_fraction <= 1, f"{where}: improved.curriculum_fraction",
+               f"must lie in [0, 1], got {v.curriculum_fraction}")
+        for key in ("lambda_freq", "lambda_unif"):
+            _check(getattr(v, key) >= 0, f"{where}: improved.{key}", f"must be >= 0, got {getattr(v, key)}")
 
 
 def _divisors_hint(n: int) -> str:

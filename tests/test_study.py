@@ -1,0 +1,339 @@
+"""The seeds x ablations study: statistics on constructed results with a known answer, the study section's
+validation, and `python -m mae_exp.study queue` + `report` end to end through the real dvc queue."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import BIN, REPO, copy_repo, dvc, run
+from mae_exp.config import ConfigError, ablation_variant, load_params, parse_params
+from mae_exp.study import (StudyError, collect_runs, distinct_ablations, paired_differences, plan, sentence,
+                           summarize, t_quantile)
+
+TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("p, df, table", [
+    (0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 4, 2.776), (0.975, 10, 2.228), (0.95, 5, 2.015),
+    (0.995, 3, 5.841), (0.975, 1000, 1.962),
+])
+def test_t_quantile_matches_the_table(p, df, table):
+    assert t_quantile(p, df) == pytest.approx(table, abs=1e-3)
+
+
+def runs_frame(ablation: str, original: dict, diff: dict, seeds=(42, 43, 44)) -> pd.DataFrame:
+    """Experiments with known values: improved = original + diff, per metric, seed by seed."""
+    rows = []
+    for i, seed in enumerate(seeds):
+        row = {"seed": seed, "ablation": ablation, "name": f"s{seed}-{ablation}"}
+        for metric in ("lp_top1", "ft_top1", "hf_error", "psnr"):
+            row[f"{metric}_original"] = original[metric][i]
+            row[f"{metric}_improved"] = original[metric][i] + diff[metric][i]
+            row[f"{metric}_random"] = 0.1 + 0.01 * i if metric.endswith("top1") else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+ORIGINAL = {"lp_top1": [0.50, 0.52, 0.51], "ft_top1": [0.60, 0.61, 0.59], "hf_error": [0.100, 0.104, 0.098],
+            "psnr": [20.0, 20.5, 19.8]}
+
+
+def by_metric(diffs: pd.DataFrame, ablation: str) -> dict:
+    return {r["metric"]: r for r in diffs[diffs["ablation"] == ablation].to_dict("records")}
+
+
+def test_a_clear_difference_is_beyond_noise():
+    # LP +5, +6, +4 pp: mean 5 pp, sd 1 pp, CI 5 +- 4.303 * 1 / sqrt(3) = [2.52, 7.48] pp
+    # HF error -0.010, -0.012, -0.011: lower is better, so an improvement
+    diff = {"lp_top1": [0.05, 0.06, 0.04], "ft_top1": [0.0, 0.0, 0.0], "hf_error": [-0.010, -0.012, -0.011],
+            "psnr": [-0.5, -0.6, -0.4]}
+    d = by_metric(paired_differences(runs_frame("all", ORIGINAL, diff)), "all")
+    lp = d["lp_top1"]
+    assert lp["n"] == 3 and lp["diff_mean"] == pytest.approx(0.05)
+    assert lp["diff_std"] == pytest.approx(0.01)
+    half = 4.3027 * 0.01 / math.sqrt(3)
+    assert (lp["ci_low"], lp["ci_high"]) == pytest.approx((0.05 - half, 0.05 + half), abs=1e-5)
+    assert lp["beyond_noise"]
+    text = sentence(lp)
+    assert text == ("LP top-1: all three improvements change it by +5.0 pp (95% CI +2.5 to +7.5 pp, 3 seeds): "
+                    "beyond seed-to-seed noise (the CI excludes 0), better.")
+    assert d["hf_error"]["beyond_noise"] and sentence(d["hf_error"]).endswith("better.")
+    assert "lower is better" in sentence(d["hf_error"])
+    assert d["psnr"]["beyond_noise"] and sentence(d["psnr"]).endswith("worse.")
+    assert not d["ft_top1"]["beyond_noise"] and "no difference" in sentence(d["ft_top1"])
+
+
+def test_no_difference_stays_within_noise():
+    # differences that average to zero: the CI must contain 0
+    diff = {"lp_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, -0.01, 0.0], "hf_error": [0.002, -0.003, 0.001],
+            "psnr": [0.3, -0.2, -0.1]}
+    d = by_metric(paired_differences(runs_frame("laplacian_only", ORIGINAL, diff)), "laplacian_only")
+    for metric, row in d.items():
+        assert row["n"] == 3
+        assert row["ci_low"] < 0 < row["ci_high"], metric
+        assert not row["beyond_noise"]
+        assert sentence(row).endswith("within seed-to-seed noise."), sentence(row)
+    assert sentence(d["lp_top1"]).startswith("LP top-1: the Laplacian loss alone changes it by +0.0 pp (95% CI ")
+
+
+def test_one_seed_gives_no_interval():
+    diff = {m: [0.05] for m in ORIGINAL}
+    runs = runs_frame("all", {m: v[:1] for m, v in ORIGINAL.items()}, diff, seeds=(42,))
+    row = by_metric(paired_differences(runs), "all")["lp_top1"]
+    assert row["n"] == 1 and math.isnan(row["ci_low"]) and not row["beyond_noise"]
+    assert "needs at least 2 seeds" in sentence(row)
+
+
+def test_summary_counts_the_original_once_per_seed():
+    zero = {m: [0.0, 0.0, 0.0] for m in ORIGINAL}
+    runs = pd.concat([runs_frame("all", ORIGINAL, zero), runs_frame("laplacian_only", ORIGINAL, zero)])
+    s = summarize(runs).set_index(["group", "metric"])
+    assert s.loc[("original", "lp_top1"), "n"] == 3  # not 6: both ablations share a seed's original run
+    assert s.loc[("original", "lp_top1"), "mean"] == pytest.approx(0.51)
+    assert s.loc[("original", "lp_top1"), "std"] == pytest.approx(0.01)
+    assert s.loc[("random", "ft_top1"), "mean"] == pytest.approx(0.11)
+    assert ("random", "psnr") not in s.index  # no reconstruction from a random encoder
+    assert s.loc[("improved: laplacian_only", "psnr"), "n"] == 3
+
+
+# --------------------------------------------------------------------------- exp show -> runs
+
+
+def exp_entry(name: str, params: dict, metrics: dict, timestamp: str, state: str = "success") -> dict:
+    data = {"rev": f"{abs(hash(name + timestamp)):040x}"[:40], "timestamp": timestamp,
+            "params": {"params.yaml": {"data": params}},
+            "metrics": {path: {"data": value} for path, value in metrics.items()}}
+    return {"name": name, "executor": {"state": state},
+            "revs": [{"rev": data["rev"], "name": name, "data": data, "error": None, "experiments": None}]}
+
+
+def exp_params(seed: int, ablation: str | None = None, **changes) -> dict:
+    raw = copy.deepcopy(TINY)
+    raw["seed"] = seed
+    for dotted, value in (TINY["study"]["ablations"][ablation] if ablation else {}).items():
+        raw["improved"][dotted.split(".")[1]] = value
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        raw[section][key] = value
+    del raw["study"]  # an experiment made before the study section existed
+    return raw
+
+
+def exp_metrics(lp_original: float, lp_improved: float) -> dict:
+    m = {f"metrics/linear_probe_{e}.json": {"top1": v} for e, v in
+         (("random", 0.1), ("original", lp_original), ("improved", lp_improved))}
+    m.update({f"metrics/finetune_{e}.json": {"top1": 0.2} for e in ("random", "original", "improved")})
+    m["metrics/visualize.json"] = {"original": {"hf_error": 0.1, "psnr": 20.0},
+                                   "improved": {"hf_error": 0.09, "psnr": 20.1}}
+    return m
+
+
+def test_experiments_are_recognised_by_their_params():
+    current = load_params(REPO / "configs" / "tiny.yaml")
+    shown = [
+        {"rev": "workspace", "name": None, "data": {}, "error": None, "experiments": None},
+        {"rev": "a" * 40, "name": "main", "data": {}, "error": None, "experiments": [
+            exp_entry("s42-all", exp_params(42), exp_metrics(0.5, 0.6), "2026-01-01T10:00:00"),
+            exp_entry("s42-lap", exp_params(42, "laplacian_only"), exp_metrics(0.5, 0.55), "2026-01-01T10:05:00"),
+            exp_entry("s43-all", exp_params(43), exp_metrics(0.4, 0.5), "2026-01-01T10:10:00"),
+            exp_entry("s43-all-again", exp_params(43), exp_metrics(0.4, 0.45), "2026-01-01T11:00:00"),
+            exp_entry("other-lr", exp_params(42, pretrain__base_lr=0.01), exp_metrics(0, 0), "2026-01-01T12:00"),
+            exp_entry("freq02", exp_params(42, improved__lambda_freq=0.2), exp_metrics(0, 0), "2026-01-01T12:00"),
+            exp_entry("broken", exp_params(44), {}, "2026-01-01T12:00", state="failed"),
+        ]},
+    ]
+    runs, notes = collect_runs(shown, TINY["study"], current)
+    got = {(r["seed"], r["ablation"]): (r["name"], r["lp_top1_improved"]) for r in runs.to_dict("records")}
+    assert got == {(42, "all"): ("s42-all", 0.6), (43, "all"): ("s43-all-again", 0.45),  # the newer one
+                   (42, "laplacian_only"): ("s42-lap", 0.55)}
+    text = " ".join(notes)
+    assert "older duplicate" in text and "s43-all" in text
+    assert "other params than params.yaml" in text and "improved.* matches no study ablation" in text
+
+
+# --------------------------------------------------------------------------- the study section
+
+
+def with_study(**study) -> dict:
+    raw = copy.deepcopy(TINY)
+    raw["study"].update(study)
+    return raw
+
+
+def test_the_study_section_parses_into_overrides():
+    p = parse_params(TINY)
+    assert p.study.seeds == (42, 43, 44)
+    assert list(p.study.ablations) == ["all", "curriculum_only", "laplacian_only", "uniformity_only"]
+    lap = ablation_variant(p, "laplacian_only")
+    assert (lap.mask_ratio_start, lap.curriculum_fraction, lap.lambda_freq, lap.lambda_unif) == (
+        lap.mask_ratio, 0.0, p.improved.lambda_freq, 0.0)
+    assert ablation_variant(p, "all") == p.improved
+    distinct_ablations(p)
+
+
+@pytest.mark.parametrize("study, words", [
+    ({"seeds": []}, ["study.seeds", "non-empty list"]),
+    ({"seeds": [42, "x"]}, ["study.seeds[1]", "integer"]),
+    ({"seeds": [42, 42]}, ["study.seeds", "repeat", "42"]),
+    ({"ablations": {"x": {"improved.lamda_freq": 0.0}}}, ["study.ablations.x", "'improved.lamda_freq'",
+                                                          "improved.lambda_freq"]),
+    ({"ablations": {"x": {"pretrain.epochs": 1}}}, ["study.ablations.x", "'pretrain.epochs'"]),
+    ({"ablations": {"x": {"improved.lambda_freq": "lots"}}}, ["study.ablations.x.improved.lambda_freq",
+                                                              "a number"]),
+    ({"ablations": {"x": {"improved.mask_ratio_start": 1.5}}}, ["study.ablations.x", "improved.mask_ratio_start",
+                                                                "between 0 and 1"]),
+    ({"ablations": {"x": {"improved.lambda_unif": -1}}}, ["study.ablations.x", "improved.lambda_unif", ">= 0"]),
+    ({"ablations": {"no spaces": {}}}, ["study.ablations", "'no spaces'"]),
+    ({"ablations": {}}, ["study.ablations", "non-empty"]),
+    ({"ablations": {"x": [1]}}, ["study.ablations.x", "mapping"]),
+    ({"colour": "red"}, ["unknown key", "study.colour"]),
+])
+def test_bad_study_sections_name_the_key(study, words):
+    with pytest.raises(ConfigError) as err:
+        parse_params(with_study(**study))
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_a_missing_study_section_is_an_error():
+    raw = copy.deepcopy(TINY)
+    del raw["study"]
+    with pytest.raises(ConfigError, match="missing key 'study'"):
+        parse_params(raw)
+
+
+def test_two_ablations_with_the_same_recipe_are_refused():
+    p = parse_params(with_study(ablations={"all": {}, "same": {"improved.lambda_freq": TINY["improved"]["lambda_freq"]}}))
+    with pytest.raises(StudyError, match="study.ablations.same gives the same improved.* values as study.ablations.all"):
+        distinct_ablations(p)
+
+
+def test_plan_names_and_overrides():
+    p = parse_params(TINY)
+    jobs = plan(p, [1, 2], ["all", "uniformity_only"])
+    assert [j.name for j in jobs] == ["s1-all", "s2-all", "s1-uniformity_only", "s2-uniformity_only"]
+    assert (jobs[2].seed, jobs[2].ablation) == (1, "uniformity_only")
+    assert jobs[2].overrides == ("seed=1", "improved.mask_ratio_start=0.75", "improved.curriculum_fraction=0.0",
+                                 "improved.lambda_freq=0.0")
+    with pytest.raises(StudyError, match="unknown ablation 'nope'"):
+        plan(p, None, ["nope"])
+
+
+def test_no_stage_reads_the_study_section():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        assert not any(str(p).split(".")[0] == "study" for p in stage.get("params", [])), name
+
+
+def test_waiting_names_failed_experiments_and_their_logs(monkeypatch, capsys):
+    import mae_exp.study as study_mod
+    old = ("0000000", ("s43-all", "Failed"))  # an earlier attempt of the same name: not ours
+    states = iter([
+        dict([old, ("aaaaaaa", ("s42-all", "Running")), ("bbbbbbb", ("s43-all", "Queued"))]),
+        # DVC re-stashed s43-all under a new task id
+        dict([old, ("aaaaaaa", ("s42-all", "Success")), ("ccccccc", ("s43-all", "Queued"))]),
+        dict([old, ("aaaaaaa", ("s42-all", "Success")), ("ccccccc", ("s43-all", "Failed"))]),
+    ])
+    first = next(states)
+    calls = iter([first, first, *states])
+    monkeypatch.setattr(study_mod, "queue_status",
+                        lambda with_workers=False: (next(calls), 1) if with_workers else next(calls))
+    monkeypatch.setattr(study_mod, "start_workers", lambda jobs: None)
+    assert study_mod.run({"aaaaaaa": "s42-all", "bbbbbbb": "s43-all"}, [], jobs=1, poll_s=0, names_here=set()) == 1
+    printed = capsys.readouterr()
+    assert "1 of 2 experiments succeeded" in printed.out
+    assert "failed: s43-all: see `dvc queue logs ccccccc`" in printed.out
+    assert "s42-all: running" in printed.err and "s43-all: failed" in printed.err  # one line per change
+
+
+def test_the_queue_is_fed_at_most_jobs_experiments_at_a_time(monkeypatch, capsys):
+    """A fake DVC queue: each status call moves one queued task to running and running ones to success."""
+    import mae_exp.study as study_mod
+    tasks: dict[str, list] = {}
+    most = []
+
+    def status(with_workers=False):
+        for t in list(tasks):
+            if tasks[t][1] == "Running":
+                tasks[t][1] = "Success"
+        queued = [t for t in tasks if tasks[t][1] == "Queued"]
+        if queued:
+            tasks[queued[0]][1] = "Running"
+        most.append(sum(v[1] in ("Queued", "Running") for v in tasks.values()))
+        view = {t: tuple(v) for t, v in tasks.items()}
+        return (view, 1) if with_workers else view
+
+    def enqueue(job, names_here):
+        t = f"{len(tasks):07x}"
+        tasks[t] = [job.name, "Queued"]
+        return t
+
+    monkeypatch.setattr(study_mod, "queue_status", status)
+    monkeypatch.setattr(study_mod, "enqueue", enqueue)
+    monkeypatch.setattr(study_mod, "start_workers", lambda jobs: None)
+    jobs = plan(parse_params(TINY), [1, 2, 3], ["all", "laplacian_only"])
+    assert study_mod.run({}, jobs, jobs=2, poll_s=0, names_here=set()) == 0
+    assert max(most) <= 2 and len(tasks) == 6
+    assert all(state == "Success" for _, state in tasks.values())
+    assert "6 of 6 experiments succeeded" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def study(*args: str, cwd, **kw):
+    return run([str(BIN / "python"), "-m", "mae_exp.study", *args], cwd, **kw)
+
+
+def test_queue_and_report_end_to_end(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    # 2 seeds x 2 ablations; -j 2 runs both seeds' `all` together, then both `laplacian_only`, whose
+    # original branch the run-cache restores
+    proc = study("queue", "--seeds", "42", "43", "--ablations", "all", "laplacian_only", "-j", "2",
+                 "--poll", "5", cwd=repo, timeout=540)
+    out = proc.stdout + proc.stderr
+    assert "4 of 4 experiments succeeded" in out, out
+    names = set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split())
+    assert names == {"s42-all", "s43-all", "s42-laplacian_only", "s43-laplacian_only"}
+    logs = dvc("queue", "logs", "s43-laplacian_only", cwd=repo).stdout
+    assert "Stage 'pretrain_original' is cached - skipping run" in logs
+    assert "Running stage 'pretrain_improved'" in logs
+
+    # again: nothing new is queued, and existing names are no error
+    proc = study("queue", "--seeds", "42", "43", "--ablations", "all", "laplacian_only", cwd=repo)
+    assert "s42-all: already done (s42-all), skipped" in proc.stdout
+    assert "nothing new to run" in proc.stdout
+
+    proc = study("report", cwd=repo)
+    out = proc.stdout
+    assert "Paired difference improved − original" in out
+    # the tiny config's numbers mean nothing; whatever they are, one sentence per metric and ablation
+    assert re.search(r"LP top-1: all three improvements change it by .*2 seeds.*: "
+                     r"(within seed-to-seed noise|beyond seed-to-seed noise|no difference)", out), out
+    csv = pd.read_csv(repo / "metrics" / "study.csv")
+    assert set(csv["group"]) == {"random", "original", "improved: all", "improved: laplacian_only"}
+    assert (csv["n"] == 2).all()
+    improved = csv[csv["group"].str.startswith("improved")]
+    assert len(improved) == 8 and (improved["diff_n"] == 2).all()
+    assert (improved["ci_low"] <= improved["diff_mean"]).all() and (improved["diff_mean"] <= improved["ci_high"]).all()
+    md = (repo / "metrics" / "study.md").read_text()
+    assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only | 2 |" in md
+    assert md.count("\n- ") == 8  # one sentence per metric and ablation
+    assert (repo / "plots" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the study section is no stage's param: editing it leaves the pipeline up to date
+    dvc("exp", "apply", "s42-all", cwd=repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["study"]["seeds"] = [1, 2, 3, 4, 5]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "Data and pipelines are up to date" in dvc("status", cwd=repo).stdout
