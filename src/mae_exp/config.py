@@ -273,14 +273,7 @@ def validate(p: Params) -> Params:
     _check(p.pretrain.checkpoint_every >= 1, "pretrain.checkpoint_every",
            f"must be at least 1, got {p.pretrain.checkpoint_every}")
     for name in VARIANTS:
-        v = p.variant(name)
-        for key in ("mask_ratio", "mask_ratio_start"):
-            r = getattr(v, key)
-            _check(0 < r < 1, f"{name}.{key}", f"must lie strictly between 0 and 1, got {r}")
-        _check(0 <= v.curriculum_fraction <= 1, f"{name}.curriculum_fraction",
-               f"must lie in [0, 1], got {v.curriculum_fraction}")
-        for key in ("lambda_freq", "lambda_unif"):
-            _check(getattr(v, key) >= 0, f"{name}.{key}", f"must be >= 0, got {getattr(v, key)}")
+        _check_variant(p.variant(name), name)
     lp = p.linear_probe
     _check(lp.epochs >= 1, "linear_probe.epochs", f"must be at least 1, got {lp.epochs}")
     _check(lp.batch_size >= 2, "linear_probe.batch_size", f"must be at least 2, got {lp.batch_size}")
@@ -307,15 +300,18 @@ def _validate_study(p: Params) -> None:
     # Only per-value checks here: inside an ablation experiment `improved` already carries that ablation's
     # overrides, so checks that compare ablations (two giving the same recipe) belong to mae_exp.study.
     for name in p.study.ablations:
-        v = ablation_variant(p, name)
-        where = f"study.ablations.{name}"
-        for key in ("mask_ratio", "mask_ratio_start"):
-            r = getattr(v, key)
-            _check(0 < r < 1, f"{where}: improved.{key}", f"must lie strictly between 0 and 1, got {r}")
-        _check(0 <= v.curriculum_fraction <= 1, f"{where}: improved.curriculum_fraction",
-               f"must lie in [0, 1], got {v.curriculum_fraction}")
-        for key in ("lambda_freq", "lambda_unif"):
-            _check(getattr(v, key) >= 0, f"{where}: improved.{key}", f"must be >= 0, got {getattr(v, key)}")
+        _check_variant(ablation_variant(p, name), f"study.ablations.{name}: improved")
+
+
+def _check_variant(v: VariantConfig, prefix: str) -> None:
+    """Range checks of one recipe; `prefix` names it in messages (`improved`, `study.ablations.x: improved`)."""
+    for key in ("mask_ratio", "mask_ratio_start"):
+        r = getattr(v, key)
+        _check(0 < r < 1, f"{prefix}.{key}", f"must lie strictly between 0 and 1, got {r}")
+    _check(0 <= v.curriculum_fraction <= 1, f"{prefix}.curriculum_fraction",
+           f"must lie in [0, 1], got {v.curriculum_fraction}")
+    for key in ("lambda_freq", "lambda_unif"):
+        _check(getattr(v, key) >= 0, f"{prefix}.{key}", f"must be >= 0, got {getattr(v, key)}")
 
 
 def _divisors_hint(n: int) -> str:
