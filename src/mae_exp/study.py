@@ -627,7 +627,7 @@ def run(mine: dict[str, str], waiting: list[Job], jobs: int, poll_s: float, name
                            running=f"{', '.join(running) or '-'} (failed: {failed})")
                 if finished == len(mine) and not waiting:
                     break
-                if workers:
+                if workers or running:  # `dvc queue status` can show no worker while a task still runs
                     no_worker_since = time.monotonic()
                 elif time.monotonic() - no_worker_since > max(60.0, 3 * poll_s):
                     raise StudyError(f"no queue worker is running but {total - finished} experiment(s) "
