@@ -1,7 +1,13 @@
-"""Stage `finetune@<encoder>`: end-to-end fine-tuning of a pre-trained encoder."""
+"""Stage `finetune@<encoder>`: end-to-end fine-tuning of an encoder (MAE's recipe, see finetune.py)."""
+from mae_exp import distributed
 from mae_exp.cli import run_stage
 from mae_exp.config import ENCODERS
-from mae_exp.evaluate import finetune
-run_stage(lambda p, name: finetune(p, f"models/{name}/encoder.pt", "data/prepared", name,
-                                   f"metrics/finetune_{name}.json", f"plots/finetune_{name}.csv"),
-          ("encoder",), {"encoder": ENCODERS}, section="finetune")  # finetune.processes: see distributed.py
+from mae_exp.finetune import finetune
+
+
+def main(params, name):
+    finetune(params, f"models/{name}/encoder.pt", "data/prepared", name, f"metrics/finetune_{name}",
+             f"scratch/finetune_{name}")
+
+
+run_stage(distributed.processes("finetune", main), ("encoder",), {"encoder": ENCODERS})

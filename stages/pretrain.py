@@ -1,4 +1,5 @@
 """Stages `pretrain_original` / `pretrain_improved`: MAE pre-training of one variant."""
+from mae_exp import distributed
 from mae_exp.cli import run_stage
 from mae_exp.config import VARIANTS
 from mae_exp.pretrain import Outputs, pretrain
@@ -6,9 +7,8 @@ from mae_exp.pretrain import Outputs, pretrain
 
 def main(params, variant):
     outputs = Outputs(checkpoint=f"models/{variant}/checkpoint.pt", encoder=f"models/{variant}/encoder.pt",
-                      metrics=f"metrics/pretrain_{variant}.json", curve=f"plots/pretrain_{variant}.csv",
-                      scratch=f"scratch/pretrain_{variant}")
+                      live=f"metrics/pretrain_{variant}", scratch=f"scratch/pretrain_{variant}")
     pretrain(params, variant, "data/prepared", outputs)
 
 
-run_stage(main, ("variant",), {"variant": VARIANTS}, section="pretrain")  # pretrain.processes: see distributed.py
+run_stage(distributed.processes("pretrain", main), ("variant",), {"variant": VARIANTS})

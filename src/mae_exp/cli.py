@@ -1,24 +1,23 @@
-"""How a stage script runs: load and validate params first, turn known failures into one clear line."""
+"""How a stage script runs: load and validate params first, turn known failures into one clear line.
+
+Exit status: 2 for bad input (arguments, params), 1 for a failure the message explains, 128 + N for a
+stage stopped by signal N (130 for Ctrl-C, 143 for SIGTERM), as a shell reports it.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from .config import ConfigError, Params, load_params
+from .errors import DistributedError, Interrupted, TrainingDiverged
 from .progress import console
 
 
-def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[str, ...]] | None = None,
-              section: str | None = None) -> None:
+def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[str, ...]] | None = None) -> None:
     """Parse positional args, load params.yaml, call main(params, *args); exit 2 on bad input.
-
-    `section` (pretrain, finetune) names the params section whose `processes` the stage runs as: above 1,
-    this process launches that many workers of the same command under torchrun and exits with their
-    status; a worker joins the process group around main (see distributed.py).
-    """
-    from . import distributed  # late: keeps `--help`-style failures fast
-    from .pretrain import TrainingDiverged
-
+    (Training stages wrap main in distributed.processes, for `<section>.processes`.)"""
     args = sys.argv[1:]
     script = sys.argv[0]
     if len(args) != len(argv_names):
@@ -31,26 +30,30 @@ def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[s
         params: Params = load_params("params.yaml")
     except ConfigError as e:
         _fail(f"invalid parameters: {e}", 2)
+    stopped_by = [signal.SIGINT]
+
+    def on_sigterm(signum, _frame):  # `kill`, `dvc queue kill`: stop as Ctrl-C does, and say so
+        stopped_by[0] = signum
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        if section is None:
-            main(params, *args)
-        else:
-            cfg, key = getattr(params, section), f"{section}.processes"
-            if cfg.processes > 1 and not distributed.under_torchrun():
-                sys.exit(distributed.launch(cfg.processes, key, cfg.threads))
-            with distributed.session(cfg.processes, key):
-                main(params, *args)
-    except distributed.DistributedError as e:  # can differ between machines: each one's first process says it
-        _fail(str(e), 1, loud=distributed.local_rank() == 0)
+        main(params, *args)
+    except DistributedError as e:  # can differ between machines: each one's first process says it
+        _fail(str(e), 1, loud=os.environ.get("LOCAL_RANK", "0") == "0")
     except TrainingDiverged as e:
         _fail(str(e), 1)
+    except Interrupted as e:
+        _fail(f"{e} ({signal.Signals(stopped_by[0]).name})", 128 + stopped_by[0], style="yellow", prefix="stopped")
+    except KeyboardInterrupt:
+        _fail(f"{script}: interrupted ({signal.Signals(stopped_by[0]).name}) before any result was written; "
+              f"`dvc repro` runs this stage again", 128 + stopped_by[0], style="yellow", prefix="stopped")
     except (FileNotFoundError, ValueError) as e:
         _fail(f"{script}: {e}", 1)
 
 
-def _fail(message: str, code: int, loud: bool = False) -> None:
+def _fail(message: str, code: int, loud: bool = False, style: str = "bold red", prefix: str = "error") -> None:
     """One line on stderr (from rank 0 alone when several processes run, unless `loud`), then exit."""
     if loud:
         console.quiet = False
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never wrapped
+    console.print(f"[{style}]{prefix}:[/] {message}", highlight=False, soft_wrap=True)  # one line, never wrapped
     sys.exit(code)

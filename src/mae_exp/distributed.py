@@ -27,6 +27,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from .errors import DistributedError
 from .progress import console
 
 # Longest wait of a collective (and of joining the group) before a rank gives up: a rank that died or a
@@ -34,10 +35,6 @@ from .progress import console
 # the others wait is seconds, far below this.
 TIMEOUT = datetime.timedelta(minutes=5)
 BACKEND_ENV = "MAE_DIST_BACKEND"  # override the backend (gloo | nccl); default: nccl on CUDA, gloo on CPU
-
-
-class DistributedError(RuntimeError):
-    """The processes asked for by `<section>.processes` cannot run; the message names the key."""
 
 
 # --------------------------------------------------------------------------- where this process stands
@@ -82,6 +79,14 @@ def cpu_threads(threads: int) -> int:
     return threads or max(1, (os.cpu_count() or 1) // local_world_size())
 
 
+def describe(dev: torch.device, threads: int) -> str:
+    """Where a stage computes, for its start-up line: `cpu, 2 threads` / `cuda:0, 2 processes`."""
+    where = f"{dev}, {torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}"
+    if dev.type == "cpu" and not threads:
+        where += " (threads: 0 = all cores; lower it on a shared machine)"
+    return where + (f", {world_size()} processes" if world_size() > 1 else "")
+
+
 # --------------------------------------------------------------------------- start and stop
 
 
@@ -114,6 +119,19 @@ def launch(processes: int, key: str, threads: int) -> int:
         raise DistributedError(f"{key}: {processes} processes asked for, but torchrun could not start them "
                                f"({_first_line(e)}); set {key}: 1 to run in one process") from None
     return 0
+
+
+def processes(section: str, main):
+    """Stage entry for a training stage: main(params, *args) in `<section>.processes` processes. Started as
+    `python stages/...` with N > 1, this process launches N workers of the same command under torchrun and
+    exits with their status; a worker (or N = 1) joins the process group around main."""
+    def run(params, *args):
+        n, key = getattr(params, section).processes, f"{section}.processes"
+        if n > 1 and not under_torchrun():
+            sys.exit(launch(n, key, params.threads))
+        with session(n, key):
+            return main(params, *args)
+    return run
 
 
 @contextmanager
@@ -220,6 +238,18 @@ class _GatherRows(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad)
         return grad[rank() * ctx.rows:(rank() + 1) * ctx.rows]
+
+
+def check_same_weights(model: torch.nn.Module, what: str) -> None:
+    """Every rank must end with rank 0's weights (DDP applies the same averaged gradients everywhere); a
+    checksum per parameter, compared exactly, catches a rank that drifted (a bug, never rounding)."""
+    if world_size() == 1:
+        return
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device())
+    mine = sums.clone()
+    dist.broadcast(sums, src=0)
+    if not torch.equal(sums, mine):
+        raise DistributedError(f"{what}: the weights of rank {rank()} differ from rank 0's after training")
 
 
 def from_rank0(obj):

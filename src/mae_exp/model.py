@@ -3,7 +3,8 @@
 The encoder sees only the visible patches; a light decoder gets the encoded visible tokens plus a
 learned mask token at every masked position, both with fixed 2D sin-cos positions, and predicts the
 pixels of every patch. Methods follow the paper's order: patchify, random_masking, forward_encoder,
-forward_decoder, forward_loss.
+forward_decoder, forward_loss. The improved recipe's two extra terms (objectives.py) are part of
+forward_loss, weighted by `lambda_freq` and `lambda_unif`; with both 0 this is the original MAE.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed, objectives
 from .config import ModelConfig
 
 
@@ -53,36 +55,49 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block."""
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop a residual branch for a random `rate` of the samples, rescale the rest."""
+    if rate == 0.0 or not training:
+        return x
+    keep = torch.empty(x.shape[0], *([1] * (x.ndim - 1)), device=x.device, dtype=x.dtype).bernoulli_(1 - rate)
+    return x * keep / (1 - rate)
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+
+class Block(nn.Module):
+    """Pre-norm transformer block; `drop_path` > 0 (fine-tuning) skips its branches at random."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 # --------------------------------------------------------------------------- the model
 
 
 class ViTEncoder(nn.Module):
-    """Patch embedding + [cls] token + fixed 2D sin-cos positions + transformer blocks."""
+    """Patch embedding + [cls] token + fixed 2D sin-cos positions + transformer blocks.
 
-    def __init__(self, cfg: ModelConfig, image_size: int, in_chans: int = 3):
+    `drop_path` is the stochastic-depth rate of the last block, rising linearly from 0 at the first
+    (as in MAE's fine-tuning); pre-training uses none."""
+
+    def __init__(self, cfg: ModelConfig, image_size: int, in_chans: int = 3, drop_path: float = 0.0):
         super().__init__()
         self.grid = image_size // cfg.patch_size
         self.patch_embed = nn.Conv2d(in_chans, cfg.encoder_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.encoder_dim))
         self.register_buffer("pos_embed", sincos_2d(cfg.encoder_dim, self.grid)[None], persistent=False)
-        self.blocks = nn.ModuleList(Block(cfg.encoder_dim, cfg.encoder_heads, cfg.mlp_ratio)
-                                    for _ in range(cfg.encoder_depth))
+        depth = cfg.encoder_depth
+        self.blocks = nn.ModuleList(Block(cfg.encoder_dim, cfg.encoder_heads, cfg.mlp_ratio,
+                                          drop_path * i / max(1, depth - 1)) for i in range(depth))
         self.norm = nn.LayerNorm(cfg.encoder_dim, eps=1e-6)
 
     def embed(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -104,15 +119,18 @@ class ViTEncoder(nn.Module):
         for blk in self.blocks:
             blk.compile()
 
-    def features(self, imgs: torch.Tensor) -> torch.Tensor:
-        """All patches, no masking: mean of the patch tokens, the representation probed downstream."""
-        return self(self.embed(imgs))[:, 1:].mean(dim=1)
+    def features(self, imgs: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+        """All patches, no masking -> one vector per image: the mean of the patch tokens, or the [cls] token."""
+        tokens = self(self.embed(imgs))
+        return tokens[:, 1:].mean(dim=1) if pooling == "mean" else tokens[:, 0]
 
 
 class MaskedAutoencoderViT(nn.Module):
-    def __init__(self, cfg: ModelConfig, image_size: int, in_chans: int = 3):
+    def __init__(self, cfg: ModelConfig, image_size: int, in_chans: int = 3, lambda_freq: float = 0.0,
+                 lambda_unif: float = 0.0):
         super().__init__()
         self.cfg = cfg
+        self.lambda_freq, self.lambda_unif = lambda_freq, lambda_unif
         self.image_size = image_size
         self.patch_size = p = cfg.patch_size
         self.grid = image_size // p
@@ -169,8 +187,7 @@ class MaskedAutoencoderViT(nn.Module):
 
     # ------------------------------------------------------------------ masking
 
-    def random_masking(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None):
+    def random_masking(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
         """Keep a random (1 - mask_ratio) of the tokens of each sample.
 
         The tokens with the smallest noise are kept; passing the same `noise` gives the same masks,
@@ -181,7 +198,7 @@ class MaskedAutoencoderViT(nn.Module):
         b, n, d = x.shape
         keep = max(1, int(n * (1 - mask_ratio)))
         if noise is None:
-            noise = torch.rand(b, n, device=x.device, generator=generator)
+            noise = torch.rand(b, n, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :keep]
@@ -193,9 +210,8 @@ class MaskedAutoencoderViT(nn.Module):
 
     # ------------------------------------------------------------------ encoder / decoder
 
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None):
-        x, mask, ids_restore = self.random_masking(self.encoder.embed(imgs), mask_ratio, noise, generator)
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        x, mask, ids_restore = self.random_masking(self.encoder.embed(imgs), mask_ratio, noise)
         return self.encoder(x), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -220,11 +236,33 @@ class MaskedAutoencoderViT(nn.Module):
         std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         return (target - mean) / std, mean, std
 
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error on the masked patches, against per-patch normalised pixels."""
-        target, _, _ = self.target(imgs)
-        per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
-        return (per_patch * mask).sum() / mask.sum()
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor,
+                     monitor: bool = False) -> torch.Tensor:
+        """(4,) [total, masked MSE, masked Laplacian L1, uniformity]; the total is what is minimised.
+
+        MSE on the masked patches against per-patch normalised pixels (the target is computed once),
+        plus lambda_freq x the Laplacian L1 of the reconstruction on masked pixels, plus lambda_unif x the
+        uniformity of the mean-pooled encoder tokens over the global batch (every process's rows). A term
+        with weight 0 is computed only when `monitor` (for its curve), without a graph; otherwise it is 0.
+        Computed in fp32 whatever autocast the forward ran under.
+        """
+        with torch.autocast(imgs.device.type, enabled=False):
+            target, mean, std = self.target(imgs)
+            pred = pred.float()
+            per_patch = ((pred - target) ** 2).mean(dim=-1)
+            mse = (per_patch * mask).sum() / mask.sum()
+            zero = torch.zeros((), device=imgs.device)
+            freq = unif = zero
+            if self.lambda_freq > 0 or monitor:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_freq > 0):
+                    recon = self.unpatchify(pred * std + mean)
+                    freq = objectives.masked_laplacian_l1(recon, imgs, mask, self.patch_size)
+            if self.lambda_unif > 0 or monitor:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_unif > 0):
+                    # pairwise over the global batch: as one process would see it (see distributed.py)
+                    unif = objectives.uniformity(distributed.gather_rows(latent[:, 1:].float().mean(dim=1)))
+            total = mse + self.lambda_freq * freq + self.lambda_unif * unif
+            return torch.stack([total, mse, freq, unif])
 
     def reconstruct(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """Predicted patches -> image in the input's space (undoing the per-patch normalisation)."""
@@ -232,11 +270,8 @@ class MaskedAutoencoderViT(nn.Module):
         return self.unpatchify(pred.float() * std + mean)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None):
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise, generator)
+                monitor: bool = False):
+        """-> (loss terms as in forward_loss, predicted patches, patch mask with 1 = masked)."""
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)
-        return self.forward_loss(imgs, pred, mask), pred, mask, latent
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+        return self.forward_loss(imgs, pred, mask, latent, monitor), pred, mask

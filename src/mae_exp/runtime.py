@@ -43,18 +43,32 @@ def warmup_cosine(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and tokens (1-D parameters), as in MAE."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, layer_scale=None) -> list[dict]:
+    """No weight decay on biases, norms and tokens (1-D parameters), as in MAE; with `layer_scale`
+    (parameter name -> learning-rate factor, fine-tuning's layer-wise decay) one group per factor."""
+    groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith("token") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if p.ndim <= 1 or name.endswith("token") else weight_decay
+        scale = layer_scale(name) if layer_scale else 1.0
+        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay, "lr_scale": scale})
+        group["params"].append(p)
+    return list(groups.values())
 
 
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95),
-                             fused=device.type == "cuda")
+def adamw(groups: list[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with MAE's betas; each group's lr is lr x its `lr_scale`, set every step by train.Trainer."""
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+def open_live(directory: str | Path):
+    """A DVCLive logger writing `directory`/metrics.json and the curves under `directory`/plots/, on rank 0
+    (None on the other ranks). No dvc.yaml of its own: the stage's metrics and plots are in dvc.yaml."""
+    if not distributed.is_rank0():
+        return None
+    from dvclive import Live
+    return Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
 
 
 def atomic_write(path: str | Path, write) -> Path:
@@ -78,11 +92,6 @@ def save_torch(obj, path: str | Path) -> Path:
 
 def save_json(obj, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def save_csv(rows: list[dict], path: str | Path) -> Path:
-    import pandas as pd
-    return atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = True):

@@ -3,9 +3,13 @@
 The same noise tensor (from visualize.mask_seed) is passed to both models, so both see exactly the
 same visible patches. Rows of the grid: original | masked input | original-MAE | improved-MAE.
 Reconstructions paste the visible patches back and show the model's prediction where it was masked.
-Metrics, over the first visualize.eval_images test images, on masked pixels only, in [0, 1] RGB:
-  hf_error: mean |Laplacian(reconstruction) - Laplacian(image)|   (lower is sharper and truer)
-  psnr:     10 log10(1 / MSE), per image, averaged                  (higher is better)
+The grid's images are drawn with visualize.mask_seed from every class in turn (a folder dataset's test
+split is sorted by class, so its first images would all be one class).
+Metrics, over the first visualize.eval_images test images, on masked patches only:
+  mse:      the pre-training objective, MSE against per-patch normalised pixels (the same term for both
+            variants, whatever else the improved one adds to its loss)
+  hf_error: mean |Laplacian(reconstruction) - Laplacian(image)| in [0, 1] RGB (lower is sharper and truer)
+  psnr:     10 log10(1 / MSE) in [0, 1] RGB, per image, averaged   (higher is better)
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from .data import load_split
 from .model import MaskedAutoencoderViT
 from .objectives import masked_laplacian_l1, patch_mask_to_pixels
 from .progress import console, progress
-from .runtime import atomic_write, batches, save_json
+from .runtime import atomic_write, batches, open_live, setup
 
 
 def load_mae(path: str | Path, p: Params) -> MaskedAutoencoderViT:
@@ -32,13 +36,29 @@ def load_mae(path: str | Path, p: Params) -> MaskedAutoencoderViT:
 
 @torch.no_grad()
 def reconstruct(model: MaskedAutoencoderViT, x: torch.Tensor, noise: torch.Tensor, mask_ratio: float):
-    """-> (reconstruction with visible patches pasted back, in [0, 1] space; pixel mask; patch mask)."""
-    latent, mask, ids_restore = model.forward_encoder(x, mask_ratio, noise=noise)
-    pred = model.forward_decoder(latent, ids_restore)
+    """-> (reconstruction with visible patches pasted back, in [0, 1] space; pixel mask; patch mask;
+    the masked-patch MSE against the normalised target, the pre-training objective)."""
+    terms, pred, mask = model(x, mask_ratio, noise=noise)
     pixel_mask = patch_mask_to_pixels(mask, model.grid, model.patch_size)
     recon = to_unit(model.reconstruct(x, pred))
     image = to_unit(x)
-    return image * (1 - pixel_mask) + recon * pixel_mask, pixel_mask, mask
+    return image * (1 - pixel_mask) + recon * pixel_mask, pixel_mask, mask, terms[1]
+
+
+def grid_indices(labels, count: int, seed: int) -> list[int]:
+    """`count` test images, one class after another (a random image of each, drawn with `seed`)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels)
+    classes = labels.unique()
+    pools = {int(c): (labels == c).nonzero().flatten() for c in classes}
+    pools = {c: idx[torch.randperm(len(idx), generator=gen)].tolist() for c, idx in pools.items()}
+    order = [int(c) for c in classes[torch.randperm(len(classes), generator=gen)]]
+    picked = []
+    while len(picked) < min(count, len(labels)):
+        for c in order:
+            if pools[c] and len(picked) < count:
+                picked.append(pools[c].pop())
+    return picked
 
 
 def masked_psnr(recon: torch.Tensor, image: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
@@ -49,34 +69,49 @@ def masked_psnr(recon: torch.Tensor, image: torch.Tensor, pixel_mask: torch.Tens
 
 
 def visualize(p: Params, checkpoints: dict[str, str | Path], data_root: str | Path,
-              grid_path: str | Path, metrics_path: str | Path) -> dict:
+              grid_path: str | Path, live_dir: str | Path) -> dict:
     cfg = p.visualize
-    models = {name: load_mae(checkpoints[name], p) for name in VARIANTS}
-    test = load_split(data_root, "test").images
-    n_eval = min(cfg.eval_images, test.shape[0])
+    device, _ = setup("fp32", p.threads, p.seed)
+    models = {name: load_mae(checkpoints[name], p).to(device) for name in VARIANTS}
+    test = load_split(data_root, "test")
+    n_eval = min(cfg.eval_images, len(test.images))
     grid = models[VARIANTS[0]].grid
     noise = torch.rand(n_eval, grid * grid, generator=torch.Generator().manual_seed(cfg.mask_seed))
 
-    sums = {name: {"hf_error": 0.0, "psnr": 0.0} for name in VARIANTS}
-    shown: dict[str, torch.Tensor] = {}
+    def batch(idx) -> torch.Tensor:
+        return resize(to_float(torch.from_numpy(test.images[idx]).to(device)), p.data.input_size)
+
+    sums = {name: {"mse": 0.0, "hf_error": 0.0, "psnr": 0.0} for name in VARIANTS}
     with progress() as bar:
         for idx in bar.track(batches(n_eval, 128, drop_last=False), description="reconstructing"):
-            x = resize(to_float(torch.from_numpy(test[idx.numpy()])), p.data.input_size)
+            x = batch(idx.numpy())
             for name, model in models.items():
-                recon, pixel_mask, mask = reconstruct(model, x, noise[idx], cfg.mask_ratio)
+                recon, pixel_mask, mask, mse = reconstruct(model, x, noise[idx].to(device), cfg.mask_ratio)
                 image = to_unit(x)
+                sums[name]["mse"] += mse.item() * len(idx)
                 sums[name]["hf_error"] += masked_laplacian_l1(recon, image, mask, model.patch_size).item() * len(idx)
                 sums[name]["psnr"] += masked_psnr(recon, image, pixel_mask).sum().item()
-                if idx[0] == 0:
-                    shown[name] = recon[: cfg.images]
-                    shown["image"], shown["masked"] = image[: cfg.images], (image * (1 - pixel_mask))[: cfg.images]
+    # the grid: its own images across classes, its own masks from the same seed (identical for both models)
+    rows = grid_indices(test.labels, cfg.images, cfg.mask_seed)
+    x = batch(sorted(rows))
+    row_noise = torch.rand(len(rows), grid * grid, generator=torch.Generator().manual_seed(cfg.mask_seed + 1))
+    shown = {}
+    for name, model in models.items():
+        shown[name], pixel_mask, _, _ = reconstruct(model, x, row_noise.to(device), cfg.mask_ratio)
+    shown["image"], shown["masked"] = to_unit(x), to_unit(x) * (1 - pixel_mask)
+    save_grid({k: v.cpu() for k, v in shown.items()}, grid_path)
+
     metrics = {name: {k: round(v / n_eval, 5) for k, v in s.items()} for name, s in sums.items()}
-    metrics["eval_images"] = n_eval
-    metrics["mask_ratio"] = cfg.mask_ratio
-    save_grid(shown, grid_path)
-    save_json(metrics, metrics_path)
+    live = open_live(live_dir)
     for name in VARIANTS:
-        console.print(f"{name}: masked HF error {metrics[name]['hf_error']:.4f}, masked PSNR {metrics[name]['psnr']:.2f} dB")
+        for key, value in metrics[name].items():
+            live.log_metric(f"{name}/{key}", value, plot=False)
+    live.summary.update({"eval_images": n_eval, "mask_ratio": cfg.mask_ratio})
+    live.make_summary()
+    for name in VARIANTS:
+        m = metrics[name]
+        console.print(f"{name}: masked MSE {m['mse']:.4f}, masked HF error {m['hf_error']:.4f}, "
+                      f"masked PSNR {m['psnr']:.2f} dB", highlight=False)
     return metrics
 
 
