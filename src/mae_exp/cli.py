@@ -37,7 +37,7 @@ def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[s
         else:
             cfg, key = getattr(params, section), f"{section}.processes"
             if cfg.processes > 1 and not distributed.under_torchrun():
-                sys.exit(distributed.launch(cfg.processes, key, cfg.threads))
+                sys.exit(distributed.launch(cfg.processes, key, params.threads))
             with distributed.session(cfg.processes, key):
                 main(params, *args)
     except distributed.DistributedError as e:  # can differ between machines: each one's first process says it

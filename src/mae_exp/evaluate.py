@@ -60,7 +60,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, name: str,
                  metrics_path: str | Path, curve_path: str | Path) -> dict:
     cfg: LinearProbeConfig = p.linear_probe
-    device, amp_dtype = setup("auto", 0, p.seed)
+    device, amp_dtype = setup("auto", p.threads, p.seed)
     encoder = load_encoder(encoder_path, p).to(device)
     train, test = load_split(data_root, "train"), load_split(data_root, "test")
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ class Classifier(nn.Module):
 def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: str,
              metrics_path: str | Path, curve_path: str | Path) -> dict:
     cfg: FinetuneConfig = p.finetune
-    device, amp_dtype = setup(cfg.precision, cfg.threads, p.seed)
+    device, amp_dtype = setup(cfg.precision, p.threads, p.seed)
     num_classes = len(load_meta(data_root)["classes"])
     model = Classifier(load_encoder(encoder_path, p), num_classes).to(device)
     if cfg.compile:

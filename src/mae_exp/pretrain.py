@@ -58,7 +58,7 @@ def run_key(p: Params, variant: str, data_digest: str) -> str:
 def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) -> dict:
     variant = p.variant(variant_name)
     cfg = p.pretrain
-    device, amp_dtype = setup(cfg.precision, cfg.threads, p.seed)
+    device, amp_dtype = setup(cfg.precision, p.threads, p.seed)
     meta = load_meta(data_root)
     images = resident_images(load_split(data_root, "unlabeled").images, device)
     n = images.shape[0]
