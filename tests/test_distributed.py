@@ -67,7 +67,7 @@ def one(two, tmp_path_factory):
     """Both variants pre-trained in one process (the tiny config) on the same prepared data; one CPU
     thread, as each of the two processes has on this machine."""
     repo = copy_repo(tmp_path_factory.mktemp("one") / "repo")
-    set_params(repo, pretrain__threads=1)
+    set_params(repo, threads=1)
     shutil.copytree(two.repo / "data" / "prepared", repo / "data" / "prepared")
     for variant in ("original", "improved"):
         run(["python", "stages/pretrain.py", variant], repo)

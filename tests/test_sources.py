@@ -3,7 +3,6 @@ the STL-10 binary layout, real PNG/JPEG files, and the real dvc CLI for the down
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import re
@@ -124,7 +123,7 @@ def closed_port_url() -> str:
 
 def data_cfg(root: Path, **changes):
     p = load_params(REPO / "configs" / "tiny.yaml")
-    return dataclasses.replace(p.data, root=str(root), **changes)
+    return p.data.model_copy(update={"root": str(root), **changes})
 
 
 def assert_stl10_prepared(out: Path):

@@ -181,19 +181,20 @@ def test_the_study_section_parses_into_overrides():
 
 
 @pytest.mark.parametrize("study, words", [
-    ({"seeds": []}, ["study.seeds", "non-empty list"]),
+    ({"seeds": []}, ["study.seeds", "must not be empty"]),
     ({"seeds": [42, "x"]}, ["study.seeds[1]", "integer"]),
     ({"seeds": [42, 42]}, ["study.seeds", "repeat", "42"]),
     ({"ablations": {"x": {"improved.lamda_freq": 0.0}}}, ["study.ablations.x", "'improved.lamda_freq'",
                                                           "improved.lambda_freq"]),
     ({"ablations": {"x": {"pretrain.epochs": 1}}}, ["study.ablations.x", "'pretrain.epochs'"]),
     ({"ablations": {"x": {"improved.lambda_freq": "lots"}}}, ["study.ablations.x.improved.lambda_freq",
-                                                              "a number"]),
+                                                              "a valid number"]),
     ({"ablations": {"x": {"improved.mask_ratio_start": 1.5}}}, ["study.ablations.x", "improved.mask_ratio_start",
-                                                                "between 0 and 1"]),
-    ({"ablations": {"x": {"improved.lambda_unif": -1}}}, ["study.ablations.x", "improved.lambda_unif", ">= 0"]),
+                                                                "less than 1"]),
+    ({"ablations": {"x": {"improved.lambda_unif": -1}}}, ["study.ablations.x", "improved.lambda_unif",
+                                                       "greater than or equal to 0"]),
     ({"ablations": {"no spaces": {}}}, ["study.ablations", "'no spaces'"]),
-    ({"ablations": {}}, ["study.ablations", "non-empty"]),
+    ({"ablations": {}}, ["study.ablations", "must not be empty"]),
     ({"ablations": {"x": [1]}}, ["study.ablations.x", "mapping"]),
     ({"colour": "red"}, ["unknown key", "study.colour"]),
 ])

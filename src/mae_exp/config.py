@@ -1,130 +1,192 @@
 """params.yaml -> validated, typed settings.
 
-Every stage loads the whole file through `load_params`, so a typo anywhere stops every stage with the
-same message, before any work. Each section is a frozen dataclass; the loader checks unknown keys,
-types and ranges and names the offending key (`pretrain.epochs`), never a Python traceback.
+Every stage loads the whole file through `load_params`, so a typo anywhere stops every stage with the same
+one-line message naming the key (`pretrain.epochs`), before any work. Each section is a frozen pydantic
+model: types and ranges are declared on the fields, rules that span fields are model validators. No field
+has a default: params.yaml is the single source of every knob.
 """
 
-from __future__ import annotations
-
-import dataclasses
 import hashlib
 import json
 import re
-import typing
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
 import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
-VARIANTS = ("original", "improved")
+Variant = Literal["original", "improved"]
+DataSource = Literal["shapes", "stl10", "folder"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on CPU
+VARIANTS: tuple[str, ...] = get_args(Variant)
 ENCODERS = ("random",) + VARIANTS  # what the probe and fine-tuning evaluate
-DATA_SOURCES = ("shapes", "stl10", "folder")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class ConfigError(ValueError):
     """A parameter is missing, unknown, of the wrong type or out of range."""
 
 
-@dataclass(frozen=True)
-class ShapesConfig:
-    unlabeled: int
-    train: int
-    test: int
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# YAML 1.1 reads 1.5e-4 (no dot) as a string: take it as the number it spells. An int is taken too, a bool not.
+Number = Annotated[float, BeforeValidator(lambda v: float(v) if isinstance(v, str) and _FLOAT.fullmatch(v) else v)]
+Count = Annotated[int, Field(ge=1)]
+Batch = Annotated[int, Field(ge=2)]
+Positive = Annotated[Number, Field(gt=0)]
+NonNegative = Annotated[Number, Field(ge=0)]
+Ratio = Annotated[Number, Field(gt=0, lt=1)]  # a mask ratio: 0 and 1 leave nothing to see or to predict
+Dim = Annotated[int, Field(gt=0, multiple_of=4)]  # 2D sin-cos positions split a dim in 4
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    source: str
+def _distinct(items: tuple) -> tuple:
+    if len(set(items)) < len(items):
+        raise PydanticCustomError("repeated", "must not repeat an entry")
+    return items
+
+
+def _list_of(item):
+    """A non-empty YAML list without repeats, kept as a tuple (hashable); strict=False lets a list in."""
+    return Annotated[tuple[item, ...], Field(strict=False, min_length=1), AfterValidator(_distinct)]
+
+
+def _check(ok: bool, message: str) -> None:
+    """For model validators; `message` starts with the key it blames, relative to that model."""
+    if not ok:
+        raise ValueError(message)
+
+
+class Section(BaseModel):
+    # strict: no "3" for 3, no 2.0 or true for an integer, no 1 for true
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+
+class ShapesConfig(Section):
+    unlabeled: Count
+    train: Count
+    test: Count
+
+
+class DataConfig(Section):
+    source: DataSource
     root: str  # where stl10 archives / folder datasets live
-    image_size: int  # stored size of the prepared images
-    input_size: int  # size fed to the model (crops are resampled to it, e.g. 96 -> 224)
+    image_size: Annotated[int, Field(ge=8)]  # stored size of the prepared images
+    input_size: Annotated[int, Field(ge=8)]  # size fed to the model (crops are resampled to it, e.g. 96 -> 224)
     skip_bad_files: bool  # folder: skip (and count) unreadable files instead of stopping at the first
+    verify_md5: bool  # stl10: check the archive's MD5; false only for a locally made archive
+    pretrain_splits: _list_of(Literal["unlabeled", "train"])  # what MAE pre-trains on (labels unused); never test
+    val_fraction: Annotated[Number, Field(gt=0, le=0.5)]  # stratified share of train held out as validation
     shapes: ShapesConfig
 
+    @model_validator(mode="after")
+    def _valid(self):
+        _check(self.root.strip() != "", "root must name a directory (the download stage depends on it)")
+        return self
 
-@dataclass(frozen=True)
-class ModelConfig:
-    patch_size: int
-    encoder_dim: int
-    encoder_depth: int
-    encoder_heads: int
-    decoder_dim: int
-    decoder_depth: int
-    decoder_heads: int
-    mlp_ratio: float
+
+class ModelConfig(Section):
+    patch_size: Count
+    encoder_dim: Dim
+    encoder_depth: Count
+    encoder_heads: Count
+    decoder_dim: Dim
+    decoder_depth: Count
+    decoder_heads: Count
+    mlp_ratio: Positive
     norm_pix_loss: bool
 
+    @model_validator(mode="after")
+    def _heads_divide_dims(self):
+        for part in ("encoder", "decoder"):
+            dim, heads = getattr(self, f"{part}_dim"), getattr(self, f"{part}_heads")
+            _check(dim % heads == 0, f"{part}_heads ({heads}) must divide {part}_dim ({dim})")
+        return self
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    epochs: int
-    batch_size: int
-    base_lr: float  # lr = base_lr * batch_size / 256 (MAE's scaling rule)
-    warmup_epochs: float
-    weight_decay: float
-    min_crop_scale: float
-    precision: str  # auto: bf16 on CUDA, fp32 on CPU
-    checkpoint_every: int  # epochs between resumable checkpoints
-    threads: int  # torch CPU threads; 0 = all cores
+
+class TrainingConfig(Section):
+    """What pre-training and fine-tuning share."""
+
+    epochs: Count
+    batch_size: Batch  # the global batch, split evenly over the processes
+    base_lr: Positive  # lr = base_lr * batch_size / 256 (MAE's scaling rule)
+    warmup_epochs: NonNegative
+    weight_decay: NonNegative
+    min_crop_scale: Annotated[Number, Field(gt=0, le=1)]  # random-resized-crop scale range [min_crop_scale, 1]
+    precision: Precision
+    checkpoint_every: Count  # epochs between resumable checkpoints
     compile: bool  # torch.compile the transformer blocks
-    processes: int  # > 1: DistributedDataParallel under torchrun; batch_size stays the global batch
+    processes: Count  # > 1: DistributedDataParallel under torchrun
+
+    @model_validator(mode="after")
+    def _valid(self):
+        _check(self.warmup_epochs <= self.epochs,
+               f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
+        _check(self.batch_size % self.processes == 0,
+               f"batch_size ({self.batch_size}, the global batch) must be divisible by processes "
+               f"({self.processes}): every process takes an equal share")
+        return self
 
 
-@dataclass(frozen=True)
-class VariantConfig:
+PretrainConfig = TrainingConfig  # shared by both variants
+
+
+class FinetuneConfig(TrainingConfig):
+    layer_decay: Annotated[Number, Field(gt=0, le=1)]  # lr factor per block below the head (1: none)
+    drop_path: Annotated[Number, Field(ge=0, lt=1)]  # stochastic depth rate of the last block
+    label_smoothing: Annotated[Number, Field(ge=0, lt=1)]
+
+
+class VariantConfig(Section):
     """One pre-training recipe. The original MAE is this with the extras switched off."""
 
-    mask_ratio: float  # final mask ratio
-    mask_ratio_start: float  # ratio at step 0; ramps linearly to mask_ratio
-    curriculum_fraction: float  # fraction of training over which the ramp runs
-    lambda_freq: float  # weight of the masked Laplacian L1 loss
-    lambda_unif: float  # weight of the uniformity loss on pooled embeddings
+    mask_ratio: Ratio  # final mask ratio
+    mask_ratio_start: Ratio  # ratio at step 0; ramps linearly to mask_ratio
+    curriculum_fraction: Annotated[Number, Field(ge=0, le=1)]  # fraction of training over which the ramp runs
+    lambda_freq: NonNegative  # weight of the masked Laplacian L1 loss
+    lambda_unif: NonNegative  # weight of the uniformity loss on pooled embeddings
 
 
-@dataclass(frozen=True)
-class LinearProbeConfig:
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
+class LinearProbeConfig(Section):
+    epochs: Count
+    batch_size: Batch
+    lr: Positive
+    weight_decay: NonNegative
+    pooling: Literal["mean", "cls"]  # how the frozen encoder's tokens become one feature vector
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int
-    batch_size: int
-    base_lr: float  # lr = base_lr * batch_size / 256
-    warmup_epochs: float
-    weight_decay: float
-    min_crop_scale: float
-    precision: str
-    threads: int
-    compile: bool
-    processes: int  # > 1: DistributedDataParallel under torchrun; batch_size stays the global batch
-
-
-@dataclass(frozen=True)
-class VisualizeConfig:
-    images: int  # rows in the reconstruction grid
-    eval_images: int  # test images over which HF error and PSNR are averaged
-    mask_ratio: float
+class VisualizeConfig(Section):
+    images: Count  # rows in the reconstruction grid
+    eval_images: Count  # test images over which HF error and PSNR are averaged
+    mask_ratio: Ratio
     mask_seed: int
 
 
-@dataclass(frozen=True)
-class StudyConfig:
+# one ablation: {"improved.<key>": value, ...} applied on top of `improved`; {} or nothing = all improvements
+Overrides = Annotated[dict[str, Number], BeforeValidator(lambda v: {} if v is None else v)]
+
+
+class StudyConfig(Section):
     """Seeds x ablations for `python -m mae_exp.study` (no pipeline stage reads this section)."""
 
-    seeds: tuple[int, ...]
-    # ablation name -> {"improved.<key>": value} applied on top of `improved`; {} = all improvements
-    ablations: dict[str, dict[str, float]]
+    seeds: _list_of(StrictInt)
+    ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # ablation name -> its overrides
+
+    @model_validator(mode="after")
+    def _valid(self):
+        valid = [f"improved.{k}" for k in VariantConfig.model_fields]
+        for name, overrides in self.ablations.items():  # names become experiment names
+            _check(re.fullmatch(r"[A-Za-z0-9_]+", name) is not None,
+                   f"ablations: name {name!r} must use only letters, digits and _")
+            for key in overrides:
+                _check(key in valid, f"ablations.{name}: unknown override {key!r}; valid keys: {', '.join(valid)}")
+        return self
 
 
-@dataclass(frozen=True)
-class Params:
+class Params(Section):
     seed: int
+    threads: Annotated[int, Field(ge=0)]  # CPU threads per process for every stage; 0 = all cores
     data: DataConfig
     model: ModelConfig
     pretrain: PretrainConfig
@@ -140,210 +202,76 @@ class Params:
             raise ConfigError(f"unknown variant {name!r}: expected one of {', '.join(VARIANTS)}")
         return getattr(self, name)
 
-
-# --------------------------------------------------------------------------- parsing
-
-
-def _build(cls, raw, where: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'params'} must be a mapping of keys to values, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"unknown key {key!r}; valid keys here: {', '.join(sorted(known))}")
-    missing = sorted(known - set(raw))
-    if missing:  # no silent defaults: params.yaml is the single source of every knob
-        key = f"{where}.{missing[0]}" if where else missing[0]
-        raise ConfigError(f"missing key {key!r}; see params.yaml in the repository for every key")
-    values = {}
-    for name in known & set(raw):
-        key = f"{where}.{name}" if where else name
-        values[name] = _coerce(hints[name], raw[name], key)
-    return cls(**values)
-
-
-def _coerce(kind, value, key: str):
-    if dataclasses.is_dataclass(kind):
-        return _build(kind, value if value is not None else {}, key)
-    if kind == tuple[int, ...]:
-        if isinstance(value, list) and value:
-            return tuple(_coerce(int, v, f"{key}[{i}]") for i, v in enumerate(value))
-        raise ConfigError(f"{key} must be a non-empty list of integers, got {value!r}")
-    if kind == dict[str, dict[str, float]]:
-        return _overrides(value, key)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1.5e-4 (no dot) as a string
+    @model_validator(mode="after")
+    def _valid(self):
+        size, patch = self.data.input_size, self.model.patch_size
+        hint = ", ".join(str(d) for d in range(2, size // 2 + 1) if size % d == 0) or "1"
+        _check(size % patch == 0, f"model.patch_size ({patch}) must divide data.input_size ({size}); "
+                                  f"pick a patch size such as {hint}")
+        # Only per-value checks here: inside an ablation experiment `improved` already carries its overrides,
+        # so checks that compare ablations (two giving the same recipe) belong to mae_exp.study.
+        for name in self.study.ablations:
             try:
-                return float(value)
-            except ValueError:
-                pass
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - only the kinds above appear in the dataclasses
-        raise TypeError(kind)
-    raise ConfigError(f"{key} must be {_kind_name(kind)}, got {value!r} ({type(value).__name__})")
-
-
-ABLATION_NAME = re.compile(r"[A-Za-z0-9_]+")
-
-
-def _overrides(value, key: str) -> dict[str, dict[str, float]]:
-    """study.ablations: name -> {"improved.<key>": number}; names become experiment names."""
-    if not isinstance(value, dict) or not value:
-        raise ConfigError(f"{key} must be a non-empty mapping of ablation name -> overrides, got {value!r}")
-    fields = typing.get_type_hints(VariantConfig)
-    valid = ", ".join(f"improved.{f}" for f in fields)
-    out = {}
-    for name, overrides in value.items():
-        where = f"{key}.{name}"
-        if not isinstance(name, str) or not ABLATION_NAME.fullmatch(name):
-            raise ConfigError(f"{key}: ablation name {name!r} must use only letters, digits and _")
-        if overrides is None:
-            overrides = {}
-        if not isinstance(overrides, dict):
-            raise ConfigError(f"{where} must be a mapping of improved.* keys to values ({{}} for none), "
-                              f"got {overrides!r}")
-        out[name] = {}
-        for dotted, v in overrides.items():
-            section, _, field = str(dotted).partition(".")
-            if section != "improved" or field not in fields:
-                raise ConfigError(f"{where}: unknown override {dotted!r}; valid keys: {valid}")
-            out[name][dotted] = _coerce(fields[field], v, f"{where}.{dotted}")
-    return out
-
-
-def _kind_name(kind) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} {message}")
-
-
-def validate(p: Params) -> Params:
-    """Range checks that a type alone cannot express."""
-    _check(p.data.source in DATA_SOURCES, "data.source",
-           f"must be one of {', '.join(DATA_SOURCES)}, got {p.data.source!r}")
-    _check(p.data.image_size >= 8, "data.image_size", f"must be at least 8, got {p.data.image_size}")
-    _check(p.data.input_size >= 8, "data.input_size", f"must be at least 8, got {p.data.input_size}")
-    _check(p.data.root.strip() != "", "data.root", "must name a directory (the download stage depends on it)")
-    for split in ("unlabeled", "train", "test"):
-        n = getattr(p.data.shapes, split)
-        _check(n >= 1, f"data.shapes.{split}", f"must be at least 1, got {n}")
-    m = p.model
-    _check(m.patch_size >= 1, "model.patch_size", f"must be positive, got {m.patch_size}")
-    _check(p.data.input_size % m.patch_size == 0, "model.patch_size",
-           f"({m.patch_size}) must divide data.input_size ({p.data.input_size}); "
-           f"pick a patch size such as {_divisors_hint(p.data.input_size)}")
-    for prefix in ("encoder", "decoder"):
-        dim, depth, heads = (getattr(m, f"{prefix}_{k}") for k in ("dim", "depth", "heads"))
-        _check(depth >= 1, f"model.{prefix}_depth", f"must be at least 1, got {depth}")
-        _check(heads >= 1 and dim % heads == 0, f"model.{prefix}_heads",
-               f"({heads}) must be positive and divide model.{prefix}_dim ({dim})")
-        _check(dim % 4 == 0, f"model.{prefix}_dim", f"must be a multiple of 4 (2D sin-cos positions), got {dim}")
-    _check(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
-    for section in ("pretrain", "finetune"):
-        s = getattr(p, section)
-        _check(s.epochs >= 1, f"{section}.epochs", f"must be at least 1, got {s.epochs}")
-        _check(s.batch_size >= 2, f"{section}.batch_size", f"must be at least 2, got {s.batch_size}")
-        _check(s.base_lr > 0, f"{section}.base_lr", f"must be positive, got {s.base_lr}")
-        _check(0 <= s.warmup_epochs <= s.epochs, f"{section}.warmup_epochs",
-               f"must lie in [0, {section}.epochs], got {s.warmup_epochs}")
-        _check(s.weight_decay >= 0, f"{section}.weight_decay", f"must be >= 0, got {s.weight_decay}")
-        _check(0 < s.min_crop_scale <= 1, f"{section}.min_crop_scale", f"must lie in (0, 1], got {s.min_crop_scale}")
-        _check(s.precision in PRECISIONS, f"{section}.precision",
-               f"must be one of {', '.join(PRECISIONS)}, got {s.precision!r}")
-        _check(s.threads >= 0, f"{section}.threads", f"must be >= 0 (0 = all cores), got {s.threads}")
-        _check(s.processes >= 1, f"{section}.processes", f"must be at least 1, got {s.processes}")
-        _check(s.batch_size % s.processes == 0, f"{section}.batch_size",
-               f"({s.batch_size}, the global batch) must be divisible by {section}.processes ({s.processes}): "
-               f"every process takes an equal share")
-    _check(p.pretrain.checkpoint_every >= 1, "pretrain.checkpoint_every",
-           f"must be at least 1, got {p.pretrain.checkpoint_every}")
-    for name in VARIANTS:
-        _check_variant(p.variant(name), name)
-    lp = p.linear_probe
-    _check(lp.epochs >= 1, "linear_probe.epochs", f"must be at least 1, got {lp.epochs}")
-    _check(lp.batch_size >= 2, "linear_probe.batch_size", f"must be at least 2, got {lp.batch_size}")
-    _check(lp.lr > 0, "linear_probe.lr", f"must be positive, got {lp.lr}")
-    _check(lp.weight_decay >= 0, "linear_probe.weight_decay", f"must be >= 0, got {lp.weight_decay}")
-    vz = p.visualize
-    _check(vz.images >= 1, "visualize.images", f"must be at least 1, got {vz.images}")
-    _check(vz.eval_images >= 1, "visualize.eval_images", f"must be at least 1, got {vz.eval_images}")
-    _check(0 < vz.mask_ratio < 1, "visualize.mask_ratio", f"must lie strictly between 0 and 1, got {vz.mask_ratio}")
-    _validate_study(p)
-    return p
+                ablation_variant(self, name)
+            except ValidationError as e:
+                raise ValueError(f"study.ablations.{name}: {_describe(e, VariantConfig, 'improved')}") from None
+        return self
 
 
 def ablation_variant(p: Params, name: str) -> VariantConfig:
-    """The improved recipe with study ablation `name`'s overrides applied."""
-    overrides = {k.partition(".")[2]: v for k, v in p.study.ablations[name].items()}
-    return dataclasses.replace(p.improved, **overrides)
+    """The improved recipe with study ablation `name`'s overrides applied, checked like `improved`."""
+    overrides = {k.removeprefix("improved."): v for k, v in p.study.ablations[name].items()}
+    return VariantConfig.model_validate(p.improved.model_dump() | overrides)
 
 
-def _validate_study(p: Params) -> None:
-    seeds = p.study.seeds
-    dupes = sorted({s for s in seeds if seeds.count(s) > 1})
-    _check(not dupes, "study.seeds", f"must not repeat a seed, got {dupes[0] if dupes else ''} twice")
-    # Only per-value checks here: inside an ablation experiment `improved` already carries that ablation's
-    # overrides, so checks that compare ablations (two giving the same recipe) belong to mae_exp.study.
-    for name in p.study.ablations:
-        _check_variant(ablation_variant(p, name), f"study.ablations.{name}: improved")
+_YAML_WORDS = {"bool_type": "must be true or false", "tuple_type": "must be a list", "too_short": "must not be empty",
+               "model_type": "must be a mapping of keys to values", "dict_type": "must be a mapping of keys to values"}
 
 
-def _check_variant(v: VariantConfig, prefix: str) -> None:
-    """Range checks of one recipe; `prefix` names it in messages (`improved`, `study.ablations.x: improved`)."""
-    for key in ("mask_ratio", "mask_ratio_start"):
-        r = getattr(v, key)
-        _check(0 < r < 1, f"{prefix}.{key}", f"must lie strictly between 0 and 1, got {r}")
-    _check(0 <= v.curriculum_fraction <= 1, f"{prefix}.curriculum_fraction",
-           f"must lie in [0, 1], got {v.curriculum_fraction}")
-    for key in ("lambda_freq", "lambda_unif"):
-        _check(getattr(v, key) >= 0, f"{prefix}.{key}", f"must be >= 0, got {getattr(v, key)}")
-
-
-def _divisors_hint(n: int) -> str:
-    return ", ".join(str(d) for d in range(2, n // 2 + 1) if n % d == 0 and n // d >= 2) or "1"
+def _describe(err: ValidationError, model: type[BaseModel], where: str = "") -> str:
+    """pydantic's first error as one line naming the dotted key, e.g.
+    `pretrain.epochs must be a valid integer, got 'ten' (str)`."""
+    first = min(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo: unknown, not missing
+    loc, kind, value = first["loc"], first["type"], first.get("input")
+    key = where
+    for part in loc:  # pretrain.epochs, study.seeds[1]
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else part
+    if kind == "extra_forbidden":
+        for part in loc[:-1]:
+            model = model.model_fields[part].annotation
+        return f"unknown key {key!r}; valid keys here: {', '.join(sorted(model.model_fields))}"
+    if kind == "missing":
+        return f"missing key {key!r}; see params.yaml in the repository for every key"
+    if kind == "value_error":  # a model validator's message, which starts with its key
+        return f"{key}.{first['ctx']['error']}" if key else str(first["ctx"]["error"])
+    expected = _YAML_WORDS.get(kind) or re.sub(r"^\w+ should", "must", first["msg"])  # "Input should be" -> "must be"
+    got = f"{value!r} ({type(value).__name__})" if kind.endswith("_type") else repr(value)
+    return f"{key or 'params'} {expected}, got {got}"
 
 
 def parse_params(raw: dict) -> Params:
-    return validate(_build(Params, raw or {}, ""))
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as e:
+        raise ConfigError(_describe(e, Params)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path} not found: run the stage from the repository root")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return parse_params(yaml.safe_load(path.read_text()))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: run the stage from the repository root") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    try:
-        return parse_params(raw)
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def as_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
+as_dict = BaseModel.model_dump  # as_dict(config) -> plain nested dict
 
 
 def fingerprint(*parts) -> str:
-    """A short stable hash of dataclasses / plain data, for keying resumable state."""
-    def plain(x):
-        return as_dict(x) if dataclasses.is_dataclass(x) else x
-    blob = json.dumps([plain(x) for x in parts], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
+    """A short stable hash of configs / plain data, for keying resumable state."""
+    plain = [x.model_dump() if isinstance(x, BaseModel) else x for x in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]

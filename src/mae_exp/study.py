@@ -220,7 +220,7 @@ def identify(exp_params: dict, study_raw: dict, current: Params) -> tuple[int, s
         p = parse_params(raw)
     except ConfigError as e:
         return f"params do not validate ({e})"
-    if dataclasses.replace(p, seed=current.seed, improved=current.improved) != current:
+    if p.model_copy(update={"seed": current.seed, "improved": current.improved}) != current:
         return "other params than params.yaml besides seed and improved.*"
     for name in current.study.ablations:
         if p.improved == ablation_variant(current, name):
