@@ -1,18 +1,32 @@
-"""The pipeline end to end, through the real dvc and git CLIs, on the tiny config in a scratch repo."""
+"""The pipeline end to end, through the real dvc and git CLIs, on the tiny config in a scratch repo.
+
+Interruptions are real signals sent to real processes: SIGKILL (no clean-up at all) to the whole process
+group of `dvc repro`, SIGINT / SIGTERM to the stage process, each as soon as the stage has written the
+resumable state under test.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import copy_repo, dvc, git, ran_stages
+from conftest import BIN, copy_repo, dvc, env, git, ran_stages
 
 STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
           "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
           "finetune@improved", "visualize", "report"}
+
+
+def metrics(repo: Path, stage: str) -> dict:
+    return json.loads((repo / "metrics" / stage / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -25,29 +39,34 @@ def reproduced(tmp_path_factory):
 def test_repro_runs_every_stage_and_writes_metrics(reproduced):
     repo, output = reproduced
     assert ran_stages(output) == STAGES
-    m = repo / "metrics"
     for variant in ("original", "improved"):
-        pre = json.loads((m / f"pretrain_{variant}.json").read_text())
-        assert {"final_loss", "wall_time_s", "images_per_s", "epochs"} <= set(pre)
-        assert pre["epochs"] == 3 and pre["images_per_s"] > 0
+        pre = metrics(repo, f"pretrain_{variant}")
+        assert {"final", "wall_time_s", "images_per_s", "epochs", "images"} <= set(pre)
+        assert pre["epochs"] == 3 and pre["images_per_s"] > 0 and pre["images"] == 192 + 100  # unlabeled + train
+        assert {"loss", "mse", "freq", "unif"} == set(pre["final"])
         assert (repo / "models" / variant / "checkpoint.pt").exists()
         assert (repo / "models" / variant / "encoder.pt").exists()
     for name in ("random", "original", "improved"):
         for stage in ("linear_probe", "finetune"):
-            top1 = json.loads((m / f"{stage}_{name}.json").read_text())["top1"]
-            assert 0.0 <= top1 <= 1.0
-    vis = json.loads((m / "visualize.json").read_text())
+            m = metrics(repo, f"{stage}_{name}")
+            assert 0.0 <= m["top1"] <= 1.0 and 0.0 <= m["val_top1"] <= 1.0
+            assert m["test_images"] == 100
+    vis = metrics(repo, "visualize")
     for variant in ("original", "improved"):
-        assert vis[variant]["hf_error"] > 0 and vis[variant]["psnr"] > 0
-    comparison = json.loads((m / "comparison.json").read_text())
+        assert vis[variant]["hf_error"] > 0 and vis[variant]["psnr"] > 0 and vis[variant]["mse"] > 0
+    comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
     assert set(comparison) == {"random", "original", "improved", "improved_minus_original"}
     assert comparison["improved_minus_original"]["lp_top1"] == pytest.approx(
         comparison["improved"]["lp_top1"] - comparison["original"]["lp_top1"], abs=1e-4)
     png = (repo / "plots" / "reconstruction.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    curve = (repo / "plots" / "pretrain_improved.csv").read_text().splitlines()
-    assert curve[0].startswith("epoch,loss,mse,freq,unif,mask_ratio") and len(curve) == 4
+    # DVCLive's per-step curves: a row every LOG_EVERY steps and at each epoch's end (9 steps an epoch here)
+    mse = (repo / "metrics" / "pretrain_improved" / "plots" / "metrics" / "mse.tsv").read_text().splitlines()
+    assert mse[0] == "step\tmse" and [r.split("\t")[0] for r in mse[1:]] == ["9", "18", "27"]
+    val = (repo / "metrics" / "finetune_original" / "plots" / "metrics" / "val_top1.tsv").read_text().splitlines()
+    assert len(val) == 1 + 1  # one fine-tuning epoch
     assert "MAE pre-training: original vs improved" in output  # the console table
+    assert "masked MSE" in output
 
 
 def test_a_second_repro_runs_nothing(reproduced):
@@ -60,14 +79,14 @@ def test_dvc_metrics_and_plots_show_both_variants(reproduced):
     repo, _ = reproduced
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo).stdout)
     files = next(iter(shown.values()))["data"]
-    assert {"metrics/pretrain_original.json", "metrics/pretrain_improved.json", "metrics/visualize.json",
-            "metrics/comparison.json"} <= set(files)
+    assert {"metrics/pretrain_original/metrics.json", "metrics/pretrain_improved/metrics.json",
+            "metrics/visualize/metrics.json", "metrics/comparison.json"} <= set(files)
     dvc("plots", "show", "-o", "plots_html", cwd=repo)
     html = (repo / "plots_html" / "index.html").read_text()
-    for title in ("Pre-training loss", "Linear probe test top-1", "reconstruction.png"):
+    for title in ("Masked-patch MSE", "Linear probe, validation top-1", "reconstruction.png"):
         assert title in html
     # both variants' curves feed the one overlaid plot
-    assert "pretrain_original.csv" in html and "pretrain_improved.csv" in html
+    assert "pretrain_original/plots/metrics/mse.tsv" in html and "pretrain_improved/plots/metrics/mse.tsv" in html
 
 
 def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced):
@@ -78,10 +97,29 @@ def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced
     assert ran_stages(proc.stdout + proc.stderr) == {"pretrain_improved", "linear_probe@improved",
                                                      "finetune@improved", "visualize", "report"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
-    assert "metrics/pretrain_improved.json" in diff
-    assert "metrics/pretrain_original.json" not in diff  # untouched: identical numbers
+    assert "metrics/pretrain_improved/metrics.json" in diff
+    assert "metrics/pretrain_original/metrics.json" not in diff  # untouched: identical numbers
     shown = dvc("exp", "show", "--csv", cwd=repo).stdout
     assert "improved.lambda_freq" in shown and "0.2" in shown
+
+
+def test_editing_a_module_makes_exactly_its_importers_stale(reproduced):
+    """The bug dvc.yaml's hand-written deps had: fine-tuning did not depend on augment.py, which it runs."""
+    repo, _ = reproduced
+    augment = repo / "src" / "mae_exp" / "augment.py"
+    original = augment.read_text()
+    try:
+        augment.write_text(original + "\n# edited\n")
+        status = json.loads(dvc("status", "--json", cwd=repo).stdout)
+    finally:
+        augment.write_text(original)
+    stale = set(status)
+    assert {"pretrain_original", "pretrain_improved", "finetune@random", "finetune@original",
+            "finetune@improved"} <= stale
+    assert "download" not in stale and "report" not in stale  # they do not import it
+
+
+# --------------------------------------------------------------------------- interruptions
 
 
 def set_param(repo, path: str, value) -> None:
@@ -94,47 +132,115 @@ def set_param(repo, path: str, value) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def scratch_checkpoints(repo):
-    return sorted((repo / "scratch" / "pretrain_original").glob("*/last.pt"))
+def slow_enough(repo: Path) -> None:
+    """Enough steps per epoch (about a second each) that a signal sent when a checkpoint appears lands in
+    the next epoch, never after the run's end."""
+    set_param(repo, "data.shapes.unlabeled", 3000)
+    set_param(repo, "pretrain.epochs", 4)
+    set_param(repo, "data.shapes.train", 800)
+    set_param(repo, "finetune.epochs", 4)
 
 
-def test_killed_pretrain_resumes_at_the_right_epoch_and_matches_an_uninterrupted_run(tmp_path):
-    killed = copy_repo(tmp_path / "killed")
-    clean = copy_repo(tmp_path / "clean")
+def start(cmd: list[str], repo: Path) -> subprocess.Popen:
+    """In its own process group, so a signal can reach dvc and the stage it runs alike."""
+    return subprocess.Popen(cmd, cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def wait_for_state(repo: Path, stage: str, proc: subprocess.Popen, timeout: float = 300) -> int:
+    """Poll until the stage's resumable state exists; its epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list((repo / "scratch" / stage).glob("*/last.pt"))
+        if found:
+            return torch.load(found[0], weights_only=False)["epoch"]
+        assert proc.poll() is None, f"{stage} ended before writing its state:\n{proc.stdout.read()}"
+        time.sleep(0.02)
+    raise AssertionError(f"no resumable state for {stage} after {timeout} s")
+
+
+def kill_after_first_checkpoint(repo: Path, stage: str, target: str) -> int:
+    proc = start([str(BIN / "dvc"), "repro", target], repo)
+    epoch = wait_for_state(repo, stage, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage: nothing gets to clean up
+    proc.wait()
+    return epoch
+
+
+def scratch_states(repo: Path, stage: str) -> list[Path]:
+    return sorted((repo / "scratch" / stage).glob("*/last.pt"))
+
+
+@pytest.fixture(scope="module")
+def interrupted_and_clean(tmp_path_factory):
+    """Two copies on the same data: one SIGKILLed during pre-training and during fine-tuning and resumed,
+    one run straight through."""
+    root = tmp_path_factory.mktemp("resume")
+    killed, clean = copy_repo(root / "killed"), copy_repo(root / "clean")
     for repo in (killed, clean):
-        set_param(repo, "pretrain.epochs", 4)
-
-    proc = dvc("repro", "pretrain_original", cwd=killed, check=False,
-               extra_env={"MAE_TEST_KILL_AFTER_EPOCH": "2"})
-    assert proc.returncode != 0
-    [ckpt] = scratch_checkpoints(killed)
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 2
+        slow_enough(repo)
+    dvc("repro", "download", cwd=killed)
+    pretrain_killed_at = kill_after_first_checkpoint(killed, "pretrain_original", "pretrain_original")
     assert not (killed / "models" / "original" / "encoder.pt").exists()
+    resumed = dvc("repro", "pretrain_original", cwd=killed)
+    finetune_killed_at = kill_after_first_checkpoint(killed, "finetune_original", "finetune@original")
+    resumed_ft = dvc("repro", "finetune@original", cwd=killed)
+    dvc("repro", "finetune@original", cwd=clean)
+    return killed, clean, pretrain_killed_at, resumed.stdout + resumed.stderr, finetune_killed_at, \
+        resumed_ft.stdout + resumed_ft.stderr
 
-    proc = dvc("repro", "pretrain_original", cwd=killed)
-    assert "resuming original from epoch 3/4" in proc.stdout + proc.stderr
-    assert scratch_checkpoints(killed) == []  # cleaned once the declared outputs exist
-    metrics = json.loads((killed / "metrics" / "pretrain_original.json").read_text())
-    assert metrics["resumed_at_epoch"] == 2
-    epochs = (killed / "plots" / "pretrain_original.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[0] for row in epochs] == ["1", "2", "3", "4"]
 
-    dvc("repro", "pretrain_original", cwd=clean)
+def test_killed_pretrain_resumes_at_the_right_epoch_and_matches_an_uninterrupted_run(interrupted_and_clean):
+    killed, clean, at, output, _, _ = interrupted_and_clean
+    assert 1 <= at < 4
+    assert f"resuming original from epoch {at + 1}/4" in output
+    assert scratch_states(killed, "pretrain_original") == []  # cleaned once the declared outputs exist
+    assert metrics(killed, "pretrain_original")["resumed_at_epoch"] == at
     resumed = torch.load(killed / "models/original/checkpoint.pt", weights_only=False)
     straight = torch.load(clean / "models/original/checkpoint.pt", weights_only=False)
     for key, value in straight["model_state"].items():
-        assert torch.allclose(resumed["model_state"][key], value, atol=1e-6), key
-    assert resumed["history"][-1]["loss"] == pytest.approx(straight["history"][-1]["loss"], rel=1e-5)
+        assert torch.equal(resumed["model_state"][key], value), key
+    # the DVCLive curve is whole again: the logged rows before the kill are replayed into the new run's files
+    curve = (killed / "metrics/pretrain_original/plots/metrics/mse.tsv").read_text()
+    assert curve == (clean / "metrics/pretrain_original/plots/metrics/mse.tsv").read_text()
 
 
-def test_changed_params_start_over_instead_of_resuming(repo):
-    set_param(repo, "pretrain.epochs", 4)
-    dvc("repro", "pretrain_original", cwd=repo, check=False, extra_env={"MAE_TEST_KILL_AFTER_EPOCH": "2"})
-    assert len(scratch_checkpoints(repo)) == 1
+def test_killed_finetune_resumes_and_matches_an_uninterrupted_run(interrupted_and_clean):
+    killed, clean, _, _, at, output = interrupted_and_clean
+    assert 1 <= at < 4
+    assert f"resuming finetune original from epoch {at + 1}/4" in output
+    assert scratch_states(killed, "finetune_original") == []
+    for name in ("val_top1.tsv", "loss.tsv"):
+        path = f"metrics/finetune_original/plots/metrics/{name}"
+        assert (killed / path).read_text() == (clean / path).read_text(), name
+    assert metrics(killed, "finetune_original")["top1"] == metrics(clean, "finetune_original")["top1"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_stage_says_where_it_stopped_in_one_line(tmp_path, sig, code):
+    repo = copy_repo(tmp_path / "repo")
+    slow_enough(repo)
+    dvc("repro", "download", cwd=repo)
+    proc = start([str(BIN / "python"), "stages/pretrain.py", "improved"], repo)
+    epoch = wait_for_state(repo, "pretrain_improved", proc)
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == code, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    [line] = [line for line in out.splitlines() if "interrupted at epoch" in line]
+    assert f"`dvc repro` resumes it from epoch {epoch + 1}" in line and sig.name in line
+
+
+def test_changed_params_start_over_instead_of_resuming(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    slow_enough(repo)
+    kill_after_first_checkpoint(repo, "pretrain_original", "pretrain_original")
+    assert len(scratch_states(repo, "pretrain_original")) == 1
     set_param(repo, "pretrain.base_lr", 3e-3)
+    set_param(repo, "pretrain.epochs", 1)
     proc = dvc("repro", "pretrain_original", cwd=repo)
     out = proc.stdout + proc.stderr
-    assert "from scratch" in out and "resuming" not in out
+    assert "resuming" not in out and "1 epochs" in out
 
 
 def test_diverging_loss_stops_with_a_clear_message(repo):
