@@ -47,6 +47,14 @@ def test_the_shipped_params_and_configs_are_valid():
     ("model.encoder_heads", 5, ["model.encoder_heads", "divide model.encoder_dim"]),
     ("pretrain.precision", "fp8", ["pretrain.precision"]),
     ("visualize.mask_ratio", 1.5, ["visualize.mask_ratio"]),
+    ("data.pretrain_splits", ["unlabeled", "test"], ["data.pretrain_splits", "never test"]),
+    ("data.pretrain_splits", ["train", "train"], ["data.pretrain_splits", "at most once"]),
+    ("data.pretrain_splits", [], ["data.pretrain_splits", "non-empty list"]),
+    ("data.pretrain_splits", "train", ["data.pretrain_splits", "list"]),
+    ("data.val_fraction", 0, ["data.val_fraction", "(0, 0.5]"]),
+    ("data.val_fraction", 0.6, ["data.val_fraction", "(0, 0.5]"]),
+    ("data.verify_md5", "no", ["data.verify_md5", "true or false"]),
+    ("data.verify_md5", DELETE, ["missing key", "data.verify_md5"]),
 ])
 def test_bad_values_name_the_key(path, value, words):
     with pytest.raises(ConfigError) as err:

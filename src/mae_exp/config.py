@@ -21,6 +21,7 @@ VARIANTS = ("original", "improved")
 ENCODERS = ("random",) + VARIANTS  # what the probe and fine-tuning evaluate
 DATA_SOURCES = ("shapes", "stl10", "folder")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRETRAIN_SPLITS = ("unlabeled", "train")  # stored splits pre-training may use; test never
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,9 @@ class DataConfig:
     image_size: int  # stored size of the prepared images
     input_size: int  # size fed to the model (crops are resampled to it, e.g. 96 -> 224)
     skip_bad_files: bool  # folder: skip (and count) unreadable files instead of stopping at the first
+    verify_md5: bool  # stl10: check the archive's MD5; false only for a locally made archive
+    pretrain_splits: tuple[str, ...]  # stored splits MAE pre-trains on (labels unused); never test
+    val_fraction: float  # stratified share of the labeled train split held out as validation
     shapes: ShapesConfig
 
 
@@ -171,6 +175,10 @@ def _coerce(kind, value, key: str):
         if isinstance(value, list) and value:
             return tuple(_coerce(int, v, f"{key}[{i}]") for i, v in enumerate(value))
         raise ConfigError(f"{key} must be a non-empty list of integers, got {value!r}")
+    if kind == tuple[str, ...]:
+        if isinstance(value, list) and value:
+            return tuple(_coerce(str, v, f"{key}[{i}]") for i, v in enumerate(value))
+        raise ConfigError(f"{key} must be a non-empty list of names, got {value!r}")
     if kind == dict[str, dict[str, float]]:
         return _overrides(value, key)
     if kind is bool:
@@ -239,6 +247,10 @@ def validate(p: Params) -> Params:
     _check(p.data.image_size >= 8, "data.image_size", f"must be at least 8, got {p.data.image_size}")
     _check(p.data.input_size >= 8, "data.input_size", f"must be at least 8, got {p.data.input_size}")
     _check(p.data.root.strip() != "", "data.root", "must name a directory (the download stage depends on it)")
+    splits = p.data.pretrain_splits
+    _check(set(splits) <= set(PRETRAIN_SPLITS) and len(set(splits)) == len(splits), "data.pretrain_splits",
+           f"must name each of {', '.join(PRETRAIN_SPLITS)} at most once (never test), got {list(splits)}")
+    _check(0 < p.data.val_fraction <= 0.5, "data.val_fraction", f"must lie in (0, 0.5], got {p.data.val_fraction}")
     for split in ("unlabeled", "train", "test"):
         n = getattr(p.data.shapes, split)
         _check(n >= 1, f"data.shapes.{split}", f"must be at least 1, got {n}")
