@@ -64,12 +64,12 @@ CHILD = """
 import json, resource, sys, time
 from mae_exp.config import load_params
 import dataclasses
-from mae_exp import sources
+from mae_exp.data.stl10 import prepare_stl10
 root, out, md5, work = sys.argv[1:5]
 start = time.time()
 if work == "prepare":
     cfg = dataclasses.replace(load_params(sys.argv[5]).data, source="stl10", root=root, image_size=96)
-    sources.prepare_stl10(cfg, out, md5=md5)
+    prepare_stl10(cfg, out, md5=md5)
 print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "seconds": round(time.time() - start, 1)}))
 """

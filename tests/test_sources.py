@@ -17,11 +17,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from mae_exp import sources
 from mae_exp.config import ConfigError, load_params, parse_params
-from mae_exp.data import load_meta, load_split
-from mae_exp.sources import SourceError, prepare_folder, prepare_stl10
-from conftest import REPO, copy_repo, dvc, run
+from mae_exp.data import SourceError, load_meta, load_split, pretrain_images, pretraining_set
+from mae_exp.data.folder import prepare_folder
+from mae_exp.data.stl10 import prepare_stl10
+from conftest import REPO, copy_repo, dvc, git, run
 
 CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 SPLIT_SIZES = {"train": 3, "test": 2, "unlabeled": 4}
@@ -197,6 +197,25 @@ def test_a_damaged_archive_never_replaces_a_good_prepared_dataset(tmp_path, serv
     assert (truncated.parent / "stl10_binary.tar.gz").read_bytes() == b"not it"
 
 
+def test_verify_md5_false_skips_only_the_check_of_an_archive_in_place(tmp_path, server, capfd):
+    root = tmp_path / "raw"
+    root.mkdir()
+    (root / "stl10_binary.tar.gz").write_bytes(ARCHIVE)  # stands for a locally made archive
+    out = prepare_stl10(data_cfg(root, image_size=96, verify_md5=False), tmp_path / "prepared", md5="0" * 32)
+    assert_stl10_prepared(out)
+    assert load_meta(out)["md5_checked"] is False
+    said = [line for line in capfd.readouterr().err.splitlines() if "MD5" in line]
+    assert len(said) == 1 and "skipped the MD5 check" in said[0] and "data.verify_md5 is false" in said[0]
+
+    # a download is verified whatever the switch says: it is how a broken transfer shows
+    damaged = bytearray(ARCHIVE)
+    damaged[len(damaged) // 2] ^= 0xFF
+    server.payload = bytes(damaged)
+    with pytest.raises(SourceError, match="is corrupt"):
+        prepare_stl10(data_cfg(tmp_path / "empty", image_size=96, verify_md5=False), tmp_path / "p2",
+                      url=server.url, md5=ARCHIVE_MD5)
+
+
 def test_interrupted_download_is_resumed_by_the_next_run_with_a_range_request(tmp_path, server):
     root, out = tmp_path / "raw", tmp_path / "prepared"
     cut = len(ARCHIVE) * 2 // 5
@@ -243,7 +262,7 @@ def test_offline_through_the_stage_script_one_clear_line_and_no_work(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     url = closed_port_url()
     # the stage exactly as dvc runs it, with the address pointed at a closed port on loopback
-    code = (f"import runpy, mae_exp.sources as s; s.STL10_URL = {url!r}; "
+    code = (f"import runpy, mae_exp.data.stl10 as s; s.STL10_URL = {url!r}; "
             f"runpy.run_path('stages/download.py', run_name='__main__')")
     proc = run(["python", "-c", code], repo, check=False)
     assert proc.returncode == 1, proc.stderr
@@ -290,7 +309,7 @@ def test_folder_dataset_classes_labels_and_resized_images(tmp_path):
     out = prepare_folder(data_cfg(root, source="folder", image_size=16), tmp_path / "prepared")
     meta = load_meta(out)
     assert meta["classes"] == ["cat", "dog"] and meta["sizes"] == {"train": 5, "test": 2, "unlabeled": 2}
-    assert meta["skipped"] == [] and meta["unlabeled_from"] == "unlabeled"
+    assert meta["skipped"] == []
     train, test, unlabeled = (load_split(out, s) for s in ("train", "test", "unlabeled"))
     assert train.images.shape == (5, 16, 16, 3) and unlabeled.labels is None
     assert train.labels.tolist() == [0, 0, 0, 1, 1] and test.labels.tolist() == [0, 1]
@@ -301,12 +320,18 @@ def test_folder_dataset_classes_labels_and_resized_images(tmp_path):
     assert np.abs(mean_colours(unlabeled.images) - np.array([GREEN, GREEN])).max() < 6
 
 
-def test_without_unlabeled_folder_the_train_images_are_pretrained_on(tmp_path):
+def test_without_unlabeled_folder_the_unlabeled_split_is_empty_and_pretraining_takes_train(tmp_path):
     root = make_folder(tmp_path / "images", unlabeled=False)
     out = prepare_folder(data_cfg(root, source="folder", image_size=16), tmp_path / "prepared")
-    assert load_meta(out)["unlabeled_from"] == "train"
-    np.testing.assert_array_equal(load_split(out, "unlabeled").images, load_split(out, "train").images)
-    assert load_split(out, "unlabeled").labels is None
+    assert load_meta(out)["sizes"] == {"unlabeled": 0, "train": 5, "test": 2}
+    unlabeled = load_split(out, "unlabeled")  # nothing copied: a valid .npy of 0 images
+    assert unlabeled.images.shape == (0, 16, 16, 3) and unlabeled.labels is None
+    images, line = pretraining_set(out, ("unlabeled", "train"))
+    np.testing.assert_array_equal(images, load_split(out, "train").images)
+    assert line == "pre-training on 5 images (unlabeled 0 + train 5)"
+    with pytest.raises(ValueError) as err:
+        pretrain_images(out, ("unlabeled",))
+    assert "data.pretrain_splits" in str(err.value) and "unlabeled 0" in str(err.value)
 
 
 def test_a_broken_file_stops_with_its_name_or_is_skipped_and_counted(tmp_path):
@@ -371,12 +396,20 @@ def test_skip_bad_files_is_a_validated_param():
 # --------------------------------------------------------------------------- dvc
 
 
-def test_download_stage_tracks_the_folder_content_but_not_the_stl10_archive(tmp_path):
+def folder_repo(tmp_path: Path, root) -> Path:
+    """A scratch repository whose params say data.source: folder, data.root: `root`."""
     repo = copy_repo(tmp_path / "repo")
-    make_folder(repo / "data/images")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(source="folder", root="data/images")
+    params["data"].update(source="folder", root=str(root))
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    return repo
+
+
+def test_download_stage_tracks_the_folder_content_but_not_the_stl10_archive(tmp_path):
+    repo = folder_repo(tmp_path, "data/images")
+    make_folder(repo / "data/images")
+    with open(repo / "data/.gitignore", "a") as f:
+        f.write("/images\n")  # kept out of git this way or by `dvc add` (next test)
     dvc("repro", "download", cwd=repo)
     assert load_meta(repo / "data/prepared")["classes"] == ["cat", "dog"]
     assert "up to date" in dvc("status", "download", cwd=repo).stdout
@@ -391,3 +424,41 @@ def test_download_stage_tracks_the_folder_content_but_not_the_stl10_archive(tmp_
     assert "changed deps" in status and "data/images" in status
     dvc("repro", "download", cwd=repo)
     assert load_meta(repo / "data/prepared")["sizes"]["train"] == 6
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_folder_inside_the_repo_that_git_would_commit_stops_with_the_command_that_fixes_it(tmp_path, committed):
+    repo = folder_repo(tmp_path, "data/images")
+    make_folder(repo / "data/images")
+    if committed:  # the images were already committed to git: dvc add needs them out of git's index first
+        git("add", "data/images", cwd=repo)
+        git("commit", "-q", "-m", "images in git", cwd=repo)
+    proc = dvc("repro", "download", cwd=repo, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out
+    line = next(line for line in out.splitlines() if "data.root (data/images)" in line)
+    fix = re.search(r"run `([^`]+)`", line).group(1)
+    assert fix.startswith("git rm -r -q --cached data/images && " if committed else "dvc add data/images && ")
+    assert not (repo / "data/prepared").exists() and "reading" not in out  # stopped before any work
+
+    run(["bash", "-c", fix], repo)  # exactly what the message says, then the stage runs
+    git("commit", "-q", "-m", "images tracked by dvc", cwd=repo)
+    assert (repo / "data/images.dvc").exists()
+    assert git("status", "--porcelain", "--untracked-files=all", "data/images", cwd=repo).stdout == ""
+    dvc("repro", "download", cwd=repo)
+    assert load_meta(repo / "data/prepared")["classes"] == ["cat", "dog"]
+
+
+def test_a_folder_outside_the_repo_is_an_external_dependency_of_the_download_stage(tmp_path):
+    photos = make_folder(tmp_path / "datasets" / "photos", unlabeled=False)
+    repo = folder_repo(tmp_path, photos.resolve())
+    dvc("repro", "download", cwd=repo)
+    assert load_meta(repo / "data/prepared")["sizes"] == {"unlabeled": 0, "train": 5, "test": 2}
+    assert "up to date" in dvc("status", "download", cwd=repo).stdout
+
+    write_image(photos / "train/cat/a.png", GREEN)  # an image edited in place, outside the repository
+    status = dvc("status", "download", cwd=repo).stdout
+    assert "changed deps" in status and str(photos.resolve()) in status
+    dvc("repro", "download", cwd=repo)
+    first = load_split(repo / "data/prepared", "train").images[0]
+    assert np.abs(first.reshape(-1, 3).mean(axis=0) - np.array(GREEN)).max() < 6

@@ -1,100 +1,16 @@
-"""Dataset sources -> uint8 arrays on disk that every later stage memory-maps.
-
-On-disk format of a prepared dataset (a directory, one DVC output):
-    unlabeled_images.npy  (N, H, W, 3) uint8     pre-training images
-    train_images.npy      (N, H, W, 3) uint8     labeled, for the probe / fine-tuning
-    train_labels.npy      (N,) int64
-    test_images.npy, test_labels.npy
-    meta.json             source, image size, class names, split sizes
-
-The directory is built under a temporary name and renamed into place, so a half-written dataset never
-replaces a good one.
-"""
+"""The embedded `shapes` dataset: ten outlines drawn on random backgrounds, generated from the seed."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig
-from .progress import progress
-
-SPLITS = ("unlabeled", "train", "test")
-LABELED = ("train", "test")
-
-
-@dataclass
-class Split:
-    images: np.ndarray  # (N, H, W, 3) uint8, usually a read-only memory map
-    labels: np.ndarray | None  # (N,) int64, None for the unlabeled split
-
-
-def load_split(root: str | Path, split: str) -> Split:
-    root = Path(root)
-    images_path = root / f"{split}_images.npy"
-    if not images_path.exists():
-        raise FileNotFoundError(f"{images_path} is missing: run `dvc repro download` first")
-    images = np.load(images_path, mmap_mode="r")
-    labels_path = root / f"{split}_labels.npy"
-    labels = np.load(labels_path) if labels_path.exists() else None
-    return Split(images, labels)
-
-
-def load_meta(root: str | Path) -> dict:
-    return json.loads((Path(root) / "meta.json").read_text())
-
-
-class PreparedWriter:
-    """Writes a prepared dataset into `<out>.partial/` and renames it to `<out>` on `commit()`.
-
-    Splits are written through `np.lib.format.open_memmap`, so a source can fill them chunk by chunk
-    without holding a whole split in memory.
-    """
-
-    def __init__(self, out: str | Path):
-        self.out = Path(out)
-        self.tmp = self.out.with_name(self.out.name + ".partial")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        self.sizes: dict[str, int] = {}
-
-    def images(self, split: str, n: int, size: int) -> np.ndarray:
-        self.sizes[split] = n
-        return np.lib.format.open_memmap(self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
-                                         shape=(n, size, size, 3))
-
-    def labels(self, split: str, labels: np.ndarray) -> None:
-        np.save(self.tmp / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
-
-    def commit(self, meta: dict) -> Path:
-        # the digest identifies the content, so resumable pre-training state is keyed to it
-        meta = {**meta, "sizes": self.sizes, "digest": _digest(sorted(self.tmp.glob("*.npy")))}
-        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        self.tmp.rename(self.out)
-        return self.out
-
-
-def _digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(path.name.encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- embedded: shapes
+from ..config import DataConfig
+from ..progress import progress
+from .prepared import LABELED, SPLITS, PreparedWriter
 
 SHAPE_CLASSES = ("disk", "ring", "square", "triangle", "star", "plus", "crescent", "ell", "arrow", "half_disk")
 
@@ -199,34 +115,19 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
 
 
 def generate_shapes(cfg: DataConfig, seed: int, out: str | Path, chunk: int = 1024) -> Path:
-    writer = PreparedWriter(out)
     sizes = {"unlabeled": cfg.shapes.unlabeled, "train": cfg.shapes.train, "test": cfg.shapes.test}
-    total = sum(sizes.values())
-    with progress() as bar:
-        task = bar.add_task("generating shapes", total=total)
+    with PreparedWriter(out) as writer, progress() as bar:
+        task = bar.add_task("generating shapes", total=sum(sizes.values()))
         for split_index, split in enumerate(SPLITS):
             n = sizes[split]
             g = torch.Generator().manual_seed(seed * 1000 + split_index)
             labels = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=g)]
-            images = writer.images(split, n, cfg.image_size)
-            for start in range(0, n, chunk):
-                stop = min(n, start + chunk)
-                images[start:stop] = render_shapes(labels[start:stop], cfg.image_size, g).numpy()
-                bar.advance(task, stop - start)
-            images.flush()
+            with writer.images(split, n, cfg.image_size) as sink:
+                for start in range(0, n, chunk):
+                    stop = min(n, start + chunk)
+                    sink.write(render_shapes(labels[start:stop], cfg.image_size, g).numpy())
+                    bar.advance(task, stop - start)
             if split in LABELED:
                 writer.labels(split, labels.numpy())
-    return writer.commit({"source": "shapes", "image_size": cfg.image_size, "classes": list(SHAPE_CLASSES),
-                          "seed": seed})
-
-
-def prepare(cfg: DataConfig, seed: int, out: str | Path) -> Path:
-    """Build the prepared dataset for `cfg.source` at `out`."""
-    if cfg.source == "shapes":
-        return generate_shapes(cfg, seed, out)
-    from . import sources  # here, not at the top: sources builds on PreparedWriter from this module
-    if cfg.source == "stl10":
-        return sources.prepare_stl10(cfg, out)
-    if cfg.source == "folder":
-        return sources.prepare_folder(cfg, out)
-    raise NotImplementedError(f"data.source {cfg.source!r} has no preparation")
+        return writer.commit({"source": "shapes", "image_size": cfg.image_size, "classes": list(SHAPE_CLASSES),
+                              "seed": seed})
