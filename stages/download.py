@@ -1,5 +1,15 @@
 """Stage `download`: prepare the dataset named by data.source into data/prepared."""
-from mae_exp.cli import run_stage
-from mae_exp.data import prepare
+import torch
 
-run_stage(lambda p: prepare(p.data, p.seed, "data/prepared"))
+from mae_exp.cli import run_stage
+from mae_exp.data.sources import prepare
+from mae_exp.progress import console
+
+
+def main(p):
+    torch.set_num_threads(p.threads or torch.get_num_threads())  # the shapes generator computes with torch
+    console.print(f"download: data.source {p.data.source}, {torch.get_num_threads()} CPU threads", highlight=False)
+    prepare(p.data, p.seed, "data/prepared")
+
+
+run_stage(main)

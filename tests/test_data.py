@@ -4,7 +4,9 @@ import numpy as np
 import torch
 
 from mae_exp.config import load_params
-from mae_exp.data import SHAPE_CLASSES, load_meta, load_split, prepare, render_shapes
+from mae_exp.data.prepared import load_meta, load_split
+from mae_exp.data.shapes import SHAPE_CLASSES, render_shapes
+from mae_exp.data.sources import prepare
 from conftest import REPO
 
 

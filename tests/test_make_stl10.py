@@ -10,7 +10,8 @@ import numpy as np
 import yaml
 from torchvision.datasets import STL10
 
-from mae_exp.data import SHAPE_CLASSES, load_meta, load_split
+from mae_exp.data.prepared import load_meta, load_split
+from mae_exp.data.shapes import SHAPE_CLASSES
 from conftest import REPO, copy_repo, dvc, run
 
 spec = importlib.util.spec_from_file_location("make_stl10", REPO / "benchmarks" / "make_stl10.py")

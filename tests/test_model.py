@@ -66,14 +66,38 @@ def test_patchify_roundtrip_and_loss_only_on_masked(tiny_model_cfg):
     mask = torch.zeros(2, model.num_patches)
     mask[:, ::2] = 1
     pred = torch.where(mask[..., None] == 1, target, torch.randn_like(target))
-    assert model.forward_loss(imgs, pred, mask).item() < 1e-10
-    assert model.forward_loss(imgs, torch.randn_like(target), mask).item() > 0.1
+    latent = torch.randn(2, 5, tiny_model_cfg.model.encoder_dim)
+    assert model.forward_loss(imgs, pred, mask, latent)[1].item() < 1e-10  # [1]: the masked MSE
+    assert model.forward_loss(imgs, torch.randn_like(target), mask, latent)[1].item() > 0.1
 
 
 def test_forward_shapes_and_encoder_sees_only_visible(tiny_model_cfg):
     model = make(tiny_model_cfg)
     s = tiny_model_cfg.data.input_size
-    loss, pred, mask, latent = model(torch.randn(4, 3, s, s), mask_ratio=0.75)
+    latent, _, _ = model.forward_encoder(torch.randn(4, 3, s, s), mask_ratio=0.75)
     assert latent.shape[1] == 1 + int(model.num_patches * 0.25)  # cls + visible tokens
+    terms, pred, mask = model(torch.randn(4, 3, s, s), mask_ratio=0.75)
     assert pred.shape == (4, model.num_patches, model.patch_size ** 2 * 3)
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert terms.shape == (4,) and torch.isfinite(terms).all()
+    assert (mask.sum(dim=1) == model.num_patches - int(model.num_patches * 0.25)).all()
+
+
+def test_the_loss_is_the_recipe_weights_applied_to_its_terms(tiny_model_cfg):
+    """original (both weights 0): the total is the MSE and the extra terms are 0 unless monitored;
+    improved: the total is MSE + lambda_freq x Laplacian + lambda_unif x uniformity, and the extra terms
+    carry gradients only when weighted."""
+    s = tiny_model_cfg.data.input_size
+    imgs, noise = torch.randn(8, 3, s, s), torch.rand(8, (s // tiny_model_cfg.model.patch_size) ** 2)
+    torch.manual_seed(0)
+    original = MaskedAutoencoderViT(tiny_model_cfg.model, s)
+    terms, _, _ = original(imgs, 0.75, noise)
+    assert terms[0] == terms[1] and terms[2] == 0 and terms[3] == 0
+    monitored, _, _ = original(imgs, 0.75, noise, monitor=True)
+    assert monitored[0] == terms[0] and monitored[2] > 0 and monitored[3] < 0  # computed, not added
+    torch.manual_seed(0)
+    improved = MaskedAutoencoderViT(tiny_model_cfg.model, s, lambda_freq=0.5, lambda_unif=0.1)
+    t, _, _ = improved(imgs, 0.75, noise)
+    assert torch.allclose(t[0], t[1] + 0.5 * t[2] + 0.1 * t[3])
+    assert torch.equal(t[1:], monitored[1:])  # same weights and masks: the same terms
+    t[0].backward()
+    assert improved.encoder.cls_token.grad is not None

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from mae_exp.config import ConfigError, load_params, parse_params
-from mae_exp.data import SourceError, load_meta, load_split, pretrain_images, pretraining_set
+from mae_exp.data.prepared import SourceError, load_meta, load_split, pretrain_images, pretraining_set
 from mae_exp.data.folder import prepare_folder
 from mae_exp.data.stl10 import prepare_stl10
 from conftest import REPO, copy_repo, dvc, git, run

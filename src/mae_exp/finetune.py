@@ -25,7 +25,7 @@ from torch import nn
 from . import distributed
 from .augment import crop_and_flip, draw_crops, resize, to_float
 from .config import Params, as_dict, fingerprint
-from .data import labeled, load_meta
+from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
 from .probe import load_encoder
 from .progress import console

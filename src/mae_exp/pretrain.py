@@ -20,7 +20,7 @@ import torch
 from . import distributed
 from .augment import crop_and_flip, draw_crops, to_float
 from .config import Params, as_dict, fingerprint
-from .data import load_meta, pretrain_images
+from .data.prepared import load_meta, pretraining_set
 from .model import MaskedAutoencoderViT
 from .objectives import mask_ratio_at
 from .progress import console
@@ -49,7 +49,7 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     variant, cfg = p.variant(variant_name), p.pretrain
     device, amp_dtype = setup(cfg.precision, p.threads, p.seed)
     meta = load_meta(data_root)
-    images, described = pretrain_images(data_root, p.data.pretrain_splits)
+    images, described = pretraining_set(data_root, p.data.pretrain_splits)
     n = len(images)
     if n < cfg.batch_size:
         raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) is larger than the pre-training set ({described})")

@@ -23,7 +23,7 @@ from torch import nn
 
 from .augment import resize, to_float
 from .config import ModelConfig, Params
-from .data import labeled, load_meta
+from .data.prepared import labeled, load_meta
 from .distributed import describe
 from .model import ViTEncoder
 from .progress import console, progress

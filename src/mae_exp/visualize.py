@@ -20,7 +20,7 @@ import torch
 
 from .augment import resize, to_float, to_unit
 from .config import VARIANTS, ModelConfig, Params
-from .data import load_split
+from .data.prepared import load_split
 from .model import MaskedAutoencoderViT
 from .objectives import masked_laplacian_l1, patch_mask_to_pixels
 from .progress import console, progress

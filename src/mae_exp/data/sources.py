@@ -1,0 +1,21 @@
+"""The download stage's entry: build the prepared dataset from the source that data.source names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import DataConfig
+from .folder import prepare_folder
+from .shapes import generate_shapes
+from .stl10 import prepare_stl10
+
+
+def prepare(cfg: DataConfig, seed: int, out: str | Path) -> Path:
+    """Build the prepared dataset for `cfg.source` at `out`."""
+    if cfg.source == "shapes":
+        return generate_shapes(cfg, seed, out)
+    if cfg.source == "stl10":
+        return prepare_stl10(cfg, out)
+    if cfg.source == "folder":
+        return prepare_folder(cfg, out)
+    raise NotImplementedError(f"data.source {cfg.source!r} has no preparation")
