@@ -1,0 +1,25 @@
+"""Is the improvement real? Seeds x ablations through DVC's experiment queue, and an honest report.
+
+    python -m mae_exp.study queue [--seeds 42 43] [--ablations all laplacian_only] [-j N] [--no-start] [--force]
+    python -m mae_exp.study report [--rev REV] [--from-csv FILE]
+
+- `metrics.py`: the four metrics compared, how each is shown and where each experiment's value is.
+- `stats.py`: mean ± std over seeds and paired differences with Student-t intervals; pure functions of a
+  DataFrame with one row per experiment, so they are tested on constructed results.
+- `results.py`: DVC's experiments (`dvc.api.exp_show` rows) -> that DataFrame, recognising each study
+  experiment by its params.
+- `report.py`, `figure.py`: sentences, tables, metrics/study.{csv,md} and plots/study.png.
+- `queue.py`: one DVC experiment per seed and ablation, queued, started and waited for.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+out = Console(width=None if sys.stdout.isatty() else 130, highlight=False)
+
+
+class StudyError(RuntimeError):
+    """A user-facing failure: printed as one line, exit code 1."""

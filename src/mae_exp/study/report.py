@@ -1,0 +1,169 @@
+"""The study report: one sentence per metric and ablation, two tables (console and metrics/study.md),
+metrics/study.csv, and the figure (figure.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich.table import Table
+
+from ..runtime import atomic_write
+from . import StudyError, out
+from .figure import save_figure
+from .metrics import METRICS
+from .results import collect_runs, load_study
+from .stats import paired_differences, summarize
+
+DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "ablation <name>"
+    "all": ("all three improvements", "change"),
+    "curriculum_only": ("curriculum masking alone", "changes"),
+    "laplacian_only": ("the Laplacian loss alone", "changes"),
+    "uniformity_only": ("the uniformity loss alone", "changes"),
+}
+
+
+def number(value: float, metric: str, signed: bool = True) -> str:
+    m = METRICS[metric]
+    v = round(value * m.scale, m.decimals) + 0.0  # + 0.0: no "-0.0"
+    return f"{v:{'+' if signed else ''}.{m.decimals}f}".replace("-", "\u2212")
+
+
+def _with_unit(text: str, metric: str) -> str:
+    unit = METRICS[metric].unit
+    return f"{text} {unit}" if unit else text
+
+
+def sentence(row: dict, level: float = 0.95) -> str:
+    """One plain sentence: does this ablation's difference to the original exceed seed-to-seed noise?"""
+    metric, n = row["metric"], row["n"]
+    m = METRICS[metric]
+    label = m.label if m.higher_better else f"{m.label} (lower is better)"
+    who, verb = DESCRIPTIONS.get(row["ablation"], (f"ablation {row['ablation']}", "changes"))
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    if n == 0:
+        return f"{label}: {who}: no finished experiment has this metric."
+    change = _with_unit(number(row["diff_mean"], metric), metric)
+    if n < 2:
+        return (f"{label}: {who} {verb} it by {change} ({seeds}): a confidence interval needs at least "
+                f"2 seeds, so this says nothing about noise.")
+    if row["diff_std"] == 0 and row["diff_mean"] == 0:
+        return f"{label}: {who} {verb} it by 0 in every one of the {seeds}: no difference."
+    ci = (f"{int(level * 100)}% CI {number(row['ci_low'], metric)} to "
+          f"{_with_unit(number(row['ci_high'], metric), metric)}")
+    if not row["beyond_noise"]:
+        return f"{label}: {who} {verb} it by {change} ({ci}, {seeds}): within seed-to-seed noise."
+    better = (row["diff_mean"] > 0) == m.higher_better
+    return (f"{label}: {who} {verb} it by {change} ({ci}, {seeds}): beyond seed-to-seed noise "
+            f"(the CI excludes 0), {'better' if better else 'worse'}.")
+
+
+def sentences(diffs: pd.DataFrame) -> list[str]:
+    return [sentence(row) for row in diffs.to_dict("records")]
+
+
+def _cell(mean: float, sd: float, metric: str) -> str:
+    if pd.isna(mean):
+        return "–"
+    text = number(mean, metric, signed=False)
+    return f"{text} ± {number(sd, metric, signed=False)}" if pd.notna(sd) else text
+
+
+def _diff_cell(row: dict) -> str:
+    metric = row["metric"]
+    if row["n"] == 0:
+        return "–"
+    text = number(row["diff_mean"], metric)
+    if row["n"] >= 2:
+        text += f" [{number(row['ci_low'], metric)}, {number(row['ci_high'], metric)}]"
+        if row["beyond_noise"]:
+            text += " *"
+    return text
+
+
+def header(metric: str) -> str:
+    m = METRICS[metric]
+    return f"{m.label}{f' ({m.unit})' if m.unit else ''} {'↑' if m.higher_better else '↓'}"
+
+
+def tables(summary: pd.DataFrame, diffs: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """(headers, rows of mean ± std per group, rows of paired differences per ablation) as text."""
+    headers = [header(m) for m in METRICS]
+    by = {(r["group"], r["metric"]): r for r in summary.to_dict("records")}
+    first = []
+    for g in dict.fromkeys(summary["group"]):
+        n = max((by[(g, m)]["n"] for m in METRICS if (g, m) in by), default=0)
+        cells = [_cell(by[(g, m)]["mean"], by[(g, m)]["std"], m) if (g, m) in by else "–" for m in METRICS]
+        first.append([g, str(n), *cells])
+    dby = {(r["ablation"], r["metric"]): r for r in diffs.to_dict("records")}
+    second = []
+    for a in dict.fromkeys(diffs["ablation"]):
+        n = max(dby[(a, m)]["n"] for m in METRICS)
+        second.append([a, str(n), *(_diff_cell(dby[(a, m)]) for m in METRICS)])
+    return headers, first, second
+
+
+def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> str:
+    headers, first, second = tables(summary, diffs)
+
+    def md(head, rows):
+        lines = ["| " + " | ".join(head) + " |", "| --- | ---: | " + " | ".join("---:" for _ in METRICS) + " |"]
+        return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+    seeds = ", ".join(str(s) for s in sorted(set(runs["seed"])))
+    lines = [f"Study: {len(runs)} experiments, seeds {seeds}. Accuracy in percentage points (pp), "
+             "mean ± std over seeds (sample std, n − 1).", ""]
+    lines += md(["encoder", "seeds", *headers], first)
+    lines += ["", "Paired difference improved − original (same seed), mean [95% CI, Student's t, n − 1 df]; "
+                  "* = the CI excludes 0.", ""]
+    lines += md(["ablation", "seeds", *headers], second)
+    lines += [""] + [f"- {s}" for s in sentences(diffs)]
+    if notes:
+        lines += [""] + [f"Note: {n}." for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def csv_frame(summary: pd.DataFrame, diffs: pd.DataFrame) -> pd.DataFrame:
+    """One row per group and metric (raw units: accuracy as a fraction); the improved rows also carry the
+    paired difference to the original."""
+    merged = summary.merge(diffs.rename(columns={"n": "diff_n"}), on=["ablation", "metric"], how="left")
+    merged["ablation"] = merged["ablation"].fillna("")
+    return merged[["group", "ablation", "metric", "n", "mean", "std", "diff_n", "diff_mean", "diff_std",
+                   "ci_low", "ci_high", "beyond_noise"]]
+
+
+def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> None:
+    headers, first, second = tables(summary, diffs)
+    seeds = ", ".join(str(s) for s in sorted(set(runs["seed"])))
+    for title, key, rows in ((f"Study: mean ± std over seeds ({seeds}); accuracy in pp", "encoder", first),
+                             ("Paired difference improved − original, mean [95% CI]; * = CI excludes 0",
+                              "ablation", second)):
+        t = Table(title=title)
+        for i, h in enumerate([key, "seeds", *headers]):
+            t.add_column(h, justify="left" if i == 0 else "right")
+        for r in rows:
+            t.add_row(*r)
+        out.print(t)
+    for s in sentences(diffs):
+        out.print(f"- {s}", soft_wrap=True)
+    for n in notes:
+        out.print(f"[dim]note: {n}[/]")
+
+
+def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="metrics/study.csv",
+           md_path="metrics/study.md", png_path="plots/study.png") -> pd.DataFrame:
+    """The report of the study in params.yaml from experiment rows (results.py); returns the runs used."""
+    current, study_raw = load_study(params_path)
+    runs, notes = collect_runs(rows, study_raw, current)
+    if runs.empty:
+        raise StudyError("no finished experiment of this study was found" +
+                         (f" ({'; '.join(notes)})" if notes else "") +
+                         ": run `python -m mae_exp.study queue` first")
+    summary = summarize(runs)
+    diffs = paired_differences(runs)
+    atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs).to_csv(tmp, index=False))
+    atomic_write(md_path, lambda tmp: Path(tmp).write_text(markdown(summary, diffs, runs, notes)))
+    save_figure(summary, diffs, runs, png_path)
+    print_report(summary, diffs, runs, notes)
+    out.print(f"[dim]wrote {csv_path}, {md_path}, {png_path}[/]")
+    return runs

@@ -1,0 +1,186 @@
+"""DVC's experiments -> one row per study experiment (seed, ablation, metrics), recognised by their params.
+
+The experiments come as `dvc.api.exp_show` rows: one flat dict per baseline commit (`typ` "baseline", also
+the workspace) and per experiment (`typ` "branch_base"/"branch_commit"), with `Experiment` (the name),
+`rev`, `Created`, `State`, and one column per metric and param. A column is named by the key alone
+(`seed`, `improved.psnr`, nested keys joined by ".") unless two files have that key, then `file:key`
+(`metrics/linear_probe_original/metrics.json:top1`). Values: numbers as floats, anything else as its
+str() ("True", "['unlabeled', 'train']"); "None" for a key a file lacks, "!" for a file DVC could not read.
+`dvc exp show --csv` prints the same columns, with "" for missing values.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import ENCODERS, ConfigError, ablation_variant, as_dict, load_params, parse_params
+from . import StudyError
+from .metrics import METRICS
+
+DESCRIBING = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")  # the other columns: data
+MISSING = ("None", "!", "")  # how exp_show / its CSV write a key that is not there or could not be read
+
+
+def experiment_rows(rev: str | None = None, root: str | Path = ".") -> list[dict]:
+    """`dvc.api.exp_show` rows of the experiments of every commit (as `dvc exp show --all-commits`), or of
+    those based on `rev`. `Created` becomes the ISO time of the experiment's commit, as in
+    `dvc exp show --csv`: exp_show itself gives only a day or a time of day, too coarse to tell which of
+    two runs is the newer."""
+    import dvc.api
+    from dvc.repo import Repo
+
+    with Repo(root) as repo:
+        revs = [rev] if rev else list(repo.scm.list_all_commits())
+        rows = dvc.api.exp_show(repo=str(root), revs=revs)
+        for row in finished(rows):
+            commit_time = repo.scm.resolve_commit(row["rev"]).commit_time
+            row["Created"] = datetime.fromtimestamp(commit_time).isoformat()  # noqa: DTZ006 (as DVC does)
+    return rows
+
+
+def csv_rows(path: str | Path) -> list[dict]:
+    """The rows of a saved `dvc exp show --csv` output, valued as exp_show values them."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path} not found: save one with `dvc exp show --csv --all-commits > {path.name}`")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not set(DESCRIBING[:4]) <= set(rows[0]):
+        raise StudyError(f"{path} is not the output of `dvc exp show --csv` (no Experiment, rev, typ, Created "
+                         "columns)")
+
+    def value(column: str, text: str):
+        if column in DESCRIBING:
+            return text or None
+        try:
+            return float(text)
+        except ValueError:
+            return text or None
+    return [{k: value(k, v) for k, v in row.items()} for row in rows]
+
+
+def cell(row: dict, path: str, key: str):
+    """The value of `key` in file `path` of one row, or None."""
+    # DVC names the column by the key alone when no other file (in any row) has that key
+    value = row.get(f"{path}:{key}", row.get(key))
+    return None if value is None or value in MISSING else value
+
+
+def metric_values(row: dict) -> dict[str, float]:
+    """`<metric>_<encoder>` -> value (NaN where the experiment has none), from the METRICS table."""
+    values = {}
+    for metric, m in METRICS.items():
+        for enc in m.encoders:
+            v = cell(row, m.path.format(enc=enc), m.key.format(enc=enc))
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            values[f"{metric}_{enc}"] = float(v) if number else math.nan
+    return values
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _literal(value):
+    """An exp_show param value back to what params.yaml had (42.0 -> 42, "True" -> True, "[1, 2]" -> [1, 2])."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    try:
+        return ast.literal_eval(value) if isinstance(value, str) else value
+    except (ValueError, SyntaxError, TypeError):
+        return value  # a plain string ("shapes")
+
+
+def params_of(row: dict, current) -> dict:
+    """The experiment's params.yaml, for every key params.yaml has today (the study section aside)."""
+    raw: dict = {}
+    for key in _flat(as_dict(current)):
+        if key.split(".")[0] == "study":
+            continue
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _literal(cell(row, "params.yaml", key))
+    return raw
+
+
+def identify(row: dict, study_raw: dict, current) -> tuple[int, str] | str:
+    """(seed, ablation) of an experiment of the current study, or why it is not one: the same params as
+    params.yaml except seed and improved.*, and improved.* one of study.ablations applied to improved."""
+    raw = params_of(row, current)
+    raw["study"] = study_raw  # experiments made before the study section existed still parse
+    try:
+        p = parse_params(raw)
+    except ConfigError as e:
+        return f"params do not validate ({e})"
+    others = dict(as_dict(p), seed=None, improved=None)
+    if others != dict(as_dict(current), seed=None, improved=None):
+        return "other params than params.yaml besides seed and improved.*"
+    for name in current.study.ablations:
+        if as_dict(p.improved) == as_dict(ablation_variant(current, name)):
+            return p.seed, name
+    return "improved.* matches no study ablation"
+
+
+def distinct_ablations(params) -> None:
+    """The report tells ablations apart by their improved.* values, so two may not give the same."""
+    seen: dict[str, str] = {}
+    for name in params.study.ablations:
+        recipe = json.dumps(as_dict(ablation_variant(params, name)), sort_keys=True)
+        if recipe in seen:
+            raise StudyError(f"study.ablations.{name} gives the same improved.* values as "
+                             f"study.ablations.{seen[recipe]}: the report could not tell them apart")
+        seen[recipe] = name
+
+
+def finished(rows: list[dict]) -> list[dict]:
+    """The finished experiments: not the baseline commits and the workspace (they duplicate an experiment
+    or are none), not queued, running or failed ones, not ones without data."""
+    return [r for r in rows if r["typ"] != "baseline" and r.get("State") in (None, "Success") and r.get("Created")]
+
+
+def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (seed, ablation): the newest matching experiment. Also notes on what was left out."""
+    found, notes, skipped = [], [], {}
+    for row in finished(rows):
+        who = identify(row, study_raw, current)
+        if isinstance(who, str):
+            skipped[who] = skipped.get(who, 0) + 1
+            continue
+        seed, ablation = who
+        found.append({"seed": seed, "ablation": ablation, "name": row.get("Experiment") or row["rev"],
+                      "rev": row["rev"], "timestamp": row["Created"], **metric_values(row)})
+    for why, count in skipped.items():
+        notes.append(f"left out {count} experiment{'s' if count > 1 else ''}: {why}")
+    columns = ["seed", "ablation", "name", "rev", "timestamp", *(f"{m}_{e}" for m in METRICS for e in ENCODERS)]
+    runs = pd.DataFrame(found, columns=columns)
+    if runs.empty:
+        return runs, notes
+    runs = runs.sort_values("timestamp", ascending=False, kind="stable")
+    dupes = runs.duplicated(["seed", "ablation"])
+    if dupes.any():
+        notes.append(f"left out {int(dupes.sum())} older duplicate(s) of a seed and ablation: "
+                     f"{', '.join(runs.loc[dupes, 'name'])}")
+    runs = runs[~dupes]
+    order = {a: i for i, a in enumerate(current.study.ablations)}
+    runs = runs.sort_values(["ablation", "seed"], key=lambda c: c.map(order) if c.name == "ablation" else c)
+    return runs.reset_index(drop=True), notes
+
+
+def load_study(params_path: str | Path) -> tuple[object, dict]:
+    """params.yaml's params and its raw study section (given to every experiment's params when parsing)."""
+    import yaml
+    current = load_params(params_path)
+    distinct_ablations(current)
+    return current, yaml.safe_load(Path(params_path).read_text())["study"]
