@@ -23,7 +23,6 @@ def env() -> dict:
     e.setdefault("GIT_COMMITTER_NAME", "test")
     e.setdefault("GIT_COMMITTER_EMAIL", "test@example.invalid")
     e["DVC_NO_ANALYTICS"] = "1"
-    e.pop("MAE_TEST_KILL_AFTER_EPOCH", None)
     return e
 
 
