@@ -277,7 +277,8 @@ def test_teammate_pulls_over_ssh_and_reruns_nothing(sshd: SSHServer, over_ssh: P
     assert_reproduces_nothing(b, over_ssh.results)
 
     # The pulled run records alone, without dvc.lock (say, lost in a merge), restore the stages whose outputs
-    # are all cached. Later stages also write `cache: false` metrics, which no push uploads (docs/team.md).
+    # are all cached. Later stages also write `cache: false` metrics, which no push uploads
+    # (docs/team.md#what-the-run-cache-does-and-does-not-buy-here).
     git("rm", "-q", "dvc.lock", cwd=b)
     proc = dvc("repro", "init_random", cwd=b)
     assert ran_stages(proc.stdout + proc.stderr) == set(), proc.stdout
