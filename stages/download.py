@@ -8,7 +8,8 @@ from mae_exp.progress import console
 
 def main(p):
     torch.set_num_threads(p.threads or torch.get_num_threads())  # the shapes generator computes with torch
-    console.print(f"download: data.source {p.data.source}, {torch.get_num_threads()} CPU threads", highlight=False)
+    n = torch.get_num_threads()
+    console.print(f"download: data.source {p.data.source}, {n} CPU thread{'s' if n > 1 else ''}", highlight=False)
     prepare(p.data, p.seed, "data/prepared")
 
 

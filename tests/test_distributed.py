@@ -120,7 +120,7 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(two, one):
 
 def test_killed_two_process_pretrain_resumes_at_the_next_epoch(two, one):
     assert 1 <= two.killed_at < 3
-    assert f"resuming original from epoch {two.killed_at + 1}/3" in two.output
+    assert f"resuming pretrain original from epoch {two.killed_at + 1}/3" in two.output
     metrics = json.loads((two.repo / "metrics" / "pretrain_original" / "metrics.json").read_text())
     assert metrics["resumed_at_epoch"] == two.killed_at
     assert [r["epoch"] for r in curve(two.repo, "original")] == [1, 2, 3]

@@ -135,9 +135,9 @@ def set_param(repo, path: str, value) -> None:
 def slow_enough(repo: Path) -> None:
     """Enough steps per epoch (about a second each) that a signal sent when a checkpoint appears lands in
     the next epoch, never after the run's end."""
-    set_param(repo, "data.shapes.unlabeled", 3000)
+    set_param(repo, "data.shapes.unlabeled", 1500)
     set_param(repo, "pretrain.epochs", 4)
-    set_param(repo, "data.shapes.train", 800)
+    set_param(repo, "data.shapes.train", 500)
     set_param(repo, "finetune.epochs", 4)
 
 
@@ -193,7 +193,7 @@ def interrupted_and_clean(tmp_path_factory):
 def test_killed_pretrain_resumes_at_the_right_epoch_and_matches_an_uninterrupted_run(interrupted_and_clean):
     killed, clean, at, output, _, _ = interrupted_and_clean
     assert 1 <= at < 4
-    assert f"resuming original from epoch {at + 1}/4" in output
+    assert f"resuming pretrain original from epoch {at + 1}/4" in output
     assert scratch_states(killed, "pretrain_original") == []  # cleaned once the declared outputs exist
     assert metrics(killed, "pretrain_original")["resumed_at_epoch"] == at
     resumed = torch.load(killed / "models/original/checkpoint.pt", weights_only=False)

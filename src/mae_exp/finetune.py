@@ -67,7 +67,8 @@ def file_digest(path: str | Path) -> str:
 
 
 def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: str, live_dir: str | Path,
-             scratch: str | Path) -> dict:
+             scratch: str | Path, test: bool = True) -> dict:
+    """Fine-tune, log validation accuracy every epoch, then (`test`) read the test split once."""
     cfg = p.finetune
     device, amp_dtype = setup(cfg.precision, p.threads, p.seed)
     num_classes = len(load_meta(data_root)["classes"])
@@ -97,11 +98,8 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
     state = Path(scratch) / key / "last.pt"
     trainer = Trainer(f"finetune {name}", "finetune", model, optimizer, schedule, device, amp_dtype, state, gens,
                       open_live(live_dir))
-    if trainer.restore():
-        console.print(f"[green]resuming finetune {name} from epoch {trainer.start_epoch + 1}/{cfg.epochs}[/] ({state})")
-    else:
-        console.print(f"finetune {name}: {n:,} train / {len(val.labels):,} validation images, {cfg.epochs} epochs "
-                      f"of {steps} steps, lr {lr:.2e}, {distributed.describe(device, p.threads)}", highlight=False)
+    trainer.begin(f"{n:,} train / {len(val.labels):,} validation images, {cfg.epochs} epochs of {steps} steps, "
+                  f"lr {lr:.2e}, {distributed.describe(device, p.threads)}")
 
     def step(idx: torch.Tensor, i: int, log: bool):
         boxes, flip = draw_crops(batch_size, cfg.min_crop_scale, gens["augment"], device)  # the global batch's
@@ -114,14 +112,17 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
         return {"val_top1": evaluate(model, val.images, val.labels, p.data.input_size, device, amp_dtype)}
 
     history = trainer.fit(n, batch_size, step, validate)
-    test = labeled(data_root, "test", p.data.val_fraction)  # read once, now
-    top1 = evaluate(model, test.images, test.labels, p.data.input_size, device, amp_dtype)
-    summary = {"top1": round(top1, 4), "val_top1": round(history[-1]["val_top1"], 4), "epochs": cfg.epochs,
-               "test_images": len(test.labels), "wall_time_s": round(trainer.elapsed, 1)}
+    summary = {"val_top1": round(history[-1]["val_top1"], 4), "epochs": cfg.epochs,
+               "wall_time_s": round(trainer.elapsed, 1)}
+    if test:
+        split = labeled(data_root, "test", p.data.val_fraction)  # read once, now
+        summary["top1"] = round(evaluate(model, split.images, split.labels, p.data.input_size, device, amp_dtype), 4)
+        summary["test_images"] = len(split.labels)
     if distributed.is_rank0():
         trainer.live.summary.update(summary)
         trainer.live.make_summary()
-    console.print(f"finetune {name}: val top-1 {summary['val_top1']:.4f}, test top-1 {top1:.4f}", highlight=False)
+    console.print(f"finetune {name}: val top-1 {summary['val_top1']:.4f}"
+                  + (f", test top-1 {summary['top1']:.4f}" if test else ""), highlight=False)
     trainer.finish()
     return summary
 

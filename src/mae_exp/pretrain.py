@@ -23,7 +23,6 @@ from .config import Params, as_dict, fingerprint
 from .data.prepared import load_meta, pretraining_set
 from .model import MaskedAutoencoderViT
 from .objectives import mask_ratio_at
-from .progress import console
 from .runtime import adamw, gather, open_live, param_groups, resident_images, save_torch, setup
 from .train import Schedule, Trainer
 
@@ -73,11 +72,8 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     state = Path(out.scratch) / run_key(p, variant_name, meta.get("digest", "")) / "last.pt"
     trainer = Trainer(f"pretrain {variant_name}", "pretrain", model, optimizer, schedule, device, amp_dtype,
                       state, gens, open_live(out.live))
-    if trainer.restore():
-        console.print(f"[green]resuming {variant_name} from epoch {trainer.start_epoch + 1}/{cfg.epochs}[/] ({state})")
-    else:
-        console.print(f"pretrain {variant_name}: {described}, {cfg.epochs} epochs of {steps} steps, lr {lr:.2e}, "
-                      f"{distributed.describe(device, p.threads)}", highlight=False)
+    trainer.begin(f"{described}, {cfg.epochs} epochs of {steps} steps, lr {lr:.2e}, "
+                  f"{distributed.describe(device, p.threads)}")
 
     def step(idx: torch.Tensor, i: int, log: bool):
         ratio = mask_ratio_at(i / schedule.total, variant)

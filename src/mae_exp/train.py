@@ -68,6 +68,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ resumable state
 
+    def begin(self, description: str) -> None:
+        """Resume from the saved state if there is one, and say so; else print what is about to run."""
+        if self.restore():
+            console.print(f"[green]resuming {self.name} from epoch {self.start_epoch + 1}/{self.schedule.epochs}[/] "
+                          f"({self.state_path})", highlight=False)
+        else:
+            console.print(f"{self.name}: {description}", highlight=False)
+
     def restore(self) -> bool:
         """Load the resumable state if there is one (rank 0 reads it and hands it to the others)."""
         state = None

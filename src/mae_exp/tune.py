@@ -1,0 +1,126 @@
+"""Choose evaluation hyper-parameters on the validation split, never on test.
+
+    python -m mae_exp.tune linear_probe --encoder original --lr 0.01 0.03 0.1 0.3 --pooling mean cls
+    python -m mae_exp.tune finetune --encoder original --base-lr 2e-3 4e-3 --layer-decay 0.65 0.75 --epochs 6 10
+
+Runs on the encoders `dvc repro` left in models/ and the prepared data, with params.yaml for everything
+not in the grid; every run trains on the train part and is scored on the validation part (data.val_fraction
+of the labeled train split). The test split is never read. Prints a table, best first, and appends the
+results to metrics/tuning.json (committed: the record of what was tried and what was chosen).
+Tune on the original MAE's encoder (the default): the choice then favours neither the recipe under test
+nor the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, load_params
+from .progress import console
+
+DATA = "data/prepared"
+
+
+def grid(**axes) -> list[dict]:
+    names = list(axes)
+    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def tune_linear_probe(p, encoder: str, points: list[dict]) -> list[dict]:
+    from .data.prepared import labeled, load_meta
+    from .probe import accuracy, extract_features, load_encoder, train_head
+    from .runtime import setup
+    device, amp_dtype = setup("auto", p.threads, p.seed)
+    model = load_encoder(f"models/{encoder}/encoder.pt", p).to(device)
+    parts = {part: labeled(DATA, part, p.data.val_fraction) for part in ("train", "val")}
+    classes = len(load_meta(DATA)["classes"])
+    cache, rows = {}, []
+    for point in points:
+        cfg = p.linear_probe.model_copy(update=point)
+        if cfg.pooling not in cache:
+            cache[cfg.pooling] = {part: extract_features(model, s.images, p.data.input_size, cfg.pooling, device,
+                                                         amp_dtype, part) for part, s in parts.items()}
+        x = cache[cfg.pooling]
+        y = {part: torch.from_numpy(s.labels).to(device) for part, s in parts.items()}
+        head = train_head(x["train"], y["train"], classes, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, p.seed)
+        with torch.no_grad():
+            rows.append({**point, "val_top1": accuracy(head(x["val"]), y["val"])})
+    return rows
+
+
+def tune_finetune(p, encoder: str, points: list[dict]) -> list[dict]:
+    from .finetune import finetune
+    rows = []
+    for point in points:
+        q = p.model_copy(update={"finetune": p.finetune.model_copy(update=point)})
+        t0 = time.perf_counter()
+        scratch = Path("scratch") / "tune"
+        result = finetune(q, f"models/{encoder}/encoder.pt", DATA, encoder, scratch / "live", scratch, test=False)
+        rows.append({**point, "val_top1": result["val_top1"], "seconds": round(time.perf_counter() - t0, 1)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mae_exp.tune", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="stage", required=True)
+    lp = sub.add_parser("linear_probe", help="probe lr, epochs, weight decay, pooling on cached features")
+    lp.add_argument("--lr", type=float, nargs="+")
+    lp.add_argument("--epochs", type=int, nargs="+")
+    lp.add_argument("--weight-decay", type=float, nargs="+", dest="weight_decay")
+    lp.add_argument("--pooling", nargs="+", choices=["mean", "cls"])
+    ft = sub.add_parser("finetune", help="fine-tuning lr, layer decay, epochs, drop path, batch size")
+    ft.add_argument("--base-lr", type=float, nargs="+", dest="base_lr")
+    ft.add_argument("--layer-decay", type=float, nargs="+", dest="layer_decay")
+    ft.add_argument("--epochs", type=int, nargs="+")
+    ft.add_argument("--drop-path", type=float, nargs="+", dest="drop_path")
+    ft.add_argument("--batch-size", type=int, nargs="+", dest="batch_size")
+    for s in (lp, ft):
+        s.add_argument("--encoder", default="original", choices=["random", "original", "improved"])
+        s.add_argument("--out", default="metrics/tuning.json")
+    a = ap.parse_args(argv)
+    try:
+        p = load_params("params.yaml")
+    except ConfigError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+    skip = {"stage", "encoder", "out"}
+    axes = {k: v for k, v in vars(a).items() if k not in skip and v is not None}
+    current = getattr(p, a.stage)
+    points = grid(**axes) if axes else [{}]
+    for point in points:  # every point must make a valid params section, checked before any work
+        try:
+            type(current).model_validate({**current.model_dump(), **point})
+        except ValueError as e:  # pydantic's message names the field
+            console.print(f"[bold red]error:[/] {a.stage} {point}: {' '.join(str(e).split())}")
+            return 2
+    if not Path(f"models/{a.encoder}/encoder.pt").exists():
+        console.print(f"[bold red]error:[/] models/{a.encoder}/encoder.pt is missing: run `dvc repro` first")
+        return 1
+    run = tune_linear_probe if a.stage == "linear_probe" else tune_finetune
+    rows = sorted(run(p, a.encoder, points), key=lambda r: -r["val_top1"])
+    from rich.table import Table
+    table = Table(title=f"{a.stage} on the validation split ({a.encoder} encoder), best first")
+    for key in rows[0]:
+        table.add_column(key, justify="right")
+    for r in rows:
+        table.add_row(*(f"{v:.2%}" if k == "val_top1" else str(v) for k, v in r.items()))
+    console.print(table)
+    out = Path(a.out)
+    record = json.loads(out.read_text()) if out.exists() else []
+    record.append({"stage": a.stage, "encoder": a.encoder, "seed": p.seed, "command": " ".join(sys.argv),
+                   "fixed": current.model_dump(), "results": rows})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    console.print(f"appended to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""What a user meets first: the progress bar's estimate, the reconstruction grid's choice of images, the
+report's units, and every stage's start-up line saying how many CPU threads it uses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from rich.progress import Progress
+
+from conftest import copy_repo, dvc, run
+from mae_exp.progress import EtaColumn
+from mae_exp.report import print_table
+from mae_exp.visualize import grid_indices
+
+
+def test_the_eta_comes_from_the_first_steps_not_a_sliding_window():
+    bar = Progress(EtaColumn())
+    task_id = bar.add_task("pretrain", total=100, completed=40, start=40)  # a run resumed at step 40
+    task = bar.tasks[0]
+    assert str(EtaColumn().render(task)) == "eta -:--:--"  # nothing done since the start yet
+    bar.update(task_id, completed=50)
+    task._get_time = lambda: task.start_time + 20.0  # 10 steps in 20 s -> 50 steps left take 100 s
+    assert str(EtaColumn().render(task)) == "eta 0:01:40"
+
+
+def test_the_reconstruction_grid_takes_every_class_in_turn():
+    labels = np.repeat(np.arange(10), 50)  # a folder dataset's test split: sorted by class
+    picked = grid_indices(labels, 8, seed=0)
+    assert len(set(labels[picked])) == 8  # eight images, eight classes (the first 8 would all be class 0)
+    assert picked == grid_indices(labels, 8, seed=0)  # fixed by the seed
+    assert picked != grid_indices(labels, 8, seed=1)
+    many = grid_indices(labels, 25, seed=0)
+    assert len(set(many)) == 25 and np.bincount(labels[many]).max() == 3  # round robin over classes
+
+
+def test_the_report_compares_like_with_like_in_readable_units(capsys):
+    table = pd.DataFrame({
+        "lp_top1": [0.15, 0.42, 0.45], "ft_top1": [0.2, 0.5, 0.52], "lp_val_top1": [0.16, 0.41, 0.44],
+        "ft_val_top1": [0.21, 0.49, 0.5], "mse": [np.nan, 0.31, 0.30], "hf_error": [np.nan, 0.09, 0.08],
+        "psnr": [np.nan, 20.5, 20.7], "pretrain_mse": [np.nan, 0.33, 0.35], "pretrain_wall_s": [np.nan, 750.2, 761.87],
+        "pretrain_images_per_s": [np.nan, 381.24, 377.9]}, index=["random", "original", "improved"])
+    delta = table.loc["improved"] - table.loc["original"]
+    print_table(table, delta)
+    out = capsys.readouterr().err
+    assert "42.0%" in out and "+3.0 pp" in out  # accuracy in percent, differences in percentage points
+    assert "750" in out and "750.2000" not in out and "381" in out and "381.2400" not in out
+    assert "masked MSE" in out and "loss" not in out  # the term both variants minimise, not their totals
+
+
+def test_every_stage_says_how_many_threads_it_uses(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    params = (repo / "params.yaml").read_text().replace("\nthreads: 0", "\nthreads: 1")
+    (repo / "params.yaml").write_text(params)
+    out = dvc("repro", "linear_probe@random", cwd=repo)
+    text = out.stdout + out.stderr
+    assert "download: data.source shapes, 1 CPU thread" in text
+    assert "linear probe random: mean features, cpu, 1 CPU thread" in text
+    proc = run(["python", "stages/pretrain.py", "original"], repo)
+    assert "lr 1.88e-04, cpu, 1 CPU thread\n" in proc.stdout + proc.stderr
+    proc = run(["python", "stages/finetune.py", "random"], repo)
+    assert "1 epochs of 4 steps, lr 7.81e-05, cpu, 1 CPU thread\n" in proc.stdout + proc.stderr
