@@ -17,7 +17,7 @@ from mae_exp.visualize import grid_indices
 
 def test_the_eta_comes_from_the_first_steps_not_a_sliding_window():
     bar = Progress(EtaColumn())
-    task_id = bar.add_task("pretrain", total=100, completed=40, start=40)  # a run resumed at step 40
+    task_id = bar.add_task("pretrain", total=100, completed=40, offset=40)  # a run resumed at step 40
     task = bar.tasks[0]
     assert str(EtaColumn().render(task)) == "eta -:--:--"  # nothing done since the start yet
     bar.update(task_id, completed=50)

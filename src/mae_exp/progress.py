@@ -16,10 +16,10 @@ if not console.is_terminal:  # under `dvc repro` or CI: wide lines rather than 8
 class EtaColumn(ProgressColumn):
     """Time left from the average rate since the task started. rich's own column waits for a sliding
     window of samples and shows -:--:-- for minutes when updates are slow (a resumed run counts only
-    the steps done since it resumed: the task's `start` field)."""
+    the steps done since it resumed: the task's `offset` field)."""
 
     def render(self, task) -> Text:
-        done = task.completed - task.fields.get("start", 0)
+        done = task.completed - task.fields.get("offset", 0)
         if task.total is None or task.elapsed is None or done <= 0:
             return Text("eta -:--:--", style="progress.remaining")
         left = task.elapsed / done * (task.total - task.completed)

@@ -122,7 +122,7 @@ class Trainer:
         try:
             with progress(loss=True) as bar:
                 done = self.start_epoch * s.steps_per_epoch
-                task = bar.add_task(self.name, total=s.total, completed=done, start=done, loss="-")
+                task = bar.add_task(self.name, total=s.total, completed=done, offset=done, loss="-")
                 for epoch in range(self.start_epoch, s.epochs):
                     t0, rows = time.perf_counter(), []
                     for i, idx in enumerate(batches(n, batch_size, self.generators["order"])):
