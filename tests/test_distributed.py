@@ -101,7 +101,7 @@ def test_dvc_repro_with_two_processes_completes(two):
     assert ran_stages(two.output) == STAGES - {"download"}  # ran with the killed pre-training
     assert "pretrain.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/pretrain.py improved" in two.output
     assert "finetune.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/finetune.py original" in two.output
-    assert "lr 1.88e-04, cpu, 1 CPU thread, 2 processes" in two.output  # the global batch's lr, threads per process
+    assert "lr 1.88e-04, cpu, 1 CPU thread per process, 2 processes" in two.output  # the global batch's lr, threads per process
     assert two.output.count("pretrain improved epoch 3/3") == 1  # rank 0 alone prints
     for name in ("random", "original", "improved"):
         assert 0 <= json.loads((two.repo / "metrics" / f"finetune_{name}" / "metrics.json").read_text())["top1"] <= 1

@@ -80,10 +80,9 @@ def cpu_threads(threads: int) -> int:
 
 
 def describe(dev: torch.device, threads: int) -> str:
-    """Where a stage computes, for its start-up line: `cpu, 2 threads` / `cuda:0, 2 processes`."""
-    where = f"{dev}, {torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}"
-    if dev.type == "cpu" and not threads:
-        where += " (threads: 0 = all cores; lower it on a shared machine)"
+    """Where a stage computes, for its start-up line: `cpu, 2 CPU threads` / `cuda:0, 2 processes`."""
+    n = torch.get_num_threads()
+    where = f"{dev}, {n} CPU thread{'s' if n > 1 else ''}" + (" per process" if world_size() > 1 else "")
     return where + (f", {world_size()} processes" if world_size() > 1 else "")
 
 

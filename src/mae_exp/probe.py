@@ -5,7 +5,7 @@ initialised with std 0.01, trained with SGD-style momentum (LARS there; one line
 cosine, no weight decay by default. Two deviations, both for this project's scale: features are
 extracted once and cached (the encoder is frozen, so an epoch costs nothing; MAE crops and flips every
 epoch), and the feature is `linear_probe.pooling` (mean of the patch tokens, or the [cls] token, as MAE
-probes; the README says which was chosen on validation and why).
+probes; docs/reference.md#linear-probe-pooling says which was chosen on validation and why).
 
 The labeled train split is split into train and validation (data.val_fraction): the head is trained on
 train, every epoch's accuracy is logged on train and validation, and the test split is read once, at

@@ -74,7 +74,7 @@ class Trainer:
             console.print(f"[green]resuming {self.name} from epoch {self.start_epoch + 1}/{self.schedule.epochs}[/] "
                           f"({self.state_path})", highlight=False)
         else:
-            console.print(f"{self.name}: {description}", highlight=False)
+            console.print(f"{self.name}: {description}", highlight=False, soft_wrap=True)
 
     def restore(self) -> bool:
         """Load the resumable state if there is one (rank 0 reads it and hands it to the others)."""
@@ -187,7 +187,7 @@ class Trainer:
                              "images_per_s": images_per_s})
         shown = ", ".join(f"{k} {v:.4g}" for k, v in {**means, **extra}.items())
         bar.console.print(f"{self.name} epoch {epoch + 1}/{s.epochs}: {shown}, {images_per_s:,.0f} img/s",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
         if (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs and distributed.is_rank0():
             self._save(epoch + 1)
 
