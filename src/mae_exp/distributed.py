@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -140,6 +141,7 @@ def session(processes: int, key: str):
     if not under_torchrun():
         yield
         return
+    _die_with_launcher()
     if int(os.environ.get("RANK", 0)) != 0:
         console.quiet = True  # rank 0 alone prints
     world = int(os.environ["WORLD_SIZE"])
@@ -162,6 +164,19 @@ def session(processes: int, key: str):
         yield
     finally:
         dist.destroy_process_group()
+
+
+def _die_with_launcher() -> None:
+    """torchrun starts its workers in a session of their own, so a SIGKILL to the stage (and to `dvc repro`'s
+    process group) would leave them training, and finishing, behind the back of the run that resumes.
+    Linux: ask the kernel to SIGKILL this worker when its launcher dies."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the request was in place
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _check_gpus(per_node: int, processes: int, key: str, fix: str) -> None:
