@@ -139,6 +139,7 @@ def test_ranks_that_drift_apart_are_caught(tmp_path):
         "from mae_exp import distributed\n"
         "from mae_exp.errors import DistributedError\n"
         "dist.init_process_group('gloo')\n"
+        "torch.manual_seed(0)\n"
         "model = torch.nn.Linear(4, 4)\n"
         "torch.nn.init.ones_(model.weight)\n"
         "distributed.check_same_weights(model, 'same')\n"
