@@ -7,9 +7,14 @@ alike; the table shows the median images/s and the ratio to Hugging Face measure
 Variants, all doing forward + loss + backward + AdamW step on one batch at 75% masking:
   hf        transformers' ViTMAEForPreTraining (SDPA attention, norm_pix_loss), on a ready float batch
   ours      this project's MaskedAutoencoderViT, same sizes, on the same kind of ready float batch
-  pipeline  what `pretrain` really runs per step: index uint8 images resident on the device, crop and
-            flip the batch on the device, then `ours` plus the (weight-0) extra loss terms
+  pipeline  what `pretrain` (original variant) runs per step: gather the batch's uint8 images from where
+            pre-training keeps them (runtime.resident_images), draw crops, flips and mask noise on the
+            device, crop + flip + normalise (augment.crop_and_flip_uint8), then the model, monitoring the
+            weight-0 loss terms on every LOG_EVERY-th step as train.Trainer does
   compiled  `pipeline` with pretrain.compile: true (only with --compile)
+
+Each measurement times whole cycles of LOG_EVERY (10) steps, at least --min-seconds, after 3 warm-up
+steps, so that `pipeline` pays its monitored steps in the same proportion as a training run.
 
 Configs: `default` (params.yaml's model and image size) and `seed` (224 px, patch 16, encoder
 192/8/6, decoder 128/4/4, from 96 px images). On CUDA, bf16 autocast for all and model FLOPs
@@ -20,8 +25,10 @@ matmul rate.
     python benchmarks/pretrain_vs_hf.py                          # default and seed configs
     python benchmarks/pretrain_vs_hf.py --configs seed --batch-size 256 --compile   # e.g. on a GPU
     python benchmarks/pretrain_vs_hf.py --scaling                # ours: images/s vs batch and image size
+    python benchmarks/pretrain_vs_hf.py --json benchmarks/results/<device>-<date>.json   # keep the raw runs
 
-`--scaling` measures `pipeline` at the default model for each batch size x image size.
+`--scaling` measures `pipeline` at the default model for each batch size x image size. The console and
+the JSON (`header`, then every run of every measurement) name the device, date, command and versions.
 """
 
 from __future__ import annotations
@@ -65,21 +72,23 @@ def rss_mib(field: str) -> float:
 
 def measure(variant: str, config_name: str, batch_size: int, image_size: int | None, min_seconds: float,
             threads: int) -> dict:
+    import numpy as np
     import torch
-    from mae_exp.augment import augment, to_float
+    from mae_exp.augment import crop_and_flip_uint8, draw_crops
     from mae_exp.config import load_params
     from mae_exp.model import MaskedAutoencoderViT
-    from mae_exp.pretrain import loss_terms
-    from mae_exp.runtime import adamw, autocast, gather
+    from mae_exp.runtime import adamw, autocast, batches, gather, param_groups, resident_images
+    from mae_exp.train import LOG_EVERY
 
     cfg, stored, size = config(config_name, image_size)
-    original = load_params(REPO / "params.yaml").original  # the variant whose loss HF computes
+    p = load_params(REPO / "params.yaml")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     amp = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     if variant == "hf":
         from transformers import ViTMAEConfig, ViTMAEForPreTraining
@@ -92,35 +101,51 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
         model = ViTMAEForPreTraining._from_config(hf_cfg, attn_implementation="sdpa").to(device)
         assert model.config._attn_implementation == "sdpa"
     else:
-        model = MaskedAutoencoderViT(cfg, size).to(device)
+        # the original variant: its extra terms have weight 0 (computed only on monitored steps)
+        model = MaskedAutoencoderViT(cfg, size, lambda_freq=p.original.lambda_freq,
+                                     lambda_unif=p.original.lambda_unif).to(device)
         if variant == "compiled":
             model.compile_blocks()
     model.train()
-    optimizer = adamw(model, 1e-4, 0.05, device)
+    optimizer = adamw(param_groups(model, 0.05), 1e-4, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # as train.Trainer: active for fp16 only
     params = sum(p.numel() for p in model.parameters())
 
     ready = torch.randn(batch_size, 3, size, size, device=device)
-    images = torch.randint(0, 256, (max(1024, batch_size), stored, stored, 3), dtype=torch.uint8, device=device)
+    n_images = max(1024, batch_size)
+    # where pre-training keeps its set: the memory map's pages (CPU) or the device (a GPU it fits on)
+    images = resident_images(np.random.default_rng(0).integers(0, 256, (n_images, stored, stored, 3), dtype=np.uint8),
+                             device)
     gen = torch.Generator(device=device).manual_seed(1)
     order_gen = torch.Generator().manual_seed(2)
+    order: list[torch.Tensor] = []
+    step_no = [0]
 
     def step():
-        if variant == "hf":
-            with autocast(device, amp):
+        step_no[0] += 1
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-4 * group.get("lr_scale", 1.0)
+        with autocast(device, amp):
+            if variant == "hf":
                 loss = model(pixel_values=ready).loss
-        elif variant == "ours":
-            with autocast(device, amp):
-                loss = model(ready, 0.75, generator=gen)[0]
-        else:  # the pretrain loop's step, original variant (extra terms monitored, weight 0)
-            idx = torch.randint(0, images.shape[0], (batch_size,), generator=order_gen)
-            x = augment(to_float(gather(images, idx, device)), 0.2, gen, out_size=size)
-            with autocast(device, amp):
-                latent, mask, ids_restore = model.forward_encoder(x, 0.75, generator=gen)
-                pred = model.forward_decoder(latent, ids_restore)
-            loss = loss_terms(model, x, pred, mask, latent, original)[0]
+            elif variant == "ours":
+                loss = model(ready, 0.75)[0][0]
+            else:  # pretrain.py's step
+                if not order:
+                    order.extend(batches(n_images, batch_size, order_gen))
+                idx = order.pop()
+                log = step_no[0] % LOG_EVERY == 0
+                boxes, flip = draw_crops(batch_size, p.pretrain.min_crop_scale, gen, device)
+                noise = torch.rand(batch_size, model.num_patches, generator=gen, device=device)
+                x = crop_and_flip_uint8(gather(images, idx, device), boxes, flip, size)
+                terms, _, _ = model(x, 0.75, noise, monitor=log)
+                loss = terms[0]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if variant in ("pipeline", "compiled") and log:
+            terms.detach().tolist()  # the Trainer reads the logged terms on the host
         return loss
 
     def sync():
@@ -141,20 +166,21 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
     sync()
     warmup_s = time.perf_counter() - t0
 
+    step_no[0] = 0  # timed: whole cycles of LOG_EVERY steps, the last of each monitored (pipeline)
     steps, t0 = 0, time.perf_counter()
     while True:
         loss = step()
         steps += 1
-        if steps % 2 == 0 or steps >= 3:
+        if steps % LOG_EVERY == 0:
             sync()
-            if steps >= 3 and time.perf_counter() - t0 >= min_seconds:
+            if time.perf_counter() - t0 >= min_seconds:
                 break
     seconds = time.perf_counter() - t0
     assert torch.isfinite(loss).item()
 
     out = {"variant": variant, "config": config_name, "batch_size": batch_size, "image_size": size,
-           "params": params, "steps": steps, "seconds": seconds, "images_per_s": steps * batch_size / seconds,
-           "warmup_s": warmup_s, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+           "stored_size": stored, "params": params, "steps": steps, "seconds": seconds,
+           "images_per_s": steps * batch_size / seconds, "warmup_s": warmup_s, "device": device_name(),
            "threads": torch.get_num_threads()}
     if device.type == "cuda":
         out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 - base_mib
@@ -165,6 +191,34 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
     else:
         out["peak_mib"] = rss_mib("VmHWM") - base_mib  # growth of the resident set while training
     return out
+
+
+def device_name() -> str:
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "CPU")
+    return f"{cpu} ({os.cpu_count()} cores)"
+
+
+def header(a) -> dict:
+    """Where and how this run was measured: kept with the numbers."""
+    import datetime
+    import platform
+    import torch
+    try:
+        import transformers
+        hf_version = transformers.__version__
+    except ImportError:
+        hf_version = None
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or None
+    return {"device": device_name(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None, "transformers": hf_version,
+            "python": platform.python_version(), "commit": commit, "threads": a.threads or os.cpu_count(),
+            "repeats": a.repeats, "min_seconds": a.min_seconds}
 
 
 def bf16_matmul_flops() -> float:
@@ -210,9 +264,15 @@ def run_all(jobs: list[list[str]], repeats: int, console) -> list[list[dict]]:
 def summarise(runs: list[dict]) -> dict:
     best = dict(runs[0])
     best["images_per_s"] = statistics.median(r["images_per_s"] for r in runs)
-    best["images_per_s_all"] = [round(r["images_per_s"], 1) for r in runs]
+    best["images_per_s_all"] = [r["images_per_s"] for r in runs]
     best["peak_mib"] = statistics.median(r["peak_mib"] for r in runs)
     return best
+
+
+def paired_ratio(r: dict, base: dict) -> float:
+    """Median over rounds of r's images/s over base's in the same round: the two ran back to back, so a
+    change in machine load between rounds cancels (a ratio of medians would not)."""
+    return statistics.median(x / y for x, y in zip(r["images_per_s_all"], base["images_per_s_all"]))
 
 
 def main() -> None:
@@ -255,10 +315,12 @@ def main() -> None:
                                      else (256 if cuda else 32))
             jobs += [[v, cfg, str(batch), "0", *common] for v in variants]
         title = "pre-training step: this project vs Hugging Face ViTMAEForPreTraining"
-    results = [summarise(runs) for runs in run_all(jobs, a.repeats, console)]
-    device = results[0]["device"]
-    console.print(f"device: {device}, torch {torch.__version__}, threads {results[0]['threads']}, "
-                  f"{a.repeats} interleaved repeats of >= {a.min_seconds} s each (median shown)")
+    head = header(a)
+    console.print(f"{head['date']}  {head['command']}\ndevice: {head['device']}, torch {head['torch']}, "
+                  f"transformers {head['transformers']}, commit {head['commit']}, threads {head['threads']}, "
+                  f"{a.repeats} interleaved repeats of >= {a.min_seconds} s each (median shown)", highlight=False)
+    runs = run_all(jobs, a.repeats, console)
+    results = [summarise(r) for r in runs]
 
     if a.scaling:
         table = Table(title=title)
@@ -274,25 +336,30 @@ def main() -> None:
         if peak:
             console.print(f"measured bf16 matmul rate: {peak / 1e12:.0f} TFLOP/s (8192^3)")
         table = Table(title=title)
-        for col in ["config", "variant", "batch", "params (M)", "images/s", "vs hf", "peak MiB", "vs hf mem"]:
+        for col in ["config", "variant", "batch", "params (M)", "images/s", "vs hf", "vs ours", "peak MiB", "vs hf mem"]:
             table.add_column(col, justify="left" if col in ("config", "variant") else "right")
         if peak:
             table.add_column("MFU", justify="right")
         for r in results:
             hf = next(x for x in results if x["config"] == r["config"] and x["variant"] == "hf")
+            r["vs_hf"] = paired_ratio(r, hf)
+            ours = next(x for x in results if x["config"] == r["config"] and x["variant"] == "ours")
+            r["vs_ours"] = paired_ratio(r, ours)
             cells = [r["config"], r["variant"], str(r["batch_size"]), f"{r['params'] / 1e6:.2f}",
-                     f"{r['images_per_s']:.1f}", f"{r['images_per_s'] / hf['images_per_s']:.2f}x",
+                     f"{r['images_per_s']:.1f}", f"{r['vs_hf']:.2f}x", f"{r['vs_ours']:.2f}x",
                      f"{r['peak_mib']:.0f}", f"{r['peak_mib'] / hf['peak_mib']:.2f}x" if hf["peak_mib"] > 0 else "-"]
             if peak:
                 mfu = r["flops_per_step"] * r["images_per_s"] / r["batch_size"] / peak
                 cells.append(f"{100 * mfu:.1f}%")
             table.add_row(*cells)
         console.print(table)
-        console.print("peak MiB: training memory above the model, batch and data: " +
+        console.print("vs hf, vs ours: median over the rounds of the ratio within a round. "
+                      "peak MiB: training memory above the model, batch and data: " +
                       ("torch.cuda.max_memory_allocated minus memory_allocated before the first step" if cuda else
                        "the process's peak resident set (VmHWM) minus its resident set (VmRSS) before the first step"))
     if a.json:
-        a.json.write_text(json.dumps(results, indent=2) + "\n")
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"header": head, "summary": results, "runs": runs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

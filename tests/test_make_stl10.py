@@ -7,11 +7,13 @@ import importlib.util
 import tarfile
 
 import numpy as np
+import pytest
+import torch
 import yaml
 from torchvision.datasets import STL10
 
 from mae_exp.data.prepared import load_meta, load_split
-from mae_exp.data.shapes import SHAPE_CLASSES
+from mae_exp.data.shapes import SHAPE_CLASSES, render_shapes
 from conftest import REPO, copy_repo, dvc, run
 
 spec = importlib.util.spec_from_file_location("make_stl10", REPO / "benchmarks" / "make_stl10.py")
@@ -91,3 +93,26 @@ def test_the_download_stage_prepares_it_only_with_the_md5_switch_off(tmp_path):
         np.testing.assert_array_equal(stored.images, images, err_msg=split)
         if split != "unlabeled":
             np.testing.assert_array_equal(stored.labels, labels)
+
+
+def test_gzip_level_changes_only_the_compression(tmp_path):
+    sizes = {"unlabeled": 3, "train": 10, "test": 2}
+    stored = make_stl10.write_archive(tmp_path / "stored", sizes, seed=1, level=0)
+    packed = make_stl10.write_archive(tmp_path / "packed", sizes, seed=1, level=1)
+    assert stored.stat().st_size > packed.stat().st_size
+    with tarfile.open(stored) as a, tarfile.open(packed) as b:
+        assert a.getnames() == b.getnames()
+        for member in a.getmembers():
+            if member.isfile():
+                assert a.extractfile(member).read() == b.extractfile(member.name).read(), member.name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_rendering_on_the_gpu_gives_the_same_kind_of_images():
+    labels = torch.arange(40) % len(SHAPE_CLASSES)
+    cpu = render_shapes(labels, 32, torch.Generator().manual_seed(0))
+    gpu = render_shapes(labels, 32, torch.Generator("cuda").manual_seed(0))
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.uint8 and gpu.shape == cpu.shape
+    assert not torch.equal(gpu.cpu(), cpu)  # CUDA's random stream: other images ...
+    assert abs(gpu.float().mean().item() - cpu.float().mean().item()) < 15  # ... of the same kind
+    assert abs(gpu.float().std().item() - cpu.float().std().item()) < 15

@@ -10,15 +10,17 @@ import torch
 from torch._dynamo.utils import counters
 from torchvision.ops import roi_align
 
-from mae_exp.augment import augment, crop_and_flip, random_crop_boxes
+from mae_exp.augment import augment, crop_and_flip, crop_and_flip_uint8, random_crop_boxes, to_float
 from mae_exp.model import MaskedAutoencoderViT
-from mae_exp.pretrain import loss_terms
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # training runs the same code on a GPU
 
 
 def per_image_reference(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, out_size: int) -> torch.Tensor:
     """One image at a time, with an independent resampler: torchvision's roi_align (bilinear, one
     sample per output pixel at its centre, aligned=True), then torch.flip."""
     h, w = x.shape[-2:]
+    x = x.cpu()
     out = []
     for img, (cx, cy, bw, bh), f in zip(x, boxes.tolist(), flip.tolist()):
         box = torch.tensor([[0.0, (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]])
@@ -27,14 +29,15 @@ def per_image_reference(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("out_size", [32, 48, 17])
-def test_batched_crop_and_flip_matches_per_image_reference(out_size):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size, out_size", [(32, 32), (32, 48), (32, 17), (24, 56)])
+def test_batched_crop_and_flip_matches_per_image_reference(size, out_size, device):
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(16, 3, 32, 32, generator=gen)
+    x = torch.randn(16, 3, size, size, generator=gen)
     boxes = random_crop_boxes(16, 0.2, gen)
     flip = torch.rand(16, generator=gen) < 0.5
     assert flip.any() and not flip.all()
-    batched = crop_and_flip(x, boxes, flip, out_size)
+    batched = crop_and_flip(x.to(device), boxes.to(device), flip.to(device), out_size).cpu()
     reference = per_image_reference(x, boxes, flip, out_size)
     # float32 coordinate rounding only: a half-pixel misalignment would differ by ~0.5
     torch.testing.assert_close(batched, reference, atol=1e-4, rtol=1e-4)
@@ -50,6 +53,20 @@ def test_whole_pixel_crop_is_exact():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_uint8_path_is_to_float_then_crop_and_flip(device):
+    """What pre-training runs (stored uint8 in, normalised crops out) against its definition, upsampling
+    as the seed config does (96 -> 224 px there), and against the per-image reference."""
+    gen = torch.Generator().manual_seed(4)
+    images = torch.randint(0, 256, (8, 24, 24, 3), dtype=torch.uint8, generator=gen)
+    boxes = random_crop_boxes(8, 0.2, gen)
+    flip = torch.arange(8) % 2 == 0
+    fast = crop_and_flip_uint8(images.to(device), boxes.to(device), flip.to(device), 56).cpu()
+    assert fast.shape == (8, 3, 56, 56) and fast.dtype == torch.float32 and fast.is_contiguous()
+    torch.testing.assert_close(fast, crop_and_flip(to_float(images), boxes, flip, 56), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, per_image_reference(to_float(images), boxes, flip, 56), atol=1e-4, rtol=1e-4)
+
+
 def test_augment_draws_are_reproducible_and_per_sample():
     x = torch.randn(8, 3, 16, 16)
     a = augment(x, 0.2, torch.Generator().manual_seed(1))
@@ -61,7 +78,9 @@ def test_augment_draws_are_reproducible_and_per_sample():
 
 def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_cfg):
     torch.manual_seed(0)
-    eager = MaskedAutoencoderViT(tiny_model_cfg.model, tiny_model_cfg.data.input_size)
+    improved = tiny_model_cfg.improved  # every loss term with a gradient
+    eager = MaskedAutoencoderViT(tiny_model_cfg.model, tiny_model_cfg.data.input_size,
+                                 lambda_freq=improved.lambda_freq, lambda_unif=improved.lambda_unif)
     compiled = copy.deepcopy(eager)
     compiled.compile_blocks()
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints stay interchangeable
@@ -70,15 +89,13 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_cfg):
     # two mask ratios: a different visible-token count must not break or change the compiled blocks
     for ratio in (0.75, 0.5):
         noise = torch.rand(8, eager.num_patches, generator=torch.Generator().manual_seed(3))
-        losses, grads = [], []
+        terms_of, grads = [], []
         for model in (eager, compiled):
             model.zero_grad()
-            latent, mask, ids_restore = model.forward_encoder(x, ratio, noise=noise)
-            pred = model.forward_decoder(latent, ids_restore)
-            loss = loss_terms(model, x, pred, mask, latent, tiny_model_cfg.improved)[0]
-            loss.backward()
-            losses.append(loss.detach())
+            terms = model(x, ratio, noise)[0]  # [total, mse, freq, unif]
+            terms[0].backward()
+            terms_of.append(terms.detach())
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(terms_of[1], terms_of[0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
     assert counters["stats"]["unique_graphs"] > graphs_before  # dynamo really compiled (no silent eager)

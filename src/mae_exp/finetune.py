@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .augment import crop_and_flip, draw_crops, resize, to_float
+from .augment import crop_and_flip_uint8, draw_crops, resize, to_float
 from .config import Params, as_dict, fingerprint
 from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
@@ -103,7 +103,7 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
 
     def step(idx: torch.Tensor, i: int, log: bool):
         boxes, flip = draw_crops(batch_size, cfg.min_crop_scale, gens["augment"], device)  # the global batch's
-        x = crop_and_flip(to_float(gather(images, idx[mine], device)), boxes[mine], flip[mine], p.data.input_size)
+        x = crop_and_flip_uint8(gather(images, idx[mine], device), boxes[mine], flip[mine], p.data.input_size)
         logits = net(x)
         loss = F.cross_entropy(logits.float(), y_train[idx[mine].to(device)], label_smoothing=cfg.label_smoothing)
         return loss, ({"loss": loss.detach()} if log else {})

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .augment import crop_and_flip, draw_crops, to_float
+from .augment import crop_and_flip_uint8, draw_crops
 from .config import Params, as_dict, fingerprint
 from .data.prepared import load_meta, pretraining_set
 from .model import MaskedAutoencoderViT
@@ -79,7 +79,7 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
         ratio = mask_ratio_at(i / schedule.total, variant)
         boxes, flip = draw_crops(cfg.batch_size, cfg.min_crop_scale, gens["augment"], device)
         noise = torch.rand(cfg.batch_size, model.num_patches, generator=gens["augment"], device=device)
-        x = crop_and_flip(to_float(gather(images, idx[mine], device)), boxes[mine], flip[mine], p.data.input_size)
+        x = crop_and_flip_uint8(gather(images, idx[mine], device), boxes[mine], flip[mine], p.data.input_size)
         terms, _, _ = net(x, ratio, noise[mine], monitor=log)
         return terms[0], ({**dict(zip(TERMS, terms.detach())), "mask_ratio": ratio} if log else {})
 

@@ -57,12 +57,15 @@ def _part(kind: str, u: torch.Tensor, v: torch.Tensor, cx, cy, a, b) -> torch.Te
 
 
 def pink_noise(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """(n, size, size) noise with a 1/f amplitude spectrum, as natural images have; zero mean, unit std."""
-    fy = torch.fft.fftfreq(size)[:, None]
-    fx = torch.fft.rfftfreq(size)[None, :]
+    """(n, size, size) noise with a 1/f amplitude spectrum, as natural images have; zero mean, unit std.
+    On the generator's device."""
+    device = generator.device
+    fy = torch.fft.fftfreq(size, device=device)[:, None]
+    fx = torch.fft.rfftfreq(size, device=device)[None, :]
     f = (fx ** 2 + fy ** 2).sqrt().clamp_min(1.0 / size)
     shape = (n, size, size // 2 + 1)
-    spectrum = torch.complex(torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator)) / f
+    spectrum = torch.complex(torch.randn(*shape, generator=generator, device=device),
+                             torch.randn(*shape, generator=generator, device=device)) / f
     x = torch.fft.irfft2(spectrum, s=(size, size))
     return (x - x.mean(dim=(1, 2), keepdim=True)) / x.std(dim=(1, 2), keepdim=True)
 
@@ -74,20 +77,25 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
     scale, position, small tilt and mirror image, and the background (two random colours mixed by 1/f
     noise, a light gradient) are drawn independently of it, so colour statistics cannot tell the classes
     apart; a model must see how the parts sit relative to each other.
+
+    Rendered on the generator's device (the images come back there): a CUDA generator renders a large
+    set in seconds; its random stream differs from the CPU's, so the same seed gives other images.
     """
-    n, g = labels.shape[0], generator
+    n, g, device = labels.shape[0], generator, generator.device
+    labels = labels.to(device)
     ss = 2  # supersampling for anti-aliased edges
     s = size * ss
 
     def rand(*shape):
-        return torch.rand(*shape, generator=g)
+        return torch.rand(*shape, generator=g, device=device)
 
     c0, c1 = rand(n, 3, 1, 1), rand(n, 3, 1, 1)
     img = c0 + (c1 - c0) * torch.sigmoid(0.5 * pink_noise(n, s, g))[:, None]
-    img = img + torch.linspace(-1, 1, s)[None, None, :, None] * (rand(n, 1, 1, 1) - 0.5) * 0.4
+    img = img + torch.linspace(-1, 1, s, device=device)[None, None, :, None] * (rand(n, 1, 1, 1) - 0.5) * 0.4
     background = img.mean(dim=(2, 3), keepdim=True)
 
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
+    axis = torch.linspace(-1, 1, s, device=device)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
     scale = 0.7 + 0.25 * rand(n)
     cx = (rand(n) * 2 - 1) * (1 - scale) * 0.9
     cy = (rand(n) * 2 - 1) * (1 - scale) * 0.9
@@ -113,7 +121,7 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
             colour = torch.where((colour - background[idx]).norm(dim=1, keepdim=True) < 0.3, 1 - colour, colour)
             sub = sub * (1 - inside) + (colour + shading[idx]).clamp(0, 1) * inside
         img[idx] = sub
-    img = img + 0.03 * torch.randn(n, 3, s, s, generator=g)
+    img = img + 0.03 * torch.randn(n, 3, s, s, generator=g, device=device)
     img = F.avg_pool2d(img, ss).clamp(0, 1)
     return (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
