@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     out = Path(a.out)
     record = json.loads(out.read_text()) if out.exists() else []
-    record.append({"stage": a.stage, "encoder": a.encoder, "seed": p.seed, "command": " ".join(sys.argv),
+    record.append({"stage": a.stage, "encoder": a.encoder, "seed": p.seed, "command": "python -m mae_exp.tune " + " ".join(argv if argv is not None else sys.argv[1:]),
                    "fixed": current.model_dump(), "results": rows})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
