@@ -202,5 +202,5 @@ def test_processes_validation_names_the_keys(section):
         parse_params(raw)
     raw[section].update(processes=3, batch_size=32)
     with pytest.raises(ConfigError, match=rf"{section}.batch_size \(32, the global batch\) must be divisible "
-                                          rf"by {section}.processes \(3\)"):
+                                          rf"by processes \(3\)"):
         parse_params(raw)
