@@ -120,7 +120,7 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
         summary["test_images"] = len(split.labels)
     if distributed.is_rank0():
         trainer.live.summary.update(summary)
-        trainer.live.make_summary()
+        trainer.live.end()  # the summary, and DVCLive's own clean-up
     console.print(f"finetune {name}: val top-1 {summary['val_top1']:.4f}"
                   + (f", test top-1 {summary['top1']:.4f}" if test else ""), highlight=False)
     trainer.finish()

@@ -95,7 +95,7 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
         save_torch({**config, "model_state": model.state_dict(), "history": history}, out.checkpoint)
         save_torch({**config, "encoder_state": model.encoder.state_dict()}, out.encoder)
         trainer.live.summary.update(summary)
-        trainer.live.make_summary()
+        trainer.live.end()  # the summary, and DVCLive's own clean-up
     distributed.check_same_weights(model, f"pretrain {variant_name}")
     trainer.finish()
     return summary

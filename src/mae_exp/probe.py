@@ -120,7 +120,7 @@ def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, nam
         top1 = accuracy(head(x_test), torch.from_numpy(test.labels).to(device))
     live.summary.update({"top1": round(top1, 4), "epochs": cfg.epochs, "test_images": len(test.labels),
                          "wall_time_s": round(time.perf_counter() - t0, 1)})
-    live.make_summary()
+    live.end()
     console.print(f"linear probe {name}: val top-1 {live.summary['val_top1']:.4f}, test top-1 {top1:.4f} "
                   f"({len(test.labels):,} test images)", highlight=False)
     return dict(live.summary)

@@ -107,7 +107,7 @@ def visualize(p: Params, checkpoints: dict[str, str | Path], data_root: str | Pa
         for key, value in metrics[name].items():
             live.log_metric(f"{name}/{key}", value, plot=False)
     live.summary.update({"eval_images": n_eval, "mask_ratio": cfg.mask_ratio})
-    live.make_summary()
+    live.end()
     for name in VARIANTS:
         m = metrics[name]
         console.print(f"{name}: masked MSE {m['mse']:.4f}, masked HF error {m['hf_error']:.4f}, "
