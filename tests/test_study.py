@@ -22,7 +22,7 @@ from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.queue import plan
 from mae_exp.study.report import sentence
-from mae_exp.study.results import collect_runs, csv_rows, distinct_ablations, experiment_rows
+from mae_exp.study.results import collect_runs, csv_rows, distinct_ablations, experiment_rows, flatten
 from mae_exp.study.stats import mean_ci, paired_differences, summarize
 
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
@@ -155,22 +155,15 @@ def exp_metrics(lp_original: float, lp_improved: float) -> dict:
     return m
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def exp_row(name, params: dict, metrics: dict, created, state=None, typ="branch_base") -> dict:
     """A row as dvc.api.exp_show gives it: a key alone names its column unless two files have it, numbers
     as floats, anything else as str()."""
     files = {"params.yaml": params, **metrics}
-    count = Counter(k for d in files.values() for k in flat(d))
+    count = Counter(k for d in files.values() for k in flatten(d))
     row = {"Experiment": name, "rev": f"{abs(hash((name, created))):07x}"[:7], "typ": typ, "Created": created,
            "parent": None, "State": state, "Executor": None}
     for path, d in files.items():
-        for k, v in flat(d).items():
+        for k, v in flatten(d).items():
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             row[k if count[k] == 1 else f"{path}:{k}"] = float(v) if number else str(v)
     return row
@@ -360,7 +353,7 @@ def test_waiting_names_failed_experiments_and_their_logs(monkeypatch, capsys):
     assert "s42-all: running" in printed.err and "s43-all: failed" in printed.err  # one line per change
 
 
-def test_the_queue_is_fed_at_most_jobs_experiments_at_a_time(monkeypatch, capsys):
+def test_the_queue_holds_the_running_experiments_and_one_waiting(monkeypatch, capsys):
     """A fake DVC queue: each status call moves one queued task to running and running ones to success."""
     tasks: dict[str, list] = {}
     most = []
@@ -386,7 +379,7 @@ def test_the_queue_is_fed_at_most_jobs_experiments_at_a_time(monkeypatch, capsys
     monkeypatch.setattr(study_queue, "start_workers", lambda jobs: None)
     jobs = plan(parse_params(TINY), [1, 2, 3], ["all", "laplacian_only"])
     assert study_queue.run({}, jobs, jobs=2, poll_s=0, names_here=set()) == 0
-    assert max(most) <= 2 and len(tasks) == 6
+    assert max(most) == 3 and len(tasks) == 6  # -j 2: two running, one waiting so the worker never idles out
     assert all(state == "Success" for _, state in tasks.values())
     assert "6 of 6 experiments succeeded" in capsys.readouterr().out
 

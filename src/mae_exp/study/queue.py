@@ -1,5 +1,5 @@
 """`study queue`: one DVC experiment per seed and ablation, named `s<seed>-<ablation>`, run through DVC's
-queue at most N at a time, and waited for.
+queue N at a time (and one waiting), and waited for.
 
 What it reads comes from DVC's Python side: the experiments (results.experiment_rows, `dvc.api.exp_show`),
 the queue's tasks and workers (`Repo.experiments.celery_queue.status()` and `.worker_status()`, what
@@ -146,13 +146,13 @@ def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: 
             enqueue(job, names_here)
         out.print(f"{len(mine) + len(waiting)} experiment(s) in the queue; start it with `dvc queue start -j N`")
         return 0
-    out.print(f"{len(waiting)} to run, at most {jobs} at a time in DVC's queue")
+    out.print(f"{len(waiting)} to run, {jobs} at a time (and one waiting in DVC's queue)")
     return run(mine, waiting, jobs, poll_s, names_here)
 
 
 def run(mine: dict[str, str], waiting: list[Job], jobs: int, poll_s: float, names_here: set[str]) -> int:
-    """Feed DVC's queue at most `jobs` experiments at a time and poll its status until every one has
-    finished, with a progress bar and a line per change of state.
+    """Feed DVC's queue `jobs` experiments to run and one waiting behind them, and poll its status until
+    every one has finished, with a progress bar and a line per change of state.
 
     Why not queue everything up front: then stopping this command stops the study (nothing is left
     queued to run unattended), and running it again resumes it. Entries removed by hand
@@ -182,8 +182,10 @@ def run(mine: dict[str, str], waiting: list[Job], jobs: int, poll_s: float, name
                         bar.console.print(f"{time.strftime('%H:%M:%S')} {mine[t]}: {s.lower()}")
                 status = now
                 in_flight = sum(s in ("Queued", "Running") for s in status.values())
-                if waiting and in_flight < jobs:
-                    while waiting and in_flight < jobs:
+                # one more than the workers: DVC's worker stops when it finds the queue empty, and one that
+                # stopped while the next experiment was being queued took it along, left "Running" forever
+                if waiting and in_flight < jobs + 1:
+                    while waiting and in_flight < jobs + 1:
                         job = waiting.pop(0)
                         t = enqueue(job, names_here)
                         if t:

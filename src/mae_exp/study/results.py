@@ -84,10 +84,11 @@ def metric_values(row: dict) -> dict[str, float]:
     return values
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys of a params or metrics file, as dvc exp show names them."""
     out = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
@@ -104,7 +105,7 @@ def _literal(value):
 def params_of(row: dict, current) -> dict:
     """The experiment's params.yaml, for every key params.yaml has today (the study section aside)."""
     raw: dict = {}
-    for key in _flat(as_dict(current)):
+    for key in flatten(as_dict(current)):
         if key.split(".")[0] == "study":
             continue
         *parents, leaf = key.split(".")
