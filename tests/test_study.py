@@ -376,12 +376,15 @@ def test_the_queue_holds_the_running_experiments_and_one_waiting(monkeypatch, ca
 
     monkeypatch.setattr(study_queue, "queue_status", status)
     monkeypatch.setattr(study_queue, "enqueue", enqueue)
-    monkeypatch.setattr(study_queue, "start_workers", lambda jobs: None)
+    starts = []
+    monkeypatch.setattr(study_queue, "start_workers", starts.append)
     jobs = plan(parse_params(TINY), [1, 2, 3], ["all", "laplacian_only"])
     assert study_queue.run({}, jobs, jobs=2, poll_s=0, names_here=set()) == 0
     assert max(most) == 3 and len(tasks) == 6  # -j 2: two running, one waiting so the worker never idles out
     assert all(state == "Success" for _, state in tasks.values())
     assert "6 of 6 experiments succeeded" in capsys.readouterr().out
+    # workers started once: queued tasks were always taken up, so no `dvc queue start` added another
+    assert starts == [2]
 
 
 def test_a_queue_read_that_meets_a_half_written_message_is_tried_again(monkeypatch):

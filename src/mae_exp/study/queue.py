@@ -163,7 +163,7 @@ def run(mine: dict[str, str], waiting: list[Job], jobs: int, poll_s: float, name
     started = no_worker_since = time.monotonic()
     status: dict[str, str] = {}
     seen = set(queue_status())  # older tasks of the same names are not ours
-    workers_started = False
+    workers_started, stalled_since = False, None
     try:
         with progress(running="") as bar:
             task = bar.add_task("experiments", total=total, running="")
@@ -192,13 +192,15 @@ def run(mine: dict[str, str], waiting: list[Job], jobs: int, poll_s: float, name
                             mine[t] = job.name
                             seen.add(t)
                             in_flight += 1
-                    start_workers(jobs)
-                    workers_started = True
-                    no_worker_since = time.monotonic()
                     continue  # poll again at once: the new tasks' state
-                if not workers_started and in_flight:
-                    start_workers(jobs)  # only experiments queued before this command
-                    workers_started = True
+                # Start workers only when queued experiments are not being taken up: DVC's worker count
+                # (`dvc queue status`) showed none while one ran, and each `dvc queue start` then added one
+                short = sum(s == "Running" for s in status.values()) < min(jobs, in_flight)
+                stalled_since = (stalled_since or time.monotonic()) if short else None
+                if short and (not workers_started or time.monotonic() - stalled_since > max(30.0, 3 * poll_s)):
+                    start_workers(jobs)
+                    workers_started, stalled_since = True, None
+                    no_worker_since = time.monotonic()
                 finished = sum(s in TERMINAL for s in status.values())
                 failed = sum(s in ("Failed", "Removed") for s in status.values())
                 running = [mine[t] for t, s in status.items() if s == "Running"]
