@@ -135,7 +135,7 @@ def test_ranks_that_drift_apart_are_caught(tmp_path):
     """check_same_weights itself, on two real gloo processes whose weights differ by one bit."""
     script = tmp_path / "drift.py"
     script.write_text(
-        "import torch, torch.distributed as dist\n"
+        "import sys, torch, torch.distributed as dist\n"
         "from mae_exp import distributed\n"
         "from mae_exp.errors import DistributedError\n"
         "dist.init_process_group('gloo')\n"
@@ -147,9 +147,10 @@ def test_ranks_that_drift_apart_are_caught(tmp_path):
         "    with torch.no_grad(): model.weight[0, 0] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))\n"
         "try:\n"
         "    distributed.check_same_weights(model, 'drifted')\n"
-        "    print('rank', dist.get_rank(), 'agrees')\n"
+        # one write per line: the two ranks share one pipe, and print() writes its pieces separately
+        "    sys.stdout.write(f'rank {dist.get_rank()} agrees\\n')\n"
         "except DistributedError as e:\n"
-        "    print('rank', dist.get_rank(), 'caught:', e)\n")
+        "    sys.stdout.write(f'rank {dist.get_rank()} caught: {e}\\n')\n")
     proc = run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(script)], tmp_path)
     assert "rank 0 agrees" in proc.stdout
     assert "rank 1 caught: drifted: the weights of rank 1 differ from rank 0's after training" in proc.stdout

@@ -142,9 +142,12 @@ def slow_enough(repo: Path) -> None:
 
 
 def start(cmd: list[str], repo: Path) -> subprocess.Popen:
-    """In its own process group, so a signal can reach dvc and the stage it runs alike."""
+    """In its own process group, so a signal can reach dvc and the stage it runs alike; with SIGINT's
+    default action, as under a terminal: a test suite started in the background (`cmd &` from a script)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
     return subprocess.Popen(cmd, cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_state(repo: Path, stage: str, proc: subprocess.Popen, timeout: float = 300) -> int:
