@@ -110,7 +110,8 @@ def enqueue(job: Job, names_here: set[str]) -> str | None:
 
 def start_workers(jobs: int) -> None:
     # the worker it starts outlives it: no pipes, or waiting for their end would wait for the queue.
-    # Idempotent: DVC starts only the workers (1..N) that are not running.
+    # Not reliably idempotent: DVC starts the workers (1..N) it believes are not running, and its count
+    # can read 0 while one runs; so `run` calls this only when queued experiments are not being taken up.
     proc = subprocess.run([_dvc(), "queue", "start", "-j", str(jobs)], stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if proc.returncode != 0:
