@@ -64,8 +64,10 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
         ax.set_xticks(range(len(ablations)), ablations, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"improved − original{f' ({unit})' if unit else ''}, 95% CI", fontsize=9)
         ax.tick_params(labelsize=8)
-    n = runs["seed"].nunique()
-    fig.suptitle(f"top: mean ± std over {n} seed{'s' if n != 1 else ''}; bottom: paired difference to the "
+    counts = runs.groupby("ablation")["seed"].nunique()  # ablations may have different numbers of seeds
+    low, high = int(counts.min()), int(counts.max())
+    n = f"{low}" if low == high else f"{low}-{high}"
+    fig.suptitle(f"top: mean ± std over {n} seed{'s' if high != 1 else ''}; bottom: paired difference to the "
                  "original with its 95% CI (dots: single seeds)", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
