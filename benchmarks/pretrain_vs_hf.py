@@ -77,7 +77,8 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
     from mae_exp.augment import crop_and_flip_uint8, draw_crops
     from mae_exp.config import load_params
     from mae_exp.model import MaskedAutoencoderViT
-    from mae_exp.runtime import adamw, autocast, batches, gather, param_groups, resident_images
+    from mae_exp.optim import adamw, param_groups
+    from mae_exp.runtime import autocast, batches, gather, resident_images
     from mae_exp.train import LOG_EVERY
 
     cfg, stored, size = config(config_name, image_size)

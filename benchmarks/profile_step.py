@@ -29,7 +29,8 @@ from torch.profiler import profile, record_function  # noqa: E402
 from pretrain_vs_hf import config  # noqa: E402
 from mae_exp.augment import crop_and_flip_uint8, draw_crops  # noqa: E402
 from mae_exp.model import MaskedAutoencoderViT  # noqa: E402
-from mae_exp.runtime import adamw, gather, param_groups  # noqa: E402
+from mae_exp.optim import adamw, param_groups  # noqa: E402
+from mae_exp.runtime import gather  # noqa: E402
 from mae_exp.train import LOG_EVERY  # noqa: E402
 
 PARTS = ("gather", "draws", "crop_and_flip_uint8", "forward", "backward", "adamw")

@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from mae_exp.model import MaskedAutoencoderViT, sincos_1d, sincos_2d
@@ -48,10 +51,36 @@ def test_sincos_embedding():
     assert grid.shape == (10, 16)
     assert torch.equal(grid[0], torch.zeros(16))  # the cls slot
     patches = grid[1:]
-    # first half encodes the row, second half the column
-    assert torch.equal(patches[0, :8], patches[1, :8]) and not torch.equal(patches[0, 8:], patches[1, 8:])
-    assert torch.equal(patches[0, 8:], patches[3, 8:]) and not torch.equal(patches[0, :8], patches[3, :8])
+    # MAE's layout: the first half encodes the column, the second half the row (patches are row-major)
+    assert torch.equal(patches[0, 8:], patches[1, 8:]) and not torch.equal(patches[0, :8], patches[1, :8])
+    assert torch.equal(patches[0, :8], patches[3, :8]) and not torch.equal(patches[0, 8:], patches[3, 8:])
     assert len({tuple(r.tolist()) for r in patches}) == 9  # every position distinct
+
+
+def reference_2d_sincos(dim: int, grid_size: int):
+    """facebookresearch/mae util/pos_embed.py's get_2d_sincos_pos_embed (cls_token=True), restated in numpy:
+    np.meshgrid(w, h) with "w goes first", the first half from grid[0] (the column), the second from grid[1]."""
+    import numpy as np
+
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid = np.stack(np.meshgrid(np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32)))
+    emb = np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
+    return np.concatenate([np.zeros([1, dim]), emb], axis=0)
+
+
+def test_position_table_is_maes_to_the_digit():
+    """The same numbers as MAE's (and so Hugging Face's ViTMAE) table: weights mean the same in both."""
+    ours = sincos_2d(16, 4).double()
+    assert torch.allclose(ours, torch.from_numpy(reference_2d_sincos(16, 4)), atol=1e-7)
+    # and a few concrete values: patch (row 0, col 1) is token 2; channel 0 is sin(col * 1), channel 8 sin(row)
+    assert ours[2, 0].item() == pytest.approx(math.sin(1.0), abs=1e-7)
+    assert ours[2, 8].item() == pytest.approx(0.0, abs=1e-7)
+    assert ours[5, 8].item() == pytest.approx(math.sin(1.0), abs=1e-7)  # row 1, col 0
+    assert ours[5, 0].item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_patchify_roundtrip_and_loss_only_on_masked(tiny_model_cfg):
@@ -101,3 +130,29 @@ def test_the_loss_is_the_recipe_weights_applied_to_its_terms(tiny_model_cfg):
     assert torch.equal(t[1:], monitored[1:])  # same weights and masks: the same terms
     t[0].backward()
     assert improved.encoder.cls_token.grad is not None
+
+
+def test_laplacian_term_ignores_the_decoder_output_on_visible_patches(tiny_model_cfg):
+    """The high-frequency term scores masked pixels against the image with the true visible patches pasted
+    in: whatever the decoder predicts for a visible patch changes neither the term nor its gradient."""
+    s = tiny_model_cfg.data.input_size
+    torch.manual_seed(0)
+    model = MaskedAutoencoderViT(tiny_model_cfg.model, s, lambda_freq=1.0)
+    imgs = torch.rand(2, 3, s, s)
+    mask = torch.zeros(2, model.num_patches)
+    mask[:, 1::3] = 1  # masked patches with visible neighbours on every side
+    latent = torch.randn(2, 5, tiny_model_cfg.model.encoder_dim)
+    base = torch.randn(2, model.num_patches, model.patch_size ** 2 * 3)
+    other = torch.where(mask[..., None] == 1, base, 10 * torch.randn_like(base))  # only visible ones differ
+
+    def freq_and_grad(pred):
+        pred = pred.clone().requires_grad_(True)
+        freq = model.forward_loss(imgs, pred, mask, latent)[2]
+        freq.backward()
+        return freq.detach(), pred.grad
+
+    f1, g1 = freq_and_grad(base)
+    f2, g2 = freq_and_grad(other)
+    assert f1 > 0
+    assert torch.equal(f1, f2) and torch.equal(g1, g2)
+    assert (g1[mask == 0] == 0).all() and (g1[mask == 1] != 0).any()

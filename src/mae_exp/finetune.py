@@ -29,7 +29,8 @@ from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
 from .probe import load_encoder
 from .progress import console
-from .runtime import adamw, autocast, batches, gather, open_live, param_groups, resident_images, setup
+from .optim import adamw, layer_decay, param_groups
+from .runtime import autocast, batches, gather, open_live, resident_images, setup
 from .train import Schedule, Trainer
 
 
@@ -47,19 +48,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(self.encoder.features(x, "mean")))
-
-
-def layer_decay(depth: int, decay: float):
-    """Parameter name -> learning-rate factor, as MAE's `param_groups_lrd` assigns layers."""
-    def scale(name: str) -> float:
-        if name.startswith(("encoder.cls_token", "encoder.pos_embed", "encoder.patch_embed")):
-            layer = 0
-        elif name.startswith("encoder.blocks."):
-            layer = int(name.split(".")[2]) + 1
-        else:  # the encoder's final norm, fc_norm, the head
-            layer = depth + 1
-        return decay ** (depth + 1 - layer)
-    return scale
 
 
 def file_digest(path: str | Path) -> str:

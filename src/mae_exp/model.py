@@ -9,11 +9,13 @@ forward_loss, weighted by `lambda_freq` and `lambda_unif`; with both 0 this is t
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed, objectives
+from . import objectives
 from .config import ModelConfig
 
 
@@ -29,10 +31,12 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
 
 
 def sincos_2d(dim: int, grid_size: int, cls_token: bool = True) -> torch.Tensor:
-    """(grid*grid [+1], dim) fixed positions: half the channels encode the row, half the column."""
+    """(grid*grid [+1], dim) fixed positions: the first half of the channels encodes the column, the second
+    the row. That order is MAE's (`util/pos_embed.py`, "w goes first") and Hugging Face's, so weights mean
+    the same thing here and there."""
     assert dim % 4 == 0, "2D sin-cos positions need a dimension divisible by 4"
     rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
-    emb = torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, cols.flatten())], dim=1)
+    emb = torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
     if cls_token:
         emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
     return emb.float()
@@ -237,14 +241,18 @@ class MaskedAutoencoderViT(nn.Module):
         return (target - mean) / std, mean, std
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor,
-                     monitor: bool = False) -> torch.Tensor:
+                     monitor: bool = False, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """(4,) [total, masked MSE, masked Laplacian L1, uniformity]; the total is what is minimised.
 
-        MSE on the masked patches against per-patch normalised pixels (the target is computed once),
-        plus lambda_freq x the Laplacian L1 of the reconstruction on masked pixels, plus lambda_unif x the
-        uniformity of the mean-pooled encoder tokens over the global batch (every process's rows). A term
-        with weight 0 is computed only when `monitor` (for its curve), without a graph; otherwise it is 0.
-        Computed in fp32 whatever autocast the forward ran under.
+        - MSE on the masked patches against per-patch normalised pixels (the target is computed once);
+        - lambda_freq x the Laplacian L1 on masked pixels of the reconstruction with the true visible patches
+          pasted in, as visualize scores it: a masked pixel beside a visible patch is compared through its
+          true neighbours, never through the decoder's unsupervised output there (which gets no gradient);
+        - lambda_unif x the uniformity of the mean-pooled encoder tokens over the rows `gather` returns (with
+          several processes the training step passes one that collects every process's rows, so the pairs
+          are the global batch's; None: this batch alone).
+        A term with weight 0 is computed only when `monitor` (for its curve), without a graph; otherwise it
+        is 0. Computed in fp32 whatever autocast the forward ran under.
         """
         with torch.autocast(imgs.device.type, enabled=False):
             target, mean, std = self.target(imgs)
@@ -255,12 +263,13 @@ class MaskedAutoencoderViT(nn.Module):
             freq = unif = zero
             if self.lambda_freq > 0 or monitor:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_freq > 0):
-                    recon = self.unpatchify(pred * std + mean)
-                    freq = objectives.masked_laplacian_l1(recon, imgs, mask, self.patch_size)
+                    masked = mask[..., None].bool()
+                    pasted = self.unpatchify(torch.where(masked, pred * std + mean, self.patchify(imgs)))
+                    freq = objectives.masked_laplacian_l1(pasted, imgs, mask, self.patch_size)
             if self.lambda_unif > 0 or monitor:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_unif > 0):
-                    # pairwise over the global batch: as one process would see it (see distributed.py)
-                    unif = objectives.uniformity(distributed.gather_rows(latent[:, 1:].float().mean(dim=1)))
+                    pooled = latent[:, 1:].float().mean(dim=1)
+                    unif = objectives.uniformity(gather(pooled) if gather is not None else pooled)
             total = mse + self.lambda_freq * freq + self.lambda_unif * unif
             return torch.stack([total, mse, freq, unif])
 
@@ -270,8 +279,8 @@ class MaskedAutoencoderViT(nn.Module):
         return self.unpatchify(pred.float() * std + mean)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
-                monitor: bool = False):
+                monitor: bool = False, gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """-> (loss terms as in forward_loss, predicted patches, patch mask with 1 = masked)."""
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)
-        return self.forward_loss(imgs, pred, mask, latent, monitor), pred, mask
+        return self.forward_loss(imgs, pred, mask, latent, monitor, gather), pred, mask

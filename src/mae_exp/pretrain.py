@@ -23,7 +23,9 @@ from .config import Params, as_dict, fingerprint
 from .data.prepared import load_meta, pretraining_set
 from .model import MaskedAutoencoderViT
 from .objectives import mask_ratio_at
-from .runtime import adamw, gather, open_live, param_groups, resident_images, save_torch, setup
+from .files import save_torch
+from .optim import adamw, param_groups
+from .runtime import gather, open_live, resident_images, setup
 from .train import Schedule, Trainer
 
 TERMS = ("loss", "mse", "freq", "unif")  # what MaskedAutoencoderViT.forward_loss returns, in order
@@ -80,7 +82,7 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
         boxes, flip = draw_crops(cfg.batch_size, cfg.min_crop_scale, gens["augment"], device)
         noise = torch.rand(cfg.batch_size, model.num_patches, generator=gens["augment"], device=device)
         x = crop_and_flip_uint8(gather(images, idx[mine], device), boxes[mine], flip[mine], p.data.input_size)
-        terms, _, _ = net(x, ratio, noise[mine], monitor=log)
+        terms, _, _ = net(x, ratio, noise[mine], monitor=log, gather=distributed.gather_rows)
         return terms[0], ({**dict(zip(TERMS, terms.detach())), "mask_ratio": ratio} if log else {})
 
     history = trainer.fit(n, cfg.batch_size, step)

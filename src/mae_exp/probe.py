@@ -27,7 +27,8 @@ from .data.prepared import labeled, load_meta
 from .distributed import describe
 from .model import ViTEncoder
 from .progress import console, progress
-from .runtime import autocast, batches, gather, open_live, setup, warmup_cosine
+from .optim import warmup_cosine
+from .runtime import autocast, batches, gather, open_live, setup
 
 
 def load_encoder(path: str | Path, p: Params, drop_path: float = 0.0) -> ViTEncoder:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .config import ENCODERS
 from .progress import console
-from .runtime import atomic_write, save_json
+from .files import atomic_write, save_json
 
 COLUMNS = {  # column -> (label, higher is better, format)
     "lp_top1": ("linear probe top-1 (test)", True, "{:.1%}"),

@@ -1,12 +1,11 @@
-"""What every training loop shares: device and precision, threads, schedule, atomic files, metrics."""
+"""Where a run computes: device, precision and threads; moving batches there; its DVCLive logger.
+
+Optimisation is in optim.py, file writing in files.py."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -35,33 +34,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def warmup_cosine(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warmup to `peak` over `warmup` steps, then half a cosine down to 0 at `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, layer_scale=None) -> list[dict]:
-    """No weight decay on biases, norms and tokens (1-D parameters), as in MAE; with `layer_scale`
-    (parameter name -> learning-rate factor, fine-tuning's layer-wise decay) one group per factor."""
-    groups: dict[tuple, dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        decay = 0.0 if p.ndim <= 1 or name.endswith("token") else weight_decay
-        scale = layer_scale(name) if layer_scale else 1.0
-        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay, "lr_scale": scale})
-        group["params"].append(p)
-    return list(groups.values())
-
-
-def adamw(groups: list[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with MAE's betas; each group's lr is lr x its `lr_scale`, set every step by train.Trainer."""
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-
-
 def open_live(directory: str | Path):
     """A DVCLive logger writing `directory`/metrics.json and the curves under `directory`/plots/, on rank 0
     (None on the other ranks). No dvc.yaml of its own: the stage's metrics and plots are in dvc.yaml."""
@@ -69,29 +41,6 @@ def open_live(directory: str | Path):
         return None
     from dvclive import Live
     return Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call write(tmp_path), then rename over `path`: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def save_torch(obj, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def save_json(obj, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = True):

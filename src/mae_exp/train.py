@@ -27,7 +27,9 @@ import torch
 from . import distributed
 from .errors import Interrupted, TrainingDiverged
 from .progress import console, progress
-from .runtime import autocast, batches, save_torch, warmup_cosine
+from .files import save_torch
+from .optim import warmup_cosine
+from .runtime import autocast, batches
 
 LOG_EVERY = 10  # steps between reads of the loss on the host
 

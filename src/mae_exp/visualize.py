@@ -24,7 +24,8 @@ from .data.prepared import load_split
 from .model import MaskedAutoencoderViT
 from .objectives import masked_laplacian_l1, patch_mask_to_pixels
 from .progress import console, progress
-from .runtime import atomic_write, batches, open_live, setup
+from .files import atomic_write
+from .runtime import batches, open_live, setup
 
 
 def load_mae(path: str | Path, p: Params) -> MaskedAutoencoderViT:

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             return queue(a.seeds, a.ablations, a.jobs, not a.no_start, a.force, a.poll)
         from .results import csv_rows, experiment_rows
         rows = csv_rows(a.from_csv) if a.from_csv else experiment_rows(a.rev)
-        from .report import report  # scipy, and torch through runtime: only once the input is good
+        from .report import report  # scipy and matplotlib: only once the input is good
         report(rows)
         return 0
     except (StudyError, ConfigError, DvcException) as e:

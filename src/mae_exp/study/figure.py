@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..runtime import atomic_write
+from ..files import atomic_write
 from .metrics import METRICS
 
 

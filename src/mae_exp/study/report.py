@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from ..runtime import atomic_write
+from ..files import atomic_write
 from . import StudyError, out
 from .figure import save_figure
 from .metrics import METRICS

@@ -1,0 +1,41 @@
+"""Writing files so that a reader never sees half of one, and the same content gives the same bytes.
+
+No torch at import time: the report and the study use these without loading the training runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call write(tmp_path), then rename over `path`: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_torch(obj, path: str | Path) -> Path:
+    """torch.save through an open file: given a path, torch names the archive's root folder after the
+    (random) temporary file, so the same weights would get new bytes, and a new DVC hash, every time."""
+    import torch
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+    return atomic_write(path, write)
+
+
+def save_json(obj, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))

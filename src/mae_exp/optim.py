@@ -1,0 +1,49 @@
+"""Optimisation, as MAE does it: AdamW groups without decay on 1-D parameters, layer-wise lr decay for
+fine-tuning (`util/lr_decay.py`), and the per-step linear warmup + half-cosine (`util/lr_sched.py`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warmup to `peak` over `warmup` steps, then half a cosine down to 0 at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def layer_decay(depth: int, decay: float):
+    """Parameter name -> learning-rate factor, as MAE's `param_groups_lrd` assigns layers: the patch
+    embedding and tokens are layer 0, block i is layer i + 1, everything after the blocks is depth + 1."""
+    def scale(name: str) -> float:
+        if name.startswith(("encoder.cls_token", "encoder.pos_embed", "encoder.patch_embed")):
+            layer = 0
+        elif name.startswith("encoder.blocks."):
+            layer = int(name.split(".")[2]) + 1
+        else:  # the encoder's final norm, fc_norm, the head
+            layer = depth + 1
+        return decay ** (depth + 1 - layer)
+    return scale
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, layer_scale=None) -> list[dict]:
+    """No weight decay on biases, norms and tokens (1-D parameters), as in MAE; with `layer_scale`
+    (parameter name -> learning-rate factor, fine-tuning's layer-wise decay) one group per factor."""
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if p.ndim <= 1 or name.endswith("token") else weight_decay
+        scale = layer_scale(name) if layer_scale else 1.0
+        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay, "lr_scale": scale})
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def adamw(groups: list[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with MAE's betas; each group's lr is lr x its `lr_scale`, set every step by train.Trainer."""
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
