@@ -94,7 +94,8 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     if distributed.is_rank0():
         config = {"model": as_dict(p.model), "input_size": p.data.input_size, "variant": variant_name,
                   "classes": meta["classes"]}
-        save_checkpoint({**config, "model_state": model.state_dict(), "history": history}, out.checkpoint)
+        learned = [{k: v for k, v in row.items() if k != "images_per_s"} for row in history]  # no timing: same
+        save_checkpoint({**config, "model_state": model.state_dict(), "history": learned}, out.checkpoint)  # bytes
         save_checkpoint({**config, "encoder_state": model.encoder.state_dict()}, out.encoder)
         trainer.live.summary.update(summary)
         trainer.live.end()  # the summary, and DVCLive's own clean-up
