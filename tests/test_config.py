@@ -102,6 +102,8 @@ def test_the_shipped_params_and_configs_are_valid():
     ("seed", -1, ["seed", "greater than or equal to 0"]),
     ("visualize.mask_seed", 2**64, ["visualize.mask_seed", "less than or equal to 4294967295"]),
     ("study.seeds", [42, 2**63], ["study.seeds[1]", "less than or equal to 4294967295"]),
+    ("finetune.batch_size", 4000, ["finetune.batch_size (4000) must not exceed data.shapes.train (3000)"]),
+    ("visualize.eval_images", 6000, ["visualize.eval_images (6000) must not exceed data.shapes.test (5000)"]),
     # study
     ("study.seeds", [42, 43, 42], ["study.seeds", "must not repeat", "42, 43, 42"]),
     ("study.seeds", [42, "43"], ["study.seeds[1]", "integer", "'43'"]),

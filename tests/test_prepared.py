@@ -86,6 +86,13 @@ def test_labeled_refuses_bad_parts_and_a_fraction_that_holds_out_nothing(prepare
         labeled(prepared, "val", 0.01)
 
 
+def test_one_image_per_class_asks_for_images_not_a_larger_fraction(tmp_path):
+    root = write_prepared(tmp_path / "p", {"unlabeled": 1, "train": 3, "test": 1}, [0, 1, 2])
+    with pytest.raises(ValueError, match="every class has a single train image") as err:
+        labeled(root, "val", 0.5)  # the largest fraction: raising it cannot help, so the message must not say so
+    assert "val_fraction" not in str(err.value) and "add train images" in str(err.value)
+
+
 def test_pretrain_images_concatenate_the_named_splits_without_copying(prepared):
     one = pretrain_images(prepared, ["unlabeled"])
     assert isinstance(one, np.memmap) and Path(one.filename).name == "unlabeled_images.npy"  # the map itself

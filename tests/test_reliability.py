@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from conftest import BIN, copy_repo, dvc, run
-from test_pipeline import set_param, slow_enough, start
+from test_pipeline import set_param, start
 
 from mae_exp.checkpoints import CorruptCheckpoint, load_encoder, load_mae, read_checkpoint
 from mae_exp.config import load_params
@@ -158,14 +158,21 @@ def test_an_infinite_float_is_refused_before_any_work(built):
 # --------------------------------------------------------------------------- item 2: damaged resumable state
 
 
+def files_under(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="module")
 def killed_state(tmp_path_factory):
-    """pretrain_original SIGKILLed once it has saved two resumable states (last.pt and prev.pt), a copy of
-    that scratch/, and the weights of the same run done straight through."""
+    """pretrain_original run straight through (its weights and metrics), then run again and SIGKILLed once
+    it has saved two resumable states (last.pt and prev.pt): that scratch/, and the metrics after the kill."""
     root = tmp_path_factory.mktemp("state")
     repo = copy_repo(root / "repo")
-    slow_enough(repo)
+    set_param(repo, "pretrain.epochs", 4)  # states after epochs 1, 2, 3: two epochs to catch last.pt + prev.pt
     dvc("repro", "download", cwd=repo)
+    assert stage(repo, "stages/pretrain.py", "original").returncode == 0
+    straight = torch.load(repo / "models/original/checkpoint.pt", weights_only=False)["model_state"]
+    finished = files_under(repo / "metrics/pretrain_original")
     proc = start([str(BIN / "python"), "stages/pretrain.py", "original"], repo)
     deadline = time.monotonic() + 300
     while not list((repo / "scratch/pretrain_original").glob("*/prev.pt")):
@@ -176,10 +183,14 @@ def killed_state(tmp_path_factory):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     shutil.copytree(repo / "scratch", root / "saved")
-    shutil.rmtree(repo / "scratch")
-    assert stage(repo, "stages/pretrain.py", "original").returncode == 0
-    straight = torch.load(repo / "models/original/checkpoint.pt", weights_only=False)["model_state"]
-    return repo, root / "saved", straight
+    return repo, root / "saved", straight, finished, files_under(repo / "metrics/pretrain_original")
+
+
+def test_a_killed_stage_leaves_the_last_finished_runs_metrics_whole(killed_state):  # item 5
+    repo, saved, _, finished, after_kill = killed_state
+    assert "metrics.json" in finished and "plots/metrics/mse.tsv" in finished
+    assert after_kill == finished
+    assert (saved / "live/pretrain_original/plots/metrics/mse.tsv").is_file()  # the killed run logged there
 
 
 def truncate(path: Path) -> None:
@@ -193,7 +204,7 @@ def truncate(path: Path) -> None:
 ])
 def test_a_damaged_resumable_state_is_set_aside_in_one_line_and_the_run_ends_as_if_uninterrupted(
         killed_state, damage, falls_back_to):
-    repo, saved, straight = killed_state
+    repo, saved, straight, _, _ = killed_state
     shutil.rmtree(repo / "scratch", ignore_errors=True)
     shutil.copytree(saved, repo / "scratch")
     [state_dir] = (repo / "scratch/pretrain_original").iterdir()
@@ -243,3 +254,88 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_naming_the_file(buil
     [line] = error_lines(proc)
     assert "no space left on device while writing models/random/encoder.pt" in line
     assert "`dvc repro` resumes from the last good state" in line
+
+
+# --------------------------------------------------------------------------- item 1: a corrupted remote
+
+
+def remote_object(remote: Path, file: Path) -> Path:
+    digest = md5(file)
+    return remote / "files" / "md5" / digest[:2] / digest[2:]
+
+
+def test_a_remote_with_verify_refuses_a_flipped_byte_that_a_plain_pull_checks_out(built, tmp_path):
+    remote = tmp_path / "nas"
+    dvc("remote", "add", "--local", "nas", str(remote), cwd=built)
+    dvc("push", "-r", "nas", cwd=built)
+    damaged = {rel: remote_object(remote, built / rel)
+               for rel in ("models/original/checkpoint.pt", "data/prepared/train_images.npy")}
+    for obj in damaged.values():
+        data = bytearray(obj.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        obj.chmod(0o644)
+        obj.write_bytes(data)
+    run(["git", "add", "-A"], built)
+    run(["git", "commit", "-q", "-m", "built"], built)
+
+    def pull_into(name: str, verify: bool) -> tuple[Path, subprocess.CompletedProcess]:
+        clone = tmp_path / name
+        run(["git", "clone", "-q", str(built), str(clone)], tmp_path)
+        dvc("remote", "add", "--local", "nas", str(remote), cwd=clone)
+        if verify:  # what docs/team.md sets on every remote
+            dvc("remote", "modify", "--local", "nas", "verify", "true", cwd=clone)
+        return clone, dvc("pull", "-r", "nas", cwd=clone, check=False)
+
+    # without verify, DVC trusts what it downloads: exit 0, the corrupt bytes in the workspace, "up to date"
+    plain, proc = pull_into("plain", verify=False)
+    assert proc.returncode == 0
+    assert {rel: md5(plain / rel) != md5(built / rel) for rel in damaged} == {rel: True for rel in damaged}
+    assert "up to date" in dvc("status", cwd=plain).stdout
+    # the stage that loads the checkpoint still refuses it, in one line
+    with pytest.raises(CorruptCheckpoint, match="checkpoint.pt (is corrupt|cannot be read)"):
+        load_mae(plain / "models/original/checkpoint.pt", load_params(built / "params.yaml"))
+
+    # with verify, the pull fails and checks out neither corrupt file; the rest arrives intact
+    checked, proc = pull_into("checked", verify=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Checkout failed" in out, out
+    for rel in damaged:
+        assert not (checked / rel).exists(), rel
+    assert md5(checked / "models/original/encoder.pt") == md5(built / "models/original/encoder.pt")
+
+    # the repair: delete the bad object on the remote, push it again from a good copy, pull
+    damaged["models/original/checkpoint.pt"].unlink()
+    dvc("push", "-r", "nas", "models/original/checkpoint.pt", cwd=built)
+    dvc("pull", "-r", "nas", "models/original/checkpoint.pt", cwd=checked)
+    assert md5(checked / "models/original/checkpoint.pt") == md5(built / "models/original/checkpoint.pt")
+
+
+# --------------------------------------------------------------------------- items 7 and 8: one line, no quiet change
+
+
+def test_a_file_as_data_root_is_one_line_naming_the_key(built):
+    params = (built / "params.yaml").read_text()
+    (built / "a_file").write_text("not a directory")
+    before = files_under(built / "data/prepared")
+    try:
+        set_param(built, "data.source", "stl10")
+        set_param(built, "data.root", "a_file")
+        proc = stage(built, "stages/download.py")
+    finally:
+        (built / "params.yaml").write_text(params)
+    assert proc.returncode == 1
+    [line] = error_lines(proc)
+    assert "data.root (a_file) is a file" in line and "point data.root at a directory" in line
+    assert files_under(built / "data/prepared") == before
+
+
+def test_finetune_refuses_a_batch_larger_than_its_train_images_instead_of_capping_it(built):
+    params = (built / "params.yaml").read_text()
+    try:
+        set_param(built, "finetune.batch_size", 95)  # <= data.shapes.train (100), > the 90 left after validation
+        proc = stage(built, "stages/finetune.py", "random")
+    finally:
+        (built / "params.yaml").write_text(params)
+    assert proc.returncode == 1
+    [line] = error_lines(proc)
+    assert "finetune.batch_size (95) is larger than the 90 train images" in line

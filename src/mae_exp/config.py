@@ -211,6 +211,12 @@ class Params(Section):
         hint = ", ".join(str(d) for d in range(2, size // 2 + 1) if size % d == 0) or "1"
         _check(size % patch == 0, f"model.patch_size ({patch}) must divide data.input_size ({size}); "
                                   f"pick a patch size such as {hint}")
+        if self.data.source == "shapes":  # split sizes known now: refuse before pre-training, not after it
+            train, test = self.data.shapes.train, self.data.shapes.test
+            _check(self.finetune.batch_size <= train, f"finetune.batch_size ({self.finetune.batch_size}) must "
+                                                      f"not exceed data.shapes.train ({train})")
+            _check(self.visualize.eval_images <= test, f"visualize.eval_images ({self.visualize.eval_images}) "
+                                                       f"must not exceed data.shapes.test ({test})")
         # Only per-value checks here: inside an ablation experiment `improved` already carries its overrides,
         # so checks that compare ablations (two giving the same recipe) belong to mae_exp.study.
         for name in self.study.ablations:

@@ -68,10 +68,10 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
     images = resident_images(train.images, device)
     y_train = torch.from_numpy(train.labels).to(device)
     n = len(y_train)
-    batch_size = min(cfg.batch_size, n)  # the global batch
-    if batch_size % distributed.world_size():
-        raise ValueError(f"finetune.batch_size is capped at the {n} train images, which finetune.processes "
-                         f"({distributed.world_size()}) does not divide; lower finetune.batch_size")
+    batch_size = cfg.batch_size  # the global batch
+    if batch_size > n:  # refused, as pre-training does, rather than quietly capped
+        raise ValueError(f"finetune.batch_size ({batch_size}) is larger than the {n} train images left after "
+                         f"data.val_fraction holds out {len(val.labels)}: lower finetune.batch_size")
     mine = distributed.shard(batch_size)  # this process's rows of every global batch
     lr = cfg.base_lr * batch_size / 256
     groups = param_groups(model, cfg.weight_decay, layer_decay(p.model.encoder_depth, cfg.layer_decay))

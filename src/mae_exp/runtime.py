@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,12 +36,25 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def open_live(directory: str | Path):
-    """A DVCLive logger writing `directory`/metrics.json and the curves under `directory`/plots/, on rank 0
-    (None on the other ranks). No dvc.yaml of its own: the stage's metrics and plots are in dvc.yaml."""
+    """A DVCLive logger for `directory` (metrics.json, the curves under plots/), on rank 0 (None on the
+    other ranks). It logs into scratch/live/<name> beside it, and `end()` moves that over `directory`:
+    what DVC tracks changes only when a stage finishes, and a stopped stage leaves the last finished
+    run's metrics whole. No dvc.yaml of its own: the stage's metrics and plots are in dvc.yaml."""
     if not distributed.is_rank0():
         return None
     from dvclive import Live
-    return Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+
+    final = Path(directory)  # metrics/<name>
+    staging = final.parent.parent / "scratch" / "live" / final.name
+
+    class StagedLive(Live):
+        def end(self) -> None:
+            super().end()
+            if final.exists():
+                shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, final)
+    return StagedLive(str(staging), dvcyaml=False, save_dvc_exp=False, report=None)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = True):

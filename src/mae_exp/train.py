@@ -19,6 +19,7 @@ With several processes (distributed.py) this loop runs in each; rank 0 alone wri
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +75,24 @@ class Trainer:
 
     def begin(self, description: str) -> None:
         """Resume from the saved state if there is one, and say so; else print what is about to run."""
+        self._drop_other_states()
         if self.restore():
             console.print(f"[green]resuming {self.name} from epoch {self.start_epoch + 1}/{self.schedule.epochs}[/] "
                           f"({self.state_path})", highlight=False)
         else:
             console.print(f"{self.name}: {description}", highlight=False, soft_wrap=True)
+
+    def _drop_other_states(self) -> None:
+        """States that other params left in this stage's scratch/ (a run since finished, or DVC restored
+        its outputs from the run-cache): nothing resumes them now, they only hold disk."""
+        if not distributed.is_rank0() or not self.state_path.parent.parent.is_dir():
+            return
+        others = [d for d in self.state_path.parent.parent.iterdir() if d.is_dir() and d != self.state_path.parent]
+        for d in others:
+            shutil.rmtree(d, ignore_errors=True)
+        if others:
+            console.print(f"{self.name}: removed the resumable state of {len(others)} other run(s) in "
+                          f"{self.state_path.parent.parent}", highlight=False, soft_wrap=True)
 
     @property
     def previous_path(self) -> Path:

@@ -69,7 +69,10 @@ def visualize(p: Params, checkpoints: dict[str, str | Path], data_root: str | Pa
     device, _ = setup("fp32", p.threads, p.seed)
     models = {name: load_mae(checkpoints[name], p).to(device) for name in VARIANTS}
     test = load_split(data_root, "test")
-    n_eval = min(cfg.eval_images, len(test.images))
+    n_eval = cfg.eval_images
+    if n_eval > len(test.images):
+        raise ValueError(f"visualize.eval_images ({n_eval}) asks for more than the {len(test.images)} test "
+                         f"images: lower it to at most {len(test.images)}")
     grid = models[VARIANTS[0]].grid
     noise = torch.rand(n_eval, grid * grid, generator=torch.Generator().manual_seed(cfg.mask_seed))
 

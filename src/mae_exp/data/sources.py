@@ -12,6 +12,9 @@ from .stl10 import prepare_stl10
 
 def prepare(cfg: DataConfig, seed: int, out: str | Path) -> Path:
     """Build the prepared dataset for `cfg.source` at `out`."""
+    if cfg.source != "shapes" and Path(cfg.root).exists() and not Path(cfg.root).is_dir():
+        raise ValueError(f"data.root ({cfg.root}) is a file, but data.source: {cfg.source} reads a directory: "
+                         f"point data.root at a directory")
     if cfg.source == "shapes":
         return generate_shapes(cfg, seed, out)
     if cfg.source == "stl10":
