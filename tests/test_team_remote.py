@@ -182,6 +182,7 @@ def ssh_credentials(repo: Path, remote: str, server: SSHServer, *, port: int | N
 
 def add_ssh_remote(repo: Path, remote: str, store: Path, server: SSHServer, **credentials) -> None:
     dvc("remote", "add", "--local", remote, server.url(store), cwd=repo)
+    dvc("remote", "modify", "--local", remote, "verify", "true", cwd=repo)  # as docs/team.md sets up every remote
     ssh_credentials(repo, remote, server, **credentials)
 
 
@@ -207,8 +208,10 @@ def published(tmp_path_factory) -> Published:
     store, nas = root / "ssh-store", root / "nas"
     store.mkdir()
     nas.mkdir()
-    dvc("remote", "add", "-d", "team", SSHServer.url(store), cwd=a)  # committed: the URL, nothing else
+    dvc("remote", "add", "-d", "team", SSHServer.url(store), cwd=a)  # committed: the URL and verify, no credential
+    dvc("remote", "modify", "team", "verify", "true", cwd=a)  # pulls hash what they download (docs/team.md)
     dvc("remote", "add", "--local", "nas", str(nas), cwd=a)  # mount points differ from machine to machine
+    dvc("remote", "modify", "--local", "nas", "verify", "true", cwd=a)
     git("add", "-A", cwd=a)
     git("commit", "-q", "-m", "tiny run, team remote", cwd=a)
     dvc("push", "--run-cache", "-r", "nas", cwd=a)
@@ -237,6 +240,7 @@ def from_nas(published: Published, tmp_path_factory) -> Path:
     """Teammate B: a fresh clone that pulled everything from the shared-filesystem remote."""
     b = clone(published, tmp_path_factory.mktemp("nas-teammate") / "b")
     dvc("remote", "add", "--local", "nas", str(published.nas), cwd=b)
+    dvc("remote", "modify", "--local", "nas", "verify", "true", cwd=b)
     dvc("pull", "--run-cache", "-r", "nas", cwd=b)
     return b
 
@@ -255,7 +259,7 @@ def assert_reproduces_nothing(repo: Path, expected: dict[str, str]) -> None:
 def test_credentials_stay_out_of_git(sshd: SSHServer, over_ssh: Published):
     a = over_ssh.a
     committed = git("show", "HEAD:.dvc/config", cwd=a).stdout
-    assert SSHServer.url(over_ssh.store) in committed
+    assert SSHServer.url(over_ssh.store) in committed and "verify = true" in committed
     for private in (str(sshd.key), "keyfile", "password", "user", "port"):
         assert private not in committed, f"{private!r} in the committed .dvc/config:\n{committed}"
     assert str(sshd.key) in (a / ".dvc" / "config.local").read_text()
