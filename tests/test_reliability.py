@@ -64,11 +64,14 @@ def flip_tensor_byte(path: Path) -> None:
     path.write_bytes(data)
 
 
+BUILT = ("download", "init_random", "pretrain_original")
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """download, init_random and pretrain_original, run by `dvc repro` in a scratch repo."""
     repo = copy_repo(tmp_path_factory.mktemp("built") / "repo")
-    dvc("repro", "init_random", "pretrain_original", cwd=repo)
+    dvc("repro", *BUILT, cwd=repo)
     return repo
 
 
@@ -267,14 +270,15 @@ def remote_object(remote: Path, file: Path) -> Path:
 def test_a_remote_with_verify_refuses_a_flipped_byte_that_a_plain_pull_checks_out(built, tmp_path):
     remote = tmp_path / "nas"
     dvc("remote", "add", "--local", "nas", str(remote), cwd=built)
-    dvc("push", "-r", "nas", cwd=built)
+    dvc("push", "-r", "nas", *BUILT, cwd=built)
     damaged = {rel: remote_object(remote, built / rel)
                for rel in ("models/original/checkpoint.pt", "data/prepared/train_images.npy")}
-    for obj in damaged.values():
-        data = bytearray(obj.read_bytes())
+    for obj in damaged.values():  # bit rot: the bytes change, the read-only mode DVC gave the object stays
+        data, mode = bytearray(obj.read_bytes()), obj.stat().st_mode
         data[len(data) // 2] ^= 0x10
         obj.chmod(0o644)
         obj.write_bytes(data)
+        obj.chmod(mode)  # a writable object is one DVC re-hashes (and deletes from the remote when corrupt)
     run(["git", "add", "-A"], built)
     run(["git", "commit", "-q", "-m", "built"], built)
 
@@ -284,13 +288,13 @@ def test_a_remote_with_verify_refuses_a_flipped_byte_that_a_plain_pull_checks_ou
         dvc("remote", "add", "--local", "nas", str(remote), cwd=clone)
         if verify:  # what docs/team.md sets on every remote
             dvc("remote", "modify", "--local", "nas", "verify", "true", cwd=clone)
-        return clone, dvc("pull", "-r", "nas", cwd=clone, check=False)
+        return clone, dvc("pull", "-r", "nas", *BUILT, cwd=clone, check=False)
 
     # without verify, DVC trusts what it downloads: exit 0, the corrupt bytes in the workspace, "up to date"
     plain, proc = pull_into("plain", verify=False)
     assert proc.returncode == 0
     assert {rel: md5(plain / rel) != md5(built / rel) for rel in damaged} == {rel: True for rel in damaged}
-    assert "up to date" in dvc("status", cwd=plain).stdout
+    assert "up to date" in dvc("status", *BUILT, cwd=plain).stdout
     # the stage that loads the checkpoint still refuses it, in one line
     with pytest.raises(CorruptCheckpoint, match="checkpoint.pt (is corrupt|cannot be read)"):
         load_mae(plain / "models/original/checkpoint.pt", load_params(built / "params.yaml"))
@@ -299,8 +303,9 @@ def test_a_remote_with_verify_refuses_a_flipped_byte_that_a_plain_pull_checks_ou
     checked, proc = pull_into("checked", verify=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Checkout failed" in out, out
+    assert "models/original/checkpoint.pt" in out and "data/prepared" in out
     for rel in damaged:
-        assert not (checked / rel).exists(), rel
+        assert not (checked / rel).exists(), rel  # a directory output is not checked out at all
     assert md5(checked / "models/original/encoder.pt") == md5(built / "models/original/encoder.pt")
 
     # the repair: delete the bad object on the remote, push it again from a good copy, pull
