@@ -344,3 +344,19 @@ def test_finetune_refuses_a_batch_larger_than_its_train_images_instead_of_cappin
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert "finetune.batch_size (95) is larger than the 90 train images" in line
+
+
+def test_a_run_removes_the_states_other_params_left_in_its_scratch(tmp_path, capsys):  # item 5
+    from mae_exp.train import Schedule, Trainer
+    stage_dir = tmp_path / "scratch/pretrain_original"
+    for key in ("old_params", "mine"):
+        (stage_dir / key).mkdir(parents=True)
+        (stage_dir / key / "prev.pt").write_bytes(b"a state")
+    model = torch.nn.Linear(2, 2)
+    trainer = Trainer("pretrain original", "pretrain", model, torch.optim.AdamW(model.parameters()),
+                      Schedule(1, 1, 0, 1e-3, 1), torch.device("cpu"), None, stage_dir / "mine/last.pt",
+                      {"order": torch.Generator()})
+    trainer.begin("1 epoch")
+    assert sorted(p.name for p in stage_dir.iterdir()) == ["mine"]
+    assert "removed the resumable state of 1 other run(s)" in capsys.readouterr().err  # the console is stderr
+    assert (stage_dir / "mine/prev.pt.corrupt").exists()  # its own unreadable state: set aside, not used
