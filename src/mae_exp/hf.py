@@ -1,0 +1,236 @@
+"""Hugging Face interop: this project's MAE as a `transformers` ViTMAE folder, and weights back in.
+
+Export writes `config.json` + `model.safetensors` that `ViTMAEForPreTraining.from_pretrained` (the whole
+MAE) and `ViTMAEModel.from_pretrained` (the encoder) load; writing needs only `safetensors`. Tensor names
+are the hub's (transformers 4.x, e.g. `vit.encoder.layer.0.attention.attention.query.weight`), which
+transformers 5 renames on load; import reads both spellings. Import also reads facebookresearch/mae
+checkpoints (`{"model": state_dict}`, fused `qkv`) and this project's own checkpoint.pt / encoder.pt.
+
+The two things that make the weights mean the same there as here: the 2-D sin-cos position tables are
+MAE's (columns first, model.sincos_2d), written out and checked on import; LayerNorm eps is 1e-6 (the
+transformers default is 1e-12), written into config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .augment import MEAN, STD
+from .config import ModelConfig
+from .files import atomic_write, save_json
+from .model import MaskedAutoencoderViT, sincos_2d
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+FIXED = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")  # sin-cos tables, not learned
+# per block: our name -> the hub's (the fused qkv is split into three)
+_BLOCK_HF = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+             "mlp.0": "intermediate.dense", "mlp.2": "output.dense"}
+_QKV_HF = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
+# transformers 5 spellings -> the hub's, applied in order to every name read from a folder: 5.x models name
+# tensors `vit.layers.N.attention.q_proj`...; 5.x save_pretrained writes the hub's names, except the decoder's
+# blocks, as `decoder.decoder_encoder.layer.N` (5.24; it reads them back), hence the second rule.
+_HF5_TO_HUB = [(r"^vit\.layers\.", "vit.encoder.layer."),
+               (r"^decoder\.decoder_encoder\.layer\.", "decoder.decoder_layers."),
+               (r"\.attention\.q_proj\.", ".attention.attention.query."),
+               (r"\.attention\.k_proj\.", ".attention.attention.key."),
+               (r"\.attention\.v_proj\.", ".attention.attention.value."),
+               (r"\.attention\.o_proj\.", ".attention.output.dense."),
+               (r"\.mlp\.fc1\.", ".intermediate.dense."), (r"\.mlp\.fc2\.", ".output.dense.")]
+
+
+class WeightsMismatch(ValueError):
+    """An imported checkpoint does not fit the model params.yaml describes."""
+
+
+def hf_config(cfg: ModelConfig, image_size: int, mask_ratio: float) -> dict:
+    """transformers' ViTMAEConfig for these sizes, as config.json holds it."""
+    return {"architectures": ["ViTMAEForPreTraining"], "model_type": "vit_mae",
+            "image_size": image_size, "patch_size": cfg.patch_size, "num_channels": 3,
+            "hidden_size": cfg.encoder_dim, "num_hidden_layers": cfg.encoder_depth,
+            "num_attention_heads": cfg.encoder_heads, "intermediate_size": int(cfg.encoder_dim * cfg.mlp_ratio),
+            "decoder_hidden_size": cfg.decoder_dim, "decoder_num_hidden_layers": cfg.decoder_depth,
+            "decoder_num_attention_heads": cfg.decoder_heads,
+            "decoder_intermediate_size": int(cfg.decoder_dim * cfg.mlp_ratio),
+            "hidden_act": "gelu", "qkv_bias": True, "layer_norm_eps": 1e-6, "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
+            "mask_ratio": mask_ratio, "norm_pix_loss": cfg.norm_pix_loss}
+
+
+def preprocessor_config(image_size: int) -> dict:
+    """What the model was fed: images resized to image_size, scaled to [0, 1], ImageNet-normalised."""
+    return {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+            "size": {"height": image_size, "width": image_size}, "resample": 2, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": MEAN.tolist(), "image_std": STD.tolist()}
+
+
+def _hub_names(cfg: ModelConfig) -> dict[str, str | tuple[str, ...]]:
+    """Our MaskedAutoencoderViT's state-dict names -> the hub's (a tuple: q, k, v of our fused qkv)."""
+    names: dict[str, str | tuple[str, ...]] = {
+        "encoder.cls_token": "vit.embeddings.cls_token",
+        "encoder.patch_embed.weight": "vit.embeddings.patch_embeddings.projection.weight",
+        "encoder.patch_embed.bias": "vit.embeddings.patch_embeddings.projection.bias"}
+
+    def blocks(ours: str, hub: str, depth: int) -> None:
+        for i in range(depth):
+            for kind in ("weight", "bias"):
+                names[f"{ours}.{i}.attn.qkv.{kind}"] = tuple(f"{hub}.{i}.{q}.{kind}" for q in _QKV_HF)
+                for a, b in _BLOCK_HF.items():
+                    names[f"{ours}.{i}.{a}.{kind}"] = f"{hub}.{i}.{b}.{kind}"
+    blocks("encoder.blocks", "vit.encoder.layer", cfg.encoder_depth)
+    names |= {f"encoder.norm.{k}": f"vit.layernorm.{k}" for k in ("weight", "bias")}
+    names["mask_token"] = "decoder.mask_token"
+    names |= {f"decoder_embed.{k}": f"decoder.decoder_embed.{k}" for k in ("weight", "bias")}
+    blocks("decoder_blocks", "decoder.decoder_layers", cfg.decoder_depth)
+    names |= {f"decoder_{m}.{k}": f"decoder.decoder_{m}.{k}" for m in ("norm", "pred") for k in ("weight", "bias")}
+    return names
+
+
+def _mae_name(ours: str) -> str:
+    """Our name -> facebookresearch/mae's: the same modules but for the encoder prefix and the MLP's."""
+    name = re.sub(r"\.mlp\.0\.", ".mlp.fc1.", re.sub(r"\.mlp\.2\.", ".mlp.fc2.", ours))
+    return name.replace("encoder.patch_embed.", "patch_embed.proj.").removeprefix("encoder.")
+
+
+def _positions(cfg: ModelConfig, image_size: int) -> dict[str, torch.Tensor]:
+    grid = image_size // cfg.patch_size
+    return {"encoder": sincos_2d(cfg.encoder_dim, grid)[None], "decoder": sincos_2d(cfg.decoder_dim, grid)[None]}
+
+
+# --------------------------------------------------------------------------- export
+
+
+def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, image_size: int) -> dict[str, torch.Tensor]:
+    """Our MaskedAutoencoderViT state dict -> the hub's names, position tables included."""
+    out = {}
+    for ours, hub in _hub_names(cfg).items():
+        t = state[ours]
+        for name, part in zip(hub, t.chunk(3)) if isinstance(hub, tuple) else [(hub, t)]:
+            out[name] = part.detach().float().clone().contiguous()  # own storage: safetensors refuses shared
+    pos = _positions(cfg, image_size)
+    out["vit.embeddings.position_embeddings"], out["decoder.decoder_pos_embed"] = pos["encoder"], pos["decoder"]
+    return out
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, mask_ratio: float) -> Path:
+    """A pre-training checkpoint.pt -> out_dir/{config.json, model.safetensors, preprocessor_config.json}."""
+    from safetensors.torch import save_file
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg, size = ModelConfig(**saved["model"]), saved["input_size"]
+    out = Path(out_dir)
+    tensors = to_hf_state(saved["model_state"], cfg, size)
+    atomic_write(out / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    save_json(hf_config(cfg, size, mask_ratio), out / CONFIG)
+    save_json(preprocessor_config(size), out / "preprocessor_config.json")
+    return out
+
+
+# --------------------------------------------------------------------------- import
+
+
+def read_weights(path: str | Path, cfg: ModelConfig, image_size: int) -> tuple[dict[str, torch.Tensor], str]:
+    """An HF folder, a facebookresearch/mae checkpoint or one of ours -> (our names -> tensors, the format).
+
+    Only the tensors present are returned (an encoder-only file has no decoder); position tables are checked
+    against ours and dropped, since here they are fixed, not weights."""
+    path = Path(path)
+    if path.is_dir():
+        return _from_hub(_read_folder(path), cfg, image_size, path), "transformers"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file or folder (expected a transformers ViTMAE folder, a "
+                                f"facebookresearch/mae checkpoint or this project's checkpoint.pt / encoder.pt)")
+    with torch.serialization.safe_globals([argparse.Namespace]):  # MAE's training checkpoints keep their args
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    if "model_state" in saved or "encoder_state" in saved:  # ours
+        if "model_state" in saved:
+            return dict(saved["model_state"]), "this project's"
+        return {f"encoder.{k}": v for k, v in saved["encoder_state"].items()}, "this project's"
+    if isinstance(saved.get("model"), dict):
+        return _from_mae(saved["model"], cfg, image_size, path), "facebookresearch/mae"
+    raise WeightsMismatch(f"{path}: not a checkpoint this project reads (no `model` state dict as "
+                          f"facebookresearch/mae saves, no `model_state` / `encoder_state`)")
+
+
+def hub_name(name: str) -> str:
+    """A tensor name as transformers 4.x or 5.x writes it (ViTMAEForPreTraining or ViTMAEModel) -> the hub's."""
+    if name.startswith(("embeddings.", "layers.", "encoder.", "layernorm.")):
+        name = "vit." + name  # saved from ViTMAEModel (the encoder alone)
+    for pattern, repl in _HF5_TO_HUB:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _read_folder(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not (path / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path}: no {WEIGHTS}; export one with `dvc repro export@<variant>` or "
+                                f"`save_pretrained` in transformers")
+    return {hub_name(name): t for name, t in load_file(path / WEIGHTS).items()}
+
+
+def _check_positions(table: torch.Tensor | None, ours: torch.Tensor, name: str, source: Path) -> None:
+    if table is not None and (table.shape != ours.shape or (table.float() - ours).abs().max() > 1e-4):
+        raise WeightsMismatch(f"{source}: {name} is not this model's fixed 2-D sin-cos table (MAE's layout, "
+                              f"{tuple(ours.shape)}): the weights were trained with other positions")
+
+
+def _from_hub(hub: dict[str, torch.Tensor], cfg: ModelConfig, image_size: int, source: Path) -> dict:
+    pos = _positions(cfg, image_size)
+    _check_positions(hub.pop("vit.embeddings.position_embeddings", None), pos["encoder"], "position_embeddings", source)
+    _check_positions(hub.pop("decoder.decoder_pos_embed", None), pos["decoder"], "decoder_pos_embed", source)
+    out = {}
+    for ours, name in _hub_names(cfg).items():
+        parts = name if isinstance(name, tuple) else (name,)
+        if all(p in hub for p in parts):
+            out[ours] = torch.cat([hub.pop(p) for p in parts])
+    _no_leftovers(hub, source)
+    return out
+
+
+def _from_mae(mae: dict[str, torch.Tensor], cfg: ModelConfig, image_size: int, source: Path) -> dict:
+    mae = dict(mae)
+    pos = _positions(cfg, image_size)
+    _check_positions(mae.pop("pos_embed", None), pos["encoder"], "pos_embed", source)
+    _check_positions(mae.pop("decoder_pos_embed", None), pos["decoder"], "decoder_pos_embed", source)
+    out = {ours: mae.pop(_mae_name(ours)) for ours in _hub_names(cfg) if _mae_name(ours) in mae}
+    _no_leftovers(mae, source)
+    return out
+
+
+def _no_leftovers(rest: dict, source: Path) -> None:
+    if rest:
+        first = next(iter(rest))
+        raise WeightsMismatch(f"{source}: tensor {first} {tuple(rest[first].shape)} has no place in the model "
+                              f"params.yaml describes (model.*: a deeper model, or another architecture)")
+
+
+def init_from(module: nn.Module, path: str | Path, cfg: ModelConfig, image_size: int) -> str:
+    """Load `path`'s weights into a MaskedAutoencoderViT or a ViTEncoder built from params.yaml, checking every
+    tensor; the first one missing or of another shape is named. A MAE without decoder weights in the file
+    keeps its own decoder. Returns a line saying what was loaded."""
+    weights, kind = read_weights(path, cfg, image_size)
+    if not isinstance(module, MaskedAutoencoderViT):  # an encoder alone
+        weights = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+    target = module.state_dict()
+    if extra := [k for k in weights if k not in target]:
+        raise WeightsMismatch(f"{path}: tensor {extra[0]} {tuple(weights[extra[0]].shape)} has no place in the "
+                              f"model params.yaml describes (model.*)")
+    decoder_given = any(not k.startswith("encoder.") for k in weights)
+    for name, t in target.items():
+        needed = name.startswith("encoder.") or decoder_given or not isinstance(module, MaskedAutoencoderViT)
+        if name not in weights and needed:
+            raise WeightsMismatch(f"{path}: no tensor for {name} {tuple(t.shape)}: the file's model is smaller "
+                                  f"than the one params.yaml describes (model.*)")
+        if name in weights and weights[name].shape != t.shape:
+            raise WeightsMismatch(f"{path}: {name} is {tuple(weights[name].shape)} there but {tuple(t.shape)} here: "
+                                  f"set model.* in params.yaml to the file's sizes")
+    module.load_state_dict({**target, **{k: v.to(target[k].dtype) for k, v in weights.items()}})
+    part = "encoder and decoder" if decoder_given else "encoder (decoder kept at its initialisation)"
+    return f"{part} from {kind} weights in {path}"

@@ -1,0 +1,106 @@
+"""Hugging Face interop, with transformers' ViTMAE as the oracle: this project's MAE exported to a transformers
+folder computes the same masks, encoder tokens, reconstructions, loss and gradients; weights come back in from
+transformers folders and facebookresearch/mae checkpoints without loss; a mismatch names its tensor.
+transformers is optional for users: without it these tests skip, except under CI, where they fail."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mae_exp import hf
+from mae_exp.config import ModelConfig, as_dict
+from mae_exp.files import save_torch
+from mae_exp.model import MaskedAutoencoderViT, ViTEncoder
+
+try:
+    import transformers
+except ImportError:  # pragma: no cover - depends on the environment
+    transformers = None
+    if os.environ.get("CI"):
+        pytest.fail("transformers is not installed; CI is set, so this is a failure, not a skip", pytrace=False)
+pytestmark = pytest.mark.skipif(transformers is None, reason="transformers is not installed (pip install -e '.[dev]')")
+
+SIZE = 16
+CFG = ModelConfig(patch_size=4, encoder_dim=32, encoder_depth=2, encoder_heads=2, decoder_dim=16, decoder_depth=2,
+                  decoder_heads=4, mlp_ratio=2.0, norm_pix_loss=True)
+GRID = (SIZE // CFG.patch_size) ** 2
+
+
+def ours(cfg: ModelConfig = CFG, seed: int = 0) -> MaskedAutoencoderViT:
+    """A model whose every weight matters: initialisation leaves biases 0 and LayerNorms 1, which would hide a
+    bias or a LayerNorm mapped to the wrong place; a random shift of every tensor shows it."""
+    torch.manual_seed(seed)
+    model = MaskedAutoencoderViT(cfg, SIZE)
+    with torch.no_grad():
+        for t in model.parameters():
+            t.add_(0.1 * torch.randn_like(t))
+    return model
+
+
+def export(model: MaskedAutoencoderViT, tmp_path, mask_ratio: float = 0.75):
+    checkpoint = save_torch({"model": as_dict(model.cfg), "input_size": SIZE, "model_state": model.state_dict()},
+                            tmp_path / "checkpoint.pt")
+    return hf.export(checkpoint, tmp_path / "hf", mask_ratio)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5, scale: float = 0.0) -> float:
+    """Largest difference relative to b's largest entry (or `scale` if larger: a gradient that is 0 in exact
+    arithmetic, such as the attention keys' bias, is rounding noise on both sides); asserted below tol."""
+    err = ((a - b).abs().max() / max(b.abs().max().item(), scale, 1e-12)).item()
+    assert err < tol, f"relative difference {err:.2e}"
+    return err
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_transformers_computes_what_this_mae_computes(tmp_path, norm_pix_loss):
+    cfg = CFG.model_copy(update={"norm_pix_loss": norm_pix_loss})
+    model = ours(cfg)
+    folder = export(model, tmp_path)
+    theirs = transformers.ViTMAEForPreTraining.from_pretrained(folder)
+    assert theirs.config.layer_norm_eps == 1e-6 and theirs.config.norm_pix_loss is norm_pix_loss
+    images = torch.randn(4, 3, SIZE, SIZE)
+    noise = torch.rand(4, GRID)
+
+    terms, pred, mask = model(images, 0.75, noise)
+    latent, _, _ = model.forward_encoder(images, 0.75, noise)
+    out = theirs(pixel_values=images, noise=noise)
+    encoded = theirs.vit(pixel_values=images, noise=noise).last_hidden_state  # final LayerNorm applied, as ours
+    assert torch.equal(out.mask, mask)
+    close(encoded, latent)
+    close(out.logits, pred)
+    close(out.loss, terms[0])  # lambda 0: the loss is the masked MSE alone
+
+    terms[0].backward()
+    out.loss.backward()
+    mine = hf.to_hf_state({k: t.grad for k, t in model.named_parameters()}, cfg, SIZE)
+    grads = {hf.hub_name(name): t.grad for name, t in theirs.named_parameters() if hf.hub_name(name) not in hf.FIXED}
+    assert grads.keys() == mine.keys() - set(hf.FIXED)
+    largest = max(g.abs().max().item() for g in grads.values())
+    for name, g in grads.items():
+        close(g, mine[name], scale=1e-3 * largest)
+
+
+def test_transformers_to_this_project_and_back_is_lossless(tmp_path):
+    config = transformers.ViTMAEConfig(**hf.hf_config(CFG, SIZE, 0.6))
+    torch.manual_seed(1)
+    theirs = transformers.ViTMAEForPreTraining(config)
+    model = MaskedAutoencoderViT(CFG, SIZE)
+    with torch.no_grad():
+        for name, t in theirs.named_parameters():
+            t.add_(0.1 * torch.randn_like(t))
+        # transformers 5.24 leaves a fresh model's position tables at 0 (from_pretrained loads them); MAE's are
+        # the ones test_model.py checks against MAE's formula
+        theirs.vit.embeddings.position_embeddings.copy_(model.encoder.pos_embed)
+        theirs.decoder.decoder_pos_embed.copy_(model.decoder_pos_embed)
+    theirs.save_pretrained(tmp_path / "theirs")  # transformers' own writing and names, its position tables
+
+    assert "encoder and decoder" in hf.init_from(model, tmp_path / "theirs", CFG, SIZE)
+    back = transformers.ViTMAEForPreTraining.from_pretrained(export(model, tmp_path, mask_ratio=0.6))
+    assert back.config.mask_ratio == 0.6
+    before, after = theirs.state_dict(), back.state_dict()
+    assert before.keys() == after.keys()
+    for name, t in before.items():
+        assert torch.equal(after[name], t) or (name in hf.FIXED and torch.allclose(after[name], t, atol=1e-6)), name
