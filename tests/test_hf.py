@@ -97,10 +97,88 @@ def test_transformers_to_this_project_and_back_is_lossless(tmp_path):
         theirs.decoder.decoder_pos_embed.copy_(model.decoder_pos_embed)
     theirs.save_pretrained(tmp_path / "theirs")  # transformers' own writing and names, its position tables
 
-    assert "encoder and decoder" in hf.init_from(model, tmp_path / "theirs", CFG, SIZE)
+    assert "encoder and decoder" in hf.init_from(model, tmp_path / "theirs", CFG)
     back = transformers.ViTMAEForPreTraining.from_pretrained(export(model, tmp_path, mask_ratio=0.6))
     assert back.config.mask_ratio == 0.6
     before, after = theirs.state_dict(), back.state_dict()
     assert before.keys() == after.keys()
     for name, t in before.items():
         assert torch.equal(after[name], t) or (name in hf.FIXED and torch.allclose(after[name], t, atol=1e-6)), name
+
+
+def mae_state_dict(theirs) -> dict:
+    """transformers' weights under facebookresearch/mae's names (models_mae.py: fused qkv, `mlp.fc1`), written
+    out here by hand as MAE's `convert_vit_mae_to_pytorch` reads them, independently of hf.py's tables."""
+    hub = {hf.hub_name(k): t.detach().clone() for k, t in theirs.state_dict().items()}
+    mae = {"cls_token": hub["vit.embeddings.cls_token"], "pos_embed": hub["vit.embeddings.position_embeddings"],
+           "mask_token": hub["decoder.mask_token"], "decoder_pos_embed": hub["decoder.decoder_pos_embed"]}
+    for k in ("weight", "bias"):
+        mae[f"patch_embed.proj.{k}"] = hub[f"vit.embeddings.patch_embeddings.projection.{k}"]
+        mae[f"norm.{k}"] = hub[f"vit.layernorm.{k}"]
+        for m in ("embed", "norm", "pred"):
+            mae[f"decoder_{m}.{k}"] = hub[f"decoder.decoder_{m}.{k}"]
+        for blocks, layers, depth in (("blocks", "vit.encoder.layer", CFG.encoder_depth),
+                                      ("decoder_blocks", "decoder.decoder_layers", CFG.decoder_depth)):
+            for i in range(depth):
+                src = f"{layers}.{i}"
+                mae[f"{blocks}.{i}.attn.qkv.{k}"] = torch.cat(
+                    [hub[f"{src}.attention.attention.{q}.{k}"] for q in ("query", "key", "value")])
+                mae[f"{blocks}.{i}.attn.proj.{k}"] = hub[f"{src}.attention.output.dense.{k}"]
+                mae[f"{blocks}.{i}.norm1.{k}"] = hub[f"{src}.layernorm_before.{k}"]
+                mae[f"{blocks}.{i}.norm2.{k}"] = hub[f"{src}.layernorm_after.{k}"]
+                mae[f"{blocks}.{i}.mlp.fc1.{k}"] = hub[f"{src}.intermediate.dense.{k}"]
+                mae[f"{blocks}.{i}.mlp.fc2.{k}"] = hub[f"{src}.output.dense.{k}"]
+    return mae
+
+
+def random_transformers_mae(seed: int = 2):
+    """A transformers ViTMAE at CFG's sizes with every weight drawn, and MAE's position tables."""
+    torch.manual_seed(seed)
+    theirs = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(**hf.hf_config(CFG, SIZE, 0.75)))
+    reference = MaskedAutoencoderViT(CFG, SIZE)
+    with torch.no_grad():
+        for t in theirs.parameters():
+            t.add_(0.1 * torch.randn_like(t))
+        theirs.vit.embeddings.position_embeddings.copy_(reference.encoder.pos_embed)
+        theirs.decoder.decoder_pos_embed.copy_(reference.decoder_pos_embed)
+    return theirs.eval()
+
+
+def test_a_facebookresearch_mae_checkpoint_loads_as_the_model_it_is(tmp_path):
+    import argparse
+    theirs = random_transformers_mae()
+    path = tmp_path / "mae_visualize.pth"
+    torch.save({"model": mae_state_dict(theirs), "args": argparse.Namespace(model="mae_vit_tiny")}, path)
+    model = MaskedAutoencoderViT(CFG, SIZE)
+    assert hf.init_from(model, path, CFG).startswith("encoder and decoder from facebookresearch/mae")
+    images, noise = torch.randn(2, 3, SIZE, SIZE), torch.rand(2, GRID)
+    with torch.no_grad():
+        terms, pred, _ = model(images, 0.75, noise)
+        out = theirs(pixel_values=images, noise=noise)
+    close(pred, out.logits)
+    close(terms[0], out.loss)
+
+    encoder_only = {k: v for k, v in mae_state_dict(theirs).items() if not k.startswith(("decoder", "mask_token"))}
+    torch.save({"model": encoder_only}, path)  # as MAE's released mae_pretrain_vit_*.pth
+    assert "(decoder kept)" in hf.init_from(MaskedAutoencoderViT(CFG, SIZE), path, CFG)
+
+
+def test_a_mismatch_names_the_first_tensor_that_does_not_fit(tmp_path):
+    folder = export(ours(), tmp_path)
+    wider = CFG.model_copy(update={"encoder_dim": 64})
+    with pytest.raises(hf.WeightsMismatch, match=r"encoder\.cls_token is \(1, 1, 32\) there but \(1, 1, 64\) here"):
+        hf.init_from(MaskedAutoencoderViT(wider, SIZE), folder, wider)
+    shallower = CFG.model_copy(update={"encoder_depth": 1})
+    with pytest.raises(hf.WeightsMismatch, match=r"tensor vit\.encoder\.layer\.1\.\S+ .* has no place"):
+        hf.init_from(ViTEncoder(shallower, SIZE), folder, shallower)
+    deeper = CFG.model_copy(update={"decoder_depth": 3})
+    with pytest.raises(hf.WeightsMismatch, match=r"no tensor for decoder_blocks\.2\.norm1\.weight"):
+        hf.init_from(MaskedAutoencoderViT(deeper, SIZE), folder, deeper)
+
+    # rows first, the layout MAE's and transformers' tables are not: the weights would mean something else
+    mae = mae_state_dict(random_transformers_mae())
+    half = CFG.encoder_dim // 2
+    mae["pos_embed"] = torch.cat([mae["pos_embed"][..., half:], mae["pos_embed"][..., :half]], dim=-1)
+    torch.save({"model": mae}, tmp_path / "swapped.pth")
+    with pytest.raises(hf.WeightsMismatch, match="position table encoder.pos_embed is not MAE's"):
+        hf.init_from(MaskedAutoencoderViT(CFG, SIZE), tmp_path / "swapped.pth", CFG)

@@ -22,7 +22,7 @@ from conftest import BIN, copy_repo, dvc, env, git, ran_stages
 
 STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
           "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
-          "finetune@improved", "visualize", "report"}
+          "finetune@improved", "export@original", "export@improved", "visualize", "report"}
 
 
 def metrics(repo: Path, stage: str) -> dict:
@@ -95,7 +95,7 @@ def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced
     git("commit", "-q", "-m", "baseline results", cwd=repo)
     proc = dvc("exp", "run", "-S", "improved.lambda_freq=0.2", cwd=repo)
     assert ran_stages(proc.stdout + proc.stderr) == {"pretrain_improved", "linear_probe@improved",
-                                                     "finetune@improved", "visualize", "report"}
+                                                     "finetune@improved", "export@improved", "visualize", "report"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
     assert "metrics/pretrain_improved/metrics.json" in diff
     assert "metrics/pretrain_original/metrics.json" not in diff  # untouched: identical numbers

@@ -129,7 +129,18 @@ class TrainingConfig(Section):
         return self
 
 
-PretrainConfig = TrainingConfig  # shared by both variants
+class PretrainConfig(TrainingConfig):
+    """Shared by both variants."""
+
+    # weights to start from instead of the seed's initialisation: a transformers ViTMAE folder, a
+    # facebookresearch/mae checkpoint or one of ours (hf.py); null: from scratch
+    init_from: str | None
+
+    @model_validator(mode="after")
+    def _init_from(self):
+        _check(self.init_from is None or self.init_from.strip() != "",
+               "init_from must be null (from scratch) or a path to a transformers folder or checkpoint file")
+        return self
 
 
 class FinetuneConfig(TrainingConfig):

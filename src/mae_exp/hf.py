@@ -14,7 +14,7 @@ transformers default is 1e-12), written into config.json.
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import re
 from pathlib import Path
 
@@ -24,7 +24,8 @@ from torch import nn
 from .augment import MEAN, STD
 from .config import ModelConfig
 from .files import atomic_write, save_json
-from .model import MaskedAutoencoderViT, sincos_2d
+from .model import MaskedAutoencoderViT, ViTEncoder, sincos_2d
+from .progress import console
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FIXED = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")  # sin-cos tables, not learned
@@ -97,11 +98,6 @@ def _mae_name(ours: str) -> str:
     return name.replace("encoder.patch_embed.", "patch_embed.proj.").removeprefix("encoder.")
 
 
-def _positions(cfg: ModelConfig, image_size: int) -> dict[str, torch.Tensor]:
-    grid = image_size // cfg.patch_size
-    return {"encoder": sincos_2d(cfg.encoder_dim, grid)[None], "decoder": sincos_2d(cfg.decoder_dim, grid)[None]}
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -112,8 +108,8 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, image_size: in
         t = state[ours]
         for name, part in zip(hub, t.chunk(3)) if isinstance(hub, tuple) else [(hub, t)]:
             out[name] = part.detach().float().clone().contiguous()  # own storage: safetensors refuses shared
-    pos = _positions(cfg, image_size)
-    out["vit.embeddings.position_embeddings"], out["decoder.decoder_pos_embed"] = pos["encoder"], pos["decoder"]
+    grid = image_size // cfg.patch_size
+    out[FIXED[0]], out[FIXED[1]] = sincos_2d(cfg.encoder_dim, grid)[None], sincos_2d(cfg.decoder_dim, grid)[None]
     return out
 
 
@@ -133,28 +129,32 @@ def export(checkpoint: str | Path, out_dir: str | Path, mask_ratio: float) -> Pa
 
 # --------------------------------------------------------------------------- import
 
+TABLES = ("encoder.pos_embed", "decoder_pos_embed")  # our fixed position buffers, checked on import
 
-def read_weights(path: str | Path, cfg: ModelConfig, image_size: int) -> tuple[dict[str, torch.Tensor], str]:
-    """An HF folder, a facebookresearch/mae checkpoint or one of ours -> (our names -> tensors, the format).
 
-    Only the tensors present are returned (an encoder-only file has no decoder); position tables are checked
-    against ours and dropped, since here they are fixed, not weights."""
+def read_weights(path: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """A transformers folder, a facebookresearch/mae checkpoint or one of ours -> (our names -> tensors, its
+    format). Only the tensors present (an encoder-only file has no decoder), position tables as TABLES."""
     path = Path(path)
     if path.is_dir():
-        return _from_hub(_read_folder(path), cfg, image_size, path), "transformers"
+        return _from_hub(_read_folder(path), cfg, path), "transformers"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file or folder (expected a transformers ViTMAE folder, a "
                                 f"facebookresearch/mae checkpoint or this project's checkpoint.pt / encoder.pt)")
-    with torch.serialization.safe_globals([argparse.Namespace]):  # MAE's training checkpoints keep their args
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    if "model_state" in saved or "encoder_state" in saved:  # ours
-        if "model_state" in saved:
-            return dict(saved["model_state"]), "this project's"
+    saved = _load(path)
+    if "model_state" in saved:  # ours
+        return dict(saved["model_state"]), "this project's"
+    if "encoder_state" in saved:
         return {f"encoder.{k}": v for k, v in saved["encoder_state"].items()}, "this project's"
     if isinstance(saved.get("model"), dict):
-        return _from_mae(saved["model"], cfg, image_size, path), "facebookresearch/mae"
+        return _from_mae(saved["model"], cfg, path), "facebookresearch/mae"
     raise WeightsMismatch(f"{path}: not a checkpoint this project reads (no `model` state dict as "
                           f"facebookresearch/mae saves, no `model_state` / `encoder_state`)")
+
+
+def _load(path: Path) -> dict:
+    with torch.serialization.safe_globals([argparse.Namespace]):  # MAE's training checkpoints keep their args
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def hub_name(name: str) -> str:
@@ -175,17 +175,8 @@ def _read_folder(path: Path) -> dict[str, torch.Tensor]:
     return {hub_name(name): t for name, t in load_file(path / WEIGHTS).items()}
 
 
-def _check_positions(table: torch.Tensor | None, ours: torch.Tensor, name: str, source: Path) -> None:
-    if table is not None and (table.shape != ours.shape or (table.float() - ours).abs().max() > 1e-4):
-        raise WeightsMismatch(f"{source}: {name} is not this model's fixed 2-D sin-cos table (MAE's layout, "
-                              f"{tuple(ours.shape)}): the weights were trained with other positions")
-
-
-def _from_hub(hub: dict[str, torch.Tensor], cfg: ModelConfig, image_size: int, source: Path) -> dict:
-    pos = _positions(cfg, image_size)
-    _check_positions(hub.pop("vit.embeddings.position_embeddings", None), pos["encoder"], "position_embeddings", source)
-    _check_positions(hub.pop("decoder.decoder_pos_embed", None), pos["decoder"], "decoder_pos_embed", source)
-    out = {}
+def _from_hub(hub: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> dict:
+    out = {ours: hub.pop(name) for ours, name in zip(TABLES, FIXED) if name in hub}
     for ours, name in _hub_names(cfg).items():
         parts = name if isinstance(name, tuple) else (name,)
         if all(p in hub for p in parts):
@@ -194,12 +185,10 @@ def _from_hub(hub: dict[str, torch.Tensor], cfg: ModelConfig, image_size: int, s
     return out
 
 
-def _from_mae(mae: dict[str, torch.Tensor], cfg: ModelConfig, image_size: int, source: Path) -> dict:
+def _from_mae(mae: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> dict:
     mae = dict(mae)
-    pos = _positions(cfg, image_size)
-    _check_positions(mae.pop("pos_embed", None), pos["encoder"], "pos_embed", source)
-    _check_positions(mae.pop("decoder_pos_embed", None), pos["decoder"], "decoder_pos_embed", source)
-    out = {ours: mae.pop(_mae_name(ours)) for ours in _hub_names(cfg) if _mae_name(ours) in mae}
+    out = {ours: mae.pop(name) for ours, name in zip(TABLES, ("pos_embed", "decoder_pos_embed")) if name in mae}
+    out |= {ours: mae.pop(_mae_name(ours)) for ours in _hub_names(cfg) if _mae_name(ours) in mae}
     _no_leftovers(mae, source)
     return out
 
@@ -211,26 +200,58 @@ def _no_leftovers(rest: dict, source: Path) -> None:
                               f"params.yaml describes (model.*: a deeper model, or another architecture)")
 
 
-def init_from(module: nn.Module, path: str | Path, cfg: ModelConfig, image_size: int) -> str:
+def digest(path: str | Path) -> str:
+    """A short hash of the weights at `path` (a folder's model.safetensors, or the file): what keys resumable state."""
+    path = Path(path)
+    return hashlib.sha256((path / WEIGHTS if path.is_dir() else path).read_bytes()).hexdigest()[:16]
+
+
+def is_foreign(path: str | Path) -> bool:
+    """A transformers folder or a facebookresearch/mae file, not this project's encoder.pt / checkpoint.pt."""
+    path = Path(path)
+    if path.is_dir() or not path.is_file():
+        return path.is_dir()
+    saved = _load(path)
+    return "encoder_state" not in saved and "model_state" not in saved
+
+
+def load_encoder(path: str | Path, p, drop_path: float = 0.0) -> ViTEncoder:
+    """The encoder of a transformers folder or a facebookresearch/mae checkpoint, at params.yaml's sizes."""
+    encoder = ViTEncoder(p.model, p.data.input_size, drop_path=drop_path)
+    console.print(init_from(encoder, path, p.model), highlight=False)
+    return encoder
+
+
+def init_from(module: nn.Module, path: str | Path, cfg: ModelConfig) -> str:
     """Load `path`'s weights into a MaskedAutoencoderViT or a ViTEncoder built from params.yaml, checking every
-    tensor; the first one missing or of another shape is named. A MAE without decoder weights in the file
-    keeps its own decoder. Returns a line saying what was loaded."""
-    weights, kind = read_weights(path, cfg, image_size)
-    if not isinstance(module, MaskedAutoencoderViT):  # an encoder alone
+    tensor, then the position tables; the first that is missing, extra or of another shape is named. A MAE
+    whose file has no decoder keeps its own. Returns a line saying what was loaded."""
+    weights, kind = read_weights(path, cfg)
+    whole = isinstance(module, MaskedAutoencoderViT)
+    decoder_given = any(not k.startswith("encoder.") and k not in TABLES for k in weights)
+    if not whole:  # an encoder alone
         weights = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+    tables = {k: weights.pop(k) for k in (*TABLES, "pos_embed") if k in weights}
     target = module.state_dict()
     if extra := [k for k in weights if k not in target]:
         raise WeightsMismatch(f"{path}: tensor {extra[0]} {tuple(weights[extra[0]].shape)} has no place in the "
                               f"model params.yaml describes (model.*)")
-    decoder_given = any(not k.startswith("encoder.") for k in weights)
     for name, t in target.items():
-        needed = name.startswith("encoder.") or decoder_given or not isinstance(module, MaskedAutoencoderViT)
-        if name not in weights and needed:
+        if name not in weights and (name.startswith("encoder.") or decoder_given or not whole):
             raise WeightsMismatch(f"{path}: no tensor for {name} {tuple(t.shape)}: the file's model is smaller "
                                   f"than the one params.yaml describes (model.*)")
         if name in weights and weights[name].shape != t.shape:
             raise WeightsMismatch(f"{path}: {name} is {tuple(weights[name].shape)} there but {tuple(t.shape)} here: "
                                   f"set model.* in params.yaml to the file's sizes")
+    buffers = dict(module.named_buffers())
+    for name, table in tables.items():
+        ours = buffers[name]
+        if table.shape != ours.shape:
+            raise WeightsMismatch(f"{path}: position table {name} is {tuple(table.shape)} there but "
+                                  f"{tuple(ours.shape)} here: another grid (data.input_size / model.patch_size)")
+        if (table.float() - ours).abs().max() > 1e-4:
+            raise WeightsMismatch(f"{path}: position table {name} is not MAE's 2-D sin-cos table (columns first) "
+                                  f"that this model uses: the weights were trained with other positions")
     module.load_state_dict({**target, **{k: v.to(target[k].dtype) for k, v in weights.items()}})
-    part = "encoder and decoder" if decoder_given else "encoder (decoder kept at its initialisation)"
+    part = "encoder and decoder" if decoder_given and whole else "encoder" + (" (decoder kept)" if whole else "")
     return f"{part} from {kind} weights in {path}"
