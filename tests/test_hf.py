@@ -5,13 +5,18 @@ transformers is optional for users: without it these tests skip, except under CI
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
+import yaml
 
+from conftest import copy_repo, dvc
 from mae_exp import hf
-from mae_exp.config import ModelConfig, as_dict
+from mae_exp.config import ModelConfig, as_dict, load_params
+from mae_exp.finetune import finetune
+from mae_exp.probe import load_encoder
 from mae_exp.files import save_torch
 from mae_exp.model import MaskedAutoencoderViT, ViTEncoder
 
@@ -106,7 +111,7 @@ def test_transformers_to_this_project_and_back_is_lossless(tmp_path):
         assert torch.equal(after[name], t) or (name in hf.FIXED and torch.allclose(after[name], t, atol=1e-6)), name
 
 
-def mae_state_dict(theirs) -> dict:
+def mae_state_dict(theirs, cfg: ModelConfig = CFG) -> dict:
     """transformers' weights under facebookresearch/mae's names (models_mae.py: fused qkv, `mlp.fc1`), written
     out here by hand as MAE's `convert_vit_mae_to_pytorch` reads them, independently of hf.py's tables."""
     hub = {hf.hub_name(k): t.detach().clone() for k, t in theirs.state_dict().items()}
@@ -117,8 +122,8 @@ def mae_state_dict(theirs) -> dict:
         mae[f"norm.{k}"] = hub[f"vit.layernorm.{k}"]
         for m in ("embed", "norm", "pred"):
             mae[f"decoder_{m}.{k}"] = hub[f"decoder.decoder_{m}.{k}"]
-        for blocks, layers, depth in (("blocks", "vit.encoder.layer", CFG.encoder_depth),
-                                      ("decoder_blocks", "decoder.decoder_layers", CFG.decoder_depth)):
+        for blocks, layers, depth in (("blocks", "vit.encoder.layer", cfg.encoder_depth),
+                                      ("decoder_blocks", "decoder.decoder_layers", cfg.decoder_depth)):
             for i in range(depth):
                 src = f"{layers}.{i}"
                 mae[f"{blocks}.{i}.attn.qkv.{k}"] = torch.cat(
@@ -131,11 +136,11 @@ def mae_state_dict(theirs) -> dict:
     return mae
 
 
-def random_transformers_mae(seed: int = 2):
-    """A transformers ViTMAE at CFG's sizes with every weight drawn, and MAE's position tables."""
+def random_transformers_mae(cfg: ModelConfig = CFG, size: int = SIZE, seed: int = 2):
+    """A transformers ViTMAE at these sizes with every weight drawn, and MAE's position tables."""
     torch.manual_seed(seed)
-    theirs = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(**hf.hf_config(CFG, SIZE, 0.75)))
-    reference = MaskedAutoencoderViT(CFG, SIZE)
+    theirs = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(**hf.hf_config(cfg, size, 0.75)))
+    reference = MaskedAutoencoderViT(cfg, size)
     with torch.no_grad():
         for t in theirs.parameters():
             t.add_(0.1 * torch.randn_like(t))
@@ -182,3 +187,73 @@ def test_a_mismatch_names_the_first_tensor_that_does_not_fit(tmp_path):
     torch.save({"model": mae}, tmp_path / "swapped.pth")
     with pytest.raises(hf.WeightsMismatch, match="position table encoder.pos_embed is not MAE's"):
         hf.init_from(MaskedAutoencoderViT(CFG, SIZE), tmp_path / "swapped.pth", CFG)
+
+
+# --------------------------------------------------------------------------- through the pipeline (configs/tiny.yaml)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A scratch repository after `dvc repro export@improved`: data, the improved pre-training, its export."""
+    repo = copy_repo(tmp_path_factory.mktemp("hf") / "repo")
+    dvc("repro", "export@improved", cwd=repo)
+    return repo
+
+
+def transformers_features(folder, images: torch.Tensor) -> torch.Tensor:
+    """What a user gets: every patch (mask_ratio 0) in order (noise = position), mean of the patch tokens."""
+    encoder = transformers.ViTMAEModel.from_pretrained(folder, mask_ratio=0.0).eval()
+    noise = torch.arange(encoder.config.image_size ** 2 // encoder.config.patch_size ** 2).float()
+    with torch.no_grad():
+        tokens = encoder(pixel_values=images, noise=noise.expand(len(images), -1)).last_hidden_state
+    return tokens[:, 1:].mean(dim=1)
+
+
+def test_dvc_repro_leaves_a_folder_transformers_loads_as_this_encoder(exported):
+    folder = exported / "models" / "improved" / "hf"
+    lock = yaml.safe_load((exported / "dvc.lock").read_text())["stages"]["export@improved"]
+    assert [o["path"] for o in lock["outs"]] == ["models/improved/hf"]  # a DVC out: `dvc push` shares it
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["hidden_size"], config["layer_norm_eps"], config["mask_ratio"]) == (32, 1e-6, 0.75)
+    _, info = transformers.ViTMAEForPreTraining.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+    p = load_params(exported / "params.yaml")
+    images = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        ours = load_encoder(exported / "models" / "improved" / "encoder.pt", p).eval().features(images, "mean")
+    close(transformers_features(folder, images), ours)
+
+
+@pytest.mark.parametrize("fmt", ["transformers", "facebookresearch/mae"])
+def test_finetuning_starts_from_a_checkpoint_written_here(exported, tmp_path, monkeypatch, fmt):
+    p = load_params(exported / "params.yaml")
+    theirs = random_transformers_mae(p.model, p.data.input_size)
+    theirs.save_pretrained(tmp_path / "theirs")
+    if fmt == "transformers":
+        path = tmp_path / "theirs"
+    else:
+        path = tmp_path / "mae.pth"
+        torch.save({"model": mae_state_dict(theirs, p.model)}, path)
+    images = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        start = hf.load_encoder(path, p).eval().features(images, "mean")  # what finetune builds on
+    close(start, transformers_features(tmp_path / "theirs", images))
+
+    monkeypatch.chdir(exported)
+    summary = finetune(p, path, "data/prepared", "external", tmp_path / "live", tmp_path / "scratch")
+    assert 0.0 <= summary["top1"] <= 1.0 and summary["epochs"] == 1
+
+
+def test_pretraining_starts_from_pretrain_init_from(exported):
+    params = exported / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("init_from: null", "init_from: models/improved/hf"))
+        proc = dvc("repro", "pretrain_original", cwd=exported)
+        assert "pretrain original: encoder and decoder from transformers weights in models/improved/hf" in proc.stderr
+        params.write_text(original.replace("init_from: null", "init_from: models/nowhere"))
+        proc = dvc("repro", "pretrain_original", cwd=exported, check=False)
+        assert proc.returncode != 0 and "models/nowhere: no such file or folder" in proc.stdout + proc.stderr
+    finally:
+        params.write_text(original)
