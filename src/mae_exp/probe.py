@@ -131,8 +131,8 @@ def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, nam
     cfg = p.linear_probe
     device, amp_dtype = setup("auto", p.threads, p.seed)
     encoder = load_encoder(encoder_path, p).to(device)
-    console.print(f"readouts {name}: linear probe and kNN (k={cfg.knn_k}, T={cfg.knn_temperature}) on the "
-                  f"class token and mean-pooled patches, {describe(device, p.threads)}", highlight=False)
+    console.print(f"linear probe {name}: class token and mean-pooled patches, linear heads and kNN (k "
+                  f"{cfg.knn_k}, T {cfg.knn_temperature}), {describe(device, p.threads)}", highlight=False)
     t0 = time.perf_counter()
     classes = len(load_meta(data_root)["classes"])
     splits = {part: labeled(data_root, part, p.data.val_fraction) for part in ("train", "val")}
