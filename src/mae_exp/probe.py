@@ -69,19 +69,19 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, num_classes: int, k: int,
-                temperature: float, chunk: int = 1024) -> torch.Tensor:
-    """Weighted kNN (DINO, solo-learn): cosine similarity to every training feature, the k most similar
-    vote for their class with weight exp(similarity / temperature); the class with the largest sum wins."""
+def knn_votes(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, num_classes: int, k: int,
+              temperature: float, chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN (DINO, solo-learn): cosine similarity to every training feature; the k most similar
+    vote for their class with weight exp(similarity / temperature). Returns the votes, (len(x), classes):
+    the prediction is the class with the largest sum."""
     train_x = F.normalize(train_x, dim=1)
     k = min(k, len(train_y))
-    preds = []
+    votes = []
     for part in F.normalize(x, dim=1).split(chunk):
         sim, idx = (part @ train_x.T).topk(k, dim=1)
-        votes = torch.zeros(len(part), num_classes, device=x.device)
-        votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())
-        preds.append(votes.argmax(dim=1))
-    return torch.cat(preds)
+        v = torch.zeros(len(part), num_classes, device=x.device, dtype=sim.dtype)
+        votes.append(v.scatter_add_(1, train_y[idx], (sim / temperature).exp()))
+    return torch.cat(votes)
 
 
 def train_heads(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, epochs: int, batch_size: int,
@@ -142,8 +142,8 @@ def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, nam
     live = open_live(live_dir)
 
     def knn_top1(pooling: str, x: torch.Tensor, y: torch.Tensor) -> float:
-        pred = knn_predict(feats["train"][pooling], labels["train"], x, classes, cfg.knn_k, cfg.knn_temperature)
-        return (pred == y).float().mean().item()
+        votes = knn_votes(feats["train"][pooling], labels["train"], x, classes, cfg.knn_k, cfg.knn_temperature)
+        return accuracy(votes, y)
 
     knn_val = {f"knn_{pool}_val_top1": round(knn_top1(pool, feats["val"][pool], labels["val"]), 4)
                for pool in POOLINGS}
