@@ -69,7 +69,7 @@ def whose(m: Measure) -> str:
         return "neither"
     if set(m.objective) == set(VARIANTS):
         return "original's; improved's first term"
-    return " and ".join(f"{v}'s own" for v in m.objective)
+    return " and ".join(f"{v}'s" for v in m.objective)
 
 
 def counted(m: Measure) -> bool:

@@ -114,12 +114,13 @@ def save_figure(table: pd.DataFrame, path: str | Path) -> None:
     for ax, col in zip(axes.flat, panels):
         m = MEASURES[col]
         values = table[col].dropna()
+        if values.empty:  # e.g. FLOPs from a pre-training that did not count them
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, fontsize=8)
         scale = 100 if m.unit == "pp" else 1
         bars = ax.bar(values.index, values.values * scale, color=[colours[n] for n in values.index])
         ax.bar_label(bars, labels=[fmt(v, m) for v in values.values], fontsize=7)
-        unit = " (%)" if scale == 100 else ""
         whose_line = f"own objective: {whose(m)}" if m.objective else ""
-        ax.set_title(f"{m.label}{unit}\n{'higher' if m.higher_better else 'lower'} is better"
+        ax.set_title(f"{m.label}\n{'higher' if m.higher_better else 'lower'} is better"
                      f"{chr(10) + whose_line if whose_line else ''}", fontsize=7)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(panels):]:
