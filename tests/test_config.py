@@ -80,7 +80,10 @@ def test_the_shipped_params_and_configs_are_valid():
     ("data.pretrain_splits", ["train", "train"], ["data.pretrain_splits", "must not repeat", "'train', 'train'"]),
     ("data.val_fraction", 0, ["data.val_fraction", "greater than 0"]),
     ("data.val_fraction", 0.6, ["data.val_fraction", "less than or equal to 0.5", "0.6"]),
-    ("linear_probe.pooling", "max", ["linear_probe.pooling", "'mean' or 'cls'", "'max'"]),
+    ("linear_probe.pooling", "mean", ["unknown key 'linear_probe.pooling'"]),  # both are always read now
+    ("linear_probe.knn_k", 0, ["linear_probe.knn_k", "greater than or equal to 1"]),
+    ("linear_probe.knn_temperature", 0, ["linear_probe.knn_temperature", "greater than 0"]),
+    ("linear_probe.knn_temperature", DELETE, ["missing key 'linear_probe.knn_temperature'"]),
     ("finetune.layer_decay", 0, ["finetune.layer_decay", "greater than 0"]),
     ("finetune.layer_decay", 1.5, ["finetune.layer_decay", "less than or equal to 1"]),
     ("finetune.drop_path", 1.0, ["finetune.drop_path", "less than 1"]),
@@ -136,12 +139,12 @@ def test_floats_accept_yaml_exponent_without_dot_and_integers():
 def test_the_new_keys_are_read():
     raw = with_change("threads", 3)
     raw["data"].update(verify_md5=False, pretrain_splits=["train"], val_fraction=0.5)
-    raw["linear_probe"]["pooling"] = "cls"
+    raw["linear_probe"].update(knn_k=5, knn_temperature=0.5)
     raw["finetune"].update(layer_decay=1, drop_path=0.0, label_smoothing=0.2, checkpoint_every=2)
     p = parse_params(raw)
     assert p.threads == 3
     assert (p.data.verify_md5, p.data.pretrain_splits, p.data.val_fraction) == (False, ("train",), 0.5)
-    assert p.linear_probe.pooling == "cls"
+    assert (p.linear_probe.knn_k, p.linear_probe.knn_temperature) == (5, 0.5)
     assert (p.finetune.layer_decay, p.finetune.drop_path, p.finetune.label_smoothing,
             p.finetune.checkpoint_every) == (1.0, 0.0, 0.2, 2)
 

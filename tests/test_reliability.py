@@ -139,7 +139,8 @@ def test_a_diverging_probe_stops_naming_its_lr_instead_of_reporting_chance(built
         (built / "params.yaml").write_text(params)
     assert proc.returncode == 1
     [line] = error_lines(proc)
-    assert "linear probe: the training loss became" in line and "lower linear_probe.lr (now 1e+30)" in line
+    assert "linear probe (" in line and "the training loss became" in line
+    assert "lower linear_probe.lr (now 1e+30)" in line
     assert not (built / "metrics/linear_probe_random/metrics.json").exists()
 
 

@@ -21,6 +21,7 @@ from mae_exp.config import ConfigError, ablation_variant, load_params, parse_par
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.queue import plan
+from mae_exp.study.metrics import METRICS
 from mae_exp.study.report import sentence
 from mae_exp.study.results import collect_runs, csv_rows, distinct_ablations, experiment_rows, flatten
 from mae_exp.study.stats import mean_ci, paired_differences, summarize
@@ -48,15 +49,16 @@ def runs_frame(ablation: str, original: dict, diff: dict, seeds=(42, 43, 44)) ->
     rows = []
     for i, seed in enumerate(seeds):
         row = {"seed": seed, "ablation": ablation, "name": f"s{seed}-{ablation}"}
-        for metric in ("lp_top1", "ft_top1", "hf_error", "psnr"):
-            row[f"{metric}_original"] = original[metric][i]
-            row[f"{metric}_improved"] = original[metric][i] + diff[metric][i]
-            row[f"{metric}_random"] = 0.1 + 0.01 * i if metric.endswith("top1") else math.nan
+        for metric in METRICS:  # a metric not given: no experiment has it
+            given = metric in original
+            row[f"{metric}_original"] = original[metric][i] if given else math.nan
+            row[f"{metric}_improved"] = original[metric][i] + diff[metric][i] if given else math.nan
+            row[f"{metric}_random"] = 0.1 + 0.01 * i if given and metric.endswith("top1") else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-ORIGINAL = {"lp_top1": [0.50, 0.52, 0.51], "ft_top1": [0.60, 0.61, 0.59], "hf_error": [0.100, 0.104, 0.098],
+ORIGINAL = {"linear_mean_top1": [0.50, 0.52, 0.51], "ft_top1": [0.60, 0.61, 0.59], "hf_error": [0.100, 0.104, 0.098],
             "psnr": [20.0, 20.5, 19.8]}
 
 
@@ -67,17 +69,17 @@ def by_metric(diffs: pd.DataFrame, ablation: str) -> dict:
 def test_a_clear_difference_is_beyond_noise():
     # LP +5, +6, +4 pp: mean 5 pp, sd 1 pp, CI 5 +- 4.303 * 1 / sqrt(3) = [2.52, 7.48] pp
     # HF error -0.010, -0.012, -0.011: lower is better, so an improvement
-    diff = {"lp_top1": [0.05, 0.06, 0.04], "ft_top1": [0.0, 0.0, 0.0], "hf_error": [-0.010, -0.012, -0.011],
+    diff = {"linear_mean_top1": [0.05, 0.06, 0.04], "ft_top1": [0.0, 0.0, 0.0], "hf_error": [-0.010, -0.012, -0.011],
             "psnr": [-0.5, -0.6, -0.4]}
     d = by_metric(paired_differences(runs_frame("all", ORIGINAL, diff)), "all")
-    lp = d["lp_top1"]
+    lp = d["linear_mean_top1"]
     assert lp["n"] == 3 and lp["diff_mean"] == pytest.approx(0.05)
     assert lp["diff_std"] == pytest.approx(0.01)
     half = 4.3027 * 0.01 / math.sqrt(3)
     assert (lp["ci_low"], lp["ci_high"]) == pytest.approx((0.05 - half, 0.05 + half), abs=1e-5)
     assert lp["beyond_noise"]
     text = sentence(lp)
-    assert text == ("LP top-1: all three improvements change it by +5.0 pp (95% CI +2.5 to +7.5 pp, 3 seeds): "
+    assert text == ("linear probe mean top-1 (test): all three improvements change it by +5.0 pp (95% CI +2.5 to +7.5 pp, 3 seeds): "
                     "beyond seed-to-seed noise (the CI excludes 0), better.")
     assert d["hf_error"]["beyond_noise"] and sentence(d["hf_error"]).endswith("better.")
     assert "lower is better" in sentence(d["hf_error"])
@@ -87,22 +89,25 @@ def test_a_clear_difference_is_beyond_noise():
 
 def test_no_difference_stays_within_noise():
     # differences that average to zero: the CI must contain 0
-    diff = {"lp_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, -0.01, 0.0], "hf_error": [0.002, -0.003, 0.001],
+    diff = {"linear_mean_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, -0.01, 0.0], "hf_error": [0.002, -0.003, 0.001],
             "psnr": [0.3, -0.2, -0.1]}
     d = by_metric(paired_differences(runs_frame("laplacian_only", ORIGINAL, diff)), "laplacian_only")
-    for metric, row in d.items():
+    for metric in diff:
+        row = d[metric]
         assert row["n"] == 3
         assert row["ci_low"] < 0 < row["ci_high"], metric
         assert not row["beyond_noise"]
         assert sentence(row).endswith("within seed-to-seed noise."), sentence(row)
-    assert sentence(d["lp_top1"]).startswith("LP top-1: the Laplacian loss alone changes it by +0.0 pp (95% CI ")
+    assert sentence(d["linear_mean_top1"]).startswith("linear probe mean top-1 (test): the Laplacian loss alone changes it by +0.0 pp (95% CI ")
 
 
 def test_the_paired_interval_is_that_of_scipys_paired_t_test():
-    diff = {"lp_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, 0.03, 0.02], "hf_error": [0.002, -0.003, 0.001],
+    diff = {"linear_mean_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, 0.03, 0.02], "hf_error": [0.002, -0.003, 0.001],
             "psnr": [0.3, -0.2, 0.4]}
     runs = runs_frame("all", ORIGINAL, diff)
     for metric, row in by_metric(paired_differences(runs, level=0.9), "all").items():
+        if metric not in diff:  # no experiment has it
+            continue
         test = stats.ttest_rel(runs[f"{metric}_improved"], runs[f"{metric}_original"])
         ci = test.confidence_interval(confidence_level=0.9)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high)), metric
@@ -112,7 +117,7 @@ def test_the_paired_interval_is_that_of_scipys_paired_t_test():
 def test_one_seed_gives_no_interval():
     diff = {m: [0.05] for m in ORIGINAL}
     runs = runs_frame("all", {m: v[:1] for m, v in ORIGINAL.items()}, diff, seeds=(42,))
-    row = by_metric(paired_differences(runs), "all")["lp_top1"]
+    row = by_metric(paired_differences(runs), "all")["linear_mean_top1"]
     assert row["n"] == 1 and math.isnan(row["ci_low"]) and not row["beyond_noise"]
     assert "needs at least 2 seeds" in sentence(row)
 
@@ -121,9 +126,9 @@ def test_summary_counts_the_original_once_per_seed():
     zero = {m: [0.0, 0.0, 0.0] for m in ORIGINAL}
     runs = pd.concat([runs_frame("all", ORIGINAL, zero), runs_frame("laplacian_only", ORIGINAL, zero)])
     s = summarize(runs).set_index(["group", "metric"])
-    assert s.loc[("original", "lp_top1"), "n"] == 3  # not 6: both ablations share a seed's original run
-    assert s.loc[("original", "lp_top1"), "mean"] == pytest.approx(0.51)
-    assert s.loc[("original", "lp_top1"), "std"] == pytest.approx(0.01)
+    assert s.loc[("original", "linear_mean_top1"), "n"] == 3  # not 6: both ablations share a seed's original run
+    assert s.loc[("original", "linear_mean_top1"), "mean"] == pytest.approx(0.51)
+    assert s.loc[("original", "linear_mean_top1"), "std"] == pytest.approx(0.01)
     assert s.loc[("random", "ft_top1"), "mean"] == pytest.approx(0.11)
     assert ("random", "psnr") not in s.index  # no reconstruction from a random encoder
     assert s.loc[("improved: laplacian_only", "psnr"), "n"] == 3
@@ -146,7 +151,7 @@ def exp_params(seed: int, ablation: str | None = None, **changes) -> dict:
 
 def exp_metrics(lp_original: float, lp_improved: float) -> dict:
     """The metrics files of one experiment, in the pipeline's layout (one DVCLive directory per stage)."""
-    m = {f"metrics/linear_probe_{e}/metrics.json": {"top1": v, "val_top1": v - 0.01} for e, v in
+    m = {f"metrics/linear_probe_{e}/metrics.json": {"linear_mean_top1": v, "linear_mean_val_top1": v - 0.01} for e, v in
          (("random", 0.1), ("original", lp_original), ("improved", lp_improved))}
     m.update({f"metrics/finetune_{e}/metrics.json": {"top1": 0.2, "val_top1": 0.19}
               for e in ("random", "original", "improved")})
@@ -185,11 +190,11 @@ def test_experiments_are_recognised_by_their_params():
         exp_row("waiting", exp_params(44), {}, "2026-01-01T12:00:00", state="Queued"),
     ]
     runs, notes = collect_runs(rows, TINY["study"], current)
-    got = {(r["seed"], r["ablation"]): (r["name"], r["lp_top1_improved"]) for r in runs.to_dict("records")}
+    got = {(r["seed"], r["ablation"]): (r["name"], r["linear_mean_top1_improved"]) for r in runs.to_dict("records")}
     assert got == {(42, "all"): ("s42-all", 0.6), (43, "all"): ("s43-all-again", 0.45),  # the newer one
                    (42, "laplacian_only"): ("s42-lap", 0.55)}
     s42 = runs.iloc[0].to_dict()
-    assert (s42["lp_top1_random"], s42["ft_top1_original"], s42["hf_error_improved"], s42["psnr_original"]) == (
+    assert (s42["linear_mean_top1_random"], s42["ft_top1_original"], s42["hf_error_improved"], s42["psnr_original"]) == (
         0.1, 0.2, 0.09, 20.0)
     assert math.isnan(s42["hf_error_random"])  # no reconstruction from a random encoder
     text = " ".join(notes)
@@ -231,11 +236,11 @@ def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
 
     current = load_params(REPO / "configs" / "tiny.yaml")
     runs, notes = collect_runs(experiment_rows(root=repo), TINY["study"], current)
-    got = {(r["seed"], r["ablation"]): (r["name"], r["lp_top1_improved"]) for r in runs.to_dict("records")}
+    got = {(r["seed"], r["ablation"]): (r["name"], r["linear_mean_top1_improved"]) for r in runs.to_dict("records")}
     assert got == {(42, "all"): ("s42-all", 0.6), (43, "all"): ("s43-all-again", 0.45),
                    (43, "laplacian_only"): ("lap", 0.55)}
     assert (runs["ft_top1_random"] == 0.2).all() and (runs["psnr_improved"] == 20.1).all()
-    assert (runs["hf_error_original"] == 0.1).all() and (runs["lp_top1_original"] > 0.3).all()
+    assert (runs["hf_error_original"] == 0.1).all() and (runs["linear_mean_top1_original"] > 0.3).all()
     assert notes == ["left out 1 experiment: other params than params.yaml besides seed and improved.*",
                      "left out 1 older duplicate(s) of a seed and ablation: s43-all"]
 
@@ -451,7 +456,7 @@ def test_queue_and_report_end_to_end(tmp_path):
     out = proc.stdout
     assert "Paired difference improved − original" in out
     # the tiny config's numbers mean nothing; whatever they are, one sentence per metric and ablation
-    assert re.search(r"LP top-1: all three improvements change it by .*2 seeds.*: "
+    assert re.search(r"linear probe mean top-1 \(test\): all three improvements change it by .*2 seeds.*: "
                      r"(within seed-to-seed noise|beyond seed-to-seed noise|no difference)", out), out
     csv = pd.read_csv(repo / "metrics" / "study.csv")
     assert set(csv["group"]) == {"random", "original", "improved: all", "improved: laplacian_only"}

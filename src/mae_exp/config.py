@@ -167,7 +167,8 @@ class LinearProbeConfig(Section):
     batch_size: Batch
     lr: Positive
     weight_decay: NonNegative
-    pooling: Literal["mean", "cls"]  # how the frozen encoder's tokens become one feature vector
+    knn_k: Count  # neighbours of the weighted kNN readout
+    knn_temperature: Positive  # vote weight exp(cosine similarity / temperature)
 
 
 class VisualizeConfig(Section):
