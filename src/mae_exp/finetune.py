@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .augment import crop_and_flip_uint8, draw_crops, resize, to_float
+from .augment import crop_and_flip_uint8, draw_crops
 from .config import Params, as_dict, fingerprint
 from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
 from .probe import load_encoder
 from .progress import console
 from .optim import adamw, layer_decay, param_groups
-from .runtime import autocast, batches, gather, open_live, resident_images, setup
+from .runtime import autocast, batches, eval_batch, gather, open_live, resident_images, setup
 from .train import Schedule, Trainer
 
 
@@ -125,7 +125,7 @@ def evaluate(model: nn.Module, images, labels, input_size: int, device, amp_dtyp
         idx = idx.tensor_split(distributed.world_size())[distributed.rank()]
         if len(idx) == 0:
             continue
-        x = resize(to_float(gather(images, idx, device)), input_size)
+        x = eval_batch(images, idx, input_size, device)
         with autocast(device, amp_dtype):
             correct += (model(x).argmax(dim=1) == labels[idx.to(device)]).sum()
     return distributed.total(correct).item() / len(labels)

@@ -21,14 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import resize, to_float
 from .config import ModelConfig, Params
 from .data.prepared import labeled, load_meta
 from .distributed import describe
 from .model import ViTEncoder
 from .progress import console, progress
 from .optim import warmup_cosine
-from .runtime import autocast, batches, gather, open_live, setup
+from .runtime import autocast, batches, eval_batch, open_live, setup
 
 
 def load_encoder(path: str | Path, p: Params, drop_path: float = 0.0) -> ViTEncoder:
@@ -50,7 +49,7 @@ def extract_features(encoder: ViTEncoder, images, input_size: int, pooling: str,
     feats = []
     with progress() as bar:
         for idx in bar.track(batches(len(images), batch_size, drop_last=False), description=f"features {label}"):
-            x = resize(to_float(gather(images, idx, device)), input_size)
+            x = eval_batch(images, idx, input_size, device)
             with autocast(device, amp_dtype):
                 feats.append(encoder.features(x, pooling).float())
     return torch.cat(feats)
