@@ -210,6 +210,7 @@ def save_experiment(repo, name: str, params: dict, metrics: dict) -> None:
         dvc("exp", "save", "-n", name, cwd=repo)
 
 
+@pytest.mark.slow
 def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
     """Experiments saved by the real `dvc exp save`, read back through dvc.api.exp_show and through a
     saved `dvc exp show --csv`: DVC's own column names, values and times."""
@@ -383,6 +384,7 @@ def test_the_runner_names_failed_experiments_and_their_logs(toy_repo, capsys):
     assert study_queue.run(jobs[:1], jobs=1, poll_s=0.2, names_here={"s1-ok"}) == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_running_experiment_and_the_same_command_finishes_it(toy_repo):
     """SIGINT to the runner (what Ctrl-C sends it: the experiments have their own process group) stops
     the running experiment within seconds, exit 130; run again, its finished stage comes from the run-cache."""
@@ -415,6 +417,7 @@ def study(*args: str, cwd, **kw):
     return run([str(BIN / "python"), "-m", "mae_exp.study", *args], cwd, **kw)
 
 
+@pytest.mark.slow
 def test_queue_and_report_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     # 2 seeds x 2 ablations; -j 2 runs both seeds' `all` together, then both `laplacian_only`, whose

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from rich.progress import Progress
 
 from conftest import copy_repo, dvc, run
@@ -49,6 +50,7 @@ def test_the_report_compares_like_with_like_in_readable_units(capsys):
     assert "masked MSE" in out and "loss" not in out  # the term both variants minimise, not their totals
 
 
+@pytest.mark.slow
 def test_every_stage_says_how_many_threads_it_uses(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     params = (repo / "params.yaml").read_text().replace("\nthreads: 0", "\nthreads: 1")

@@ -35,7 +35,8 @@ from .train import Schedule, Trainer
 
 
 class Classifier(nn.Module):
-    """Encoder + mean pooling + LayerNorm + linear head (MAE's fine-tuning head, `global_pool`)."""
+    """Encoder + mean pooling + LayerNorm + linear head: MAE's `global_pool` head, except that the encoder's
+    final norm is kept (docs/reference.md#tuning says why)."""
 
     def __init__(self, encoder: ViTEncoder, num_classes: int):
         super().__init__()

@@ -23,7 +23,11 @@ from typing import NamedTuple
 from . import StudyError, out
 from .results import collect_runs, distinct_ablations, experiment_rows, load_study
 
-LOGS = Path("scratch/study")  # one log per experiment, overwritten by its next attempt (scratch/: git-ignored)
+LOGS = Path("scratch/study")  # one log per experiment, overwritten by its next run (scratch/: git-ignored)
+# DVC's words for a lock another `dvc exp run` holds: the repository's (while it copies the workspace) or
+# an experiments lock (`... is busy`). Not the experiment's failure: it is run again, up to LOCK_TRIES times.
+LOCK_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
+LOCK_TRIES = 3
 
 
 class Job(NamedTuple):
@@ -60,8 +64,9 @@ def _dvc() -> str:
 
 
 def exp_run(job: Job, names_here: set[str], mode: str) -> list[str]:
-    """`dvc exp run --temp` (mode "--temp") or `--queue` of one job."""
-    args = [_dvc(), "exp", "run", mode, "-n", job.name, *(a for o in job.overrides for a in ("-S", o))]
+    """`dvc exp run --temp` (mode "--temp") or `--queue` of one job; it waits for the repository's lock
+    rather than failing at once when another experiment is being set up."""
+    args = [_dvc(), "--wait-for-lock", "exp", "run", mode, "-n", job.name, *(a for o in job.overrides for a in ("-S", o))]
     return args + (["-f"] if job.name in names_here else [])  # DVC refuses a name done on this commit
 
 
@@ -78,6 +83,14 @@ def finished_cells(current, study_raw: dict) -> dict[tuple[int, str], str]:
     """(seed, ablation) -> name of a finished experiment that the report would use, on any commit."""
     runs, _ = collect_runs(experiment_rows(), study_raw, current)
     return {(int(r["seed"]), r["ablation"]): r["name"] for r in runs.to_dict("records")}
+
+
+def lock_busy(log: Path, start: int) -> bool:
+    """Whether the attempt logged from byte `start` on failed on a lock another DVC process held."""
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    return any(words in text for words in LOCK_BUSY)
 
 
 def last_error(log: Path) -> str:
@@ -126,26 +139,35 @@ def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs
     from ..progress import progress
     logs.mkdir(parents=True, exist_ok=True)
     waiting, total, started = list(waiting), len(waiting), time.monotonic()
-    running: dict[str, subprocess.Popen] = {}
+    running: dict[str, tuple[Job, subprocess.Popen]] = {}
     failed: dict[str, int] = {}  # name -> exit status
+    tries: dict[str, int] = {}
+    log_start: dict[str, int] = {}  # where the current attempt's lines begin in the log
     try:
         with progress(running="") as bar:
             task = bar.add_task("experiments", total=total, running="")
             while waiting or running:
                 while waiting and len(running) < jobs:
                     job = waiting.pop(0)
-                    with (logs / f"{job.name}.log").open("w") as log:
-                        running[job.name] = subprocess.Popen(exp_run(job, names_here, "--temp"),
-                                                             stdin=subprocess.DEVNULL, stdout=log,
-                                                             stderr=subprocess.STDOUT, start_new_session=True)
+                    tries[job.name] = tries.get(job.name, 0) + 1
+                    with (logs / f"{job.name}.log").open("w" if tries[job.name] == 1 else "a") as log:
+                        log_start[job.name] = log.tell()
+                        running[job.name] = job, subprocess.Popen(
+                            exp_run(job, names_here, "--temp"), stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
                     bar.console.print(f"{time.strftime('%H:%M:%S')} {job.name}: running")
-                for name, proc in list(running.items()):
-                    if proc.poll() is not None:
-                        del running[name]
-                        if proc.returncode:
-                            failed[name] = proc.returncode
-                        state = f"failed (exit {proc.returncode})" if proc.returncode else "success"
-                        bar.console.print(f"{time.strftime('%H:%M:%S')} {name}: {state}")
+                for name, (job, proc) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[name]
+                    if proc.returncode and tries[name] < LOCK_TRIES and lock_busy(logs / f"{name}.log", log_start[name]):
+                        waiting.insert(0, job)
+                        bar.console.print(f"{time.strftime('%H:%M:%S')} {name}: DVC's lock was busy, run again")
+                        continue
+                    if proc.returncode:
+                        failed[name] = proc.returncode
+                    state = f"failed (exit {proc.returncode})" if proc.returncode else "success"
+                    bar.console.print(f"{time.strftime('%H:%M:%S')} {name}: {state}")
                 bar.update(task, completed=total - len(waiting) - len(running),
                            running=f"{', '.join(running) or '-'} (failed: {len(failed)})")
                 if running:
@@ -164,14 +186,15 @@ def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs
     return 1 if failed else 0
 
 
-def stop(running: dict[str, subprocess.Popen], grace_s: float = 60.0) -> None:
+def stop(running: dict, grace_s: float = 60.0) -> None:
     """SIGINT to each experiment's process group (DVC and the stage it runs: the stage stops, DVC removes
     its temporary copy), then SIGKILL to what is left after `grace_s`."""
-    for proc in running.values():
+    procs = [proc for _, proc in running.values()]
+    for proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
     deadline = time.monotonic() + grace_s
-    for proc in running.values():
+    for proc in procs:
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
