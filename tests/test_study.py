@@ -418,6 +418,15 @@ def study(*args: str, cwd, **kw):
 
 
 @pytest.mark.slow
+def test_no_start_hands_the_experiments_to_dvcs_queue(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    proc = study("queue", "--seeds", "42", "43", "--ablations", "laplacian_only", "--no-start", cwd=repo)
+    assert "2 experiment(s) in DVC's queue: `dvc queue start -j N` runs them" in proc.stdout, proc.stdout
+    queued = dvc("queue", "status", cwd=repo).stdout
+    assert re.search(r"s42-laplacian_only\s.*Queued", queued) and re.search(r"s43-laplacian_only\s.*Queued", queued), queued
+
+
+@pytest.mark.slow
 def test_queue_and_report_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     # 2 seeds x 2 ablations; -j 2 runs both seeds' `all` together, then both `laplacian_only`, whose
