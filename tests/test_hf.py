@@ -111,6 +111,19 @@ def test_transformers_to_this_project_and_back_is_lossless(tmp_path):
         assert torch.equal(after[name], t) or (name in hf.FIXED and torch.allclose(after[name], t, atol=1e-6)), name
 
 
+def test_an_encoder_saved_by_transformers_alone_loads_as_the_encoder(tmp_path):
+    theirs = random_transformers_mae().vit  # ViTMAEModel: saved without the `vit.` prefix, no decoder
+    theirs.config.mask_ratio = 0.0
+    theirs.save_pretrained(tmp_path / "encoder")
+    encoder = ViTEncoder(CFG, SIZE)
+    assert hf.init_from(encoder, tmp_path / "encoder", CFG).startswith("encoder from transformers")
+    images = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = theirs(pixel_values=images, noise=torch.arange(float(GRID)).expand(2, -1)).last_hidden_state
+        close(encoder(encoder.embed(images)), expected)
+    assert "(decoder kept)" in hf.init_from(MaskedAutoencoderViT(CFG, SIZE), tmp_path / "encoder", CFG)
+
+
 def mae_state_dict(theirs, cfg: ModelConfig = CFG) -> dict:
     """transformers' weights under facebookresearch/mae's names (models_mae.py: fused qkv, `mlp.fc1`), written
     out here by hand as MAE's `convert_vit_mae_to_pytorch` reads them, independently of hf.py's tables."""
