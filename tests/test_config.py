@@ -93,6 +93,17 @@ def test_the_shipped_params_and_configs_are_valid():
     ("finetune.threads", 0, ["unknown key 'finetune.threads'", "layer_decay"]),
     ("finetune.processes", 3, ["the global batch) must be divisible by processes (3)", "finetune.batch_size ("]),
     ("finetune.warmup_epochs", 99.0, ["finetune.warmup_epochs (99.0) must not exceed epochs"]),
+    # no infinite or NaN float anywhere (issue 22: `.inf` overflowed, or trained a diverged probe), seeds in range
+    ("model.mlp_ratio", float("inf"), ["model.mlp_ratio", "finite number", "inf"]),
+    ("linear_probe.lr", float("inf"), ["linear_probe.lr", "finite number"]),
+    ("pretrain.base_lr", float("nan"), ["pretrain.base_lr", "finite number"]),
+    ("finetune.warmup_epochs", float("inf"), ["finetune.warmup_epochs", "finite number"]),
+    ("data.val_fraction", float("nan"), ["data.val_fraction", "finite number"]),
+    ("study.ablations", {"x": {"improved.lambda_freq": float("inf")}}, ["study.ablations.x", "finite number"]),
+    ("seed", 2**63, ["seed", "less than or equal to 4294967295"]),
+    ("seed", -1, ["seed", "greater than or equal to 0"]),
+    ("visualize.mask_seed", 2**64, ["visualize.mask_seed", "less than or equal to 4294967295"]),
+    ("study.seeds", [42, 2**63], ["study.seeds[1]", "less than or equal to 4294967295"]),
     # study
     ("study.seeds", [42, 43, 42], ["study.seeds", "must not repeat", "42, 43, 42"]),
     ("study.seeds", [42, "43"], ["study.seeds[1]", "integer", "'43'"]),

@@ -17,7 +17,7 @@ from mae_exp import hf
 from mae_exp.config import ModelConfig, as_dict, load_params
 from mae_exp.finetune import finetune
 from mae_exp.probe import load_encoder
-from mae_exp.files import save_torch
+from mae_exp.checkpoints import save_checkpoint
 from mae_exp.model import MaskedAutoencoderViT, ViTEncoder
 
 try:
@@ -46,8 +46,8 @@ def ours(cfg: ModelConfig = CFG, seed: int = 0) -> MaskedAutoencoderViT:
 
 
 def export(model: MaskedAutoencoderViT, tmp_path, mask_ratio: float = 0.75):
-    checkpoint = save_torch({"model": as_dict(model.cfg), "input_size": SIZE, "model_state": model.state_dict()},
-                            tmp_path / "checkpoint.pt")
+    checkpoint = save_checkpoint({"model": as_dict(model.cfg), "input_size": SIZE, "model_state": model.state_dict()},
+                                 tmp_path / "checkpoint.pt")
     return hf.export(checkpoint, tmp_path / "hf", mask_ratio)
 
 

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed, hf
+from .checkpoints import load_encoder
 from .augment import crop_and_flip_uint8, draw_crops, resize, to_float
 from .config import Params, as_dict, fingerprint
 from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
-from .probe import load_encoder
 from .progress import console
 from .optim import adamw, layer_decay, param_groups
 from .runtime import autocast, batches, gather, open_live, resident_images, setup

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .augment import MEAN, STD
+from .checkpoints import read_checkpoint, restore_hint
 from .config import ModelConfig
 from .files import atomic_write, save_json
 from .model import MaskedAutoencoderViT, ViTEncoder, sincos_2d
@@ -117,7 +118,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, mask_ratio: float) -> Pa
     """A pre-training checkpoint.pt -> out_dir/{config.json, model.safetensors, preprocessor_config.json}."""
     from safetensors.torch import save_file
 
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved = read_checkpoint(checkpoint, restore_hint(checkpoint))  # its digest checked
     cfg, size = ModelConfig(**saved["model"]), saved["input_size"]
     out = Path(out_dir)
     tensors = to_hf_state(saved["model_state"], cfg, size)

@@ -19,12 +19,12 @@ import torch
 
 from . import distributed, hf
 from .augment import crop_and_flip_uint8, draw_crops
+from .checkpoints import save_checkpoint
 from .config import Params, as_dict, fingerprint
 from .data.prepared import load_meta, pretraining_set
 from .model import MaskedAutoencoderViT
 from .objectives import mask_ratio_at
 from .progress import console
-from .files import save_torch
 from .optim import adamw, param_groups
 from .runtime import gather, open_live, resident_images, setup
 from .train import Schedule, Trainer
@@ -99,8 +99,9 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     if distributed.is_rank0():
         config = {"model": as_dict(p.model), "input_size": p.data.input_size, "variant": variant_name,
                   "classes": meta["classes"]}
-        save_torch({**config, "model_state": model.state_dict(), "history": history}, out.checkpoint)
-        save_torch({**config, "encoder_state": model.encoder.state_dict()}, out.encoder)
+        learned = [{k: v for k, v in row.items() if k != "images_per_s"} for row in history]  # no timing: same
+        save_checkpoint({**config, "model_state": model.state_dict(), "history": learned}, out.checkpoint)  # bytes
+        save_checkpoint({**config, "encoder_state": model.encoder.state_dict()}, out.encoder)
         trainer.live.summary.update(summary)
         trainer.live.end()  # the summary, and DVCLive's own clean-up
     distributed.check_same_weights(model, f"pretrain {variant_name}")
@@ -112,6 +113,6 @@ def init_random(p: Params, encoder_path: str | Path, data_root: str | Path) -> P
     """The encoder every pre-training starts from (same seed), saved untrained: the probe's baseline."""
     torch.manual_seed(p.seed)
     model = MaskedAutoencoderViT(p.model, p.data.input_size)
-    return save_torch({"model": as_dict(p.model), "input_size": p.data.input_size, "variant": "random",
+    return save_checkpoint({"model": as_dict(p.model), "input_size": p.data.input_size, "variant": "random",
                        "classes": load_meta(data_root)["classes"], "encoder_state": model.encoder.state_dict()},
                       encoder_path)

@@ -14,6 +14,7 @@ the end (no selection on it: tune on `val_top1`).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -22,25 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import resize, to_float
-from .config import ModelConfig, Params
+from .checkpoints import load_encoder
+from .config import Params
 from .data.prepared import labeled, load_meta
 from .distributed import describe
+from .errors import TrainingDiverged
 from .model import ViTEncoder
 from .progress import console, progress
 from .optim import warmup_cosine
 from .runtime import autocast, batches, gather, open_live, setup
-
-
-def load_encoder(path: str | Path, p: Params, drop_path: float = 0.0) -> ViTEncoder:
-    """An encoder saved by pretrain (or init_random), checked against the current model params."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = ModelConfig(**saved["model"])
-    if cfg != p.model or saved["input_size"] != p.data.input_size:
-        raise ValueError(f"{path} was trained with model {cfg} at {saved['input_size']} px, but params.yaml "
-                         f"asks for {p.model} at {p.data.input_size} px: run `dvc repro` to retrain it")
-    encoder = ViTEncoder(cfg, saved["input_size"], drop_path=drop_path)
-    encoder.load_state_dict(saved["encoder_state"])
-    return encoder
 
 
 @torch.no_grad()
@@ -87,9 +78,15 @@ def train_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, 
             loss_sum += loss.detach()
             step += 1
         head.eval()
+        train_loss = loss_sum.item() / per_epoch
+        # A diverged head would report chance accuracy as the encoder's. Cross-entropy starts near ln(classes)
+        # (logits near 0) and only falls when the head learns: 100 times that is divergence, NaN or not.
+        if not train_loss <= 100 * math.log(num_classes):
+            raise TrainingDiverged(f"linear probe: the training loss became {train_loss:.3g} in epoch {epoch + 1} "
+                                   f"(from about {math.log(num_classes):.2f}); lower linear_probe.lr (now {lr:g})")
         if on_epoch:
             with torch.no_grad():
-                on_epoch(epoch, head, loss_sum.item() / per_epoch)
+                on_epoch(epoch, head, train_loss)
     return head
 
 

@@ -35,7 +35,8 @@ def grid(**axes) -> list[dict]:
 
 def tune_linear_probe(p, encoder: str, points: list[dict]) -> list[dict]:
     from .data.prepared import labeled, load_meta
-    from .probe import accuracy, extract_features, load_encoder, train_head
+    from .checkpoints import load_encoder
+    from .probe import accuracy, extract_features, train_head
     from .runtime import setup
     device, amp_dtype = setup("auto", p.threads, p.seed)
     model = load_encoder(f"models/{encoder}/encoder.pt", p).to(device)
