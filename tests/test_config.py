@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from mae_exp.config import (ConfigError, ModelConfig, ablation_variant, as_dict, fingerprint, load_params,
                               parse_params)
-from conftest import REPO, dvc, run
+from conftest import REPO, dvc, run, stage_cmd
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -67,6 +67,8 @@ def test_the_shipped_params_and_configs_are_valid():
     ("pretrain.processes", 3, ["the global batch) must be divisible by processes (3)", "pretrain.batch_size ("]),
     ("pretrain.min_crop_scale", 0, ["pretrain.min_crop_scale", "greater than 0"]),
     ("pretrain.checkpoint_every", 0, ["pretrain.checkpoint_every", "greater than or equal to 1"]),
+    ("pretrain.init_from", " ", ["pretrain.init_from must be null (from scratch) or a path"]),
+    ("pretrain.init_from", 3, ["pretrain.init_from", "string", "3"]),
     ("linear_probe.lr", 0, ["linear_probe.lr", "greater than 0"]),
     ("visualize.mask_ratio", 1.5, ["visualize.mask_ratio", "less than 1", "1.5"]),
     ("visualize.eval_images", 0, ["visualize.eval_images", "greater than or equal to 1"]),
@@ -80,7 +82,10 @@ def test_the_shipped_params_and_configs_are_valid():
     ("data.pretrain_splits", ["train", "train"], ["data.pretrain_splits", "must not repeat", "'train', 'train'"]),
     ("data.val_fraction", 0, ["data.val_fraction", "greater than 0"]),
     ("data.val_fraction", 0.6, ["data.val_fraction", "less than or equal to 0.5", "0.6"]),
-    ("linear_probe.pooling", "max", ["linear_probe.pooling", "'mean' or 'cls'", "'max'"]),
+    ("linear_probe.pooling", "mean", ["unknown key 'linear_probe.pooling'"]),  # both are always read now
+    ("linear_probe.knn_k", 0, ["linear_probe.knn_k", "greater than or equal to 1"]),
+    ("linear_probe.knn_temperature", 0, ["linear_probe.knn_temperature", "greater than 0"]),
+    ("linear_probe.knn_temperature", DELETE, ["missing key 'linear_probe.knn_temperature'"]),
     ("finetune.layer_decay", 0, ["finetune.layer_decay", "greater than 0"]),
     ("finetune.layer_decay", 1.5, ["finetune.layer_decay", "less than or equal to 1"]),
     ("finetune.drop_path", 1.0, ["finetune.drop_path", "less than 1"]),
@@ -138,12 +143,12 @@ def test_floats_accept_yaml_exponent_without_dot_and_integers():
 def test_the_new_keys_are_read():
     raw = with_change("threads", 3)
     raw["data"].update(verify_md5=False, pretrain_splits=["train"], val_fraction=0.5)
-    raw["linear_probe"]["pooling"] = "cls"
+    raw["linear_probe"].update(knn_k=5, knn_temperature=0.5)
     raw["finetune"].update(layer_decay=1, drop_path=0.0, label_smoothing=0.2, checkpoint_every=2)
     p = parse_params(raw)
     assert p.threads == 3
     assert (p.data.verify_md5, p.data.pretrain_splits, p.data.val_fraction) == (False, ("train",), 0.5)
-    assert p.linear_probe.pooling == "cls"
+    assert (p.linear_probe.knn_k, p.linear_probe.knn_temperature) == (5, 0.5)
     assert (p.finetune.layer_decay, p.finetune.drop_path, p.finetune.label_smoothing,
             p.finetune.checkpoint_every) == (1.0, 0.0, 0.2, 2)
 
@@ -192,8 +197,11 @@ def test_a_bad_param_stops_the_stage_before_any_work(repo):
 
 def test_stage_script_exit_code_and_message(repo):
     (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("patch_size: 4", "patch_size: 3"))
-    proc = run(["python", "stages/pretrain.py", "original"], repo, check=False)
+    proc = run(stage_cmd("pretrain_original"), repo, check=False)
     assert proc.returncode == 2
     assert "model.patch_size" in proc.stderr and "input_size" in proc.stderr
-    proc = run(["python", "stages/pretrain.py", "better"], repo, check=False)
+    cmd = stage_cmd("pretrain_original")
+    proc = run([*cmd[:2], "better", *cmd[3:]], repo, check=False)
     assert proc.returncode == 2 and "original, improved" in proc.stderr
+    proc = run(cmd[:3], repo, check=False)  # no paths: dvc.yaml's cmd gives them
+    assert proc.returncode == 2 and "--data PATH" in proc.stderr and "Traceback" not in proc.stderr

@@ -132,7 +132,18 @@ class TrainingConfig(Section):
         return self
 
 
-PretrainConfig = TrainingConfig  # shared by both variants
+class PretrainConfig(TrainingConfig):
+    """Shared by both variants."""
+
+    # weights to start from instead of the seed's initialisation: a transformers ViTMAE folder, a
+    # facebookresearch/mae checkpoint or one of ours (hf.py); null: from scratch
+    init_from: str | None
+
+    @model_validator(mode="after")
+    def _init_from(self):
+        _check(self.init_from is None or self.init_from.strip() != "",
+               "init_from must be null (from scratch) or a path to a transformers folder or checkpoint file")
+        return self
 
 
 class FinetuneConfig(TrainingConfig):
@@ -156,7 +167,8 @@ class LinearProbeConfig(Section):
     batch_size: Batch
     lr: Positive
     weight_decay: NonNegative
-    pooling: Literal["mean", "cls"]  # how the frozen encoder's tokens become one feature vector
+    knn_k: Count  # neighbours of the weighted kNN readout
+    knn_temperature: Positive  # vote weight exp(cosine similarity / temperature)
 
 
 class VisualizeConfig(Section):

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, hf
 from .augment import crop_and_flip_uint8, draw_crops
 from .checkpoints import save_checkpoint
 from .config import Params, as_dict, fingerprint
 from .data.prepared import load_meta, pretraining_set
 from .model import MaskedAutoencoderViT
 from .objectives import mask_ratio_at
+from .progress import console
 from .optim import adamw, param_groups
 from .runtime import gather, open_live, resident_images, setup
 from .train import Schedule, Trainer
@@ -43,7 +44,8 @@ def run_key(p: Params, variant: str, data_digest: str) -> str:
     # checkpoint frequency, compilation and the number of processes do not change what is learned
     # (processes: up to float reduction order, tests/test_distributed.py): a resume may alter them
     schedule = {k: v for k, v in as_dict(p.pretrain).items() if k not in ("checkpoint_every", "compile", "processes")}
-    return fingerprint(p.seed, p.data, p.model, schedule, p.variant(variant), data_digest)
+    start = hf.digest(p.pretrain.init_from) if p.pretrain.init_from else None  # the weights, not just their path
+    return fingerprint(p.seed, p.data, p.model, schedule, p.variant(variant), data_digest, *([start] if start else []))
 
 
 def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) -> dict:
@@ -58,6 +60,9 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
 
     model = MaskedAutoencoderViT(p.model, p.data.input_size, lambda_freq=variant.lambda_freq,
                                  lambda_unif=variant.lambda_unif).to(device)
+    if cfg.init_from:  # instead of the seed's initialisation
+        console.print(f"pretrain {variant_name}: {hf.init_from(model, cfg.init_from, p.model)}",
+                      highlight=False)
     if cfg.compile:
         model.compile_blocks()  # in place: parameter names, and so checkpoints, stay as in eager mode
     net = distributed.wrap(model)  # DDP over the processes; the model itself with one

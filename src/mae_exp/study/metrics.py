@@ -1,29 +1,7 @@
-"""The metrics the study compares: how each is shown, and where an experiment keeps its value."""
+"""The measures the study compares over seeds: the test-set rows of the one registry (measures.py)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from ..measures import MEASURES
 
-from ..config import ENCODERS
-
-VARIANTS = ("original", "improved")  # the pre-trained encoders (no reconstruction from a random one)
-
-
-class Metric(NamedTuple):
-    label: str
-    unit: str
-    higher_better: bool
-    scale: float  # shown as value * scale (accuracy: fraction -> percentage points)
-    decimals: int
-    encoders: tuple[str, ...]  # which encoders have this metric
-    path: str  # metrics file of the DVC stage that writes it; {enc} = the encoder
-    key: str  # key in that file, nested keys joined by "."
-
-
-METRICS = {
-    "lp_top1": Metric("LP top-1", "pp", True, 100.0, 1, ENCODERS, "metrics/linear_probe_{enc}/metrics.json", "top1"),
-    "ft_top1": Metric("FT top-1", "pp", True, 100.0, 1, ENCODERS, "metrics/finetune_{enc}/metrics.json", "top1"),
-    "hf_error": Metric("HF error", "", False, 1.0, 4, VARIANTS, "metrics/visualize/metrics.json", "{enc}.hf_error"),
-    "psnr": Metric("PSNR", "dB", True, 1.0, 2, VARIANTS, "metrics/visualize/metrics.json", "{enc}.psnr"),
-}
-
+METRICS = {name: m for name, m in MEASURES.items() if m.study}
