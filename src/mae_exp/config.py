@@ -146,6 +146,7 @@ class VariantConfig(Section):
     curriculum_fraction: Annotated[Number, Field(ge=0, le=1)]  # fraction of training over which the ramp runs
     lambda_freq: NonNegative  # weight of the masked Laplacian L1 loss
     lambda_unif: NonNegative  # weight of the uniformity loss on pooled embeddings
+    steps_factor: Positive  # pre-train round(factor x epochs x steps per epoch) steps, the schedule stretched alike
 
 
 class LinearProbeConfig(Section):
