@@ -27,3 +27,14 @@ METRICS = {
     "psnr": Metric("PSNR", "dB", True, 1.0, 2, VARIANTS, "metrics/visualize/metrics.json", "{enc}.psnr"),
 }
 
+
+
+# ---- study statistics (issue 19, item 3): the original's own objective, and each pre-training's cost.
+# Added here only if the registry above does not have them under these ids.
+METRICS.setdefault("mse", Metric("masked MSE (original's objective)", "", False, 1.0, 4, VARIANTS,
+                                 "metrics/visualize/metrics.json", "{enc}.mse"))
+COSTS = {  # not compared (no p-value): what each pre-training spent, to pair encoders at equal FLOPs
+    "flops": Metric("pre-training FLOPs", "", False, 1.0, 3, VARIANTS, "metrics/pretrain_{enc}/metrics.json", "flops"),
+    "wall_time_s": Metric("pre-training wall time", "s", False, 1.0, 0, VARIANTS,
+                          "metrics/pretrain_{enc}/metrics.json", "wall_time_s"),
+}
