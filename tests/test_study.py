@@ -530,17 +530,28 @@ def test_queue_and_report_end_to_end(tmp_path):
     out = proc.stdout
     assert "Paired difference improved − original" in out
     # the tiny config's numbers mean nothing; whatever they are, one sentence per metric and ablation
-    assert re.search(r"LP top-1: all three improvements change it by .*2 seeds.*: "
+    assert re.search(r"LP top-1, equal steps: all three improvements change it by .*2 seeds.*: "
                      r"(within seed-to-seed noise|beyond seed-to-seed noise|no difference)", out), out
     csv = pd.read_csv(repo / "metrics" / "study.csv")
-    assert set(csv["group"]) == {"random", "original", "improved: all", "improved: laplacian_only"}
-    assert (csv["n"] == 2).all()
-    improved = csv[csv["group"].str.startswith("improved")]
-    assert len(improved) == 8 and (improved["diff_n"] == 2).all()
-    assert (improved["ci_low"] <= improved["diff_mean"]).all() and (improved["diff_mean"] <= improved["ci_high"]).all()
+    groups = csv[csv["diff_n"].isna()]
+    assert set(groups["group"]) == {"random", "original", "improved: all", "improved: laplacian_only"}
+    assert (groups["n"] == 2).all()
+    compared = csv[csv["diff_n"].notna()].fillna({"reading": ""})
+    # the curriculum costs FLOPs: `all` is read at equal steps, and at equal FLOPs (no original_flops_matched
+    # experiment here: no pair); the Laplacian alone costs what the original does: one reading
+    readings = set(zip(compared["ablation"], compared["reading"]))
+    assert readings == {("all", "equal steps"), ("all", "equal FLOPs"), ("laplacian_only", "equal steps and FLOPs")}
+    paired = compared[compared["reading"] != "equal FLOPs"]
+    assert len(paired) == 2 * len(METRICS) and (paired["diff_n"] == 2).all()
+    assert (paired["ci_low"] <= paired["diff_mean"]).all() and (paired["diff_mean"] <= paired["ci_high"]).all()
+    assert (paired["p_holm"] >= paired["p_value"]).all()
+    assert compared.loc[compared["primary"], ["ablation", "reading", "metric"]].values.tolist() == [
+        ["all", "equal steps", "ft_top1"]]  # tiny.yaml's study.primary
+    assert "mse" in set(compared["metric"])
     md = (repo / "metrics" / "study.md").read_text()
-    assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only | 2 |" in md
-    assert md.count("\n- ") == 8  # one sentence per metric and ablation
+    assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only | equal steps and FLOPs | 2 |" in md
+    assert md.count("\n- ") == 3 * len(METRICS)  # one sentence per comparison
+    assert "could not be read" not in md  # every experiment's fine-tuning curve came from its commit
     assert (repo / "plots" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a saved `dvc exp show --csv` gives the same report
