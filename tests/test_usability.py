@@ -40,13 +40,15 @@ def test_the_report_compares_like_with_like_in_readable_units(capsys):
         "lp_top1": [0.15, 0.42, 0.45], "ft_top1": [0.2, 0.5, 0.52], "lp_val_top1": [0.16, 0.41, 0.44],
         "ft_val_top1": [0.21, 0.49, 0.5], "mse": [np.nan, 0.31, 0.30], "hf_error": [np.nan, 0.09, 0.08],
         "psnr": [np.nan, 20.5, 20.7], "pretrain_mse": [np.nan, 0.33, 0.35], "pretrain_wall_s": [np.nan, 750.2, 761.87],
-        "pretrain_images_per_s": [np.nan, 381.24, 377.9]}, index=["random", "original", "improved"])
+        "pretrain_images_per_s": [np.nan, 381.24, 377.9], "pretrain_flops": [np.nan, 5.676e12, 6.505e12]},
+        index=["random", "original", "improved"])
     delta = table.loc["improved"] - table.loc["original"]
     print_table(table, delta)
     out = capsys.readouterr().err
     assert "42.0%" in out and "+3.0 pp" in out  # accuracy in percent, differences in percentage points
     assert "750" in out and "750.2000" not in out and "381" in out and "381.2400" not in out
     assert "masked MSE" in out and "loss" not in out  # the term both variants minimise, not their totals
+    assert "5.68e+12" in out and "+8.29e+11" in out  # each pre-training's FLOPs beside its wall time
 
 
 def test_every_stage_says_how_many_threads_it_uses(tmp_path):

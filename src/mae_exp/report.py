@@ -27,6 +27,7 @@ COLUMNS = {  # column -> (label, higher is better, format)
     "psnr": ("masked PSNR (dB), test images", True, "{:.2f}"),
     "pretrain_mse": ("masked MSE, last pre-training epoch", False, "{:.4f}"),
     "pretrain_wall_s": ("pre-training wall time (s)", False, "{:,.0f}"),
+    "pretrain_flops": ("pre-training FLOPs (counted)", False, "{:.3g}"),
     "pretrain_images_per_s": ("pre-training images/s", True, "{:,.0f}"),
 }
 
@@ -48,6 +49,7 @@ def collect(metrics_dir: str | Path) -> pd.DataFrame:
                      "lp_val_top1": lp.get("val_top1"), "ft_val_top1": ft.get("val_top1"),
                      **{k: vis.get(name, {}).get(k) for k in ("mse", "hf_error", "psnr")},
                      "pretrain_mse": pre.get("final", {}).get("mse"), "pretrain_wall_s": pre.get("wall_time_s"),
+                     "pretrain_flops": pre.get("flops"),
                      "pretrain_images_per_s": pre.get("images_per_s")})
     return pd.DataFrame(rows).set_index("encoder").astype(float)
 
