@@ -80,22 +80,27 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
 
 
 def _curves(axes, curves: pd.DataFrame | None, colours: dict) -> None:
-    """Fine-tuning validation top-1 per epoch, mean over seeds (band: min to max) per encoder; one panel."""
-    ax = axes[0]
-    for other in axes[1:]:
-        other.axis("off")
+    """Fine-tuning validation top-1 per epoch, mean over seeds (band: min to max) per encoder, in one panel
+    as wide as the row."""
+    fig = axes[0].figure
+    spec = axes[0].get_subplotspec().get_gridspec()
+    for ax in axes:
+        ax.remove()
+    ax = fig.add_subplot(spec[2, :])
     if curves is None or curves.empty:
         ax.text(0.5, 0.5, "no fine-tuning curves read", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
-    for group, sub in curves.groupby("group", sort=False):
+    markers = "osD^vP*X"
+    for i, (group, sub) in enumerate(curves.groupby("group", sort=False)):
         by_epoch = sub.groupby("epoch")["val_top1"]
         mean, low, high = by_epoch.mean() * 100, by_epoch.min() * 100, by_epoch.max() * 100
         colour = colours.get(group, colours.get(f"improved: {group}", "black"))
-        ax.plot(mean.index, mean.values, marker="o", markersize=3, color=colour, label=group)
-        ax.fill_between(mean.index, low.values, high.values, color=colour, alpha=0.15)
+        ax.plot(mean.index, mean.values, marker=markers[i % len(markers)], markersize=4, color=colour,
+                label=f"{group} ({sub['seed'].nunique()} seeds)")
+        ax.fill_between(mean.index, low.values, high.values, color=colour, alpha=0.12)
     ax.set_xlabel("fine-tuning epoch", fontsize=8)
     ax.set_ylabel("validation top-1 (%)", fontsize=8)
-    ax.set_title("fine-tuning: validation top-1 per epoch (mean, min-max over seeds)", fontsize=9)
-    ax.legend(fontsize=6)
+    ax.set_title("fine-tuning: validation top-1 after each epoch (mean; band: min-max over seeds)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
     ax.tick_params(labelsize=8)
