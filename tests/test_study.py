@@ -23,7 +23,8 @@ from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.queue import plan
 from mae_exp.study.report import sentence
-from mae_exp.study.results import collect_runs, csv_rows, distinct_ablations, experiment_rows, flatten
+from mae_exp.study.results import (collect_runs, csv_rows, distinct_ablations, experiment_rows, finetune_curves,
+                                   flatten)
 from mae_exp.study.metrics import METRICS
 from mae_exp.study.stats import mean_ci, paired_differences, summarize
 
@@ -272,6 +273,11 @@ def save_experiment(repo, name: str, params: dict, metrics: dict) -> None:
     for path, value in metrics.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text(json.dumps(value))
+    for encoder in ("random", "original", "improved"):  # DVCLive's fine-tuning curve: two epochs, ending at top1
+        curve = repo / f"metrics/finetune_{encoder}/plots/metrics/val_top1.tsv"
+        curve.parent.mkdir(parents=True, exist_ok=True)
+        top1 = metrics.get(f"metrics/linear_probe_{encoder}/metrics.json", {}).get("top1", 0.0)
+        curve.write_text(f"step\tval_top1\n10\t{top1 / 2}\n20\t{top1}\n")
     if name:
         dvc("exp", "save", "-n", name, cwd=repo)
 
@@ -313,6 +319,14 @@ def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
     saved.write_text(dvc("exp", "show", "--csv", "--all-commits", cwd=repo).stdout)
     from_csv, csv_notes = collect_runs(csv_rows(saved), TINY["study"], current)
     pd.testing.assert_frame_equal(from_csv, runs)
+
+    # each experiment's fine-tuning curve, read from its own commit through dvc.api
+    curves, curve_notes = finetune_curves(runs, set(), repo)
+    assert curve_notes == []
+    last = curves[curves["epoch"] == 2].set_index(["group", "seed"])["val_top1"]
+    assert last[("improved: all", 43)] == 0.45 and last[("improved: laplacian_only", 43)] == 0.55  # the newer s43-all
+    assert last[("original", 42)] == 0.5 and last[("random", 43)] == 0.1
+    assert len(curves) == 2 * (2 + 2 + 3)  # two epochs: random and original once per seed (2), improved per run (3)
     assert csv_notes == notes
 
 
