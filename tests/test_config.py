@@ -80,7 +80,10 @@ def test_the_shipped_params_and_configs_are_valid():
     ("data.pretrain_splits", ["train", "train"], ["data.pretrain_splits", "must not repeat", "'train', 'train'"]),
     ("data.val_fraction", 0, ["data.val_fraction", "greater than 0"]),
     ("data.val_fraction", 0.6, ["data.val_fraction", "less than or equal to 0.5", "0.6"]),
-    ("linear_probe.pooling", "max", ["linear_probe.pooling", "'mean' or 'cls'", "'max'"]),
+    ("linear_probe.pooling", "mean", ["unknown key 'linear_probe.pooling'"]),  # both are always read now
+    ("linear_probe.knn_k", 0, ["linear_probe.knn_k", "greater than or equal to 1"]),
+    ("linear_probe.knn_temperature", 0, ["linear_probe.knn_temperature", "greater than 0"]),
+    ("linear_probe.knn_temperature", DELETE, ["missing key 'linear_probe.knn_temperature'"]),
     ("finetune.layer_decay", 0, ["finetune.layer_decay", "greater than 0"]),
     ("finetune.layer_decay", 1.5, ["finetune.layer_decay", "less than or equal to 1"]),
     ("finetune.drop_path", 1.0, ["finetune.drop_path", "less than 1"]),
@@ -91,6 +94,17 @@ def test_the_shipped_params_and_configs_are_valid():
     ("finetune.threads", 0, ["unknown key 'finetune.threads'", "layer_decay"]),
     ("finetune.processes", 3, ["the global batch) must be divisible by processes (3)", "finetune.batch_size ("]),
     ("finetune.warmup_epochs", 99.0, ["finetune.warmup_epochs (99.0) must not exceed epochs"]),
+    # no infinite or NaN float anywhere (issue 22: `.inf` overflowed, or trained a diverged probe), seeds in range
+    ("model.mlp_ratio", float("inf"), ["model.mlp_ratio", "finite number", "inf"]),
+    ("linear_probe.lr", float("inf"), ["linear_probe.lr", "finite number"]),
+    ("pretrain.base_lr", float("nan"), ["pretrain.base_lr", "finite number"]),
+    ("finetune.warmup_epochs", float("inf"), ["finetune.warmup_epochs", "finite number"]),
+    ("data.val_fraction", float("nan"), ["data.val_fraction", "finite number"]),
+    ("study.ablations", {"x": {"improved.lambda_freq": float("inf")}}, ["study.ablations.x", "finite number"]),
+    ("seed", 2**63, ["seed", "less than or equal to 4294967295"]),
+    ("seed", -1, ["seed", "greater than or equal to 0"]),
+    ("visualize.mask_seed", 2**64, ["visualize.mask_seed", "less than or equal to 4294967295"]),
+    ("study.seeds", [42, 2**63], ["study.seeds[1]", "less than or equal to 4294967295"]),
     # study
     ("study.seeds", [42, 43, 42], ["study.seeds", "must not repeat", "42, 43, 42"]),
     ("study.seeds", [42, "43"], ["study.seeds[1]", "integer", "'43'"]),
@@ -127,12 +141,12 @@ def test_floats_accept_yaml_exponent_without_dot_and_integers():
 def test_the_new_keys_are_read():
     raw = with_change("threads", 3)
     raw["data"].update(verify_md5=False, pretrain_splits=["train"], val_fraction=0.5)
-    raw["linear_probe"]["pooling"] = "cls"
+    raw["linear_probe"].update(knn_k=5, knn_temperature=0.5)
     raw["finetune"].update(layer_decay=1, drop_path=0.0, label_smoothing=0.2, checkpoint_every=2)
     p = parse_params(raw)
     assert p.threads == 3
     assert (p.data.verify_md5, p.data.pretrain_splits, p.data.val_fraction) == (False, ("train",), 0.5)
-    assert p.linear_probe.pooling == "cls"
+    assert (p.linear_probe.knn_k, p.linear_probe.knn_temperature) == (5, 0.5)
     assert (p.finetune.layer_decay, p.finetune.drop_path, p.finetune.label_smoothing,
             p.finetune.checkpoint_every) == (1.0, 0.0, 0.2, 2)
 

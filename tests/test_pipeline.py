@@ -22,7 +22,7 @@ from conftest import BIN, copy_repo, dvc, env, git, ran_stages
 
 STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
           "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
-          "finetune@improved", "visualize", "report"}
+          "finetune@improved", "export@original", "export@improved", "visualize", "report"}
 
 
 def metrics(repo: Path, stage: str) -> dict:
@@ -48,17 +48,22 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
         assert (repo / "models" / variant / "checkpoint.pt").exists()
         assert (repo / "models" / variant / "encoder.pt").exists()
     for name in ("random", "original", "improved"):
-        for stage in ("linear_probe", "finetune"):
-            m = metrics(repo, f"{stage}_{name}")
-            assert 0.0 <= m["top1"] <= 1.0 and 0.0 <= m["val_top1"] <= 1.0
-            assert m["test_images"] == 100
+        ft, lp = metrics(repo, f"finetune_{name}"), metrics(repo, f"linear_probe_{name}")
+        assert 0.0 <= ft["top1"] <= 1.0 and 0.0 <= ft["val_top1"] <= 1.0
+        for readout in ("linear_cls", "linear_mean", "knn_cls", "knn_mean"):
+            assert 0.0 <= lp[f"{readout}_top1"] <= 1.0 and 0.0 <= lp[f"{readout}_val_top1"] <= 1.0
+        assert ft["test_images"] == lp["test_images"] == 100
     vis = metrics(repo, "visualize")
     for variant in ("original", "improved"):
         assert vis[variant]["hf_error"] > 0 and vis[variant]["psnr"] > 0 and vis[variant]["mse"] > 0
     comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
-    assert set(comparison) == {"random", "original", "improved", "improved_minus_original"}
-    assert comparison["improved_minus_original"]["lp_top1"] == pytest.approx(
-        comparison["improved"]["lp_top1"] - comparison["original"]["lp_top1"], abs=1e-4)
+    assert set(comparison) == {"random", "original", "improved", "improved_minus_original", "own_objective",
+                               "improved_ahead_on", "measures_counted"}
+    for readout in ("linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1"):
+        assert comparison["improved_minus_original"][readout] == pytest.approx(
+            comparison["improved"][readout] - comparison["original"][readout], abs=1e-4)
+    assert set(comparison["own_objective"]) == {"mse", "hf_error", "pretrain_mse"}
+    assert comparison["measures_counted"] == 6  # 4 readouts, fine-tuning, PSNR: what neither variant trains on
     png = (repo / "plots" / "reconstruction.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # DVCLive's per-step curves: a row every LOG_EVERY steps and at each epoch's end (9 steps an epoch here)
@@ -84,7 +89,8 @@ def test_dvc_metrics_and_plots_show_both_variants(reproduced):
             "metrics/visualize/metrics.json", "metrics/comparison.json"} <= set(files)
     dvc("plots", "show", "-o", "plots_html", cwd=repo)
     html = (repo / "plots_html" / "index.html").read_text()
-    for title in ("Masked-patch MSE", "Linear probe, validation top-1", "reconstruction.png"):
+    for title in ("Masked-patch MSE", "Linear probe on the class token, validation top-1",
+                  "Linear probe on the mean of the patch tokens, validation top-1", "reconstruction.png"):
         assert title in html
     # both variants' curves feed the one overlaid plot
     assert "pretrain_original/plots/metrics/mse.tsv" in html and "pretrain_improved/plots/metrics/mse.tsv" in html
@@ -96,7 +102,7 @@ def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced
     git("commit", "-q", "-m", "baseline results", cwd=repo)
     proc = dvc("exp", "run", "-S", "improved.lambda_freq=0.2", cwd=repo)
     assert ran_stages(proc.stdout + proc.stderr) == {"pretrain_improved", "linear_probe@improved",
-                                                     "finetune@improved", "visualize", "report"}
+                                                     "finetune@improved", "export@improved", "visualize", "report"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
     assert "metrics/pretrain_improved/metrics.json" in diff
     assert "metrics/pretrain_original/metrics.json" not in diff  # untouched: identical numbers

@@ -22,6 +22,7 @@ from mae_exp.config import ConfigError, arm_variant, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.queue import plan
+from mae_exp.study.metrics import METRICS
 from mae_exp.study.report import sentence
 from mae_exp.study.results import (collect_runs, csv_rows, distinct_ablations, experiment_rows, finetune_curves,
                                    flatten)
@@ -54,16 +55,17 @@ def runs_frame(ablation: str, original: dict, diff: dict, seeds=(42, 43, 44), fl
         row = {"seed": seed, "ablation": ablation, "name": f"s{seed}-{ablation}",
                "flops_original": flops[0], "flops_improved": flops[1], "wall_time_s_original": 60.0,
                "wall_time_s_improved": 66.0}
-        for metric in METRICS:
-            base = original[metric][i] if metric in original else 0.3
-            row[f"{metric}_original"] = base
-            row[f"{metric}_improved"] = base + (diff[metric][i] if metric in diff else 0.0)
-            row[f"{metric}_random"] = 0.1 + 0.01 * i if metric.endswith("top1") else math.nan
+        for metric in METRICS:  # a metric not given: no experiment has it
+            given = metric in original
+            change = diff[metric][i] if metric in diff else 0.0
+            row[f"{metric}_original"] = original[metric][i] if given else math.nan
+            row[f"{metric}_improved"] = original[metric][i] + change if given else math.nan
+            row[f"{metric}_random"] = 0.1 + 0.01 * i if given and metric.endswith("top1") else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-ORIGINAL = {"lp_top1": [0.50, 0.52, 0.51], "ft_top1": [0.60, 0.61, 0.59], "hf_error": [0.100, 0.104, 0.098],
+ORIGINAL = {"linear_mean_top1": [0.50, 0.52, 0.51], "ft_top1": [0.60, 0.61, 0.59], "hf_error": [0.100, 0.104, 0.098],
             "psnr": [20.0, 20.5, 19.8]}
 
 
@@ -74,11 +76,11 @@ def by_metric(diffs: pd.DataFrame, ablation: str) -> dict:
 def test_a_clear_difference_is_beyond_noise():
     # LP +5, +6, +4 pp: mean 5 pp, sd 1 pp, CI 5 +- 4.303 * 1 / sqrt(3) = [2.52, 7.48] pp
     # HF error -0.010, -0.012, -0.011: lower is better, so an improvement
-    diff = {"lp_top1": [0.05, 0.06, 0.04], "ft_top1": [0.0, 0.0, 0.0], "hf_error": [-0.010, -0.012, -0.011],
+    diff = {"linear_mean_top1": [0.05, 0.06, 0.04], "ft_top1": [0.0, 0.0, 0.0], "hf_error": [-0.010, -0.012, -0.011],
             "psnr": [-0.5, -0.6, -0.4]}
-    primary = SimpleNamespace(arm="all", reading="flops", metric="lp_top1")  # taken as it is, not corrected
+    primary = SimpleNamespace(arm="all", reading="flops", metric="linear_mean_top1")  # taken as it is, not corrected
     d = by_metric(paired_differences(runs_frame("all", ORIGINAL, diff), primary=primary), "all")
-    lp = d["lp_top1"]
+    lp = d["linear_mean_top1"]
     assert lp["n"] == 3 and lp["diff_mean"] == pytest.approx(0.05)
     assert lp["diff_std"] == pytest.approx(0.01)
     half = 4.3027 * 0.01 / math.sqrt(3)
@@ -87,8 +89,8 @@ def test_a_clear_difference_is_beyond_noise():
     text = sentence(lp)
     p = stats.ttest_rel([0.55, 0.58, 0.55], [0.50, 0.52, 0.51]).pvalue
     assert lp["p_value"] == pytest.approx(p) and lp["p_holm"] == lp["p_value"] and lp["primary"]
-    assert text == ("LP top-1, equal steps and FLOPs [PRIMARY]: all three improvements change it by +5.0 pp (95% CI "
-                    f"+2.5 to +7.5 pp, p = {p:.2g}, 3 seeds): beyond seed-to-seed noise, better.")
+    assert text == ("linear probe mean top-1 (test), equal steps and FLOPs [PRIMARY]: all three improvements change "
+                    f"it by +5.0 pp (95% CI +2.5 to +7.5 pp, p = {p:.2g}, 3 seeds): beyond seed-to-seed noise, better.")
     assert not d["hf_error"]["primary"] and d["hf_error"]["p_holm"] > d["hf_error"]["p_value"]
     assert d["hf_error"]["beyond_noise"] and sentence(d["hf_error"]).endswith("better.")
     assert "lower is better" in sentence(d["hf_error"])
@@ -98,26 +100,25 @@ def test_a_clear_difference_is_beyond_noise():
 
 def test_no_difference_stays_within_noise():
     # differences that average to zero: the CI must contain 0
-    diff = {"lp_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, -0.01, 0.0], "hf_error": [0.002, -0.003, 0.001],
+    diff = {"linear_mean_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, -0.01, 0.0], "hf_error": [0.002, -0.003, 0.001],
             "psnr": [0.3, -0.2, -0.1]}
     d = by_metric(paired_differences(runs_frame("laplacian_only", ORIGINAL, diff)), "laplacian_only")
-    for metric, row in d.items():
-        if metric not in diff:
-            continue
+    for metric in diff:
+        row = d[metric]
         assert row["n"] == 3
         assert row["ci_low"] < 0 < row["ci_high"], metric
         assert not row["beyond_noise"]
         assert sentence(row).endswith("within seed-to-seed noise."), sentence(row)
-    assert sentence(d["lp_top1"]).startswith("LP top-1, equal steps and FLOPs: the Laplacian loss alone changes it "
-                                             "by +0.0 pp (95% CI ")
+    assert sentence(d["linear_mean_top1"]).startswith("linear probe mean top-1 (test), equal steps and FLOPs: the "
+                                                      "Laplacian loss alone changes it by +0.0 pp (95% CI ")
 
 
 def test_the_paired_interval_is_that_of_scipys_paired_t_test():
-    diff = {"lp_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, 0.03, 0.02], "hf_error": [0.002, -0.003, 0.001],
+    diff = {"linear_mean_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, 0.03, 0.02], "hf_error": [0.002, -0.003, 0.001],
             "psnr": [0.3, -0.2, 0.4]}
     runs = runs_frame("all", ORIGINAL, diff)
     for metric, row in by_metric(paired_differences(runs, level=0.9), "all").items():
-        if metric not in diff:
+        if metric not in diff:  # no experiment has it
             continue
         test = stats.ttest_rel(runs[f"{metric}_improved"], runs[f"{metric}_original"])
         ci = test.confidence_interval(confidence_level=0.9)
@@ -128,7 +129,7 @@ def test_the_paired_interval_is_that_of_scipys_paired_t_test():
 def test_one_seed_gives_no_interval():
     diff = {m: [0.05] for m in ORIGINAL}
     runs = runs_frame("all", {m: v[:1] for m, v in ORIGINAL.items()}, diff, seeds=(42,))
-    row = by_metric(paired_differences(runs), "all")["lp_top1"]
+    row = by_metric(paired_differences(runs), "all")["linear_mean_top1"]
     assert row["n"] == 1 and math.isnan(row["ci_low"]) and not row["beyond_noise"]
     assert "needs at least 2 seeds" in sentence(row)
 
@@ -137,9 +138,9 @@ def test_summary_counts_the_original_once_per_seed():
     zero = {m: [0.0, 0.0, 0.0] for m in ORIGINAL}
     runs = pd.concat([runs_frame("all", ORIGINAL, zero), runs_frame("laplacian_only", ORIGINAL, zero)])
     s = summarize(runs).set_index(["group", "metric"])
-    assert s.loc[("original", "lp_top1"), "n"] == 3  # not 6: both ablations share a seed's original run
-    assert s.loc[("original", "lp_top1"), "mean"] == pytest.approx(0.51)
-    assert s.loc[("original", "lp_top1"), "std"] == pytest.approx(0.01)
+    assert s.loc[("original", "linear_mean_top1"), "n"] == 3  # not 6: both ablations share a seed's original run
+    assert s.loc[("original", "linear_mean_top1"), "mean"] == pytest.approx(0.51)
+    assert s.loc[("original", "linear_mean_top1"), "std"] == pytest.approx(0.01)
     assert s.loc[("random", "ft_top1"), "mean"] == pytest.approx(0.11)
     assert ("random", "psnr") not in s.index  # no reconstruction from a random encoder
     assert s.loc[("improved: laplacian_only", "psnr"), "n"] == 3
@@ -147,7 +148,7 @@ def test_summary_counts_the_original_once_per_seed():
 
 def test_every_comparison_but_the_primary_is_holm_corrected_and_beyond_noise_follows_it():
     from statsmodels.stats.multitest import multipletests
-    diff = {"lp_top1": [0.05, 0.06, 0.04], "ft_top1": [0.03, 0.05, 0.02], "hf_error": [-0.010, -0.012, -0.011],
+    diff = {"linear_mean_top1": [0.05, 0.06, 0.04], "ft_top1": [0.03, 0.05, 0.02], "hf_error": [-0.010, -0.012, -0.011],
             "psnr": [0.3, -0.2, 0.4]}
     runs = pd.concat([runs_frame("all", ORIGINAL, diff), runs_frame("laplacian_only", ORIGINAL, diff)])
     primary = SimpleNamespace(arm="all", reading="steps", metric="ft_top1")
@@ -157,10 +158,12 @@ def test_every_comparison_but_the_primary_is_holm_corrected_and_beyond_noise_fol
     assert (first["ablation"], first["metric"], first["p_holm"]) == ("all", "ft_top1", first["p_value"])
     rest = d[~d["primary"]]
     assert len(rest) == 2 * len(METRICS) - 1
-    assert list(rest["p_holm"]) == pytest.approx(list(multipletests(rest["p_value"], method="holm")[1]))
+    family = rest[rest["p_value"].notna()]  # measures no experiment has: no p-value, not in the family
+    assert len(family) == 2 * len(ORIGINAL) - 1
+    assert list(family["p_holm"]) == pytest.approx(list(multipletests(family["p_value"], method="holm")[1]))
     assert list(d["beyond_noise"]) == list(d["p_holm"] < 0.05)
     # LP: beyond noise on its own (p 0.013), not after correcting for the other comparisons
-    lp = rest[(rest["ablation"] == "all") & (rest["metric"] == "lp_top1")].iloc[0]
+    lp = rest[(rest["ablation"] == "all") & (rest["metric"] == "linear_mean_top1")].iloc[0]
     assert lp["p_value"] < 0.05 and lp["p_holm"] >= 0.05 and not lp["beyond_noise"]
     assert "within seed-to-seed noise" in sentence(lp.to_dict())
 
@@ -168,29 +171,29 @@ def test_every_comparison_but_the_primary_is_holm_corrected_and_beyond_noise_fol
 def test_an_arm_that_costs_more_is_read_at_equal_steps_and_at_equal_flops():
     """The full recipe spends 15% more FLOPs than its own original; the original_flops_matched arm's
     original spends the same as the full recipe and is 2 pp better: the equal-FLOPs reading pairs with it."""
-    diff = {"lp_top1": [0.03, 0.04, 0.035]}
+    diff = {"linear_mean_top1": [0.03, 0.04, 0.035]}
     full = runs_frame("all", ORIGINAL, diff, flops=(1.0e12, 1.15e12))
     longer = {m: [v + 0.02 for v in values] for m, values in ORIGINAL.items()}
     matched = runs_frame("original_flops_matched", longer, diff, flops=(1.1495e12, 1.15e12))
     runs = pd.concat([full, matched], ignore_index=True)
     d = paired_differences(runs, original_arms={"original_flops_matched"})
-    lp = d[d["metric"] == "lp_top1"].set_index("reading")
+    lp = d[d["metric"] == "linear_mean_top1"].set_index("reading")
     assert set(d["ablation"]) == {"all"}  # the matched arm supplies a baseline, it is no comparison itself
     assert lp.loc["equal steps", "diff_mean"] == pytest.approx(0.035)
     assert lp.loc["equal FLOPs", "diff_mean"] == pytest.approx(0.015)
     summary = summarize(runs, {"original_flops_matched"}).set_index(["group", "metric"])
-    assert summary.loc[("original: original_flops_matched", "lp_top1"), "mean"] == pytest.approx(0.53)
+    assert summary.loc[("original: original_flops_matched", "linear_mean_top1"), "mean"] == pytest.approx(0.53)
     assert summary.loc[("original: original_flops_matched", "flops"), "mean"] == pytest.approx(1.1495e12)
-    assert ("improved: original_flops_matched", "lp_top1") not in summary.index
+    assert ("improved: original_flops_matched", "linear_mean_top1") not in summary.index
     # FLOPs more than 1% apart are no match: the equal-FLOPs reading then has no pair
     far = runs.assign(flops_original=lambda r: r["flops_original"].where(r["ablation"] == "all", 1.3e12))
-    lp = paired_differences(far, original_arms={"original_flops_matched"}).query("metric == 'lp_top1'")
+    lp = paired_differences(far, original_arms={"original_flops_matched"}).query("metric == 'linear_mean_top1'")
     assert lp.set_index("reading").loc["equal FLOPs", "n"] == 0
 
 
 def test_the_study_csv_marks_the_primary_and_has_raw_and_adjusted_p_values(tmp_path):
     from mae_exp.study.report import csv_frame
-    runs = runs_frame("all", ORIGINAL, {"lp_top1": [0.05, 0.06, 0.04]})
+    runs = runs_frame("all", ORIGINAL, {"linear_mean_top1": [0.05, 0.06, 0.04]})
     diffs = paired_differences(runs, primary=SimpleNamespace(arm="all", reading="flops", metric="ft_top1"))
     frame = csv_frame(summarize(runs), diffs)
     assert {"p_value", "p_holm", "primary", "beyond_noise", "reading"} <= set(frame.columns)
@@ -216,7 +219,7 @@ def exp_params(seed: int, ablation: str | None = None, **changes) -> dict:
 
 def exp_metrics(lp_original: float, lp_improved: float) -> dict:
     """The metrics files of one experiment, in the pipeline's layout (one DVCLive directory per stage)."""
-    m = {f"metrics/linear_probe_{e}/metrics.json": {"top1": v, "val_top1": v - 0.01} for e, v in
+    m = {f"metrics/linear_probe_{e}/metrics.json": {"linear_mean_top1": v, "linear_mean_val_top1": v - 0.01} for e, v in
          (("random", 0.1), ("original", lp_original), ("improved", lp_improved))}
     m.update({f"metrics/finetune_{e}/metrics.json": {"top1": 0.2, "val_top1": 0.19}
               for e in ("random", "original", "improved")})
@@ -255,11 +258,11 @@ def test_experiments_are_recognised_by_their_params():
         exp_row("waiting", exp_params(44), {}, "2026-01-01T12:00:00", state="Queued"),
     ]
     runs, notes = collect_runs(rows, TINY["study"], current)
-    got = {(r["seed"], r["ablation"]): (r["name"], r["lp_top1_improved"]) for r in runs.to_dict("records")}
+    got = {(r["seed"], r["ablation"]): (r["name"], r["linear_mean_top1_improved"]) for r in runs.to_dict("records")}
     assert got == {(42, "all"): ("s42-all", 0.6), (43, "all"): ("s43-all-again", 0.45),  # the newer one
                    (42, "laplacian_only"): ("s42-lap", 0.55)}
     s42 = runs.iloc[0].to_dict()
-    assert (s42["lp_top1_random"], s42["ft_top1_original"], s42["hf_error_improved"], s42["psnr_original"]) == (
+    assert (s42["linear_mean_top1_random"], s42["ft_top1_original"], s42["hf_error_improved"], s42["psnr_original"]) == (
         0.1, 0.2, 0.09, 20.0)
     assert math.isnan(s42["hf_error_random"])  # no reconstruction from a random encoder
     text = " ".join(notes)
@@ -306,11 +309,11 @@ def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
 
     current = load_params(REPO / "configs" / "tiny.yaml")
     runs, notes = collect_runs(experiment_rows(root=repo), TINY["study"], current)
-    got = {(r["seed"], r["ablation"]): (r["name"], r["lp_top1_improved"]) for r in runs.to_dict("records")}
+    got = {(r["seed"], r["ablation"]): (r["name"], r["linear_mean_top1_improved"]) for r in runs.to_dict("records")}
     assert got == {(42, "all"): ("s42-all", 0.6), (43, "all"): ("s43-all-again", 0.45),
                    (43, "laplacian_only"): ("lap", 0.55)}
     assert (runs["ft_top1_random"] == 0.2).all() and (runs["psnr_improved"] == 20.1).all()
-    assert (runs["hf_error_original"] == 0.1).all() and (runs["lp_top1_original"] > 0.3).all()
+    assert (runs["hf_error_original"] == 0.1).all() and (runs["linear_mean_top1_original"] > 0.3).all()
     assert notes == ["left out 1 experiment: params match no study arm (params.yaml with study.overrides and one "
                      "of study.ablations)",
                      "left out 1 older duplicate(s) of a seed and ablation: s43-all"]
@@ -353,7 +356,10 @@ def with_study(**study) -> dict:
 def test_the_study_section_parses_into_overrides():
     p = parse_params(TINY)
     assert p.study.seeds == (42, 43, 44)
-    assert list(p.study.ablations) == ["all", "curriculum_only", "laplacian_only", "uniformity_only"]
+    assert list(p.study.ablations) == ["all", "original_flops_matched", "curriculum_only", "laplacian_only",
+                                       "uniformity_only"]
+    assert arm_variant(p, "original_flops_matched", "original").steps_factor == 1.1036
+    assert arm_variant(p, "original_flops_matched") == p.improved  # the full recipe against a longer original
     lap = arm_variant(p, "laplacian_only")
     assert (lap.mask_ratio_start, lap.curriculum_fraction, lap.lambda_freq, lap.lambda_unif) == (
         lap.mask_ratio, 0.0, p.improved.lambda_freq, 0.0)
@@ -544,7 +550,7 @@ def test_queue_and_report_end_to_end(tmp_path):
     out = proc.stdout
     assert "Paired difference improved − original" in out
     # the tiny config's numbers mean nothing; whatever they are, one sentence per metric and ablation
-    assert re.search(r"LP top-1, equal steps: all three improvements change it by .*2 seeds.*: "
+    assert re.search(r"linear probe mean top-1 \(test\), equal steps: all three improvements change it by .*2 seeds.*: "
                      r"(within seed-to-seed noise|beyond seed-to-seed noise|no difference)", out), out
     csv = pd.read_csv(repo / "metrics" / "study.csv")
     groups = csv[csv["diff_n"].isna()]

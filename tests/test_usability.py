@@ -11,7 +11,8 @@ from rich.progress import Progress
 
 from conftest import copy_repo, dvc, run
 from mae_exp.progress import EtaColumn
-from mae_exp.report import print_table
+from mae_exp.measures import MEASURES
+from mae_exp.report import ahead, print_table, summary
 from mae_exp.visualize import grid_indices
 
 
@@ -35,20 +36,47 @@ def test_the_reconstruction_grid_takes_every_class_in_turn():
     assert len(set(many)) == 25 and np.bincount(labels[many]).max() == 3  # round robin over classes
 
 
+def report_table(**values) -> pd.DataFrame:
+    """A report table (random, original, improved) with every registry column; `values` override columns."""
+    table = pd.DataFrame({col: [np.nan if "random" not in m.encoders else 0.1, 0.4, 0.41] for col, m in MEASURES.items()},
+                         index=["random", "original", "improved"])
+    for col, v in values.items():
+        table[col] = v
+    return table
+
+
 def test_the_report_compares_like_with_like_in_readable_units(capsys):
-    table = pd.DataFrame({
-        "lp_top1": [0.15, 0.42, 0.45], "ft_top1": [0.2, 0.5, 0.52], "lp_val_top1": [0.16, 0.41, 0.44],
-        "ft_val_top1": [0.21, 0.49, 0.5], "mse": [np.nan, 0.31, 0.30], "hf_error": [np.nan, 0.09, 0.08],
-        "psnr": [np.nan, 20.5, 20.7], "pretrain_mse": [np.nan, 0.33, 0.35], "pretrain_wall_s": [np.nan, 750.2, 761.87],
-        "pretrain_images_per_s": [np.nan, 381.24, 377.9], "pretrain_flops": [np.nan, 5.676e12, 6.505e12]},
-        index=["random", "original", "improved"])
+    table = report_table(linear_mean_top1=[0.15, 0.42, 0.45], pretrain_wall_s=[np.nan, 750.2, 761.87],
+                         pretrain_images_per_s=[np.nan, 381.24, 377.9], pretrain_flops=[np.nan, 1.25e13, 1.4e13])
     delta = table.loc["improved"] - table.loc["original"]
     print_table(table, delta)
     out = capsys.readouterr().err
     assert "42.0%" in out and "+3.0 pp" in out  # accuracy in percent, differences in percentage points
     assert "750" in out and "750.2000" not in out and "381" in out and "381.2400" not in out
+    assert "1.25e+13" in out and "1.4e+13" in out  # FLOPs beside wall time, readable
     assert "masked MSE" in out and "loss" not in out  # the term both variants minimise, not their totals
-    assert "5.68e+12" in out and "+8.29e+11" in out  # each pre-training's FLOPs beside its wall time
+    for readout in ("linear probe cls", "linear probe mean", "kNN cls", "kNN mean"):
+        assert f"{readout} top-1 (test)" in out and f"{readout} top-1 (validation)" in out
+
+
+def test_a_win_on_its_own_objective_is_labelled_and_not_counted(capsys):
+    # improved ahead on masked MSE and on HF error (lower is better) only, behind on everything else
+    table = report_table(mse=[np.nan, 0.31, 0.30], hf_error=[np.nan, 0.09, 0.08], psnr=[np.nan, 20.5, 20.4],
+                         **{col: [0.1, 0.5, 0.45] for col, m in MEASURES.items() if m.study and m.unit == "pp"})
+    delta = table.loc["improved"] - table.loc["original"]
+    wins, compared = ahead(delta)
+    assert wins == [] and "mse" not in compared and "hf_error" not in compared
+    assert compared == ["linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1", "ft_top1", "psnr"]
+    print_table(table, delta)
+    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().err.splitlines() if line.count("│") > 2}
+    assert "own objective: improved's" in rows["masked HF error (test)"]
+    assert "own objective: original's; improved's first term" in rows["masked MSE (test)"]
+    assert "neither" in rows["masked PSNR (test)"] and "own objective" not in rows["masked PSNR (test)"]
+    text = summary(wins, compared)
+    assert text.startswith("improved is ahead of original on 0 of 6 test-set measures that neither trains on")
+    assert text.endswith("own-objective rows left out: masked MSE (test), masked HF error (test)")
+    wins, compared = ahead(report_table().loc["improved"] - report_table().loc["original"])
+    assert len(wins) == len(compared) == 6  # 0.41 against 0.4 everywhere: ahead on every counted measure
 
 
 def test_every_stage_says_how_many_threads_it_uses(tmp_path):
@@ -58,7 +86,7 @@ def test_every_stage_says_how_many_threads_it_uses(tmp_path):
     out = dvc("repro", "linear_probe@random", cwd=repo)
     text = out.stdout + out.stderr
     assert "download: data.source shapes, 1 CPU thread" in text
-    assert "linear probe random: mean features, cpu, 1 CPU thread" in text
+    assert "linear probe random: class token and mean-pooled patches, linear heads and kNN (k 20, T 0.07), cpu, 1 CPU thread" in text
     proc = run(["python", "stages/pretrain.py", "original"], repo)
     assert "lr 1.88e-04, cpu, 1 CPU thread\n" in proc.stdout + proc.stderr
     proc = run(["python", "stages/finetune.py", "random"], repo)

@@ -11,7 +11,7 @@ import signal
 import sys
 
 from .config import ConfigError, Params, load_params
-from .errors import DistributedError, Interrupted, TrainingDiverged
+from .errors import DiskFull, DistributedError, Interrupted, TrainingDiverged, out_of_space
 from .progress import console
 
 
@@ -40,7 +40,7 @@ def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[s
         main(params, *args)
     except DistributedError as e:  # can differ between machines: each one's first process says it
         _fail(str(e), 1, loud=os.environ.get("LOCAL_RANK", "0") == "0")
-    except TrainingDiverged as e:
+    except (TrainingDiverged, DiskFull) as e:
         _fail(str(e), 1)
     except Interrupted as e:
         _fail(f"{e} ({signal.Signals(stopped_by[0]).name})", 128 + stopped_by[0], style="yellow", prefix="stopped")
@@ -49,6 +49,11 @@ def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[s
               f"`dvc repro` runs this stage again", 128 + stopped_by[0], style="yellow", prefix="stopped")
     except (FileNotFoundError, ValueError) as e:
         _fail(f"{script}: {e}", 1)
+    except OSError as e:
+        if not out_of_space(e):
+            raise
+        _fail(f"{script}: no space left on device writing {e.filename or 'a file'}: free some space, then "
+              f"`dvc repro` runs the stage again", 1)
 
 
 def _fail(message: str, code: int, loud: bool = False, style: str = "bold red", prefix: str = "error") -> None:

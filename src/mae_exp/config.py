@@ -32,7 +32,10 @@ class ConfigError(ValueError):
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 # YAML 1.1 reads 1.5e-4 (no dot) as a string: take it as the number it spells. An int is taken too, a bool not.
-Number = Annotated[float, BeforeValidator(lambda v: float(v) if isinstance(v, str) and _FLOAT.fullmatch(v) else v)]
+# Every float of params.yaml is a Number, and none may be .inf or .nan (an infinite lr or mlp_ratio trains nothing).
+Number = Annotated[float, BeforeValidator(lambda v: float(v) if isinstance(v, str) and _FLOAT.fullmatch(v) else v),
+                   Field(allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # derived seeds (seed * 1000 + split, seed + 1) stay in 64 bits
 Count = Annotated[int, Field(ge=1)]
 Batch = Annotated[int, Field(ge=2)]
 Positive = Annotated[Number, Field(gt=0)]
@@ -129,7 +132,18 @@ class TrainingConfig(Section):
         return self
 
 
-PretrainConfig = TrainingConfig  # shared by both variants
+class PretrainConfig(TrainingConfig):
+    """Shared by both variants."""
+
+    # weights to start from instead of the seed's initialisation: a transformers ViTMAE folder, a
+    # facebookresearch/mae checkpoint or one of ours (hf.py); null: from scratch
+    init_from: str | None
+
+    @model_validator(mode="after")
+    def _init_from(self):
+        _check(self.init_from is None or self.init_from.strip() != "",
+               "init_from must be null (from scratch) or a path to a transformers folder or checkpoint file")
+        return self
 
 
 class FinetuneConfig(TrainingConfig):
@@ -154,18 +168,20 @@ class LinearProbeConfig(Section):
     batch_size: Batch
     lr: Positive
     weight_decay: NonNegative
-    pooling: Literal["mean", "cls"]  # how the frozen encoder's tokens become one feature vector
+    knn_k: Count  # neighbours of the weighted kNN readout
+    knn_temperature: Positive  # vote weight exp(cosine similarity / temperature)
 
 
 class VisualizeConfig(Section):
     images: Count  # rows in the reconstruction grid
     eval_images: Count  # test images over which HF error and PSNR are averaged
     mask_ratio: Ratio
-    mask_seed: int
+    mask_seed: Seed
 
 
 # {"<section>.<key>": value, ...}: params.yaml keys, dotted, and the values to give them
-Overrides = Annotated[dict[str, bool | StrictInt | Number | str], BeforeValidator(lambda v: {} if v is None else v)]
+# values are checked where they land (Params._valid validates each section with them applied)
+Overrides = Annotated[dict[str, bool | StrictInt | float | str], BeforeValidator(lambda v: {} if v is None else v)]
 ARM_SECTIONS = VARIANTS  # what an arm may override: either recipe (the study compares improved with original)
 
 
@@ -180,7 +196,7 @@ class PrimaryConfig(Section):
 class StudyConfig(Section):
     """Seeds x arms for `python -m mae_exp.study` (no pipeline stage reads this section)."""
 
-    seeds: _list_of(StrictInt)
+    seeds: _list_of(Annotated[StrictInt, Field(ge=0, le=2**32 - 1)])
     primary: PrimaryConfig
     overrides: Overrides  # applied to every arm alike (e.g. fine-tuning to a plateau)
     ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # arm name -> its overrides of improved/original
@@ -200,7 +216,7 @@ class StudyConfig(Section):
 
 
 class Params(Section):
-    seed: int
+    seed: Seed
     threads: Annotated[int, Field(ge=0)]  # CPU threads per process for every stage; 0 = all cores
     data: DataConfig
     model: ModelConfig

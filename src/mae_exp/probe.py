@@ -1,19 +1,22 @@
-"""Linear probe: a frozen encoder's features, BatchNorm without affine + a linear head (MAE's protocol).
+"""Readouts of a frozen encoder: linear probes and weighted kNN, on the class token and on mean-pooled patches.
 
-As in facebookresearch/mae `main_linprobe.py`: the head is BatchNorm1d(affine=False) then a linear layer
-initialised with std 0.01, trained with SGD-style momentum (LARS there; one linear layer here), warmup +
-cosine, no weight decay by default. Two deviations, both for this project's scale: features are
-extracted once and cached (the encoder is frozen, so an epoch costs nothing; MAE crops and flips every
-epoch), and the feature is `linear_probe.pooling` (mean of the patch tokens, or the [cls] token, as MAE
-probes; docs/reference.md#linear-probe-pooling says which was chosen on validation and why).
+One feature pass per split gives both poolings (the [cls] token, as MAE's linear probe reads it, and the
+mean of the patch tokens), then four readouts of them:
+- linear probe, as in facebookresearch/mae `main_linprobe.py`: BatchNorm1d(affine=False) then a linear
+  layer initialised with std 0.01, SGD with momentum (LARS there; one linear layer here), warmup + cosine,
+  no weight decay by default. Both poolings' heads train in one loop on the same batches;
+- weighted kNN, as DINO (`eval_knn.py`) and solo-learn compute it: cosine similarity, the k nearest
+  training features vote for their class with weight exp(similarity / temperature).
+Features are extracted once and cached (the encoder is frozen; MAE crops and flips every epoch).
 
-The labeled train split is split into train and validation (data.val_fraction): the head is trained on
-train, every epoch's accuracy is logged on train and validation, and the test split is read once, at
-the end (no selection on it: tune on `val_top1`).
+The labeled train split is split into train and validation (data.val_fraction): heads and kNN see only
+train, every readout is scored on validation, and the test split is read once, at the end (no selection
+on it: tune on the `*_val_top1` keys).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -22,106 +25,151 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import resize, to_float
-from .config import ModelConfig, Params
+from .checkpoints import load_encoder
+from .config import Params
 from .data.prepared import labeled, load_meta
 from .distributed import describe
+from .errors import TrainingDiverged
 from .model import ViTEncoder
 from .progress import console, progress
 from .optim import warmup_cosine
 from .runtime import autocast, batches, gather, open_live, setup
 
 
-def load_encoder(path: str | Path, p: Params, drop_path: float = 0.0) -> ViTEncoder:
-    """An encoder saved by pretrain (or init_random), checked against the current model params."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = ModelConfig(**saved["model"])
-    if cfg != p.model or saved["input_size"] != p.data.input_size:
-        raise ValueError(f"{path} was trained with model {cfg} at {saved['input_size']} px, but params.yaml "
-                         f"asks for {p.model} at {p.data.input_size} px: run `dvc repro` to retrain it")
-    encoder = ViTEncoder(cfg, saved["input_size"], drop_path=drop_path)
-    encoder.load_state_dict(saved["encoder_state"])
-    return encoder
+POOLINGS = ("cls", "mean")
 
 
 @torch.no_grad()
-def extract_features(encoder: ViTEncoder, images, input_size: int, pooling: str, device, amp_dtype,
-                     label: str, batch_size: int = 256) -> torch.Tensor:
+def extract_features(encoder: ViTEncoder, images, input_size: int, device, amp_dtype, label: str,
+                     batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """All patches, no masking: {"cls": the class token, "mean": the mean of the patch tokens}, one pass."""
     encoder.eval()
-    feats = []
+    feats = {pooling: [] for pooling in POOLINGS}
     with progress() as bar:
         for idx in bar.track(batches(len(images), batch_size, drop_last=False), description=f"features {label}"):
             x = resize(to_float(gather(images, idx, device)), input_size)
             with autocast(device, amp_dtype):
-                feats.append(encoder.features(x, pooling).float())
-    return torch.cat(feats)
+                tokens = encoder(encoder.embed(x)).float()
+            feats["cls"].append(tokens[:, 0])
+            feats["mean"].append(tokens[:, 1:].mean(dim=1))
+    return {pooling: torch.cat(f) for pooling, f in feats.items()}
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
-def train_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, batch_size: int, lr: float,
-               weight_decay: float, seed: int, on_epoch=None) -> nn.Module:
-    """BN (no affine) + linear head on cached features; `on_epoch(epoch, head, train_loss)` after each epoch."""
+@torch.no_grad()
+def knn_votes(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, num_classes: int, k: int,
+              temperature: float, chunk: int = 1024) -> torch.Tensor:
+    """Weighted kNN (DINO, solo-learn): cosine similarity to every training feature; the k most similar
+    vote for their class with weight exp(similarity / temperature). Returns the votes, (len(x), classes):
+    the prediction is the class with the largest sum."""
+    train_x = F.normalize(train_x, dim=1)
+    k = min(k, len(train_y))
+    votes = []
+    for part in F.normalize(x, dim=1).split(chunk):
+        sim, idx = (part @ train_x.T).topk(k, dim=1)
+        v = torch.zeros(len(part), num_classes, device=x.device, dtype=sim.dtype)
+        votes.append(v.scatter_add_(1, train_y[idx], (sim / temperature).exp()))
+    return torch.cat(votes)
+
+
+def train_heads(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, epochs: int, batch_size: int,
+                lr: float, weight_decay: float, seed: int, on_epoch=None) -> dict[str, nn.Module]:
+    """One BN (no affine) + linear head per feature set, trained in one loop on the same batches; the heads
+    share no parameter, so one backward of the summed loss trains each as if alone.
+    `on_epoch(epoch, heads, train_losses)` after each epoch."""
     torch.manual_seed(seed)
-    head = nn.Sequential(nn.BatchNorm1d(x.shape[1], affine=False, eps=1e-6), nn.Linear(x.shape[1], num_classes))
-    head = head.to(x.device)
-    nn.init.trunc_normal_(head[1].weight, std=0.01)
-    nn.init.zeros_(head[1].bias)
-    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    heads = {}
+    for name, x in xs.items():
+        head = nn.Sequential(nn.BatchNorm1d(x.shape[1], affine=False, eps=1e-6), nn.Linear(x.shape[1], num_classes))
+        nn.init.trunc_normal_(head[1].weight, std=0.01)
+        nn.init.zeros_(head[1].bias)
+        heads[name] = head.to(x.device)
+    params = [q for head in heads.values() for q in head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     per_epoch = len(batches(len(y), batch_size, drop_last=False))
     total, warmup = epochs * per_epoch, max(1, epochs // 10) * per_epoch  # MAE: 10 of 90 epochs of warmup
     step = 0
     for epoch in range(epochs):
-        head.train()
-        loss_sum = torch.zeros((), device=x.device)
+        loss_sums = {name: torch.zeros((), device=y.device) for name in heads}
+        for head in heads.values():
+            head.train()
         for idx in batches(len(y), batch_size, gen, drop_last=False):
             for group in optimizer.param_groups:
                 group["lr"] = warmup_cosine(step, total, warmup, lr)
-            idx = idx.to(x.device)
-            loss = F.cross_entropy(head(x[idx]), y[idx])
+            idx = idx.to(y.device)
+            losses = {name: F.cross_entropy(head(xs[name][idx]), y[idx]) for name, head in heads.items()}
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            sum(losses.values()).backward()
             optimizer.step()
-            loss_sum += loss.detach()
+            for name, loss in losses.items():
+                loss_sums[name] += loss.detach()
             step += 1
-        head.eval()
+        for head in heads.values():
+            head.eval()
+        train_losses = {name: s.item() / per_epoch for name, s in loss_sums.items()}
+        # A diverged head would report chance accuracy as the encoder's. Cross-entropy starts near ln(classes)
+        # (logits near 0) and only falls when the head learns: 100 times that is divergence, NaN or not.
+        for name, train_loss in train_losses.items():
+            if not train_loss <= 100 * math.log(num_classes):
+                raise TrainingDiverged(f"linear probe ({name} head): the training loss became {train_loss:.3g} in "
+                                       f"epoch {epoch + 1} (from about {math.log(num_classes):.2f}); lower "
+                                       f"linear_probe.lr (now {lr:g})")
         if on_epoch:
             with torch.no_grad():
-                on_epoch(epoch, head, loss_sum.item() / per_epoch)
-    return head
+                on_epoch(epoch, heads, train_losses)
+    return heads
 
 
 def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, name: str, live_dir: str | Path) -> dict:
+    """Every readout of one encoder; DVCLive logs the heads' curves and a flat summary:
+    `{linear,knn}_{cls,mean}_{val_,}top1` (validation, test), see measures.READOUTS."""
     cfg = p.linear_probe
     device, amp_dtype = setup("auto", p.threads, p.seed)
     encoder = load_encoder(encoder_path, p).to(device)
-    console.print(f"linear probe {name}: {cfg.pooling} features, {describe(device, p.threads)}",
-                  highlight=False)
+    console.print(f"linear probe {name}: class token and mean-pooled patches, linear heads and kNN (k "
+                  f"{cfg.knn_k}, T {cfg.knn_temperature}), {describe(device, p.threads)}", highlight=False)
     t0 = time.perf_counter()
+    classes = len(load_meta(data_root)["classes"])
     splits = {part: labeled(data_root, part, p.data.val_fraction) for part in ("train", "val")}
-    feats = {part: extract_features(encoder, s.images, p.data.input_size, cfg.pooling, device, amp_dtype, part)
+    feats = {part: extract_features(encoder, s.images, p.data.input_size, device, amp_dtype, part)
              for part, s in splits.items()}
     labels = {part: torch.from_numpy(s.labels).to(device) for part, s in splits.items()}
     live = open_live(live_dir)
 
-    def log(epoch: int, head: nn.Module, train_loss: float) -> None:
+    def knn_top1(pooling: str, x: torch.Tensor, y: torch.Tensor) -> float:
+        votes = knn_votes(feats["train"][pooling], labels["train"], x, classes, cfg.knn_k, cfg.knn_temperature)
+        return accuracy(votes, y)
+
+    knn_val = {f"knn_{pool}_val_top1": round(knn_top1(pool, feats["val"][pool], labels["val"]), 4)
+               for pool in POOLINGS}
+
+    def log(epoch: int, heads: dict[str, nn.Module], train_losses: dict[str, float]) -> None:
         live.step = epoch + 1
-        live.log_metric("train_loss", train_loss)
-        live.log_metric("train_top1", accuracy(head(feats["train"]), labels["train"]))
-        live.log_metric("val_top1", accuracy(head(feats["val"]), labels["val"]))
+        for pool, head in heads.items():
+            live.log_metric(f"linear_{pool}_train_loss", train_losses[pool])
+            live.log_metric(f"linear_{pool}_train_top1", accuracy(head(feats["train"][pool]), labels["train"]))
+            live.log_metric(f"linear_{pool}_val_top1", accuracy(head(feats["val"][pool]), labels["val"]))
+        live.summary.update(knn_val)
         live.make_summary()
 
-    head = train_head(feats["train"], labels["train"], len(load_meta(data_root)["classes"]), cfg.epochs,
-                      cfg.batch_size, cfg.lr, cfg.weight_decay, p.seed, log)
+    heads = train_heads(feats["train"], labels["train"], classes, cfg.epochs, cfg.batch_size, cfg.lr,
+                        cfg.weight_decay, p.seed, log)
     test = labeled(data_root, "test", p.data.val_fraction)  # read once, now
-    x_test = extract_features(encoder, test.images, p.data.input_size, cfg.pooling, device, amp_dtype, "test")
+    x_test = extract_features(encoder, test.images, p.data.input_size, device, amp_dtype, "test")
+    y_test = torch.from_numpy(test.labels).to(device)
     with torch.no_grad():
-        top1 = accuracy(head(x_test), torch.from_numpy(test.labels).to(device))
-    live.summary.update({"top1": round(top1, 4), "epochs": cfg.epochs, "test_images": len(test.labels),
-                         "wall_time_s": round(time.perf_counter() - t0, 1)})
+        top1 = {f"linear_{pool}_top1": accuracy(head(x_test[pool]), y_test) for pool, head in heads.items()}
+    top1.update({f"knn_{pool}_top1": knn_top1(pool, x_test[pool], y_test) for pool in POOLINGS})
+    live.summary.update({k: round(v, 4) for k, v in top1.items()})
+    live.summary.update({"epochs": cfg.epochs, "knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
+                         "test_images": len(test.labels), "wall_time_s": round(time.perf_counter() - t0, 1)})
     live.end()
-    console.print(f"linear probe {name}: val top-1 {live.summary['val_top1']:.4f}, test top-1 {top1:.4f} "
-                  f"({len(test.labels):,} test images)", highlight=False)
+    for readout in ("linear_cls", "linear_mean", "knn_cls", "knn_mean"):
+        console.print(f"{name} {readout}: val top-1 {live.summary[f'{readout}_val_top1']:.4f}, test top-1 "
+                      f"{live.summary[f'{readout}_top1']:.4f}", highlight=False)
+    console.print(f"({len(test.labels):,} test images)", highlight=False)
     return dict(live.summary)

@@ -1,8 +1,9 @@
 """Original vs improved (and a random-init encoder) side by side: a console table, a JSON, a figure.
 
-Like is compared with like: the pre-training row is the masked MSE against normalised pixels (the one
-term both variants minimise; the improved variant's total loss adds its own terms, one of them negative),
-both as the last epoch's training mean and on test images under identical masks (visualize).
+Every row comes from the one registry of measures (measures.py): each readout of the frozen encoders,
+fine-tuning, the three reconstruction measures under identical masks (visualize), and each pre-training's
+cost. A reconstruction measure that a variant trains on is marked with whose objective it is, and the
+summary line counts only measures that neither variant trains on: winning on your own loss is expected.
 """
 
 from __future__ import annotations
@@ -14,80 +15,91 @@ import pandas as pd
 from rich.table import Table
 
 from .config import ENCODERS
-from .progress import console
 from .files import atomic_write, save_json
-
-COLUMNS = {  # column -> (label, higher is better, format)
-    "lp_top1": ("linear probe top-1 (test)", True, "{:.1%}"),
-    "ft_top1": ("fine-tune top-1 (test)", True, "{:.1%}"),
-    "lp_val_top1": ("linear probe top-1 (validation)", True, "{:.1%}"),
-    "ft_val_top1": ("fine-tune top-1 (validation)", True, "{:.1%}"),
-    "mse": ("masked MSE, test images", False, "{:.4f}"),
-    "hf_error": ("masked HF error, test images", False, "{:.4f}"),
-    "psnr": ("masked PSNR (dB), test images", True, "{:.2f}"),
-    "pretrain_mse": ("masked MSE, last pre-training epoch", False, "{:.4f}"),
-    "pretrain_wall_s": ("pre-training wall time (s)", False, "{:,.0f}"),
-    "pretrain_flops": ("pre-training FLOPs (counted)", False, "{:.3g}"),
-    "pretrain_images_per_s": ("pre-training images/s", True, "{:,.0f}"),
-}
+from .measures import MEASURES, Measure, counted, whose
+from .progress import console
 
 
 def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d if isinstance(d, (int, float)) and not isinstance(d, bool) else None
+
+
 def collect(metrics_dir: str | Path) -> pd.DataFrame:
-    """One row per encoder; a missing stage leaves NaN rather than failing the report."""
-    d = Path(metrics_dir)
-    vis = _read(d / "visualize" / "metrics.json")
-    rows = []
-    for name in ENCODERS:
-        pre = _read(d / f"pretrain_{name}" / "metrics.json")
-        lp = _read(d / f"linear_probe_{name}" / "metrics.json")
-        ft = _read(d / f"finetune_{name}" / "metrics.json")
-        rows.append({"encoder": name, "lp_top1": lp.get("top1"), "ft_top1": ft.get("top1"),
-                     "lp_val_top1": lp.get("val_top1"), "ft_val_top1": ft.get("val_top1"),
-                     **{k: vis.get(name, {}).get(k) for k in ("mse", "hf_error", "psnr")},
-                     "pretrain_mse": pre.get("final", {}).get("mse"), "pretrain_wall_s": pre.get("wall_time_s"),
-                     "pretrain_flops": pre.get("flops"),
-                     "pretrain_images_per_s": pre.get("images_per_s")})
-    return pd.DataFrame(rows).set_index("encoder").astype(float)
+    """One row per encoder, one column per measure; a missing stage or key leaves NaN rather than failing."""
+    def file(m: Measure, name: str) -> Path:  # measures name their files as DVC does: metrics/...
+        return Path(metrics_dir) / Path(m.path.format(enc=name)).relative_to("metrics")
+    rows = {name: {col: (_get(_read(file(m, name)), m.key.format(enc=name))
+                         if name in m.encoders else None) for col, m in MEASURES.items()} for name in ENCODERS}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("encoder").astype(float)
+
+
+def ahead(delta: pd.Series) -> tuple[list[str], list[str]]:
+    """(measures improved is ahead on, measures compared), over the test-set measures neither variant trains on."""
+    compared = [col for col, m in MEASURES.items() if counted(m) and pd.notna(delta[col])]
+    wins = [col for col in compared if delta[col] != 0 and (delta[col] > 0) == MEASURES[col].higher_better]
+    return wins, compared
 
 
 def report(metrics_dir: str | Path, json_path: str | Path, figure_path: str | Path) -> dict:
     table = collect(metrics_dir)
     delta = (table.loc["improved"] - table.loc["original"]).rename("improved_minus_original")
+    wins, compared = ahead(delta)
     out = {name: _clean(table.loc[name].to_dict()) for name in table.index}
     out["improved_minus_original"] = _clean(delta.to_dict())
+    out["own_objective"] = {col: whose(m) for col, m in MEASURES.items() if m.objective}
+    out["improved_ahead_on"] = len(wins)  # of `measures_counted`: test-set measures neither variant trains on
+    out["measures_counted"] = len(compared)
     save_json(out, json_path)
     print_table(table, delta)
+    console.print(summary(wins, compared), highlight=False)
     save_figure(table, figure_path)
     return out
+
+
+def summary(wins: list[str], compared: list[str]) -> str:
+    own = ", ".join(MEASURES[c].label for c, m in MEASURES.items() if m.study and m.objective)
+    return (f"improved is ahead of original on {len(wins)} of {len(compared)} test-set measures that neither "
+            f"trains on (one seed; the study says what is beyond noise); own-objective rows left out: {own}")
 
 
 def _clean(d: dict) -> dict:
     return {k: round(v, 5) for k, v in d.items() if pd.notna(v)}
 
 
+def fmt(v, m: Measure, signed: bool = False) -> str:
+    if pd.isna(v):
+        return "–"
+    sign = "+" if signed else ""
+    if m.unit == "pp":
+        text = f"{v * 100:{sign}.1f}" + (" pp" if signed else "%")
+    elif abs(v) >= 1e6:
+        text = f"{v:{sign}.3g}"
+    else:
+        text = f"{v:{sign},.{m.decimals}f}"
+    return (text + (f" {m.unit}" if m.unit not in ("", "pp") else "")).replace("-", "−")
+
+
 def print_table(table: pd.DataFrame, delta: pd.Series) -> None:
     t = Table(title="MAE pre-training: original vs improved")
-    t.add_column("metric")
+    t.add_column("measure")
     for name in table.index:
         t.add_column(name, justify="right")
     t.add_column("improved − original", justify="right")
-    for col, (label, higher_better, fmt) in COLUMNS.items():
-        cells = [_fmt(table.loc[name, col], fmt) for name in table.index]
+    t.add_column("whose objective")
+    for col, m in MEASURES.items():
         d = delta[col]
-        better = pd.notna(d) and d != 0 and (d > 0) == higher_better
+        better = pd.notna(d) and d != 0 and (d > 0) == m.higher_better
         colour = "green" if better else ("red" if pd.notna(d) and d != 0 else "white")
-        signed = "{:+.1f} pp" if "%" in fmt else fmt.replace("{:", "{:+")
-        cell = _fmt(d * 100 if "%" in fmt else d, signed).replace("-", "−")
-        t.add_row(label, *cells, f"[{colour}]{cell}[/]")
+        objective = f"own objective: {whose(m)}" if m.objective else ("neither" if m.study else "")
+        t.add_row(m.label, *(fmt(table.loc[name, col], m) for name in table.index),
+                  f"[{colour}]{fmt(d, m, signed=True)}[/]", objective)
     console.print(t)
-
-
-def _fmt(v, fmt: str) -> str:
-    return "–" if pd.isna(v) else fmt.format(v)
 
 
 def save_figure(table: pd.DataFrame, path: str | Path) -> None:
@@ -95,18 +107,24 @@ def save_figure(table: pd.DataFrame, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = ["lp_top1", "ft_top1", "mse", "hf_error", "psnr"]
+    panels = [col for col, m in MEASURES.items() if m.study] + ["pretrain_wall_s", "pretrain_flops"]
     colours = {"random": "#9e9e9e", "original": "#1f77b4", "improved": "#ff7f0e"}
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.2))
-    for ax, col in zip(axes, panels):
+    ncols = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(2, ncols, figsize=(3.0 * ncols, 6.6), squeeze=False)
+    for ax, col in zip(axes.flat, panels):
+        m = MEASURES[col]
         values = table[col].dropna()
-        label, higher_better, fmt = COLUMNS[col]
-        scale = 100 if "%" in fmt else 1
+        if values.empty:  # e.g. FLOPs from a pre-training that did not count them
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        scale = 100 if m.unit == "pp" else 1
         bars = ax.bar(values.index, values.values * scale, color=[colours[n] for n in values.index])
-        ax.bar_label(bars, fmt="%.1f" if scale == 100 else ("%.2f" if col == "psnr" else "%.4f"), fontsize=8)
-        unit = " (%)" if scale == 100 else ""
-        ax.set_title(f"{label}{unit}\n{'higher' if higher_better else 'lower'} is better", fontsize=8)
-        ax.tick_params(labelsize=8)
+        ax.bar_label(bars, labels=[fmt(v, m) for v in values.values], fontsize=7)
+        whose_line = f"own objective: {whose(m)}" if m.objective else ""
+        ax.set_title(f"{m.label}\n{'higher' if m.higher_better else 'lower'} is better"
+                     f"{chr(10) + whose_line if whose_line else ''}", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

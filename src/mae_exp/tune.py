@@ -1,6 +1,6 @@
 """Choose evaluation hyper-parameters on the validation split, never on test.
 
-    python -m mae_exp.tune linear_probe --encoder original --lr 0.01 0.03 0.1 0.3 --pooling mean cls
+    python -m mae_exp.tune linear_probe --encoder original --lr 0.01 0.03 0.1 0.3
     python -m mae_exp.tune finetune --encoder original --base-lr 2e-3 4e-3 --layer-decay 0.65 0.75 --epochs 6 10
 
 Runs on the encoders `dvc repro` left in models/ and the prepared data, with params.yaml for everything
@@ -34,24 +34,25 @@ def grid(**axes) -> list[dict]:
 
 
 def tune_linear_probe(p, encoder: str, points: list[dict]) -> list[dict]:
+    """Both poolings' heads at every point (they train together), one row each."""
     from .data.prepared import labeled, load_meta
-    from .probe import accuracy, extract_features, load_encoder, train_head
+    from .checkpoints import load_encoder
+    from .probe import accuracy, extract_features, train_heads
     from .runtime import setup
     device, amp_dtype = setup("auto", p.threads, p.seed)
     model = load_encoder(f"models/{encoder}/encoder.pt", p).to(device)
     parts = {part: labeled(DATA, part, p.data.val_fraction) for part in ("train", "val")}
     classes = len(load_meta(DATA)["classes"])
-    cache, rows = {}, []
+    x = {part: extract_features(model, s.images, p.data.input_size, device, amp_dtype, part) for part, s in parts.items()}
+    y = {part: torch.from_numpy(s.labels).to(device) for part, s in parts.items()}
+    rows = []
     for point in points:
         cfg = p.linear_probe.model_copy(update=point)
-        if cfg.pooling not in cache:
-            cache[cfg.pooling] = {part: extract_features(model, s.images, p.data.input_size, cfg.pooling, device,
-                                                         amp_dtype, part) for part, s in parts.items()}
-        x = cache[cfg.pooling]
-        y = {part: torch.from_numpy(s.labels).to(device) for part, s in parts.items()}
-        head = train_head(x["train"], y["train"], classes, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, p.seed)
+        heads = train_heads(x["train"], y["train"], classes, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay,
+                            p.seed)
         with torch.no_grad():
-            rows.append({**point, "val_top1": accuracy(head(x["val"]), y["val"])})
+            rows += [{**point, "pooling": pool, "val_top1": accuracy(head(x["val"][pool]), y["val"])}
+                     for pool, head in heads.items()]
     return rows
 
 
@@ -70,11 +71,10 @@ def tune_finetune(p, encoder: str, points: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mae_exp.tune", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="stage", required=True)
-    lp = sub.add_parser("linear_probe", help="probe lr, epochs, weight decay, pooling on cached features")
+    lp = sub.add_parser("linear_probe", help="probe lr, epochs, weight decay on cached features (both poolings)")
     lp.add_argument("--lr", type=float, nargs="+")
     lp.add_argument("--epochs", type=int, nargs="+")
     lp.add_argument("--weight-decay", type=float, nargs="+", dest="weight_decay")
-    lp.add_argument("--pooling", nargs="+", choices=["mean", "cls"])
     ft = sub.add_parser("finetune", help="fine-tuning lr, layer decay, epochs, drop path, batch size")
     ft.add_argument("--base-lr", type=float, nargs="+", dest="base_lr")
     ft.add_argument("--layer-decay", type=float, nargs="+", dest="layer_decay")

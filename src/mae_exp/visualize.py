@@ -19,20 +19,14 @@ from pathlib import Path
 import torch
 
 from .augment import resize, to_float, to_unit
-from .config import VARIANTS, ModelConfig, Params
+from .checkpoints import load_mae
+from .config import VARIANTS, Params
 from .data.prepared import load_split
 from .model import MaskedAutoencoderViT
 from .objectives import masked_laplacian_l1, patch_mask_to_pixels
 from .progress import console, progress
 from .files import atomic_write
 from .runtime import batches, open_live, setup
-
-
-def load_mae(path: str | Path, p: Params) -> MaskedAutoencoderViT:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    model = MaskedAutoencoderViT(ModelConfig(**saved["model"]), saved["input_size"])
-    model.load_state_dict(saved["model_state"])
-    return model.eval()
 
 
 @torch.no_grad()

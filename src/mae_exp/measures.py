@@ -1,0 +1,77 @@
+"""Every measure the report and the study show: how it is labelled, where it is read, whose objective it is.
+
+One table for both (report.py's rows, study/metrics.py's METRICS), so a readout added here appears in the
+console table, metrics/comparison.json, plots/comparison.png and metrics/study.csv alike. Torch-free.
+
+`objective` names the variants whose pre-training loss contains the measure: a variant ahead on its own
+objective shows only that it optimised what it was told to, so such rows are marked "own objective" and left
+out of any "improved is ahead on N of M" count (report.py, `counted`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .config import ENCODERS, VARIANTS
+
+
+class Measure(NamedTuple):
+    label: str
+    unit: str  # shown after the value ("pp" for accuracies, which are stored as fractions)
+    higher_better: bool
+    scale: float  # shown as value * scale (accuracy: fraction -> percent)
+    decimals: int
+    encoders: tuple[str, ...]  # which encoders have this measure
+    path: str  # metrics file of the DVC stage that writes it; {enc} = the encoder
+    key: str  # key in that file, nested keys joined by "."
+    objective: tuple[str, ...]  # the variants whose pre-training loss contains it; () = neither
+    study: bool  # compared over seeds by the study (test-set quality), not a validation or cost figure
+
+
+PROBE = "metrics/linear_probe_{enc}/metrics.json"
+FINETUNE = "metrics/finetune_{enc}/metrics.json"
+VISUALIZE = "metrics/visualize/metrics.json"
+PRETRAIN = "metrics/pretrain_{enc}/metrics.json"
+# the probe stage's readouts: cls = the class token, mean = the mean of the patch tokens
+READOUTS = {"linear_cls": "linear probe cls", "linear_mean": "linear probe mean", "knn_cls": "kNN cls",
+            "knn_mean": "kNN mean"}
+
+
+def _accuracy(label: str, path: str, key: str, study: bool) -> Measure:
+    return Measure(label, "pp", True, 100.0, 1, ENCODERS, path, key, (), study)
+
+
+MEASURES: dict[str, Measure] = {
+    **{f"{r}_top1": _accuracy(f"{label} top-1 (test)", PROBE, f"{r}_top1", True) for r, label in READOUTS.items()},
+    "ft_top1": _accuracy("fine-tune top-1 (test)", FINETUNE, "top1", True),
+    # masked MSE against normalised pixels: all the original minimises, and the improved loss's first term
+    "mse": Measure("masked MSE (test)", "", False, 1.0, 4, VARIANTS, VISUALIZE, "{enc}.mse", VARIANTS, True),
+    # the masked Laplacian L1: the improved recipe's own extra term
+    "hf_error": Measure("masked HF error (test)", "", False, 1.0, 4, VARIANTS, VISUALIZE, "{enc}.hf_error",
+                        ("improved",), True),
+    "psnr": Measure("masked PSNR (test)", "dB", True, 1.0, 2, VARIANTS, VISUALIZE, "{enc}.psnr", (), True),
+    **{f"{r}_val_top1": _accuracy(f"{label} top-1 (validation)", PROBE, f"{r}_val_top1", False)
+       for r, label in READOUTS.items()},
+    "ft_val_top1": _accuracy("fine-tune top-1 (validation)", FINETUNE, "val_top1", False),
+    "pretrain_mse": Measure("masked MSE, last pre-training epoch", "", False, 1.0, 4, VARIANTS, PRETRAIN,
+                            "final.mse", VARIANTS, False),
+    "pretrain_wall_s": Measure("pre-training wall time", "s", False, 1.0, 0, VARIANTS, PRETRAIN, "wall_time_s",
+                               (), False),
+    "pretrain_flops": Measure("pre-training FLOPs", "", False, 1.0, 0, VARIANTS, PRETRAIN, "flops", (), False),
+    "pretrain_images_per_s": Measure("pre-training images/s", "", True, 1.0, 0, VARIANTS, PRETRAIN,
+                                     "images_per_s", (), False),
+}
+
+
+def whose(m: Measure) -> str:
+    """Whose training objective the measure is, in words."""
+    if not m.objective:
+        return "neither"
+    if set(m.objective) == set(VARIANTS):
+        return "original's; improved's first term"
+    return " and ".join(f"{v}'s" for v in m.objective)
+
+
+def counted(m: Measure) -> bool:
+    """Whether a win on it counts as evidence: a test-set measure that neither variant trains on."""
+    return m.study and not m.objective
