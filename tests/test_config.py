@@ -67,6 +67,8 @@ def test_the_shipped_params_and_configs_are_valid():
     ("pretrain.processes", 3, ["the global batch) must be divisible by processes (3)", "pretrain.batch_size ("]),
     ("pretrain.min_crop_scale", 0, ["pretrain.min_crop_scale", "greater than 0"]),
     ("pretrain.checkpoint_every", 0, ["pretrain.checkpoint_every", "greater than or equal to 1"]),
+    ("pretrain.init_from", " ", ["pretrain.init_from must be null (from scratch) or a path"]),
+    ("pretrain.init_from", 3, ["pretrain.init_from", "string", "3"]),
     ("linear_probe.lr", 0, ["linear_probe.lr", "greater than 0"]),
     ("visualize.mask_ratio", 1.5, ["visualize.mask_ratio", "less than 1", "1.5"]),
     ("visualize.eval_images", 0, ["visualize.eval_images", "greater than or equal to 1"]),

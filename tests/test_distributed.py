@@ -97,6 +97,7 @@ def assert_weights_close(got: dict, want: dict) -> None:
         torch.testing.assert_close(g, w, rtol=0, atol=WEIGHT_ATOL, msg=name)
 
 
+@pytest.mark.slow
 def test_dvc_repro_with_two_processes_completes(two):
     assert ran_stages(two.output) == STAGES - {"download"}  # ran with the killed pre-training
     assert "pretrain.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/pretrain.py improved" in two.output
@@ -108,6 +109,7 @@ def test_dvc_repro_with_two_processes_completes(two):
     assert dvc("status", cwd=two.repo).stdout.strip() == "Data and pipelines are up to date."
 
 
+@pytest.mark.slow
 def test_two_processes_follow_one_process_with_the_same_global_batch(two, one):
     rows2, rows1 = curve(two.repo, "improved"), curve(one, "improved")
     assert [r["epoch"] for r in rows2] == [1, 2, 3]
@@ -118,6 +120,7 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(two, one):
     assert_weights_close(weights(two.repo, "improved"), weights(one, "improved"))
 
 
+@pytest.mark.slow
 def test_killed_two_process_pretrain_resumes_at_the_next_epoch(two, one):
     assert 1 <= two.killed_at < 3
     assert f"resuming pretrain original from epoch {two.killed_at + 1}/3" in two.output
@@ -131,6 +134,7 @@ def test_killed_two_process_pretrain_resumes_at_the_next_epoch(two, one):
     assert_weights_close(weights(two.repo, "original"), weights(one, "original"))
 
 
+@pytest.mark.slow
 def test_ranks_that_drift_apart_are_caught(tmp_path):
     """check_same_weights itself, on two real gloo processes whose weights differ by one bit."""
     script = tmp_path / "drift.py"

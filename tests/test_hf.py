@@ -16,8 +16,7 @@ from conftest import copy_repo, dvc
 from mae_exp import hf
 from mae_exp.config import ModelConfig, as_dict, load_params
 from mae_exp.finetune import finetune
-from mae_exp.probe import load_encoder
-from mae_exp.checkpoints import save_checkpoint
+from mae_exp.checkpoints import load_encoder, save_checkpoint
 from mae_exp.model import MaskedAutoencoderViT, ViTEncoder
 
 try:
@@ -109,6 +108,21 @@ def test_transformers_to_this_project_and_back_is_lossless(tmp_path):
     assert before.keys() == after.keys()
     for name, t in before.items():
         assert torch.equal(after[name], t) or (name in hf.FIXED and torch.allclose(after[name], t, atol=1e-6)), name
+    # this project's own checkpoint, read with its digest checked
+    assert hf.init_from(ViTEncoder(CFG, SIZE), tmp_path / "checkpoint.pt", CFG).startswith("encoder from this project's")
+
+
+def test_an_encoder_saved_by_transformers_alone_loads_as_the_encoder(tmp_path):
+    theirs = random_transformers_mae().vit  # ViTMAEModel: saved without the `vit.` prefix, no decoder
+    theirs.config.mask_ratio = 0.0
+    theirs.save_pretrained(tmp_path / "encoder")
+    encoder = ViTEncoder(CFG, SIZE)
+    assert hf.init_from(encoder, tmp_path / "encoder", CFG).startswith("encoder from transformers")
+    images = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = theirs(pixel_values=images, noise=torch.arange(float(GRID)).expand(2, -1)).last_hidden_state
+        close(encoder(encoder.embed(images)), expected)
+    assert "(decoder kept)" in hf.init_from(MaskedAutoencoderViT(CFG, SIZE), tmp_path / "encoder", CFG)
 
 
 def mae_state_dict(theirs, cfg: ModelConfig = CFG) -> dict:

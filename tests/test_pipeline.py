@@ -20,6 +20,8 @@ import yaml
 
 from conftest import BIN, copy_repo, dvc, env, git, ran_stages
 
+pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
+
 STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
           "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
           "finetune@improved", "export@original", "export@improved", "visualize", "report"}

@@ -405,6 +405,7 @@ def folder_repo(tmp_path: Path, root) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_download_stage_tracks_the_folder_content_but_not_the_stl10_archive(tmp_path):
     repo = folder_repo(tmp_path, "data/images")
     make_folder(repo / "data/images")
@@ -426,6 +427,7 @@ def test_download_stage_tracks_the_folder_content_but_not_the_stl10_archive(tmp_
     assert load_meta(repo / "data/prepared")["sizes"]["train"] == 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("committed", [False, True])
 def test_a_folder_inside_the_repo_that_git_would_commit_stops_with_the_command_that_fixes_it(tmp_path, committed):
     repo = folder_repo(tmp_path, "data/images")
@@ -449,6 +451,7 @@ def test_a_folder_inside_the_repo_that_git_would_commit_stops_with_the_command_t
     assert load_meta(repo / "data/prepared")["classes"] == ["cat", "dog"]
 
 
+@pytest.mark.slow
 def test_a_folder_outside_the_repo_is_an_external_dependency_of_the_download_stage(tmp_path):
     photos = make_folder(tmp_path / "datasets" / "photos", unlabeled=False)
     repo = folder_repo(tmp_path, photos.resolve())

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from rich.progress import Progress
 
 from conftest import copy_repo, dvc, run
@@ -79,6 +80,7 @@ def test_a_win_on_its_own_objective_is_labelled_and_not_counted(capsys):
     assert len(wins) == len(compared) == 6  # 0.41 against 0.4 everywhere: ahead on every counted measure
 
 
+@pytest.mark.slow
 def test_every_stage_says_how_many_threads_it_uses(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     params = (repo / "params.yaml").read_text().replace("\nthreads: 0", "\nthreads: 1")

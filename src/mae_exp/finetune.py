@@ -22,19 +22,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed, hf
+from .augment import crop_and_flip_uint8, draw_crops
 from .checkpoints import load_encoder
-from .augment import crop_and_flip_uint8, draw_crops, resize, to_float
 from .config import Params, as_dict, fingerprint
 from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
 from .progress import console
 from .optim import adamw, layer_decay, param_groups
-from .runtime import autocast, batches, gather, open_live, resident_images, setup
+from .runtime import autocast, batches, eval_batch, gather, open_live, resident_images, setup
 from .train import Schedule, Trainer
 
 
 class Classifier(nn.Module):
-    """Encoder + mean pooling + LayerNorm + linear head (MAE's fine-tuning head, `global_pool`)."""
+    """Encoder + mean pooling + LayerNorm + linear head: MAE's `global_pool` head, except that the encoder's
+    final norm is kept (docs/reference.md#tuning says why)."""
 
     def __init__(self, encoder: ViTEncoder, num_classes: int):
         super().__init__()
@@ -121,7 +122,7 @@ def evaluate(model: nn.Module, images, labels, input_size: int, device, amp_dtyp
         idx = idx.tensor_split(distributed.world_size())[distributed.rank()]
         if len(idx) == 0:
             continue
-        x = resize(to_float(gather(images, idx, device)), input_size)
+        x = eval_batch(images, idx, input_size, device)
         with autocast(device, amp_dtype):
             correct += (model(x).argmax(dim=1) == labels[idx.to(device)]).sum()
     return distributed.total(correct).item() / len(labels)

@@ -143,7 +143,9 @@ def read_weights(path: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.Te
         raise FileNotFoundError(f"{path}: no such file or folder (expected a transformers ViTMAE folder, a "
                                 f"facebookresearch/mae checkpoint or this project's checkpoint.pt / encoder.pt)")
     saved = _load(path)
-    if "model_state" in saved:  # ours
+    if "model_state" in saved or "encoder_state" in saved:  # ours: read again with its digest checked
+        saved = read_checkpoint(path, restore_hint(path))
+    if "model_state" in saved:
         return dict(saved["model_state"]), "this project's"
     if "encoder_state" in saved:
         return {f"encoder.{k}": v for k, v in saved["encoder_state"].items()}, "this project's"

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import resize, to_float
 from .checkpoints import load_encoder
 from .config import Params
 from .data.prepared import labeled, load_meta
@@ -33,7 +32,7 @@ from .errors import TrainingDiverged
 from .model import ViTEncoder
 from .progress import console, progress
 from .optim import warmup_cosine
-from .runtime import autocast, batches, gather, open_live, setup
+from .runtime import autocast, batches, eval_batch, open_live, setup
 
 
 POOLINGS = ("cls", "mean")
@@ -47,7 +46,7 @@ def extract_features(encoder: ViTEncoder, images, input_size: int, device, amp_d
     feats = {pooling: [] for pooling in POOLINGS}
     with progress() as bar:
         for idx in bar.track(batches(len(images), batch_size, drop_last=False), description=f"features {label}"):
-            x = resize(to_float(gather(images, idx, device)), input_size)
+            x = eval_batch(images, idx, input_size, device)
             with autocast(device, amp_dtype):
                 tokens = encoder(encoder.embed(x)).float()
             feats["cls"].append(tokens[:, 0])
