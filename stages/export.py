@@ -3,9 +3,5 @@ from mae_exp.cli import run_stage
 from mae_exp.config import VARIANTS
 from mae_exp.hf import export
 
-
-def main(params, variant):
-    export(f"models/{variant}/checkpoint.pt", f"models/{variant}/hf", params.variant(variant).mask_ratio)
-
-
-run_stage(main, ("variant",), {"variant": VARIANTS})
+run_stage(lambda p, variant, checkpoint, out: export(checkpoint, out, p.variant(variant).mask_ratio),
+          ("variant",), {"variant": VARIANTS}, paths=("checkpoint", "out"))

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from mae_exp.config import (ConfigError, ModelConfig, arm_variant, as_dict, fingerprint, load_params,
                               parse_params)
-from conftest import REPO, dvc, run
+from conftest import REPO, dvc, run, stage_cmd
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -197,8 +197,11 @@ def test_a_bad_param_stops_the_stage_before_any_work(repo):
 
 def test_stage_script_exit_code_and_message(repo):
     (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("patch_size: 4", "patch_size: 3"))
-    proc = run(["python", "stages/pretrain.py", "original"], repo, check=False)
+    proc = run(stage_cmd("pretrain_original"), repo, check=False)
     assert proc.returncode == 2
     assert "model.patch_size" in proc.stderr and "input_size" in proc.stderr
-    proc = run(["python", "stages/pretrain.py", "better"], repo, check=False)
+    cmd = stage_cmd("pretrain_original")
+    proc = run([*cmd[:2], "better", *cmd[3:]], repo, check=False)
     assert proc.returncode == 2 and "original, improved" in proc.stderr
+    proc = run(cmd[:3], repo, check=False)  # no paths: dvc.yaml's cmd gives them
+    assert proc.returncode == 2 and "--data PATH" in proc.stderr and "Traceback" not in proc.stderr

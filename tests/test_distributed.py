@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, copy_repo, dvc, ran_stages, run
+from conftest import BIN, copy_repo, dvc, ran_stages, run, stage_cmd
 from test_pipeline import start, wait_for_state
 from mae_exp.config import ConfigError, parse_params
 
@@ -73,7 +73,7 @@ def one(two, tmp_path_factory):
     set_params(repo, threads=1, data__shapes__unlabeled=2000)
     shutil.copytree(two.repo / "data" / "prepared", repo / "data" / "prepared")
     for variant in ("original", "improved"):
-        run(["python", "stages/pretrain.py", variant], repo)
+        run(stage_cmd(f"pretrain_{variant}"), repo)
     return repo
 
 
@@ -175,7 +175,7 @@ def assert_one_clear_line(proc, *words) -> None:
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="nccl would start on this machine's GPUs")
 def test_nccl_without_enough_gpus_names_the_param(repo):
     set_params(repo, pretrain__processes=2)
-    proc = run(["python", "stages/pretrain.py", "original"], repo, check=False,
+    proc = run(stage_cmd("pretrain_original"), repo, check=False,
                extra_env={"MAE_DIST_BACKEND": "nccl"})
     assert_one_clear_line(proc, "pretrain.processes", "nccl", "one GPU each")
 
@@ -187,14 +187,14 @@ def test_a_backend_that_cannot_start_names_the_param_and_does_not_hang(repo):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = run(["python", "stages/pretrain.py", "original"], repo, check=False, timeout=120, extra_env={
+        proc = run(stage_cmd("pretrain_original"), repo, check=False, timeout=120, extra_env={
             "MAE_DIST_BACKEND": "gloo", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
             "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     assert_one_clear_line(proc, "pretrain.processes", "gloo backend could not start", str(port))
 
 
 def test_torchrun_world_size_must_match_the_param(repo):
-    proc = run(["python", "stages/finetune.py", "random"], repo, check=False, extra_env={
+    proc = run(stage_cmd("finetune@random"), repo, check=False, extra_env={
         "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"})
     assert_one_clear_line(proc, "finetune.processes is 1", "torchrun started 2 processes", "finetune.processes: 2")
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, copy_repo, dvc, env, git, ran_stages
+from conftest import BIN, copy_repo, dvc, env, git, ran_stages, stage_cmd
 
 pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
 
@@ -233,7 +233,7 @@ def test_an_interrupted_stage_says_where_it_stopped_in_one_line(tmp_path, sig, c
     repo = copy_repo(tmp_path / "repo")
     slow_enough(repo)
     dvc("repro", "download", cwd=repo)
-    proc = start([str(BIN / "python"), "stages/pretrain.py", "improved"], repo)
+    proc = start([str(BIN / "python"), *stage_cmd("pretrain_improved")[1:]], repo)
     epoch = wait_for_state(repo, "pretrain_improved", proc)
     proc.send_signal(sig)
     out = proc.communicate(timeout=120)[0]

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, copy_repo, dvc, run
+from conftest import BIN, copy_repo, dvc, run, stage_cmd
 from test_pipeline import set_param, slow_enough, start
 
 from mae_exp.checkpoints import CorruptCheckpoint, load_encoder, load_mae, read_checkpoint
@@ -26,10 +26,11 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def stage(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    """A stage script run as dvc runs it, without dvc's own checks in front (they would rebuild a file
-    whose bytes changed since dvc.lock; the damage tested here is the kind dvc does not notice)."""
-    return run([str(BIN / "python"), *args], repo, check=False)
+def stage(repo: Path, name: str) -> subprocess.CompletedProcess:
+    """A stage's command run as dvc runs it (dvc.yaml's cmd, paths and all), without dvc's own checks in
+    front (they would rebuild a file whose bytes changed since dvc.lock; the damage tested here is the kind
+    dvc does not notice)."""
+    return run([str(BIN / "python"), *stage_cmd(name, repo)[1:]], repo, check=False)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -98,7 +99,7 @@ def test_a_flipped_byte_in_an_encoder_stops_the_probe_with_one_line_naming_the_f
     path = built / "models/random/encoder.pt"
     good = md5(path)
     flip_tensor_byte(path)
-    proc = stage(built, "stages/linear_probe.py", "random")
+    proc = stage(built, "linear_probe@random")
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert "models/random/encoder.pt is corrupt" in line and "digest" in line
@@ -134,7 +135,7 @@ def test_a_diverging_probe_stops_naming_its_lr_instead_of_reporting_chance(built
     params = (built / "params.yaml").read_text()
     try:
         set_param(built, "linear_probe.lr", 1e30)  # finite, so it passes validation; .inf does not
-        proc = stage(built, "stages/linear_probe.py", "random")
+        proc = stage(built, "linear_probe@random")
     finally:
         (built / "params.yaml").write_text(params)
     assert proc.returncode == 1
@@ -148,7 +149,7 @@ def test_an_infinite_float_is_refused_before_any_work(built):
     params = (built / "params.yaml").read_text()
     try:
         (built / "params.yaml").write_text(params.replace("mlp_ratio: 4.0", "mlp_ratio: .inf"))
-        proc = stage(built, "stages/init_random.py")
+        proc = stage(built, "init_random")
     finally:
         (built / "params.yaml").write_text(params)
     assert proc.returncode == 2
@@ -167,7 +168,7 @@ def killed_state(tmp_path_factory):
     repo = copy_repo(root / "repo")
     slow_enough(repo)
     dvc("repro", "download", cwd=repo)
-    proc = start([str(BIN / "python"), "stages/pretrain.py", "original"], repo)
+    proc = start([str(BIN / "python"), *stage_cmd("pretrain_original", repo)[1:]], repo)
     deadline = time.monotonic() + 300
     while not list((repo / "scratch/pretrain_original").glob("*/prev.pt")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
@@ -178,7 +179,7 @@ def killed_state(tmp_path_factory):
     proc.wait()
     shutil.copytree(repo / "scratch", root / "saved")
     shutil.rmtree(repo / "scratch")
-    assert stage(repo, "stages/pretrain.py", "original").returncode == 0
+    assert stage(repo, "pretrain_original").returncode == 0
     straight = torch.load(repo / "models/original/checkpoint.pt", weights_only=False)["model_state"]
     return repo, root / "saved", straight
 
@@ -201,7 +202,7 @@ def test_a_damaged_resumable_state_is_set_aside_in_one_line_and_the_run_ends_as_
     prev_epoch = read_checkpoint(state_dir / "prev.pt", "")["epoch"]
     for name, hurt in damage.items():
         hurt(state_dir / name)
-    proc = stage(repo, "stages/pretrain.py", "original")
+    proc = stage(repo, "pretrain_original")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in out, out
     warnings = [line for line in out.splitlines() if line.startswith("warning:")]
@@ -233,7 +234,7 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_naming_the_file(buil
             if os.environ.get("CI"):
                 pytest.fail(f"CI must be able to mount a small tmpfs (root): {mounted.stderr.strip()}")
             pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-        proc = stage(built, "stages/init_random.py")
+        proc = stage(built, "init_random")
         assert list(models.iterdir()) == []  # no partial file left behind
     finally:
         if mounted.returncode == 0:

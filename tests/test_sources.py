@@ -21,7 +21,7 @@ from mae_exp.config import ConfigError, load_params, parse_params
 from mae_exp.data.prepared import SourceError, load_meta, load_split, pretrain_images, pretraining_set
 from mae_exp.data.folder import prepare_folder
 from mae_exp.data.stl10 import prepare_stl10
-from conftest import REPO, copy_repo, dvc, git, run
+from conftest import REPO, copy_repo, dvc, git, run, stage_cmd
 
 CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 SPLIT_SIZES = {"train": 3, "test": 2, "unlabeled": 4}
@@ -263,6 +263,7 @@ def test_offline_through_the_stage_script_one_clear_line_and_no_work(tmp_path):
     url = closed_port_url()
     # the stage exactly as dvc runs it, with the address pointed at a closed port on loopback
     code = (f"import runpy, mae_exp.data.stl10 as s; s.STL10_URL = {url!r}; "
+            f"import sys; sys.argv = {stage_cmd('download')[1:]!r}; "
             f"runpy.run_path('stages/download.py', run_name='__main__')")
     proc = run(["python", "-c", code], repo, check=False)
     assert proc.returncode == 1, proc.stderr
