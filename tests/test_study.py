@@ -282,7 +282,7 @@ def save_experiment(repo, name: str, params: dict, metrics: dict) -> None:
     for encoder in ("random", "original", "improved"):  # DVCLive's fine-tuning curve: two epochs, ending at top1
         curve = repo / f"metrics/finetune_{encoder}/plots/metrics/val_top1.tsv"
         curve.parent.mkdir(parents=True, exist_ok=True)
-        top1 = metrics.get(f"metrics/linear_probe_{encoder}/metrics.json", {}).get("top1", 0.0)
+        top1 = metrics.get(f"metrics/linear_probe_{encoder}/metrics.json", {}).get("linear_mean_top1", 0.0)
         curve.write_text(f"step\tval_top1\n10\t{top1 / 2}\n20\t{top1}\n")
     if name:
         dvc("exp", "save", "-n", name, cwd=repo)
