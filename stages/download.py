@@ -1,4 +1,4 @@
-"""Stage `download`: prepare the dataset named by data.source into data/prepared."""
+"""Stage `download`: prepare the dataset named by data.source into --out (data/prepared)."""
 import torch
 
 from mae_exp.cli import run_stage
@@ -6,11 +6,11 @@ from mae_exp.data.sources import prepare
 from mae_exp.progress import console
 
 
-def main(p):
+def main(p, out):
     torch.set_num_threads(p.threads or torch.get_num_threads())  # the shapes generator computes with torch
     n = torch.get_num_threads()
     console.print(f"download: data.source {p.data.source}, {n} CPU thread{'s' if n > 1 else ''}", highlight=False)
-    prepare(p.data, p.seed, "data/prepared")
+    prepare(p.data, p.seed, out)
 
 
-run_stage(main)
+run_stage(main, paths=("out",))

@@ -5,9 +5,9 @@ from mae_exp.config import ENCODERS
 from mae_exp.finetune import finetune
 
 
-def main(params, name):
-    finetune(params, f"models/{name}/encoder.pt", "data/prepared", name, f"metrics/finetune_{name}",
-             f"scratch/finetune_{name}")
+def main(params, name, encoder, data, live, scratch):
+    finetune(params, encoder, data, name, live, scratch)
 
 
-run_stage(distributed.processes("finetune", main), ("encoder",), {"encoder": ENCODERS})
+run_stage(distributed.processes("finetune", main), ("encoder",), {"encoder": ENCODERS},
+          paths=("encoder", "data", "live", "scratch"))

@@ -2,4 +2,4 @@
 from mae_exp.cli import run_stage
 from mae_exp.pretrain import init_random
 
-run_stage(lambda p: init_random(p, "models/random/encoder.pt", "data/prepared"))
+run_stage(lambda p, data, out: init_random(p, out, data), paths=("data", "out"))

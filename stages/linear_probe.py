@@ -3,6 +3,5 @@ from mae_exp.cli import run_stage
 from mae_exp.config import ENCODERS
 from mae_exp.probe import linear_probe
 
-run_stage(lambda p, name: linear_probe(p, f"models/{name}/encoder.pt", "data/prepared", name,
-                                       f"metrics/linear_probe_{name}"),
-          ("encoder",), {"encoder": ENCODERS})
+run_stage(lambda p, name, encoder, data, live: linear_probe(p, encoder, data, name, live),
+          ("encoder",), {"encoder": ENCODERS}, paths=("encoder", "data", "live"))

@@ -5,10 +5,9 @@ from mae_exp.config import VARIANTS
 from mae_exp.pretrain import Outputs, pretrain
 
 
-def main(params, variant):
-    outputs = Outputs(checkpoint=f"models/{variant}/checkpoint.pt", encoder=f"models/{variant}/encoder.pt",
-                      live=f"metrics/pretrain_{variant}", scratch=f"scratch/pretrain_{variant}")
-    pretrain(params, variant, "data/prepared", outputs)
+def main(params, variant, data, checkpoint, encoder, live, scratch):
+    pretrain(params, variant, data, Outputs(checkpoint=checkpoint, encoder=encoder, live=live, scratch=scratch))
 
 
-run_stage(distributed.processes("pretrain", main), ("variant",), {"variant": VARIANTS})
+run_stage(distributed.processes("pretrain", main), ("variant",), {"variant": VARIANTS},
+          paths=("data", "checkpoint", "encoder", "live", "scratch"))

@@ -2,4 +2,4 @@
 from mae_exp.cli import run_stage
 from mae_exp.report import report
 
-run_stage(lambda p: report("metrics", "metrics/comparison.json", "plots/comparison.png"))
+run_stage(lambda p, metrics, json, figure: report(metrics, json, figure), paths=("metrics", "json", "figure"))

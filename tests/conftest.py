@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment's python, dvc, pytest
@@ -42,6 +44,13 @@ def dvc(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 def git(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
     return run(["git", *args], cwd, **kw)
+
+
+def stage_cmd(stage: str, repo: Path = REPO) -> list[str]:
+    """A stage's command as dvc.yaml writes it, paths and all (`finetune@random`: the item filled in)."""
+    name, _, item = stage.partition("@")
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][name]
+    return shlex.split(spec.get("do", spec)["cmd"].replace("${item}", item))
 
 
 def ran_stages(output: str) -> set[str]:

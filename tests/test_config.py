@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from mae_exp.config import (ConfigError, ModelConfig, ablation_variant, as_dict, fingerprint, load_params,
                               parse_params)
-from conftest import REPO, dvc, run
+from conftest import REPO, dvc, run, stage_cmd
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -67,6 +67,8 @@ def test_the_shipped_params_and_configs_are_valid():
     ("pretrain.processes", 3, ["the global batch) must be divisible by processes (3)", "pretrain.batch_size ("]),
     ("pretrain.min_crop_scale", 0, ["pretrain.min_crop_scale", "greater than 0"]),
     ("pretrain.checkpoint_every", 0, ["pretrain.checkpoint_every", "greater than or equal to 1"]),
+    ("pretrain.init_from", " ", ["pretrain.init_from must be null (from scratch) or a path"]),
+    ("pretrain.init_from", 3, ["pretrain.init_from", "string", "3"]),
     ("linear_probe.lr", 0, ["linear_probe.lr", "greater than 0"]),
     ("visualize.mask_ratio", 1.5, ["visualize.mask_ratio", "less than 1", "1.5"]),
     ("visualize.eval_images", 0, ["visualize.eval_images", "greater than or equal to 1"]),
@@ -94,6 +96,17 @@ def test_the_shipped_params_and_configs_are_valid():
     ("finetune.threads", 0, ["unknown key 'finetune.threads'", "layer_decay"]),
     ("finetune.processes", 3, ["the global batch) must be divisible by processes (3)", "finetune.batch_size ("]),
     ("finetune.warmup_epochs", 99.0, ["finetune.warmup_epochs (99.0) must not exceed epochs"]),
+    # no infinite or NaN float anywhere (issue 22: `.inf` overflowed, or trained a diverged probe), seeds in range
+    ("model.mlp_ratio", float("inf"), ["model.mlp_ratio", "finite number", "inf"]),
+    ("linear_probe.lr", float("inf"), ["linear_probe.lr", "finite number"]),
+    ("pretrain.base_lr", float("nan"), ["pretrain.base_lr", "finite number"]),
+    ("finetune.warmup_epochs", float("inf"), ["finetune.warmup_epochs", "finite number"]),
+    ("data.val_fraction", float("nan"), ["data.val_fraction", "finite number"]),
+    ("study.ablations", {"x": {"improved.lambda_freq": float("inf")}}, ["study.ablations.x", "finite number"]),
+    ("seed", 2**63, ["seed", "less than or equal to 4294967295"]),
+    ("seed", -1, ["seed", "greater than or equal to 0"]),
+    ("visualize.mask_seed", 2**64, ["visualize.mask_seed", "less than or equal to 4294967295"]),
+    ("study.seeds", [42, 2**63], ["study.seeds[1]", "less than or equal to 4294967295"]),
     # study
     ("study.seeds", [42, 43, 42], ["study.seeds", "must not repeat", "42, 43, 42"]),
     ("study.seeds", [42, "43"], ["study.seeds[1]", "integer", "'43'"]),
@@ -182,8 +195,11 @@ def test_a_bad_param_stops_the_stage_before_any_work(repo):
 
 def test_stage_script_exit_code_and_message(repo):
     (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("patch_size: 4", "patch_size: 3"))
-    proc = run(["python", "stages/pretrain.py", "original"], repo, check=False)
+    proc = run(stage_cmd("pretrain_original"), repo, check=False)
     assert proc.returncode == 2
     assert "model.patch_size" in proc.stderr and "input_size" in proc.stderr
-    proc = run(["python", "stages/pretrain.py", "better"], repo, check=False)
+    cmd = stage_cmd("pretrain_original")
+    proc = run([*cmd[:2], "better", *cmd[3:]], repo, check=False)
     assert proc.returncode == 2 and "original, improved" in proc.stderr
+    proc = run(cmd[:3], repo, check=False)  # no paths: dvc.yaml's cmd gives them
+    assert proc.returncode == 2 and "--data PATH" in proc.stderr and "Traceback" not in proc.stderr

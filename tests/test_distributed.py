@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, copy_repo, dvc, ran_stages, run
+from conftest import BIN, copy_repo, dvc, ran_stages, run, stage_cmd
 from test_pipeline import start, wait_for_state
 from mae_exp.config import ConfigError, parse_params
 
@@ -73,7 +73,7 @@ def one(two, tmp_path_factory):
     set_params(repo, threads=1, data__shapes__unlabeled=2000)
     shutil.copytree(two.repo / "data" / "prepared", repo / "data" / "prepared")
     for variant in ("original", "improved"):
-        run(["python", "stages/pretrain.py", variant], repo)
+        run(stage_cmd(f"pretrain_{variant}"), repo)
     return repo
 
 
@@ -97,6 +97,7 @@ def assert_weights_close(got: dict, want: dict) -> None:
         torch.testing.assert_close(g, w, rtol=0, atol=WEIGHT_ATOL, msg=name)
 
 
+@pytest.mark.slow
 def test_dvc_repro_with_two_processes_completes(two):
     assert ran_stages(two.output) == STAGES - {"download"}  # ran with the killed pre-training
     assert "pretrain.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/pretrain.py improved" in two.output
@@ -108,6 +109,7 @@ def test_dvc_repro_with_two_processes_completes(two):
     assert dvc("status", cwd=two.repo).stdout.strip() == "Data and pipelines are up to date."
 
 
+@pytest.mark.slow
 def test_two_processes_follow_one_process_with_the_same_global_batch(two, one):
     rows2, rows1 = curve(two.repo, "improved"), curve(one, "improved")
     assert [r["epoch"] for r in rows2] == [1, 2, 3]
@@ -118,6 +120,7 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(two, one):
     assert_weights_close(weights(two.repo, "improved"), weights(one, "improved"))
 
 
+@pytest.mark.slow
 def test_killed_two_process_pretrain_resumes_at_the_next_epoch(two, one):
     assert 1 <= two.killed_at < 3
     assert f"resuming pretrain original from epoch {two.killed_at + 1}/3" in two.output
@@ -131,6 +134,7 @@ def test_killed_two_process_pretrain_resumes_at_the_next_epoch(two, one):
     assert_weights_close(weights(two.repo, "original"), weights(one, "original"))
 
 
+@pytest.mark.slow
 def test_ranks_that_drift_apart_are_caught(tmp_path):
     """check_same_weights itself, on two real gloo processes whose weights differ by one bit."""
     script = tmp_path / "drift.py"
@@ -171,7 +175,7 @@ def assert_one_clear_line(proc, *words) -> None:
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="nccl would start on this machine's GPUs")
 def test_nccl_without_enough_gpus_names_the_param(repo):
     set_params(repo, pretrain__processes=2)
-    proc = run(["python", "stages/pretrain.py", "original"], repo, check=False,
+    proc = run(stage_cmd("pretrain_original"), repo, check=False,
                extra_env={"MAE_DIST_BACKEND": "nccl"})
     assert_one_clear_line(proc, "pretrain.processes", "nccl", "one GPU each")
 
@@ -183,14 +187,14 @@ def test_a_backend_that_cannot_start_names_the_param_and_does_not_hang(repo):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = run(["python", "stages/pretrain.py", "original"], repo, check=False, timeout=120, extra_env={
+        proc = run(stage_cmd("pretrain_original"), repo, check=False, timeout=120, extra_env={
             "MAE_DIST_BACKEND": "gloo", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
             "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     assert_one_clear_line(proc, "pretrain.processes", "gloo backend could not start", str(port))
 
 
 def test_torchrun_world_size_must_match_the_param(repo):
-    proc = run(["python", "stages/finetune.py", "random"], repo, check=False, extra_env={
+    proc = run(stage_cmd("finetune@random"), repo, check=False, extra_env={
         "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"})
     assert_one_clear_line(proc, "finetune.processes is 1", "torchrun started 2 processes", "finetune.processes: 2")
 

@@ -11,6 +11,7 @@ Code blocks and inline code are not links: a path in them is an example, not a r
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import unicodedata
@@ -170,3 +171,22 @@ def test_broken_links_anchors_and_docs_paths_are_reported(tmp_path):
                                             "# and docs/old.md or docs/guide.md#setup\n")
     problems = broken_docs_paths(tmp_path / "settings.toml", tmp_path)
     assert [p.split(" names ")[1].split(":")[0] for p in problems] == ["docs/old.md", "docs/guide.md#setup"]
+
+
+def readme_module_table() -> list[str]:
+    """The first column of the README's "module | owns" table: every `name.py` or `package/` named there."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = lines.index("| module | owns |")
+    rows = itertools.takewhile(lambda s: s.startswith("|"), lines[start + 2:])
+    return [name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
+
+
+def test_the_readme_module_table_lists_every_module_and_only_modules():
+    src = REPO / "src" / "mae_exp"
+    listed = readme_module_table()
+    missing = [name for name in listed if not (src / name).exists()]
+    assert not missing, f"README's module table names what src/mae_exp/ lacks: {missing}"
+    packages = [name for name in listed if name.endswith("/")]
+    modules = [str(p.relative_to(src)) for p in sorted(src.rglob("*.py")) if p.name not in ("__init__.py", "__main__.py")]
+    unlisted = [m for m in modules if m not in listed and not m.startswith(tuple(packages))]
+    assert not unlisted, f"modules missing from README's module table: {unlisted}"

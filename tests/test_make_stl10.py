@@ -59,6 +59,7 @@ def test_torchvision_reads_the_generated_archive_as_stl10(tmp_path):
     assert record[7, 2, 10, 40] == images[7, 40, 10, 2] and record[7, 2, 40, 10] == images[7, 10, 40, 2]
 
 
+@pytest.mark.slow
 def test_the_download_stage_prepares_it_only_with_the_md5_switch_off(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     sizes, seed = {"unlabeled": 200, "train": 50, "test": 50}, 3

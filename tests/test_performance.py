@@ -76,6 +76,7 @@ def test_augment_draws_are_reproducible_and_per_sample():
     assert not torch.allclose(same_input[0], same_input[1])  # each sample gets its own crop
 
 
+@pytest.mark.slow  # torch.compile: minutes of C++ compilation on a CPU
 def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_cfg):
     torch.manual_seed(0)
     improved = tiny_model_cfg.improved  # every loss term with a gradient

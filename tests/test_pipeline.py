@@ -18,11 +18,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, copy_repo, dvc, env, git, ran_stages
+from conftest import BIN, copy_repo, dvc, env, git, ran_stages, stage_cmd
+
+pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
 
 STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
           "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
-          "finetune@improved", "visualize", "report"}
+          "finetune@improved", "export@original", "export@improved", "visualize", "report"}
 
 
 def metrics(repo: Path, stage: str) -> dict:
@@ -101,7 +103,7 @@ def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced
     git("commit", "-q", "-m", "baseline results", cwd=repo)
     proc = dvc("exp", "run", "-S", "improved.lambda_freq=0.2", cwd=repo)
     assert ran_stages(proc.stdout + proc.stderr) == {"pretrain_improved", "linear_probe@improved",
-                                                     "finetune@improved", "visualize", "report"}
+                                                     "finetune@improved", "export@improved", "visualize", "report"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
     assert "metrics/pretrain_improved/metrics.json" in diff
     assert "metrics/pretrain_original/metrics.json" not in diff  # untouched: identical numbers
@@ -230,7 +232,7 @@ def test_an_interrupted_stage_says_where_it_stopped_in_one_line(tmp_path, sig, c
     repo = copy_repo(tmp_path / "repo")
     slow_enough(repo)
     dvc("repro", "download", cwd=repo)
-    proc = start([str(BIN / "python"), "stages/pretrain.py", "improved"], repo)
+    proc = start([str(BIN / "python"), *stage_cmd("pretrain_improved")[1:]], repo)
     epoch = wait_for_state(repo, "pretrain_improved", proc)
     proc.send_signal(sig)
     out = proc.communicate(timeout=120)[0]

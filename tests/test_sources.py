@@ -21,7 +21,7 @@ from mae_exp.config import ConfigError, load_params, parse_params
 from mae_exp.data.prepared import SourceError, load_meta, load_split, pretrain_images, pretraining_set
 from mae_exp.data.folder import prepare_folder
 from mae_exp.data.stl10 import prepare_stl10
-from conftest import REPO, copy_repo, dvc, git, run
+from conftest import REPO, copy_repo, dvc, git, run, stage_cmd
 
 CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 SPLIT_SIZES = {"train": 3, "test": 2, "unlabeled": 4}
@@ -263,6 +263,7 @@ def test_offline_through_the_stage_script_one_clear_line_and_no_work(tmp_path):
     url = closed_port_url()
     # the stage exactly as dvc runs it, with the address pointed at a closed port on loopback
     code = (f"import runpy, mae_exp.data.stl10 as s; s.STL10_URL = {url!r}; "
+            f"import sys; sys.argv = {stage_cmd('download')[1:]!r}; "
             f"runpy.run_path('stages/download.py', run_name='__main__')")
     proc = run(["python", "-c", code], repo, check=False)
     assert proc.returncode == 1, proc.stderr
@@ -405,6 +406,7 @@ def folder_repo(tmp_path: Path, root) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_download_stage_tracks_the_folder_content_but_not_the_stl10_archive(tmp_path):
     repo = folder_repo(tmp_path, "data/images")
     make_folder(repo / "data/images")
@@ -426,6 +428,7 @@ def test_download_stage_tracks_the_folder_content_but_not_the_stl10_archive(tmp_
     assert load_meta(repo / "data/prepared")["sizes"]["train"] == 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("committed", [False, True])
 def test_a_folder_inside_the_repo_that_git_would_commit_stops_with_the_command_that_fixes_it(tmp_path, committed):
     repo = folder_repo(tmp_path, "data/images")
@@ -449,6 +452,7 @@ def test_a_folder_inside_the_repo_that_git_would_commit_stops_with_the_command_t
     assert load_meta(repo / "data/prepared")["classes"] == ["cat", "dog"]
 
 
+@pytest.mark.slow
 def test_a_folder_outside_the_repo_is_an_external_dependency_of_the_download_stage(tmp_path):
     photos = make_folder(tmp_path / "datasets" / "photos", unlabeled=False)
     repo = folder_repo(tmp_path, photos.resolve())

@@ -1,13 +1,16 @@
 """The seeds x ablations study: statistics on constructed results with a known answer, experiments
 recognised from `dvc.api.exp_show` rows (constructed, and real ones from `dvc exp save`), the study
-section's validation, and `python -m mae_exp.study queue` + `report` end to end through the real dvc queue."""
+section's validation, and `python -m mae_exp.study queue` + `report` end to end through the real `dvc exp run --temp`."""
 
 from __future__ import annotations
 
 import copy
 import json
 import math
+import os
 import re
+import signal
+import subprocess
 import time
 from collections import Counter
 
@@ -212,6 +215,7 @@ def save_experiment(repo, name: str, params: dict, metrics: dict) -> None:
         dvc("exp", "save", "-n", name, cwd=repo)
 
 
+@pytest.mark.slow
 def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
     """Experiments saved by the real `dvc exp save`, read back through dvc.api.exp_show and through a
     saved `dvc exp show --csv`: DVC's own column names, values and times."""
@@ -338,92 +342,77 @@ def test_no_stage_reads_the_study_section():
         assert not any(str(p).split(".")[0] == "study" for p in stage.get("params", [])), name
 
 
-def test_waiting_names_failed_experiments_and_their_logs(monkeypatch, capsys):
-    old = ("0000000", ("s43-all", "Failed"))  # an earlier attempt of the same name: not ours
-    states = iter([
-        dict([old, ("aaaaaaa", ("s42-all", "Running")), ("bbbbbbb", ("s43-all", "Queued"))]),
-        # DVC re-stashed s43-all under a new task id
-        dict([old, ("aaaaaaa", ("s42-all", "Success")), ("ccccccc", ("s43-all", "Queued"))]),
-        dict([old, ("aaaaaaa", ("s42-all", "Success")), ("ccccccc", ("s43-all", "Failed"))]),
-    ])
-    first = next(states)
-    calls = iter([first, first, *states])
-    monkeypatch.setattr(study_queue, "queue_status",
-                        lambda with_workers=False: (next(calls), 1) if with_workers else next(calls))
-    monkeypatch.setattr(study_queue, "start_workers", lambda jobs: None)
-    assert study_queue.run({"aaaaaaa": "s42-all", "bbbbbbb": "s43-all"}, [], jobs=1, poll_s=0, names_here=set()) == 1
+TOY_PIPELINE = """\
+stages:
+  a:
+    cmd: python -c "import yaml; p = yaml.safe_load(open('params.yaml')); open('a.txt', 'w').write(str(p['x']))"
+    params: [x]
+    outs: [a.txt]
+  b:
+    cmd: python -c "import time, yaml; p = yaml.safe_load(open('params.yaml')); time.sleep(p['sleep']); assert p['y'] != 13, 'y is 13'; open('b.txt', 'w').write(str(p['y']))"
+    deps: [a.txt]
+    params: [y, sleep]
+    outs: [b.txt]
+"""
+
+
+@pytest.fixture
+def toy_repo(tmp_path, monkeypatch):
+    """A two-stage DVC pipeline that runs in a second (stage b sleeps `sleep` s, fails when y is 13): the runner
+    on the real dvc and git, without training anything."""
+    repo = tmp_path / "toy"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text(TOY_PIPELINE)
+    (repo / "params.yaml").write_text("x: 1\ny: 2\nsleep: 0\n")
+    (repo / ".gitignore").write_text("/scratch/\n")
+    git("init", "-q", "-b", "main", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "toy", cwd=repo)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")  # the stages' `python`
+    return repo
+
+
+def test_the_runner_names_failed_experiments_and_their_logs(toy_repo, capsys):
+    jobs = [study_queue.Job("s1-ok", 1, "ok", ("x=3",)), study_queue.Job("s1-bad", 1, "bad", ("y=13",))]
+    assert study_queue.run(jobs, jobs=2, poll_s=0.2, names_here=set()) == 1
     printed = capsys.readouterr()
     assert "1 of 2 experiments succeeded" in printed.out
-    assert "failed: s43-all: see `dvc queue logs ccccccc`" in printed.out
-    assert "s42-all: running" in printed.err and "s43-all: failed" in printed.err  # one line per change
+    assert "failed: s1-bad (exit 255): see scratch/study/s1-bad.log: ERROR: failed to reproduce 'b'" in printed.out
+    assert "y is 13" in (toy_repo / "scratch" / "study" / "s1-bad.log").read_text()
+    assert "s1-ok: running" in printed.err and "s1-bad: failed (exit 255)" in printed.err  # one line per change
+    assert study_queue.experiment_names() == {"s1-ok"}  # a real DVC experiment; the workspace untouched
+    assert (toy_repo / "params.yaml").read_text() == "x: 1\ny: 2\nsleep: 0\n"
+    assert not (toy_repo / "a.txt").exists()
+    # the same name again on this commit: -f, else DVC refuses it
+    assert study_queue.run(jobs[:1], jobs=1, poll_s=0.2, names_here={"s1-ok"}) == 0
 
 
-def test_the_queue_holds_the_running_experiments_and_one_waiting(monkeypatch, capsys):
-    """A fake DVC queue: each status call moves one queued task to running and running ones to success."""
-    tasks: dict[str, list] = {}
-    most = []
-
-    def status(with_workers=False):
-        for t in list(tasks):
-            if tasks[t][1] == "Running":
-                tasks[t][1] = "Success"
-        queued = [t for t in tasks if tasks[t][1] == "Queued"]
-        if queued:
-            tasks[queued[0]][1] = "Running"
-        most.append(sum(v[1] in ("Queued", "Running") for v in tasks.values()))
-        view = {t: tuple(v) for t, v in tasks.items()}
-        return (view, 1) if with_workers else view
-
-    def enqueue(job, names_here):
-        t = f"{len(tasks):07x}"
-        tasks[t] = [job.name, "Queued"]
-        return t
-
-    monkeypatch.setattr(study_queue, "queue_status", status)
-    monkeypatch.setattr(study_queue, "enqueue", enqueue)
-    starts = []
-    monkeypatch.setattr(study_queue, "start_workers", starts.append)
-    jobs = plan(parse_params(TINY), [1, 2, 3], ["all", "laplacian_only"])
-    assert study_queue.run({}, jobs, jobs=2, poll_s=0, names_here=set()) == 0
-    assert max(most) == 3 and len(tasks) == 6  # -j 2: two running, one waiting so the worker never idles out
-    assert all(state == "Success" for _, state in tasks.values())
-    assert "6 of 6 experiments succeeded" in capsys.readouterr().out
-    # workers started once: queued tasks were always taken up, so no `dvc queue start` added another
-    assert starts == [2]
-
-
-def test_a_queue_read_that_meets_a_half_written_message_is_tried_again(monkeypatch):
-    """DVC's queue is a folder of message files: reading a reply while the worker writes it gives an empty
-    message (seen once end to end). That cannot be timed on purpose, so here a stand-in for DVC's Repo
-    fails like that once."""
-    import dvc.repo
-    failures = iter([json.JSONDecodeError("Expecting value", "", 0)])
-
-    class Queue:
-        def status(self):
-            error = next(failures, None)
-            if error:
-                raise error
-            return [{"rev": "a" * 40, "name": "s42-all", "status": "Running", "timestamp": None}]
-
-        def worker_status(self):
-            return {"dvc-exp-1@localhost": []}
-
-    class Repo:
-        experiments = type("Experiments", (), {"celery_queue": Queue()})()
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(dvc.repo, "Repo", Repo)
-    monkeypatch.setattr(study_queue.time, "sleep", lambda s: None)
-    assert study_queue.queue_status(with_workers=True) == ({"a" * 40: ("s42-all", "Running")}, 1)
-    failures = iter([json.JSONDecodeError("Expecting value", "", 0)] * 3)
-    with pytest.raises(StudyError, match=r"could not read DVC's queue \(JSONDecodeError: Expecting value"):
-        study_queue.queue_status()
+@pytest.mark.slow
+def test_ctrl_c_stops_the_running_experiment_and_the_same_command_finishes_it(toy_repo):
+    """SIGINT to the runner (what Ctrl-C sends it: the experiments have their own process group) stops
+    the running experiment within seconds, exit 130; run again, its finished stage comes from the run-cache."""
+    script = ("import sys; from mae_exp.study.queue import Job, run; "
+              "sys.exit(run([Job('s1-slow', 1, 'slow', ('x=5', 'sleep=60'))], jobs=1, poll_s=0.2, names_here=set()))")
+    proc = subprocess.Popen([str(BIN / "python"), "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    log = toy_repo / "scratch" / "study" / "s1-slow.log"
+    deadline = time.monotonic() + 60
+    while "Running stage 'b'" not in (log.read_text() if log.is_file() else ""):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() else ""
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert time.monotonic() - t0 < 30  # not the stage's 60 s
+    assert "stopped; interrupted: s1-slow" in output
+    assert study_queue.experiment_names() == set()
+    assert study_queue.run([study_queue.Job("s1-slow", 1, "slow", ("x=5",))], 1, 0.2, set()) == 0
+    log = log.read_text()
+    assert "Stage 'a' is cached - skipping run" in log and "Running stage 'b'" in log
+    assert study_queue.experiment_names() == {"s1-slow"}
 
 
 # --------------------------------------------------------------------------- end to end
@@ -433,17 +422,27 @@ def study(*args: str, cwd, **kw):
     return run([str(BIN / "python"), "-m", "mae_exp.study", *args], cwd, **kw)
 
 
+@pytest.mark.slow
+def test_no_start_hands_the_experiments_to_dvcs_queue(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    proc = study("queue", "--seeds", "42", "43", "--ablations", "laplacian_only", "--no-start", cwd=repo)
+    assert "2 experiment(s) in DVC's queue: `dvc queue start -j N` runs them" in proc.stdout, proc.stdout
+    queued = dvc("queue", "status", cwd=repo).stdout
+    assert re.search(r"s42-laplacian_only\s.*Queued", queued) and re.search(r"s43-laplacian_only\s.*Queued", queued), queued
+
+
+@pytest.mark.slow
 def test_queue_and_report_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     # 2 seeds x 2 ablations; -j 2 runs both seeds' `all` together, then both `laplacian_only`, whose
     # original branch the run-cache restores
     proc = study("queue", "--seeds", "42", "43", "--ablations", "all", "laplacian_only", "-j", "2",
-                 "--poll", "5", cwd=repo, timeout=540)
+                 "--poll", "5", cwd=repo, timeout=1500)  # a guard against a hang (the CPU may be shared)
     out = proc.stdout + proc.stderr
     assert "4 of 4 experiments succeeded" in out, out
     names = set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split())
     assert names == {"s42-all", "s43-all", "s42-laplacian_only", "s43-laplacian_only"}
-    logs = dvc("queue", "logs", "s43-laplacian_only", cwd=repo).stdout
+    logs = (repo / "scratch" / "study" / "s43-laplacian_only.log").read_text()
     assert "Stage 'pretrain_original' is cached - skipping run" in logs
     assert "Running stage 'pretrain_improved'" in logs
 

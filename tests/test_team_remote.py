@@ -25,6 +25,8 @@ import yaml
 
 from conftest import BIN, copy_repo, dvc, env, git, ran_stages
 
+pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
+
 SSHD = Path("/usr/sbin/sshd")  # sshd must be started by absolute path (it re-executes itself)
 
 

@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from rich.progress import Progress
 
-from conftest import copy_repo, dvc, run
+from conftest import copy_repo, dvc, run, stage_cmd
 from mae_exp.progress import EtaColumn
 from mae_exp.measures import MEASURES
 from mae_exp.report import ahead, print_table, summary
@@ -81,6 +82,7 @@ def test_a_win_on_its_own_objective_is_labelled_and_not_counted(capsys):
     assert len(wins) == len(compared) == 6  # 0.41 against 0.4 everywhere: ahead on every counted measure
 
 
+@pytest.mark.slow
 def test_every_stage_says_how_many_threads_it_uses(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     params = (repo / "params.yaml").read_text().replace("\nthreads: 0", "\nthreads: 1")
@@ -90,7 +92,7 @@ def test_every_stage_says_how_many_threads_it_uses(tmp_path):
     assert "download: data.source shapes, 1 CPU thread" in text
     assert ("linear probe random: class token and mean-pooled patches, linear heads and kNN (k 20, T 0.07), "
             "cpu, 1 CPU thread") in text
-    proc = run(["python", "stages/pretrain.py", "original"], repo)
+    proc = run(stage_cmd("pretrain_original"), repo)
     assert "lr 1.88e-04, cpu, 1 CPU thread\n" in proc.stdout + proc.stderr
-    proc = run(["python", "stages/finetune.py", "random"], repo)
+    proc = run(stage_cmd("finetune@random"), repo)
     assert "1 epochs of 4 steps, lr 7.81e-05, cpu, 1 CPU thread\n" in proc.stdout + proc.stderr

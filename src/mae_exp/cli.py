@@ -11,17 +11,22 @@ import signal
 import sys
 
 from .config import ConfigError, Params, load_params
-from .errors import DistributedError, Interrupted, TrainingDiverged
+from .errors import DiskFull, DistributedError, Interrupted, TrainingDiverged, out_of_space
 from .progress import console
 
 
-def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[str, ...]] | None = None) -> None:
-    """Parse positional args, load params.yaml, call main(params, *args); exit 2 on bad input.
+def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[str, ...]] | None = None,
+              paths: tuple[str, ...] = ()) -> None:
+    """Parse positional args and `--<path> PATH` for each of `paths` (dvc.yaml's `cmd` passes them, so a
+    path is written only there), load params.yaml, call main(params, *args, **paths); exit 2 on bad input.
     (Training stages wrap main in distributed.processes, for `<section>.processes`.)"""
-    args = sys.argv[1:]
     script = sys.argv[0]
-    if len(args) != len(argv_names):
-        _fail(f"usage: python {script} {' '.join(n.upper() for n in argv_names)}", 2)
+    args, options = sys.argv[1:1 + len(argv_names)], sys.argv[1 + len(argv_names):]
+    named = dict(zip(options[::2], options[1::2]))
+    if (len(args) != len(argv_names) or any(a.startswith("--") for a in args) or len(options) % 2
+            or sorted(named) != sorted(f"--{p}" for p in paths)):
+        _fail(f"usage: python {script} {' '.join([*(n.upper() for n in argv_names), *(f'--{p} PATH' for p in paths)])}"
+              " (dvc.yaml's cmd gives the paths)", 2)
     for name, value in zip(argv_names, args):
         allowed = (choices or {}).get(name)
         if allowed and value not in allowed:
@@ -37,10 +42,10 @@ def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[s
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        main(params, *args)
+        main(params, *args, **{p: named[f"--{p}"] for p in paths})
     except DistributedError as e:  # can differ between machines: each one's first process says it
         _fail(str(e), 1, loud=os.environ.get("LOCAL_RANK", "0") == "0")
-    except TrainingDiverged as e:
+    except (TrainingDiverged, DiskFull) as e:
         _fail(str(e), 1)
     except Interrupted as e:
         _fail(f"{e} ({signal.Signals(stopped_by[0]).name})", 128 + stopped_by[0], style="yellow", prefix="stopped")
@@ -49,6 +54,11 @@ def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[s
               f"`dvc repro` runs this stage again", 128 + stopped_by[0], style="yellow", prefix="stopped")
     except (FileNotFoundError, ValueError) as e:
         _fail(f"{script}: {e}", 1)
+    except OSError as e:
+        if not out_of_space(e):
+            raise
+        _fail(f"{script}: no space left on device writing {e.filename or 'a file'}: free some space, then "
+              f"`dvc repro` runs the stage again", 1)
 
 
 def _fail(message: str, code: int, loud: bool = False, style: str = "bold red", prefix: str = "error") -> None:

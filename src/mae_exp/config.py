@@ -32,7 +32,10 @@ class ConfigError(ValueError):
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 # YAML 1.1 reads 1.5e-4 (no dot) as a string: take it as the number it spells. An int is taken too, a bool not.
-Number = Annotated[float, BeforeValidator(lambda v: float(v) if isinstance(v, str) and _FLOAT.fullmatch(v) else v)]
+# Every float of params.yaml is a Number, and none may be .inf or .nan (an infinite lr or mlp_ratio trains nothing).
+Number = Annotated[float, BeforeValidator(lambda v: float(v) if isinstance(v, str) and _FLOAT.fullmatch(v) else v),
+                   Field(allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # derived seeds (seed * 1000 + split, seed + 1) stay in 64 bits
 Count = Annotated[int, Field(ge=1)]
 Batch = Annotated[int, Field(ge=2)]
 Positive = Annotated[Number, Field(gt=0)]
@@ -129,7 +132,18 @@ class TrainingConfig(Section):
         return self
 
 
-PretrainConfig = TrainingConfig  # shared by both variants
+class PretrainConfig(TrainingConfig):
+    """Shared by both variants."""
+
+    # weights to start from instead of the seed's initialisation: a transformers ViTMAE folder, a
+    # facebookresearch/mae checkpoint or one of ours (hf.py); null: from scratch
+    init_from: str | None
+
+    @model_validator(mode="after")
+    def _init_from(self):
+        _check(self.init_from is None or self.init_from.strip() != "",
+               "init_from must be null (from scratch) or a path to a transformers folder or checkpoint file")
+        return self
 
 
 class FinetuneConfig(TrainingConfig):
@@ -161,7 +175,7 @@ class VisualizeConfig(Section):
     images: Count  # rows in the reconstruction grid
     eval_images: Count  # test images over which HF error and PSNR are averaged
     mask_ratio: Ratio
-    mask_seed: int
+    mask_seed: Seed
 
 
 # one ablation: {"improved.<key>": value, ...} applied on top of `improved`; {} or nothing = all improvements
@@ -171,7 +185,7 @@ Overrides = Annotated[dict[str, Number], BeforeValidator(lambda v: {} if v is No
 class StudyConfig(Section):
     """Seeds x ablations for `python -m mae_exp.study` (no pipeline stage reads this section)."""
 
-    seeds: _list_of(StrictInt)
+    seeds: _list_of(Annotated[StrictInt, Field(ge=0, le=2**32 - 1)])
     ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # ablation name -> its overrides
 
     @model_validator(mode="after")
@@ -186,7 +200,7 @@ class StudyConfig(Section):
 
 
 class Params(Section):
-    seed: int
+    seed: Seed
     threads: Annotated[int, Field(ge=0)]  # CPU threads per process for every stage; 0 = all cores
     data: DataConfig
     model: ModelConfig

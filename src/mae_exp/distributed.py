@@ -122,15 +122,15 @@ def launch(processes: int, key: str, threads: int) -> int:
 
 
 def processes(section: str, main):
-    """Stage entry for a training stage: main(params, *args) in `<section>.processes` processes. Started as
+    """Stage entry for a training stage: main(params, *args, **paths) in `<section>.processes` processes. Started as
     `python stages/...` with N > 1, this process launches N workers of the same command under torchrun and
     exits with their status; a worker (or N = 1) joins the process group around main."""
-    def run(params, *args):
+    def run(params, *args, **paths):
         n, key = getattr(params, section).processes, f"{section}.processes"
         if n > 1 and not under_torchrun():
             sys.exit(launch(n, key, params.threads))
         with session(n, key):
-            return main(params, *args)
+            return main(params, *args, **paths)
     return run
 
 

@@ -2,6 +2,8 @@
 that the stage runner imports none of the training code (dvc.yaml lists exactly what each stage imports).
 ConfigError, for params.yaml, lives in config.py; a bad input file or value raises ValueError."""
 
+import errno
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the params to change."""
@@ -9,6 +11,19 @@ class TrainingDiverged(RuntimeError):
 
 class Interrupted(Exception):
     """A training run stopped by a signal; the message says where, and what resumes it."""
+
+
+class DiskFull(RuntimeError):
+    """No space left while writing a file; the message names it (the atomic write left the old one intact)."""
+
+
+def out_of_space(e: BaseException | None) -> bool:
+    """Whether an exception, or one it was raised from or during, is a full disk."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class DistributedError(RuntimeError):

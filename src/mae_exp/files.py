@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import DiskFull, out_of_space
+
 
 def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp_path), then rename over `path`: a reader never sees a half-written file."""
@@ -20,6 +22,11 @@ def atomic_write(path: str | Path, write) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except Exception as e:
+        if out_of_space(e):  # torch reports it as "unexpected pos 704 vs 598", the OSError only in the chain
+            raise DiskFull(f"no space left on device while writing {path} (it was left as it was): free some "
+                           f"space, then `dvc repro` resumes from the last good state") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -15,27 +15,27 @@ of every evaluation; rank 0 alone writes.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
-from .augment import crop_and_flip_uint8, draw_crops, resize, to_float
+from . import distributed, hf
+from .augment import crop_and_flip_uint8, draw_crops
+from .checkpoints import load_encoder
 from .config import Params, as_dict, fingerprint
 from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
-from .probe import load_encoder
 from .progress import console
 from .optim import adamw, layer_decay, param_groups
-from .runtime import autocast, batches, gather, open_live, resident_images, setup
+from .runtime import autocast, batches, eval_batch, gather, open_live, resident_images, setup
 from .train import Schedule, Trainer
 
 
 class Classifier(nn.Module):
-    """Encoder + mean pooling + LayerNorm + linear head (MAE's fine-tuning head, `global_pool`)."""
+    """Encoder + mean pooling + LayerNorm + linear head: MAE's `global_pool` head, except that the encoder's
+    final norm is kept (docs/reference.md#tuning says why)."""
 
     def __init__(self, encoder: ViTEncoder, num_classes: int):
         super().__init__()
@@ -50,17 +50,14 @@ class Classifier(nn.Module):
         return self.head(self.fc_norm(self.encoder.features(x, "mean")))
 
 
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: str, live_dir: str | Path,
              scratch: str | Path, test: bool = True) -> dict:
     """Fine-tune, log validation accuracy every epoch, then (`test`) read the test split once."""
     cfg = p.finetune
     device, amp_dtype = setup(cfg.precision, p.threads, p.seed)
     num_classes = len(load_meta(data_root)["classes"])
-    model = Classifier(load_encoder(encoder_path, p, drop_path=cfg.drop_path), num_classes).to(device)
+    load = hf.load_encoder if hf.is_foreign(encoder_path) else load_encoder  # a transformers / MAE checkpoint too
+    model = Classifier(load(encoder_path, p, drop_path=cfg.drop_path), num_classes).to(device)
     if cfg.compile:
         model.encoder.compile_blocks()
     net = distributed.wrap(model)  # DDP over the processes; `model` itself with one
@@ -82,7 +79,7 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
             "augment": torch.Generator(device=device).manual_seed(p.seed + 1)}
     settings = {k: v for k, v in as_dict(cfg).items() if k not in ("checkpoint_every", "compile", "processes")}
     key = fingerprint(p.seed, p.data, p.model, settings, load_meta(data_root).get("digest", ""),
-                      file_digest(encoder_path))
+                      hf.digest(encoder_path))
     state = Path(scratch) / key / "last.pt"
     trainer = Trainer(f"finetune {name}", "finetune", model, optimizer, schedule, device, amp_dtype, state, gens,
                       open_live(live_dir))
@@ -125,7 +122,7 @@ def evaluate(model: nn.Module, images, labels, input_size: int, device, amp_dtyp
         idx = idx.tensor_split(distributed.world_size())[distributed.rank()]
         if len(idx) == 0:
             continue
-        x = resize(to_float(gather(images, idx, device)), input_size)
+        x = eval_batch(images, idx, input_size, device)
         with autocast(device, amp_dtype):
             correct += (model(x).argmax(dim=1) == labels[idx.to(device)]).sum()
     return distributed.total(correct).item() / len(labels)

@@ -9,7 +9,9 @@ import torch
 
 
 def warmup_cosine(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warmup to `peak` over `warmup` steps, then half a cosine down to 0 at `total`."""
+    """Linear warmup to `peak` over `warmup` steps, then half a cosine down to 0 at `total`. MAE's
+    `adjust_learning_rate` at the fractional epoch step / steps_per_epoch, with min_lr 0, except that
+    during warmup this is MAE's value one step later: no step is taken at lr 0."""
     if step < warmup:
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)

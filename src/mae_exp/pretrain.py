@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, hf
 from .augment import crop_and_flip_uint8, draw_crops
+from .checkpoints import save_checkpoint
 from .config import Params, as_dict, fingerprint
 from .data.prepared import load_meta, pretraining_set
 from .model import MaskedAutoencoderViT
 from .objectives import mask_ratio_at
-from .files import save_torch
+from .progress import console
 from .optim import adamw, param_groups
 from .runtime import gather, open_live, resident_images, setup
 from .train import Schedule, Trainer
@@ -43,7 +44,8 @@ def run_key(p: Params, variant: str, data_digest: str) -> str:
     # checkpoint frequency, compilation and the number of processes do not change what is learned
     # (processes: up to float reduction order, tests/test_distributed.py): a resume may alter them
     schedule = {k: v for k, v in as_dict(p.pretrain).items() if k not in ("checkpoint_every", "compile", "processes")}
-    return fingerprint(p.seed, p.data, p.model, schedule, p.variant(variant), data_digest)
+    start = hf.digest(p.pretrain.init_from) if p.pretrain.init_from else None  # the weights, not just their path
+    return fingerprint(p.seed, p.data, p.model, schedule, p.variant(variant), data_digest, *([start] if start else []))
 
 
 def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) -> dict:
@@ -58,6 +60,9 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
 
     model = MaskedAutoencoderViT(p.model, p.data.input_size, lambda_freq=variant.lambda_freq,
                                  lambda_unif=variant.lambda_unif).to(device)
+    if cfg.init_from:  # instead of the seed's initialisation
+        console.print(f"pretrain {variant_name}: {hf.init_from(model, cfg.init_from, p.model)}",
+                      highlight=False)
     if cfg.compile:
         model.compile_blocks()  # in place: parameter names, and so checkpoints, stay as in eager mode
     net = distributed.wrap(model)  # DDP over the processes; the model itself with one
@@ -94,8 +99,9 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     if distributed.is_rank0():
         config = {"model": as_dict(p.model), "input_size": p.data.input_size, "variant": variant_name,
                   "classes": meta["classes"]}
-        save_torch({**config, "model_state": model.state_dict(), "history": history}, out.checkpoint)
-        save_torch({**config, "encoder_state": model.encoder.state_dict()}, out.encoder)
+        learned = [{k: v for k, v in row.items() if k != "images_per_s"} for row in history]  # no timing: same
+        save_checkpoint({**config, "model_state": model.state_dict(), "history": learned}, out.checkpoint)  # bytes
+        save_checkpoint({**config, "encoder_state": model.encoder.state_dict()}, out.encoder)
         trainer.live.summary.update(summary)
         trainer.live.end()  # the summary, and DVCLive's own clean-up
     distributed.check_same_weights(model, f"pretrain {variant_name}")
@@ -107,6 +113,6 @@ def init_random(p: Params, encoder_path: str | Path, data_root: str | Path) -> P
     """The encoder every pre-training starts from (same seed), saved untrained: the probe's baseline."""
     torch.manual_seed(p.seed)
     model = MaskedAutoencoderViT(p.model, p.data.input_size)
-    return save_torch({"model": as_dict(p.model), "input_size": p.data.input_size, "variant": "random",
+    return save_checkpoint({"model": as_dict(p.model), "input_size": p.data.input_size, "variant": "random",
                        "classes": load_meta(data_root)["classes"], "encoder_state": model.encoder.state_dict()},
                       encoder_path)

@@ -16,6 +16,7 @@ on it: tune on the `*_val_top1` keys).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -23,26 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import resize, to_float
-from .config import ModelConfig, Params
+from .checkpoints import load_encoder
+from .config import Params
 from .data.prepared import labeled, load_meta
 from .distributed import describe
+from .errors import TrainingDiverged
 from .model import ViTEncoder
 from .progress import console, progress
 from .optim import warmup_cosine
-from .runtime import autocast, batches, gather, open_live, setup
-
-
-def load_encoder(path: str | Path, p: Params, drop_path: float = 0.0) -> ViTEncoder:
-    """An encoder saved by pretrain (or init_random), checked against the current model params."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = ModelConfig(**saved["model"])
-    if cfg != p.model or saved["input_size"] != p.data.input_size:
-        raise ValueError(f"{path} was trained with model {cfg} at {saved['input_size']} px, but params.yaml "
-                         f"asks for {p.model} at {p.data.input_size} px: run `dvc repro` to retrain it")
-    encoder = ViTEncoder(cfg, saved["input_size"], drop_path=drop_path)
-    encoder.load_state_dict(saved["encoder_state"])
-    return encoder
+from .runtime import autocast, batches, eval_batch, open_live, setup
 
 
 POOLINGS = ("cls", "mean")
@@ -56,7 +46,7 @@ def extract_features(encoder: ViTEncoder, images, input_size: int, device, amp_d
     feats = {pooling: [] for pooling in POOLINGS}
     with progress() as bar:
         for idx in bar.track(batches(len(images), batch_size, drop_last=False), description=f"features {label}"):
-            x = resize(to_float(gather(images, idx, device)), input_size)
+            x = eval_batch(images, idx, input_size, device)
             with autocast(device, amp_dtype):
                 tokens = encoder(encoder.embed(x)).float()
             feats["cls"].append(tokens[:, 0])
@@ -119,9 +109,17 @@ def train_heads(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, 
             step += 1
         for head in heads.values():
             head.eval()
+        train_losses = {name: s.item() / per_epoch for name, s in loss_sums.items()}
+        # A diverged head would report chance accuracy as the encoder's. Cross-entropy starts near ln(classes)
+        # (logits near 0) and only falls when the head learns: 100 times that is divergence, NaN or not.
+        for name, train_loss in train_losses.items():
+            if not train_loss <= 100 * math.log(num_classes):
+                raise TrainingDiverged(f"linear probe ({name} head): the training loss became {train_loss:.3g} in "
+                                       f"epoch {epoch + 1} (from about {math.log(num_classes):.2f}); lower "
+                                       f"linear_probe.lr (now {lr:g})")
         if on_epoch:
             with torch.no_grad():
-                on_epoch(epoch, heads, {name: s.item() / per_epoch for name, s in loss_sums.items()})
+                on_epoch(epoch, heads, train_losses)
     return heads
 
 

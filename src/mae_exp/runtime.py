@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .augment import resize, to_float
 
 
 def setup(precision: str, threads: int, seed: int) -> tuple[torch.device, torch.dtype | None]:
@@ -64,6 +65,12 @@ def gather(images, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     rows = torch.from_numpy(images[idx_np[order]])
     rows = rows[torch.from_numpy(order.argsort())]
     return rows.to(device, non_blocking=True)
+
+
+def eval_batch(images, idx: torch.Tensor, input_size: int, device: torch.device) -> torch.Tensor:
+    """Evaluation's input (probe features, fine-tuning accuracy, reconstructions): rows `idx`, normalised
+    and resized to `input_size`, no augmentation."""
+    return resize(to_float(gather(images, idx, device)), input_size)
 
 
 def resident_images(images, device: torch.device):

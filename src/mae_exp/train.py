@@ -5,8 +5,10 @@ which is how fine-tuning applies MAE's layer-wise decay), the forward under auto
 (active for fp16 only), backward, AdamW. Around it:
 
 - resumable state every `checkpoint_every` epochs in `state_path` (model, optimiser, scaler, every random
-  generator, what was logged), written atomically, outside DVC's declared outputs (see pretrain.py);
-  a run killed at any point restarts from it and draws exactly what the uninterrupted run would;
+  generator, what was logged), written atomically with its digest, outside DVC's declared outputs (see
+  pretrain.py); the state before it is kept as `prev.pt`. A run killed at any point restarts from it and
+  draws exactly what the uninterrupted run would; a state that is unreadable or fails its digest is set
+  aside (`*.corrupt`) with one line, and the run falls back to the previous state, or starts afresh;
 - a NaN guard: the loss is read on the host every LOG_EVERY steps (each read synchronises the device),
   and a non-finite value stops the run with the keys to change;
 - DVCLive (rank 0): every logged step's terms and learning rate, every epoch's `after_epoch` metrics;
@@ -25,9 +27,9 @@ from typing import Callable
 import torch
 
 from . import distributed
+from .checkpoints import CorruptCheckpoint, read_checkpoint, save_checkpoint
 from .errors import Interrupted, TrainingDiverged
 from .progress import console, progress
-from .files import save_torch
 from .optim import warmup_cosine
 from .runtime import autocast, batches
 
@@ -78,11 +80,27 @@ class Trainer:
         else:
             console.print(f"{self.name}: {description}", highlight=False, soft_wrap=True)
 
+    @property
+    def previous_path(self) -> Path:
+        return self.state_path.with_name("prev.pt")
+
+    def _read_state(self) -> dict | None:
+        """The newest resumable state that passes its digest; a bad one is set aside, never used."""
+        for path in (self.state_path, self.previous_path):
+            if not path.exists():
+                continue
+            try:
+                return read_checkpoint(path, "set aside")
+            except CorruptCheckpoint as e:
+                path.replace(path.with_name(path.name + ".corrupt"))  # kept to inspect, out of the way
+                fallback = "the previous state" if path == self.state_path else "a fresh start"
+                console.print(f"[yellow]warning:[/] {e} as {path.name}.corrupt; {self.name} falls back to {fallback}",
+                              highlight=False, soft_wrap=True)
+        return None
+
     def restore(self) -> bool:
         """Load the resumable state if there is one (rank 0 reads it and hands it to the others)."""
-        state = None
-        if distributed.is_rank0() and self.state_path.exists():
-            state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        state = self._read_state() if distributed.is_rank0() else None
         state = distributed.from_rank0(state)
         if state is None:
             return False
@@ -103,7 +121,9 @@ class Trainer:
         return True
 
     def _save(self, epoch: int) -> None:
-        save_torch({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        if self.state_path.exists():  # keep one good state behind, in case the newest is damaged later
+            self.state_path.replace(self.previous_path)
+        save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict(),
                     "generators": {k: g.get_state() for k, g in self.generators.items()},
                     "torch_rng": torch.get_rng_state(),
@@ -164,7 +184,7 @@ class Trainer:
         values = distributed.mean(torch.stack([torch.as_tensor(terms[k], device=self.device, dtype=torch.float32)
                                                for k in names])).tolist()
         if not all(v == v and abs(v) != float("inf") for v in values):
-            kept = (f"the last good checkpoint is kept at {self.state_path}" if self.state_path.exists()
+            kept = (f"the last checkpoint is kept at {self.state_path}" if self.state_path.exists()
                     else "no checkpoint was written yet")
             raise TrainingDiverged(
                 f"{self.name}: the loss became {values[0]} at epoch {epoch + 1}, step {i + 1}; {kept}. Lower "
@@ -202,7 +222,8 @@ class Trainer:
     def finish(self) -> None:
         """The run is complete and its declared outputs written: the resumable state is no longer needed."""
         if distributed.is_rank0():
-            self.state_path.unlink(missing_ok=True)
+            for path in self.state_path.parent.glob("*.pt*"):  # the states, and any set aside as corrupt
+                path.unlink(missing_ok=True)
             try:
                 self.state_path.parent.rmdir()
             except OSError:

@@ -36,7 +36,8 @@ def grid(**axes) -> list[dict]:
 def tune_linear_probe(p, encoder: str, points: list[dict]) -> list[dict]:
     """Both poolings' heads at every point (they train together), one row each."""
     from .data.prepared import labeled, load_meta
-    from .probe import accuracy, extract_features, load_encoder, train_heads
+    from .checkpoints import load_encoder
+    from .probe import accuracy, extract_features, train_heads
     from .runtime import setup
     device, amp_dtype = setup("auto", p.threads, p.seed)
     model = load_encoder(f"models/{encoder}/encoder.pt", p).to(device)

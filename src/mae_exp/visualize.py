@@ -18,21 +18,15 @@ from pathlib import Path
 
 import torch
 
-from .augment import resize, to_float, to_unit
-from .config import VARIANTS, ModelConfig, Params
+from .augment import to_unit
+from .checkpoints import load_mae
+from .config import VARIANTS, Params
 from .data.prepared import load_split
 from .model import MaskedAutoencoderViT
 from .objectives import masked_laplacian_l1, patch_mask_to_pixels
 from .progress import console, progress
 from .files import atomic_write
-from .runtime import batches, open_live, setup
-
-
-def load_mae(path: str | Path, p: Params) -> MaskedAutoencoderViT:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    model = MaskedAutoencoderViT(ModelConfig(**saved["model"]), saved["input_size"])
-    model.load_state_dict(saved["model_state"])
-    return model.eval()
+from .runtime import batches, eval_batch, open_live, setup
 
 
 @torch.no_grad()
@@ -79,13 +73,10 @@ def visualize(p: Params, checkpoints: dict[str, str | Path], data_root: str | Pa
     grid = models[VARIANTS[0]].grid
     noise = torch.rand(n_eval, grid * grid, generator=torch.Generator().manual_seed(cfg.mask_seed))
 
-    def batch(idx) -> torch.Tensor:
-        return resize(to_float(torch.from_numpy(test.images[idx]).to(device)), p.data.input_size)
-
     sums = {name: {"mse": 0.0, "hf_error": 0.0, "psnr": 0.0} for name in VARIANTS}
     with progress() as bar:
         for idx in bar.track(batches(n_eval, 128, drop_last=False), description="reconstructing"):
-            x = batch(idx.numpy())
+            x = eval_batch(test.images, idx, p.data.input_size, device)
             for name, model in models.items():
                 recon, pixel_mask, mask, mse = reconstruct(model, x, noise[idx].to(device), cfg.mask_ratio)
                 image = to_unit(x)
@@ -94,7 +85,7 @@ def visualize(p: Params, checkpoints: dict[str, str | Path], data_root: str | Pa
                 sums[name]["psnr"] += masked_psnr(recon, image, pixel_mask).sum().item()
     # the grid: its own images across classes, its own masks from the same seed (identical for both models)
     rows = grid_indices(test.labels, cfg.images, cfg.mask_seed)
-    x = batch(sorted(rows))
+    x = eval_batch(test.images, torch.tensor(sorted(rows)), p.data.input_size, device)
     row_noise = torch.rand(len(rows), grid * grid, generator=torch.Generator().manual_seed(cfg.mask_seed + 1))
     shown = {}
     for name, model in models.items():

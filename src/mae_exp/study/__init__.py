@@ -1,4 +1,4 @@
-"""Is the improvement real? Seeds x ablations through DVC's experiment queue, and an honest report.
+"""Is the improvement real? Seeds x ablations as DVC experiments, and an honest report.
 
     python -m mae_exp.study queue [--seeds 42 43] [--ablations all laplacian_only] [-j N] [--no-start] [--force]
     python -m mae_exp.study report [--rev REV] [--from-csv FILE]
@@ -9,7 +9,7 @@
 - `results.py`: DVC's experiments (`dvc.api.exp_show` rows) -> that DataFrame, recognising each study
   experiment by its params.
 - `report.py`, `figure.py`: sentences, tables, metrics/study.{csv,md} and plots/study.png.
-- `queue.py`: one DVC experiment per seed and ablation, queued, started and waited for.
+- `queue.py`: one DVC experiment per seed and ablation, each run by `dvc exp run --temp`, N at a time.
 """
 
 from __future__ import annotations

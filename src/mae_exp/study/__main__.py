@@ -20,13 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mae_exp.study",
                                  description="Is the improvement real? Seeds x ablations as DVC experiments.")
     sub = ap.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("queue", help="queue seeds x ablations as DVC experiments, run them, wait")
+    q = sub.add_parser("queue", help="run seeds x ablations as DVC experiments (dvc exp run --temp)")
     q.add_argument("--seeds", type=int, nargs="+", help="default: study.seeds in params.yaml")
     q.add_argument("--ablations", nargs="+", help="default: every one in study.ablations")
-    q.add_argument("-j", "--jobs", type=int, default=1, help="parallel experiments (dvc queue start -j)")
-    q.add_argument("--no-start", action="store_true", help="only queue; start later with dvc queue start")
+    q.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once")
+    q.add_argument("--no-start", action="store_true", help="only put them in DVC's queue; run them with dvc queue start")
     q.add_argument("--force", action="store_true", help="run again experiments already done")
-    q.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
+    q.add_argument("--poll", type=float, default=2.0, help="seconds between status checks")
     r = sub.add_parser("report", help="tables, sentences and a figure from the finished experiments")
     r.add_argument("--rev", help="only experiments based on this commit (default: all commits)")
     r.add_argument("--from-csv", metavar="FILE",

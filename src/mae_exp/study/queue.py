@@ -1,20 +1,19 @@
-"""`study queue`: one DVC experiment per seed and ablation, named `s<seed>-<ablation>`, run through DVC's
-queue N at a time (and one waiting), and waited for.
+"""`study queue`: one DVC experiment per seed and ablation, named `s<seed>-<ablation>`, each run by DVC's
+public command `dvc exp run --temp` (in a temporary copy of the repository: the workspace is left alone),
+N at a time, each one's output in scratch/study/<name>.log.
 
-What it reads comes from DVC's Python side: the experiments (results.experiment_rows, `dvc.api.exp_show`),
-the queue's tasks and workers (`Repo.experiments.celery_queue.status()` and `.worker_status()`, what
-`dvc queue status` prints), the experiment names on this commit (`Repo.experiments.ls()`, `dvc exp ls`).
-Two things stay `dvc` commands:
-- `dvc exp run --queue`: dvc.api has no way to queue an experiment; the command is DVC's supported one,
-  the same a user would type, and it parses `-S key=value` overrides exactly as documented.
-- `dvc queue start -j N`: dvc.api has none either, and the Python-side `celery_queue.start_workers` forks
-  the calling process to detach each worker; from here that fork would copy this process (its progress-bar
-  thread, its signal handlers), while the command does it from a short-lived process of its own.
+Why child processes rather than DVC's queue (`dvc exp run --queue` + `dvc queue start`): what that queue
+is doing can be read only through DVC's private Python (`celery_queue`) or by parsing `dvc queue status`,
+and its workers stop when they find it empty. A child process says all of it: its exit status whether the
+experiment succeeded, its output the log, and Ctrl-C stops it. `--no-start` still hands the experiments
+to DVC's queue, to run them unattended with `dvc queue start`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,11 @@ from typing import NamedTuple
 from . import StudyError, out
 from .results import collect_runs, distinct_ablations, experiment_rows, load_study
 
-TERMINAL = {"Success", "Failed", "Removed"}  # "Removed": gone from the queue (dvc queue remove)
+LOGS = Path("scratch/study")  # one log per experiment, overwritten by its next run (scratch/: git-ignored)
+# DVC's words for a lock another `dvc exp run` holds: the repository's (while it copies the workspace) or
+# an experiments lock (`... is busy`). Not the experiment's failure: it is run again, up to LOCK_TRIES times.
+LOCK_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
+LOCK_TRIES = 3
 
 
 class Job(NamedTuple):
@@ -52,7 +55,7 @@ def plan(params, seeds: list[int] | None, ablations: list[str] | None) -> list[J
     return jobs
 
 
-# --------------------------------------------------------------------------- DVC
+# --------------------------------------------------------------------------- DVC's commands
 
 
 def _dvc() -> str:
@@ -60,32 +63,20 @@ def _dvc() -> str:
     return str(here) if here.exists() else (shutil.which("dvc") or "dvc")
 
 
-def queue_status(with_workers: bool = False, tries: int = 3):
-    """task id -> (name, status) of every task in DVC's queue (and the number of workers, active or idle)."""
-    from dvc.repo import Repo
-    from kombu.exceptions import KombuError
-    for attempt in range(1, tries + 1):
-        try:
-            with Repo() as repo:
-                q = repo.experiments.celery_queue
-                tasks = {e["rev"]: (e.get("name") or "", e["status"]) for e in q.status()}
-                workers = len(q.worker_status()) if with_workers else 0
-            return (tasks, workers) if with_workers else tasks
-        except (ValueError, OSError, KombuError) as e:
-            # DVC's queue is a folder of message files (kombu's file transport); reading one while a worker
-            # writes it fails (an empty reply: JSONDecodeError). Seen once in the end-to-end test: read again.
-            if attempt == tries:
-                raise StudyError(f"could not read DVC's queue ({type(e).__name__}: {e}), {tries} tries; "
-                                 "see `dvc queue status`; the same command resumes") from None
-            time.sleep(1.0)
+def exp_run(job: Job, names_here: set[str], mode: str) -> list[str]:
+    """`dvc exp run --temp` (mode "--temp") or `--queue` of one job; it waits for the repository's lock
+    rather than failing at once when another experiment is being set up."""
+    args = [_dvc(), "--wait-for-lock", "exp", "run", mode, "-n", job.name, *(a for o in job.overrides for a in ("-S", o))]
+    return args + (["-f"] if job.name in names_here else [])  # DVC refuses a name done on this commit
 
 
 def experiment_names() -> set[str]:
-    """Names of the finished experiments on the current commit: DVC refuses to queue one of these names
-    again without -f."""
-    from dvc.repo import Repo
-    with Repo() as repo:
-        return {name for exps in repo.experiments.ls().values() for name, _ in exps}
+    """Names of the experiments on the current commit (`dvc exp ls --name-only`)."""
+    proc = subprocess.run([_dvc(), "exp", "ls", "--name-only"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StudyError(f"`dvc exp ls --name-only` failed (exit {proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()}")
+    return set(proc.stdout.split())
 
 
 def finished_cells(current, study_raw: dict) -> dict[tuple[int, str], str]:
@@ -94,139 +85,118 @@ def finished_cells(current, study_raw: dict) -> dict[tuple[int, str], str]:
     return {(int(r["seed"]), r["ablation"]): r["name"] for r in runs.to_dict("records")}
 
 
-def enqueue(job: Job, names_here: set[str]) -> str | None:
-    """`dvc exp run --queue` one experiment; its task id (names can repeat in the queue, ids do not)."""
-    before = set(queue_status())
-    args = [_dvc(), "exp", "run", "--queue", "-n", job.name, *(a for o in job.overrides for a in ("-S", o))]
-    args += ["-f"] if job.name in names_here else []  # DVC refuses a name done on this commit
-    proc = subprocess.run(args, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise StudyError(f"`dvc {' '.join(args[1:])}` failed (exit {proc.returncode}): "
-                         f"{(proc.stderr or proc.stdout).strip()}")
-    new = [t for t, (n, _) in queue_status().items() if t not in before and n == job.name]
-    out.print(f"{job.name}: queued ({' '.join(job.overrides)})")
-    return new[0] if new else None
+def lock_busy(log: Path, start: int) -> bool:
+    """Whether the attempt logged from byte `start` on failed on a lock another DVC process held."""
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    return any(words in text for words in LOCK_BUSY)
 
 
-def start_workers(jobs: int) -> None:
-    # the worker it starts outlives it: no pipes, or waiting for their end would wait for the queue.
-    # Not reliably idempotent: DVC starts the workers (1..N) it believes are not running, and its count
-    # can read 0 while one runs; so `run` calls this only when queued experiments are not being taken up.
-    proc = subprocess.run([_dvc(), "queue", "start", "-j", str(jobs)], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise StudyError(f"`dvc queue start -j {jobs}` failed (exit {proc.returncode}): see `dvc queue status`")
+def last_error(log: Path) -> str:
+    """The last `ERROR:` line DVC wrote to a log, for the failure's one line."""
+    lines = [s for s in log.read_text(errors="replace").splitlines() if s.startswith("ERROR")] if log.is_file() else []
+    return f": {lines[-1][:200]}" if lines else ""
 
 
 # --------------------------------------------------------------------------- the command
 
 
 def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: bool = False,
-          poll_s: float = 10.0) -> int:
+          poll_s: float = 2.0) -> int:
     params, study_raw = load_study("params.yaml")
     todo = plan(params, seeds, ablations)
     done = finished_cells(params, study_raw)  # by params, on any commit: a commit in between loses nothing
-    names_here = experiment_names()
-    pending = {t: name for t, (name, status) in queue_status().items() if status in ("Queued", "Running")}
-    mine: dict[str, str] = {}  # task id -> name
-    waiting: list[Job] = []
+    waiting = []
     for job in todo:
-        if job.name in pending.values():
-            out.print(f"{job.name}: already queued or running, not queued again (waited for below)")
-            mine.update({t: n for t, n in pending.items() if n == job.name})
-        elif (job.seed, job.ablation) in done and not force:
+        if (job.seed, job.ablation) in done and not force:
             out.print(f"{job.name}: already done ({done[job.seed, job.ablation]}), skipped "
                       "(--force runs it again)")
         else:
             waiting.append(job)
-    if not mine and not waiting:
+    if not waiting:
         out.print("nothing new to run; `python -m mae_exp.study report` reads what is there")
         return 0
+    names_here = experiment_names()
     if not start:
         for job in waiting:
-            enqueue(job, names_here)
-        out.print(f"{len(mine) + len(waiting)} experiment(s) in the queue; start it with `dvc queue start -j N`")
+            proc = subprocess.run(exp_run(job, names_here, "--queue"), capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise StudyError(f"`dvc exp run --queue -n {job.name}` failed (exit {proc.returncode}): "
+                                 f"{(proc.stderr or proc.stdout).strip()}")
+            out.print(f"{job.name}: queued ({' '.join(job.overrides)})")
+        out.print(f"{len(waiting)} experiment(s) in DVC's queue: `dvc queue start -j N` runs them, "
+                  "`dvc queue status` and `dvc queue logs NAME` follow them")
         return 0
-    out.print(f"{len(waiting)} to run, {jobs} at a time (and one waiting in DVC's queue)")
-    return run(mine, waiting, jobs, poll_s, names_here)
+    out.print(f"{len(waiting)} to run with `dvc exp run --temp`, {jobs} at a time; logs in {LOGS}/")
+    return run(waiting, jobs, poll_s, names_here)
 
 
-def run(mine: dict[str, str], waiting: list[Job], jobs: int, poll_s: float, names_here: set[str]) -> int:
-    """Feed DVC's queue `jobs` experiments to run and one waiting behind them, and poll its status until
-    every one has finished, with a progress bar and a line per change of state.
-
-    Why not queue everything up front: then stopping this command stops the study (nothing is left
-    queued to run unattended), and running it again resumes it. Entries removed by hand
-    (`dvc queue remove`) are reported as not run."""
+def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs: Path = LOGS) -> int:
+    """Run the jobs, `jobs` at a time, each `dvc exp run --temp` in its own process group (so that Ctrl-C
+    reaches this process only, which then stops each experiment once and waits for DVC to clean up);
+    a progress bar and a line per change of state."""
     from ..progress import progress
-    waiting = list(waiting)
-    total = len(mine) + len(waiting)
-    started = no_worker_since = time.monotonic()
-    status: dict[str, str] = {}
-    seen = set(queue_status())  # older tasks of the same names are not ours
-    workers_started, stalled_since = False, None
+    logs.mkdir(parents=True, exist_ok=True)
+    waiting, total, started = list(waiting), len(waiting), time.monotonic()
+    running: dict[str, tuple[Job, subprocess.Popen]] = {}
+    failed: dict[str, int] = {}  # name -> exit status
+    tries: dict[str, int] = {}
+    log_start: dict[str, int] = {}  # where the current attempt's lines begin in the log
     try:
         with progress(running="") as bar:
             task = bar.add_task("experiments", total=total, running="")
-            while True:
-                tasks, workers = queue_status(with_workers=True)
-                for t in [t for t in mine if t not in tasks]:
-                    # DVC sometimes re-stashes a queued experiment under a new task id: follow it
-                    new = [u for u, (n, _) in tasks.items() if n == mine[t] and u not in mine and u not in seen]
-                    if new:
-                        mine[new[0]] = mine.pop(t)
-                        status[new[0]] = status.pop(t, None)
-                seen |= set(tasks)
-                now = {t: tasks.get(t, ("", "Removed"))[1] for t in mine}
-                for t, s in now.items():  # a line per change, so a log file tells the story too
-                    if status.get(t) != s:
-                        bar.console.print(f"{time.strftime('%H:%M:%S')} {mine[t]}: {s.lower()}")
-                status = now
-                in_flight = sum(s in ("Queued", "Running") for s in status.values())
-                # one more than the workers: DVC's worker stops when it finds the queue empty, and one that
-                # stopped while the next experiment was being queued took it along, left "Running" forever
-                if waiting and in_flight < jobs + 1:
-                    while waiting and in_flight < jobs + 1:
-                        job = waiting.pop(0)
-                        t = enqueue(job, names_here)
-                        if t:
-                            mine[t] = job.name
-                            seen.add(t)
-                            in_flight += 1
-                    continue  # poll again at once: the new tasks' state
-                # Start workers only when queued experiments are not being taken up: DVC's worker count
-                # (`dvc queue status`) showed none while one ran, and each `dvc queue start` then added one
-                short = sum(s == "Running" for s in status.values()) < min(jobs, in_flight)
-                stalled_since = (stalled_since or time.monotonic()) if short else None
-                if short and (not workers_started or time.monotonic() - stalled_since > max(30.0, 3 * poll_s)):
-                    start_workers(jobs)
-                    workers_started, stalled_since = True, None
-                    no_worker_since = time.monotonic()
-                finished = sum(s in TERMINAL for s in status.values())
-                failed = sum(s in ("Failed", "Removed") for s in status.values())
-                running = [mine[t] for t, s in status.items() if s == "Running"]
-                bar.update(task, completed=finished,
-                           running=f"{', '.join(running) or '-'} (failed: {failed})")
-                if finished == len(mine) and not waiting:
-                    break
-                if workers or running:  # the queue can show no worker while a task still runs
-                    no_worker_since = time.monotonic()
-                elif time.monotonic() - no_worker_since > max(60.0, 3 * poll_s):
-                    raise StudyError(f"no queue worker is running but {total - finished} experiment(s) "
-                                     "have not finished: `dvc queue status`; the same command resumes")
-                time.sleep(poll_s)
+            while waiting or running:
+                while waiting and len(running) < jobs:
+                    job = waiting.pop(0)
+                    tries[job.name] = tries.get(job.name, 0) + 1
+                    with (logs / f"{job.name}.log").open("w" if tries[job.name] == 1 else "a") as log:
+                        log_start[job.name] = log.tell()
+                        running[job.name] = job, subprocess.Popen(
+                            exp_run(job, names_here, "--temp"), stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+                    bar.console.print(f"{time.strftime('%H:%M:%S')} {job.name}: running")
+                for name, (job, proc) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[name]
+                    if proc.returncode and tries[name] < LOCK_TRIES and lock_busy(logs / f"{name}.log", log_start[name]):
+                        waiting.insert(0, job)
+                        bar.console.print(f"{time.strftime('%H:%M:%S')} {name}: DVC's lock was busy, run again")
+                        continue
+                    if proc.returncode:
+                        failed[name] = proc.returncode
+                    state = f"failed (exit {proc.returncode})" if proc.returncode else "success"
+                    bar.console.print(f"{time.strftime('%H:%M:%S')} {name}: {state}")
+                bar.update(task, completed=total - len(waiting) - len(running),
+                           running=f"{', '.join(running) or '-'} (failed: {len(failed)})")
+                if running:
+                    time.sleep(poll_s)
     except KeyboardInterrupt:
-        out.print("stopped; the experiments already in DVC's queue go on in the background "
-                  "(`dvc queue status`); the same command queues the rest, "
+        stop(running)
+        out.print(f"stopped; interrupted: {', '.join(running) or 'none'}. The same command runs what is not "
+                  "done (the stages an interrupted experiment finished come from DVC's run-cache); "
                   "`python -m mae_exp.study report` reads what is done")
         return 130
-    failed = [t for t, s in status.items() if s != "Success"]
     minutes = (time.monotonic() - started) / 60
-    out.print(f"{len(mine) - len(failed)} of {len(mine)} experiments succeeded in {minutes:.1f} min")
-    for t in failed:
-        if status[t] == "Removed":
-            out.print(f"[bold red]not run:[/] {mine[t]}: removed from the queue (task {t[:7]}); "
-                      "the same command queues it again")
-        else:
-            out.print(f"[bold red]failed:[/] {mine[t]}: see `dvc queue logs {t[:7]}`")
+    out.print(f"{total - len(failed)} of {total} experiments succeeded in {minutes:.1f} min")
+    for name, status in failed.items():
+        out.print(f"[bold red]failed:[/] {name} (exit {status}): see {logs / name}.log"
+                  f"{last_error(logs / f'{name}.log')}")
     return 1 if failed else 0
+
+
+def stop(running: dict, grace_s: float = 60.0) -> None:
+    """SIGINT to each experiment's process group (DVC and the stage it runs: the stage stops, DVC removes
+    its temporary copy), then SIGKILL to what is left after `grace_s`."""
+    procs = [proc for _, proc in running.values()]
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

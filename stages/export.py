@@ -1,0 +1,7 @@
+"""Stage `export@<variant>`: the pre-trained MAE as a transformers ViTMAE folder, models/<variant>/hf (hf.py)."""
+from mae_exp.cli import run_stage
+from mae_exp.config import VARIANTS
+from mae_exp.hf import export
+
+run_stage(lambda p, variant, checkpoint, out: export(checkpoint, out, p.variant(variant).mask_ratio),
+          ("variant",), {"variant": VARIANTS}, paths=("checkpoint", "out"))
