@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mae_exp.config import (ConfigError, ModelConfig, ablation_variant, as_dict, fingerprint, load_params,
+from mae_exp.config import (ConfigError, ModelConfig, arm_variant, as_dict, fingerprint, load_params,
                               parse_params)
 from conftest import REPO, dvc, run, stage_cmd
 
@@ -115,14 +115,16 @@ def test_the_shipped_params_and_configs_are_valid():
     ("study.seeds", [], ["study.seeds", "must not be empty"]),
     ("study.ablations", {}, ["study.ablations", "must not be empty"]),
     ("study.ablations", {"a b": {}}, ["study.ablations", "'a b'", "letters, digits and _"]),
-    ("study.ablations", {"x": {"original.mask_ratio": 0.5}},
-     ["study.ablations.x", "unknown override 'original.mask_ratio'", "improved.mask_ratio_start"]),
+    ("study.ablations", {"x": {"pretrain.epochs": 5}},
+     ["study.ablations.x", "override 'pretrain.epochs'", "original or improved.<key>"]),
+    ("study.ablations", {"x": {"original.mask_ratio": 1.5}},  # an arm may change the original too
+     ["study.ablations.x: original.mask_ratio", "less than 1", "1.5"]),
     ("study.ablations", {"x": {"improved.mask_ratio": 1.5}},  # each ablation gets the range checks of improved
      ["study.ablations.x: improved.mask_ratio", "less than 1", "1.5"]),
     ("study.ablations", {"x": {"improved.lambda_unif": -1}},
      ["study.ablations.x: improved.lambda_unif", "greater than or equal to 0"]),
     ("study.ablations", {"x": {"improved.lambda_freq": "much"}},
-     ["study.ablations.x.improved.lambda_freq", "number", "'much'"]),
+     ["study.ablations.x: improved.lambda_freq", "number", "'much'"]),
 ])
 def test_bad_values_name_the_key(path, value, words):
     with pytest.raises(ConfigError) as err:
@@ -155,8 +157,8 @@ def test_the_new_keys_are_read():
 
 def test_an_ablation_with_no_overrides_may_be_written_bare():
     p = parse_params(with_change("study.ablations", {"all": None, "no_unif": {"improved.lambda_unif": 0}}))
-    assert ablation_variant(p, "all") == p.improved
-    assert ablation_variant(p, "no_unif") == p.improved.model_copy(update={"lambda_unif": 0.0})
+    assert arm_variant(p, "all") == p.improved
+    assert arm_variant(p, "no_unif") == p.improved.model_copy(update={"lambda_unif": 0.0})
 
 
 def test_configs_are_frozen_hashable_and_round_trip():

@@ -43,7 +43,8 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
     assert ran_stages(output) == STAGES
     for variant in ("original", "improved"):
         pre = metrics(repo, f"pretrain_{variant}")
-        assert {"final", "wall_time_s", "images_per_s", "epochs", "images"} <= set(pre)
+        assert {"final", "wall_time_s", "images_per_s", "epochs", "images", "steps", "flops"} <= set(pre)
+        assert pre["steps"] == 27 and pre["flops"] > 0
         assert pre["epochs"] == 3 and pre["images_per_s"] > 0 and pre["images"] == 192 + 100  # unlabeled + train
         assert {"loss", "mse", "freq", "unif"} == set(pre["final"])
         assert (repo / "models" / variant / "checkpoint.pt").exists()

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -20,13 +21,15 @@ import yaml
 from scipy import stats
 
 from conftest import BIN, REPO, copy_repo, dvc, git, run
-from mae_exp.config import ConfigError, ablation_variant, load_params, parse_params
+from mae_exp.config import ConfigError, arm_variant, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.queue import plan
 from mae_exp.study.metrics import METRICS
 from mae_exp.study.report import sentence
-from mae_exp.study.results import collect_runs, csv_rows, distinct_ablations, experiment_rows, flatten
+from mae_exp.study.results import (collect_runs, csv_rows, distinct_ablations, experiment_rows, finetune_curves,
+                                   flatten)
+from mae_exp.study.metrics import METRICS
 from mae_exp.study.stats import mean_ci, paired_differences, summarize
 
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
@@ -47,15 +50,19 @@ def test_the_interval_uses_the_t_table(level, n, table):
     assert mean - lo == pytest.approx(hi - mean)
 
 
-def runs_frame(ablation: str, original: dict, diff: dict, seeds=(42, 43, 44)) -> pd.DataFrame:
-    """Experiments with known values: improved = original + diff, per metric, seed by seed."""
+def runs_frame(ablation: str, original: dict, diff: dict, seeds=(42, 43, 44), flops=(1e12, 1e12)) -> pd.DataFrame:
+    """Experiments with known values: improved = original + diff, per metric, seed by seed (a metric not
+    given: 0.3 on both sides); `flops`: (original, improved) FLOPs of every pre-training."""
     rows = []
     for i, seed in enumerate(seeds):
-        row = {"seed": seed, "ablation": ablation, "name": f"s{seed}-{ablation}"}
+        row = {"seed": seed, "ablation": ablation, "name": f"s{seed}-{ablation}",
+               "flops_original": flops[0], "flops_improved": flops[1], "wall_time_s_original": 60.0,
+               "wall_time_s_improved": 66.0}
         for metric in METRICS:  # a metric not given: no experiment has it
             given = metric in original
+            change = diff[metric][i] if metric in diff else 0.0
             row[f"{metric}_original"] = original[metric][i] if given else math.nan
-            row[f"{metric}_improved"] = original[metric][i] + diff[metric][i] if given else math.nan
+            row[f"{metric}_improved"] = original[metric][i] + change if given else math.nan
             row[f"{metric}_random"] = 0.1 + 0.01 * i if given and metric.endswith("top1") else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
@@ -74,7 +81,8 @@ def test_a_clear_difference_is_beyond_noise():
     # HF error -0.010, -0.012, -0.011: lower is better, so an improvement
     diff = {"linear_mean_top1": [0.05, 0.06, 0.04], "ft_top1": [0.0, 0.0, 0.0], "hf_error": [-0.010, -0.012, -0.011],
             "psnr": [-0.5, -0.6, -0.4]}
-    d = by_metric(paired_differences(runs_frame("all", ORIGINAL, diff)), "all")
+    primary = SimpleNamespace(arm="all", reading="flops", metric="linear_mean_top1")  # taken as it is, not corrected
+    d = by_metric(paired_differences(runs_frame("all", ORIGINAL, diff), primary=primary), "all")
     lp = d["linear_mean_top1"]
     assert lp["n"] == 3 and lp["diff_mean"] == pytest.approx(0.05)
     assert lp["diff_std"] == pytest.approx(0.01)
@@ -82,8 +90,11 @@ def test_a_clear_difference_is_beyond_noise():
     assert (lp["ci_low"], lp["ci_high"]) == pytest.approx((0.05 - half, 0.05 + half), abs=1e-5)
     assert lp["beyond_noise"]
     text = sentence(lp)
-    assert text == ("linear probe mean top-1 (test): all three improvements change it by +5.0 pp (95% CI +2.5 to +7.5 pp, 3 seeds): "
-                    "beyond seed-to-seed noise (the CI excludes 0), better.")
+    p = stats.ttest_rel([0.55, 0.58, 0.55], [0.50, 0.52, 0.51]).pvalue
+    assert lp["p_value"] == pytest.approx(p) and lp["p_holm"] == lp["p_value"] and lp["primary"]
+    assert text == ("linear probe mean top-1 (test), equal steps and FLOPs [PRIMARY]: all three improvements change "
+                    f"it by +5.0 pp (95% CI +2.5 to +7.5 pp, p = {p:.2g}, 3 seeds): beyond seed-to-seed noise, better.")
+    assert not d["hf_error"]["primary"] and d["hf_error"]["p_holm"] > d["hf_error"]["p_value"]
     assert d["hf_error"]["beyond_noise"] and sentence(d["hf_error"]).endswith("better.")
     assert "lower is better" in sentence(d["hf_error"])
     assert d["psnr"]["beyond_noise"] and sentence(d["psnr"]).endswith("worse.")
@@ -101,7 +112,8 @@ def test_no_difference_stays_within_noise():
         assert row["ci_low"] < 0 < row["ci_high"], metric
         assert not row["beyond_noise"]
         assert sentence(row).endswith("within seed-to-seed noise."), sentence(row)
-    assert sentence(d["linear_mean_top1"]).startswith("linear probe mean top-1 (test): the Laplacian loss alone changes it by +0.0 pp (95% CI ")
+    assert sentence(d["linear_mean_top1"]).startswith("linear probe mean top-1 (test), equal steps and FLOPs: the "
+                                                      "Laplacian loss alone changes it by +0.0 pp (95% CI ")
 
 
 def test_the_paired_interval_is_that_of_scipys_paired_t_test():
@@ -114,7 +126,7 @@ def test_the_paired_interval_is_that_of_scipys_paired_t_test():
         test = stats.ttest_rel(runs[f"{metric}_improved"], runs[f"{metric}_original"])
         ci = test.confidence_interval(confidence_level=0.9)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high)), metric
-        assert row["beyond_noise"] == (test.pvalue < 0.1), metric
+        assert row["p_value"] == pytest.approx(test.pvalue), metric
 
 
 def test_one_seed_gives_no_interval():
@@ -135,6 +147,62 @@ def test_summary_counts_the_original_once_per_seed():
     assert s.loc[("random", "ft_top1"), "mean"] == pytest.approx(0.11)
     assert ("random", "psnr") not in s.index  # no reconstruction from a random encoder
     assert s.loc[("improved: laplacian_only", "psnr"), "n"] == 3
+
+
+def test_every_comparison_but_the_primary_is_holm_corrected_and_beyond_noise_follows_it():
+    from statsmodels.stats.multitest import multipletests
+    diff = {"linear_mean_top1": [0.05, 0.06, 0.04], "ft_top1": [0.03, 0.05, 0.02], "hf_error": [-0.010, -0.012, -0.011],
+            "psnr": [0.3, -0.2, 0.4]}
+    runs = pd.concat([runs_frame("all", ORIGINAL, diff), runs_frame("laplacian_only", ORIGINAL, diff)])
+    primary = SimpleNamespace(arm="all", reading="steps", metric="ft_top1")
+    d = paired_differences(runs, primary=primary)
+    assert d["primary"].sum() == 1
+    first = d[d["primary"]].iloc[0]
+    assert (first["ablation"], first["metric"], first["p_holm"]) == ("all", "ft_top1", first["p_value"])
+    rest = d[~d["primary"]]
+    assert len(rest) == 2 * len(METRICS) - 1
+    family = rest[rest["p_value"].notna()]  # measures no experiment has: no p-value, not in the family
+    assert len(family) == 2 * len(ORIGINAL) - 1
+    assert list(family["p_holm"]) == pytest.approx(list(multipletests(family["p_value"], method="holm")[1]))
+    assert list(d["beyond_noise"]) == list(d["p_holm"] < 0.05)
+    # LP: beyond noise on its own (p 0.013), not after correcting for the other comparisons
+    lp = rest[(rest["ablation"] == "all") & (rest["metric"] == "linear_mean_top1")].iloc[0]
+    assert lp["p_value"] < 0.05 and lp["p_holm"] >= 0.05 and not lp["beyond_noise"]
+    assert "within seed-to-seed noise" in sentence(lp.to_dict())
+
+
+def test_an_arm_that_costs_more_is_read_at_equal_steps_and_at_equal_flops():
+    """The full recipe spends 15% more FLOPs than its own original; the original_flops_matched arm's
+    original spends the same as the full recipe and is 2 pp better: the equal-FLOPs reading pairs with it."""
+    diff = {"linear_mean_top1": [0.03, 0.04, 0.035]}
+    full = runs_frame("all", ORIGINAL, diff, flops=(1.0e12, 1.15e12))
+    longer = {m: [v + 0.02 for v in values] for m, values in ORIGINAL.items()}
+    matched = runs_frame("original_flops_matched", longer, diff, flops=(1.1495e12, 1.15e12))
+    runs = pd.concat([full, matched], ignore_index=True)
+    d = paired_differences(runs, original_arms={"original_flops_matched"})
+    lp = d[d["metric"] == "linear_mean_top1"].set_index("reading")
+    assert set(d["ablation"]) == {"all"}  # the matched arm supplies a baseline, it is no comparison itself
+    assert lp.loc["equal steps", "diff_mean"] == pytest.approx(0.035)
+    assert lp.loc["equal FLOPs", "diff_mean"] == pytest.approx(0.015)
+    summary = summarize(runs, {"original_flops_matched"}).set_index(["group", "metric"])
+    assert summary.loc[("original: original_flops_matched", "linear_mean_top1"), "mean"] == pytest.approx(0.53)
+    assert summary.loc[("original: original_flops_matched", "flops"), "mean"] == pytest.approx(1.1495e12)
+    assert ("improved: original_flops_matched", "linear_mean_top1") not in summary.index
+    # FLOPs more than 1% apart are no match: the equal-FLOPs reading then has no pair
+    far = runs.assign(flops_original=lambda r: r["flops_original"].where(r["ablation"] == "all", 1.3e12))
+    lp = paired_differences(far, original_arms={"original_flops_matched"}).query("metric == 'linear_mean_top1'")
+    assert lp.set_index("reading").loc["equal FLOPs", "n"] == 0
+
+
+def test_the_study_csv_marks_the_primary_and_has_raw_and_adjusted_p_values(tmp_path):
+    from mae_exp.study.report import csv_frame
+    runs = runs_frame("all", ORIGINAL, {"linear_mean_top1": [0.05, 0.06, 0.04]})
+    diffs = paired_differences(runs, primary=SimpleNamespace(arm="all", reading="flops", metric="ft_top1"))
+    frame = csv_frame(summarize(runs), diffs)
+    assert {"p_value", "p_holm", "primary", "beyond_noise", "reading"} <= set(frame.columns)
+    compared = frame[frame["diff_n"].notna()]
+    assert compared["primary"].sum() == 1 and compared.loc[compared["primary"], "metric"].item() == "ft_top1"
+    assert "mse" in set(compared["metric"])  # the original's own objective is compared too
 
 
 # --------------------------------------------------------------------------- experiments -> runs
@@ -202,7 +270,7 @@ def test_experiments_are_recognised_by_their_params():
     assert math.isnan(s42["hf_error_random"])  # no reconstruction from a random encoder
     text = " ".join(notes)
     assert "older duplicate" in text and "s43-all" in text
-    assert "other params than params.yaml" in text and "improved.* matches no study ablation" in text
+    assert "params match no study arm" in text
     assert "params do not validate" in text and "model.norm_pix_loss" in text
 
 
@@ -211,6 +279,11 @@ def save_experiment(repo, name: str, params: dict, metrics: dict) -> None:
     for path, value in metrics.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text(json.dumps(value))
+    for encoder in ("random", "original", "improved"):  # DVCLive's fine-tuning curve: two epochs, ending at top1
+        curve = repo / f"metrics/finetune_{encoder}/plots/metrics/val_top1.tsv"
+        curve.parent.mkdir(parents=True, exist_ok=True)
+        top1 = metrics.get(f"metrics/linear_probe_{encoder}/metrics.json", {}).get("linear_mean_top1", 0.0)
+        curve.write_text(f"step\tval_top1\n10\t{top1 / 2}\n20\t{top1}\n")
     if name:
         dvc("exp", "save", "-n", name, cwd=repo)
 
@@ -245,13 +318,22 @@ def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
                    (43, "laplacian_only"): ("lap", 0.55)}
     assert (runs["ft_top1_random"] == 0.2).all() and (runs["psnr_improved"] == 20.1).all()
     assert (runs["hf_error_original"] == 0.1).all() and (runs["linear_mean_top1_original"] > 0.3).all()
-    assert notes == ["left out 1 experiment: other params than params.yaml besides seed and improved.*",
+    assert notes == ["left out 1 experiment: params match no study arm (params.yaml with study.overrides and one "
+                     "of study.ablations)",
                      "left out 1 older duplicate(s) of a seed and ablation: s43-all"]
 
     saved = tmp_path / "shown.csv"
     saved.write_text(dvc("exp", "show", "--csv", "--all-commits", cwd=repo).stdout)
     from_csv, csv_notes = collect_runs(csv_rows(saved), TINY["study"], current)
     pd.testing.assert_frame_equal(from_csv, runs)
+
+    # each experiment's fine-tuning curve, read from its own commit through dvc.api
+    curves, curve_notes = finetune_curves(runs, set(), repo)
+    assert curve_notes == []
+    last = curves[curves["epoch"] == 2].set_index(["group", "seed"])["val_top1"]
+    assert last[("improved: all", 43)] == 0.45 and last[("improved: laplacian_only", 43)] == 0.55  # the newer s43-all
+    assert last[("original", 42)] == 0.5 and last[("random", 43)] == 0.1
+    assert len(curves) == 2 * (2 + 2 + 3)  # two epochs: random and original once per seed (2), improved per run (3)
     assert csv_notes == notes
 
 
@@ -278,11 +360,14 @@ def with_study(**study) -> dict:
 def test_the_study_section_parses_into_overrides():
     p = parse_params(TINY)
     assert p.study.seeds == (42, 43, 44)
-    assert list(p.study.ablations) == ["all", "curriculum_only", "laplacian_only", "uniformity_only"]
-    lap = ablation_variant(p, "laplacian_only")
+    assert list(p.study.ablations) == ["all", "original_flops_matched", "curriculum_only", "laplacian_only",
+                                       "uniformity_only"]
+    assert arm_variant(p, "original_flops_matched", "original").steps_factor == 1.1036
+    assert arm_variant(p, "original_flops_matched") == p.improved  # the full recipe against a longer original
+    lap = arm_variant(p, "laplacian_only")
     assert (lap.mask_ratio_start, lap.curriculum_fraction, lap.lambda_freq, lap.lambda_unif) == (
         lap.mask_ratio, 0.0, p.improved.lambda_freq, 0.0)
-    assert ablation_variant(p, "all") == p.improved
+    assert arm_variant(p, "all") == p.improved
     distinct_ablations(p)
 
 
@@ -291,9 +376,14 @@ def test_the_study_section_parses_into_overrides():
     ({"seeds": [42, "x"]}, ["study.seeds[1]", "integer"]),
     ({"seeds": [42, 42]}, ["study.seeds", "repeat", "42"]),
     ({"ablations": {"x": {"improved.lamda_freq": 0.0}}}, ["study.ablations.x", "'improved.lamda_freq'",
-                                                          "improved.lambda_freq"]),
+                                                          "lambda_freq"]),
     ({"ablations": {"x": {"pretrain.epochs": 1}}}, ["study.ablations.x", "'pretrain.epochs'"]),
-    ({"ablations": {"x": {"improved.lambda_freq": "lots"}}}, ["study.ablations.x.improved.lambda_freq",
+    ({"overrides": {"finetune.epochs": 0}}, ["study.overrides", "finetune.epochs", "greater than or equal to 1"]),
+    ({"overrides": {"finetune.epocs": 3}}, ["study.overrides", "unknown key", "finetune.epocs"]),
+    ({"overrides": {"seed": 3}}, ["study.overrides", "'seed'"]),
+    ({"primary": {"arm": "nope", "reading": "flops", "metric": "ft_top1"}}, ["study.primary.arm", "'nope'"]),
+    ({"primary": {"arm": "all", "reading": "work", "metric": "ft_top1"}}, ["study.primary.reading", "'steps'"]),
+    ({"ablations": {"x": {"improved.lambda_freq": "lots"}}}, ["study.ablations.x", "improved.lambda_freq",
                                                               "a valid number"]),
     ({"ablations": {"x": {"improved.mask_ratio_start": 1.5}}}, ["study.ablations.x", "improved.mask_ratio_start",
                                                                 "less than 1"]),
@@ -305,6 +395,10 @@ def test_the_study_section_parses_into_overrides():
     ({"colour": "red"}, ["unknown key", "study.colour"]),
 ])
 def test_bad_study_sections_name_the_key(study, words):
+    if "ablations" in study:  # the primary names an arm
+        study = {"primary": {"arm": next(iter(study["ablations"]), "all"), "reading": "steps", "metric": "ft_top1"}
+                 if isinstance(study["ablations"], dict) and all(re.fullmatch(r"\w+", k) for k in study["ablations"])
+                 else TINY["study"]["primary"], **study}
     with pytest.raises(ConfigError) as err:
         parse_params(with_study(**study))
     for word in words:
@@ -320,7 +414,7 @@ def test_a_missing_study_section_is_an_error():
 
 def test_two_ablations_with_the_same_recipe_are_refused():
     p = parse_params(with_study(ablations={"all": {}, "same": {"improved.lambda_freq": TINY["improved"]["lambda_freq"]}}))
-    with pytest.raises(StudyError, match="study.ablations.same gives the same improved.* values as study.ablations.all"):
+    with pytest.raises(StudyError, match="study.ablations.same gives the same params as study.ablations.all"):
         distinct_ablations(p)
 
 
@@ -455,17 +549,28 @@ def test_queue_and_report_end_to_end(tmp_path):
     out = proc.stdout
     assert "Paired difference improved − original" in out
     # the tiny config's numbers mean nothing; whatever they are, one sentence per metric and ablation
-    assert re.search(r"linear probe mean top-1 \(test\): all three improvements change it by .*2 seeds.*: "
+    assert re.search(r"linear probe mean top-1 \(test\), equal steps: all three improvements change it by .*2 seeds.*: "
                      r"(within seed-to-seed noise|beyond seed-to-seed noise|no difference)", out), out
     csv = pd.read_csv(repo / "metrics" / "study.csv")
-    assert set(csv["group"]) == {"random", "original", "improved: all", "improved: laplacian_only"}
-    assert (csv["n"] == 2).all()
-    improved = csv[csv["group"].str.startswith("improved")]
-    assert len(improved) == 8 and (improved["diff_n"] == 2).all()
-    assert (improved["ci_low"] <= improved["diff_mean"]).all() and (improved["diff_mean"] <= improved["ci_high"]).all()
+    groups = csv[csv["diff_n"].isna()]
+    assert set(groups["group"]) == {"random", "original", "improved: all", "improved: laplacian_only"}
+    assert (groups["n"] == 2).all()
+    compared = csv[csv["diff_n"].notna()].fillna({"reading": ""})
+    # the curriculum costs FLOPs: `all` is read at equal steps, and at equal FLOPs (no original_flops_matched
+    # experiment here: no pair); the Laplacian alone costs what the original does: one reading
+    readings = set(zip(compared["ablation"], compared["reading"]))
+    assert readings == {("all", "equal steps"), ("all", "equal FLOPs"), ("laplacian_only", "equal steps and FLOPs")}
+    paired = compared[compared["reading"] != "equal FLOPs"]
+    assert len(paired) == 2 * len(METRICS) and (paired["diff_n"] == 2).all()
+    assert (paired["ci_low"] <= paired["diff_mean"]).all() and (paired["diff_mean"] <= paired["ci_high"]).all()
+    assert (paired["p_holm"] >= paired["p_value"]).all()
+    assert compared.loc[compared["primary"], ["ablation", "reading", "metric"]].values.tolist() == [
+        ["all", "equal steps", "ft_top1"]]  # tiny.yaml's study.primary
+    assert "mse" in set(compared["metric"])
     md = (repo / "metrics" / "study.md").read_text()
-    assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only | 2 |" in md
-    assert md.count("\n- ") == 8  # one sentence per metric and ablation
+    assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only | equal steps and FLOPs | 2 |" in md
+    assert md.count("\n- ") == 3 * len(METRICS)  # one sentence per comparison
+    assert "could not be read" not in md  # every experiment's fine-tuning curve came from its commit
     assert (repo / "plots" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a saved `dvc exp show --csv` gives the same report

@@ -39,7 +39,8 @@ def test_the_reconstruction_grid_takes_every_class_in_turn():
 
 def report_table(**values) -> pd.DataFrame:
     """A report table (random, original, improved) with every registry column; `values` override columns."""
-    table = pd.DataFrame({col: [np.nan if "random" not in m.encoders else 0.1, 0.4, 0.41] for col, m in MEASURES.items()},
+    table = pd.DataFrame({col: [0.1 if "random" in m.encoders else np.nan, 0.4, 0.41]
+                          for col, m in MEASURES.items()},
                          index=["random", "original", "improved"])
     for col, v in values.items():
         table[col] = v
@@ -69,7 +70,8 @@ def test_a_win_on_its_own_objective_is_labelled_and_not_counted(capsys):
     assert wins == [] and "mse" not in compared and "hf_error" not in compared
     assert compared == ["linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1", "ft_top1", "psnr"]
     print_table(table, delta)
-    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().err.splitlines() if line.count("│") > 2}
+    lines = capsys.readouterr().err.splitlines()
+    rows = {line.split("│")[1].strip(): line for line in lines if line.count("│") > 2}  # label -> its row
     assert "own objective: improved's" in rows["masked HF error (test)"]
     assert "own objective: original's; improved's first term" in rows["masked MSE (test)"]
     assert "neither" in rows["masked PSNR (test)"] and "own objective" not in rows["masked PSNR (test)"]
@@ -88,7 +90,8 @@ def test_every_stage_says_how_many_threads_it_uses(tmp_path):
     out = dvc("repro", "linear_probe@random", cwd=repo)
     text = out.stdout + out.stderr
     assert "download: data.source shapes, 1 CPU thread" in text
-    assert "linear probe random: class token and mean-pooled patches, linear heads and kNN (k 20, T 0.07), cpu, 1 CPU thread" in text
+    assert ("linear probe random: class token and mean-pooled patches, linear heads and kNN (k 20, T 0.07), "
+            "cpu, 1 CPU thread") in text
     proc = run(stage_cmd("pretrain_original"), repo)
     assert "lr 1.88e-04, cpu, 1 CPU thread\n" in proc.stdout + proc.stderr
     proc = run(stage_cmd("finetune@random"), repo)

@@ -160,6 +160,7 @@ class VariantConfig(Section):
     curriculum_fraction: Annotated[Number, Field(ge=0, le=1)]  # fraction of training over which the ramp runs
     lambda_freq: NonNegative  # weight of the masked Laplacian L1 loss
     lambda_unif: NonNegative  # weight of the uniformity loss on pooled embeddings
+    steps_factor: Positive  # pre-train round(factor x epochs x steps per epoch) steps, the schedule stretched alike
 
 
 class LinearProbeConfig(Section):
@@ -178,24 +179,39 @@ class VisualizeConfig(Section):
     mask_seed: Seed
 
 
-# one ablation: {"improved.<key>": value, ...} applied on top of `improved`; {} or nothing = all improvements
-Overrides = Annotated[dict[str, Number], BeforeValidator(lambda v: {} if v is None else v)]
+# {"<section>.<key>": value, ...}: params.yaml keys, dotted, and the values to give them
+# values are checked where they land (Params._valid validates each section with them applied)
+Overrides = Annotated[dict[str, bool | StrictInt | float | str], BeforeValidator(lambda v: {} if v is None else v)]
+ARM_SECTIONS = VARIANTS  # what an arm may override: either recipe (the study compares improved with original)
+
+
+class PrimaryConfig(Section):
+    """The one comparison the study is judged on (improved − original); every other one is Holm-corrected."""
+
+    arm: str  # a name in study.ablations
+    reading: Literal["steps", "flops"]  # against the original at equal steps, or at equal FLOPs
+    metric: str  # a metric id of mae_exp.study.metrics.METRICS (checked by the study)
 
 
 class StudyConfig(Section):
-    """Seeds x ablations for `python -m mae_exp.study` (no pipeline stage reads this section)."""
+    """Seeds x arms for `python -m mae_exp.study` (no pipeline stage reads this section)."""
 
     seeds: _list_of(Annotated[StrictInt, Field(ge=0, le=2**32 - 1)])
-    ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # ablation name -> its overrides
+    primary: PrimaryConfig
+    overrides: Overrides  # applied to every arm alike (e.g. fine-tuning to a plateau)
+    ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # arm name -> its overrides of improved/original
 
     @model_validator(mode="after")
     def _valid(self):
-        valid = [f"improved.{k}" for k in VariantConfig.model_fields]
         for name, overrides in self.ablations.items():  # names become experiment names
             _check(re.fullmatch(r"[A-Za-z0-9_]+", name) is not None,
                    f"ablations: name {name!r} must use only letters, digits and _")
             for key in overrides:
-                _check(key in valid, f"ablations.{name}: unknown override {key!r}; valid keys: {', '.join(valid)}")
+                _check(key.split(".")[0] in ARM_SECTIONS and key.count(".") == 1,
+                       f"ablations.{name}: override {key!r} must be {' or '.join(ARM_SECTIONS)}.<key>")
+        for key in self.overrides:
+            _check(key.split(".")[0] not in ("seed", "study"),
+                   f"overrides: {key!r} may not be overridden study-wide (seeds come from study.seeds)")
         return self
 
 
@@ -229,20 +245,54 @@ class Params(Section):
                                                       f"not exceed data.shapes.train ({train})")
             _check(self.visualize.eval_images <= test, f"visualize.eval_images ({self.visualize.eval_images}) "
                                                        f"must not exceed data.shapes.test ({test})")
-        # Only per-value checks here: inside an ablation experiment `improved` already carries its overrides,
-        # so checks that compare ablations (two giving the same recipe) belong to mae_exp.study.
-        for name in self.study.ablations:
-            try:
-                ablation_variant(self, name)
-            except ValidationError as e:
-                raise ValueError(f"study.ablations.{name}: {_describe(e, VariantConfig, 'improved')}") from None
+        # Only per-section checks here: inside an experiment the sections already carry the overrides, so
+        # checks that compare arms (two giving the same params) belong to mae_exp.study.
+        for where, overrides in [("overrides", self.study.overrides),
+                                 *((f"ablations.{n}", o) for n, o in self.study.ablations.items())]:
+            for section, values in _by_section(overrides).items():
+                model = type(self).model_fields.get(section)
+                if model is None or not isinstance(getattr(self, section), BaseModel):
+                    raise ValueError(f"study.{where}: unknown section {section!r}")
+                try:
+                    type(getattr(self, section)).model_validate(_merged(getattr(self, section).model_dump(), values))
+                except ValidationError as e:
+                    raise ValueError(f"study.{where}: {_describe(e, type(getattr(self, section)), section)}") from None
+        arms = self.study.ablations
+        _check(self.study.primary.arm in arms,
+               f"study.primary.arm: {self.study.primary.arm!r} is not in study.ablations ({', '.join(arms)})")
         return self
 
 
-def ablation_variant(p: Params, name: str) -> VariantConfig:
-    """The improved recipe with study ablation `name`'s overrides applied, checked like `improved`."""
-    overrides = {k.removeprefix("improved."): v for k, v in p.study.ablations[name].items()}
-    return VariantConfig.model_validate(p.improved.model_dump() | overrides)
+def _by_section(overrides: dict) -> dict[str, dict]:
+    """{"improved.lambda_freq": 0, "data.shapes.train": 9} -> {"improved": {"lambda_freq": 0}, "data": {...}}"""
+    out: dict[str, dict] = {}
+    for key, value in overrides.items():
+        section, _, rest = key.partition(".")
+        out.setdefault(section, {})[rest] = value
+    return out
+
+
+def _merged(raw: dict, dotted: dict) -> dict:
+    """raw with each dotted key set; a key raw does not have is left in (the model then names it unknown)."""
+    raw = json.loads(json.dumps(raw))
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return raw
+
+
+def arm_params(p: Params, name: str) -> Params:
+    """The params an experiment of study arm `name` runs with (study.overrides, then the arm's), at p's seed."""
+    overrides = {**p.study.overrides, **p.study.ablations[name]}
+    return parse_params(_merged(p.model_dump(), overrides))
+
+
+def arm_variant(p: Params, name: str, variant: str = "improved") -> VariantConfig:
+    """One recipe as study arm `name` runs it."""
+    return arm_params(p, name).variant(variant)
 
 
 _YAML_WORDS = {"bool_type": "must be true or false", "tuple_type": "must be a list", "too_short": "must not be empty",

@@ -12,6 +12,7 @@ every global batch, DDP averages the gradients, rank 0 alone writes files and lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .config import Params, as_dict, fingerprint
 from .data.prepared import load_meta, pretraining_set
 from .model import MaskedAutoencoderViT
 from .objectives import mask_ratio_at
+from .flops import schedule_flops
 from .progress import console
 from .optim import adamw, param_groups
 from .runtime import gather, open_live, resident_images, setup
@@ -70,7 +72,12 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     lr = cfg.base_lr * cfg.batch_size / 256  # batch_size is the global batch, whatever the number of processes
     optimizer = adamw(param_groups(model, cfg.weight_decay), lr, device)
     steps = n // cfg.batch_size
-    schedule = Schedule(cfg.epochs, steps, int(cfg.warmup_epochs * steps), lr, cfg.checkpoint_every)
+    # steps_factor: more (or fewer) steps at the same schedule shape (warmup, cosine and curriculum stretched
+    # alike), e.g. to give the original the FLOPs the improved recipe spends; the last epoch may be partial
+    total = max(1, round(variant.steps_factor * cfg.epochs * steps))
+    schedule = Schedule(math.ceil(total / steps), steps, int(cfg.warmup_epochs * steps * variant.steps_factor), lr,
+                        cfg.checkpoint_every, total_steps=total)
+    flops = schedule_flops(p.model, p.data.input_size, variant, cfg.batch_size, total)  # own inputs and rng
     # Both generators are saved in checkpoints, so a resumed run draws what the uninterrupted one would:
     # the epoch order on the CPU; crops, flips and masks on the device. Every process draws the same
     # numbers, for the whole global batch, and takes its rows.
@@ -79,7 +86,7 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     state = Path(out.scratch) / run_key(p, variant_name, meta.get("digest", "")) / "last.pt"
     trainer = Trainer(f"pretrain {variant_name}", "pretrain", model, optimizer, schedule, device, amp_dtype,
                       state, gens, open_live(out.live))
-    trainer.begin(f"{described}, {cfg.epochs} epochs of {steps} steps, lr {lr:.2e}, "
+    trainer.begin(f"{described}, {total} steps ({steps} an epoch), {flops:.3g} FLOPs, lr {lr:.2e}, "
                   f"{distributed.describe(device, p.threads)}")
 
     def step(idx: torch.Tensor, i: int, log: bool):
@@ -92,9 +99,9 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
 
     history = trainer.fit(n, cfg.batch_size, step)
     final = history[-1]
-    summary = {"final": {k: final[k] for k in TERMS}, "epochs": cfg.epochs, "images": n,
-               "wall_time_s": round(trainer.elapsed, 1),
-               "images_per_s": round(schedule.total * cfg.batch_size / trainer.elapsed, 1),
+    summary = {"final": {k: final[k] for k in TERMS}, "epochs": cfg.epochs, "steps": total, "images": n,
+               "flops": flops, "wall_time_s": round(trainer.elapsed, 1),
+               "images_per_s": round(total * cfg.batch_size / trainer.elapsed, 1),
                "resumed_at_epoch": trainer.start_epoch}
     if distributed.is_rank0():
         config = {"model": as_dict(p.model), "input_size": p.data.input_size, "variant": variant_name,

@@ -96,7 +96,9 @@ def print_table(table: pd.DataFrame, delta: pd.Series) -> None:
         d = delta[col]
         better = pd.notna(d) and d != 0 and (d > 0) == m.higher_better
         colour = "green" if better else ("red" if pd.notna(d) and d != 0 else "white")
-        objective = f"own objective: {whose(m)}" if m.objective else ("neither" if m.study else "")
+        if m.objective:  # a win on one's own objective is no evidence: not coloured as one
+            colour = "dim"
+        objective = f"own objective: {whose(m)}" if m.objective else ("neither" if m.study or m.unit == "pp" else "")
         t.add_row(m.label, *(fmt(table.loc[name, col], m) for name in table.index),
                   f"[{colour}]{fmt(d, m, signed=True)}[/]", objective)
     console.print(t)

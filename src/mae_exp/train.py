@@ -44,10 +44,11 @@ class Schedule:
     warmup_steps: int
     peak_lr: float
     checkpoint_every: int
+    total_steps: int | None = None  # stop here, inside the last epoch (a variant's steps_factor); None: every epoch
 
     @property
     def total(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return self.total_steps or self.epochs * self.steps_per_epoch
 
     def lr(self, step: int) -> float:
         return warmup_cosine(step, self.total, self.warmup_steps, self.peak_lr)
@@ -164,10 +165,12 @@ class Trainer:
                     for i, idx in enumerate(batches(n, batch_size, self.generators["order"])):
                         where = (epoch, i)
                         global_step = epoch * s.steps_per_epoch + i
+                        if global_step == s.total:
+                            break
                         lr = s.lr(global_step)
                         for group in self.optimizer.param_groups:
                             group["lr"] = lr * group.get("lr_scale", 1.0)
-                        log = (i + 1) % LOG_EVERY == 0 or i + 1 == s.steps_per_epoch
+                        log = (i + 1) % LOG_EVERY == 0 or i + 1 == s.steps_per_epoch or global_step + 1 == s.total
                         with autocast(self.device, self.amp_dtype):
                             loss, terms = step(idx, global_step, log)
                         self.optimizer.zero_grad(set_to_none=True)
@@ -187,7 +190,8 @@ class Trainer:
                     self.model.train()
                     if extra:
                         self._log({"step": (epoch + 1) * s.steps_per_epoch, **extra})
-                    self._end_epoch(epoch, rows, extra, s.steps_per_epoch * batch_size / seconds, bar)
+                    stepped = min(s.steps_per_epoch, s.total - epoch * s.steps_per_epoch)  # the last may be short
+                    self._end_epoch(epoch, rows, extra, stepped * batch_size / seconds, bar)
         except KeyboardInterrupt:
             raise Interrupted(self._where(*where)) from None
         return self.history

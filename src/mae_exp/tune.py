@@ -43,7 +43,8 @@ def tune_linear_probe(p, encoder: str, points: list[dict]) -> list[dict]:
     model = load_encoder(f"models/{encoder}/encoder.pt", p).to(device)
     parts = {part: labeled(DATA, part, p.data.val_fraction) for part in ("train", "val")}
     classes = len(load_meta(DATA)["classes"])
-    x = {part: extract_features(model, s.images, p.data.input_size, device, amp_dtype, part) for part, s in parts.items()}
+    x = {part: extract_features(model, s.images, p.data.input_size, device, amp_dtype, part)
+         for part, s in parts.items()}
     y = {part: torch.from_numpy(s.labels).to(device) for part, s in parts.items()}
     rows = []
     for point in points:

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         from .results import csv_rows, experiment_rows
         rows = csv_rows(a.from_csv) if a.from_csv else experiment_rows(a.rev)
         from .report import report  # scipy and matplotlib: only once the input is good
-        report(rows)
+        report(rows, curves=not a.from_csv)
         return 0
     except (StudyError, ConfigError, DvcException) as e:
         out.print(f"[bold red]error:[/] {e}")

@@ -5,3 +5,8 @@ from __future__ import annotations
 from ..measures import MEASURES
 
 METRICS = {name: m for name, m in MEASURES.items() if m.study}
+
+
+# ---- study statistics (issue 19): what each pre-training spent, read per experiment to pair encoders at
+# equal FLOPs; not compared (no p-value)
+COSTS = {"flops": MEASURES["pretrain_flops"], "wall_time_s": MEASURES["pretrain_wall_s"]}

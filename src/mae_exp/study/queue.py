@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import StudyError, out
-from .results import collect_runs, distinct_ablations, experiment_rows, load_study
+from .results import arm_overrides, collect_runs, distinct_ablations, experiment_rows, load_study
 
 LOGS = Path("scratch/study")  # one log per experiment, overwritten by its next run (scratch/: git-ignored)
 # DVC's words for a lock another `dvc exp run` holds: the repository's (while it copies the workspace) or
@@ -50,7 +50,7 @@ def plan(params, seeds: list[int] | None, ablations: list[str] | None) -> list[J
     jobs = []
     for a in ablations or known:
         for seed in seeds or params.study.seeds:
-            overrides = (f"seed={seed}", *(f"{k}={v!r}" for k, v in known[a].items()))
+            overrides = (f"seed={seed}", *arm_overrides(params, a))
             jobs.append(Job(f"s{seed}-{a}", seed, a, overrides))
     return jobs
 

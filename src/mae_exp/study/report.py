@@ -1,5 +1,6 @@
-"""The study report: one sentence per metric and ablation, two tables (console and metrics/study.md),
-metrics/study.csv, and the figure (figure.py)."""
+"""The study report: one sentence per comparison (arm, reading, metric), two tables (console and
+metrics/study.md), metrics/study.csv, and the figure (figure.py). "Beyond noise" is the paired t-test's
+p-value after Holm's correction over every comparison but study.primary (stats.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from rich.table import Table
 from ..files import atomic_write
 from . import StudyError, out
 from .figure import save_figure
-from .metrics import METRICS
-from .results import collect_runs, load_study
+from .metrics import COSTS, METRICS
+from .results import collect_runs, finetune_curves, load_study, original_arms
 from .stats import paired_differences, summarize
 
 DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "ablation <name>"
@@ -21,6 +22,7 @@ DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "a
     "laplacian_only": ("the Laplacian loss alone", "changes"),
     "uniformity_only": ("the uniformity loss alone", "changes"),
 }
+NOISE = "* = beyond noise: paired t-test p < 0.05 after Holm's correction (the primary: uncorrected)"
 
 
 def number(value: float, metric: str, signed: bool = True) -> str:
@@ -35,14 +37,15 @@ def _with_unit(text: str, metric: str) -> str:
 
 
 def sentence(row: dict, level: float = 0.95) -> str:
-    """One plain sentence: does this ablation's difference to the original exceed seed-to-seed noise?"""
+    """One plain sentence: does this comparison exceed seed-to-seed noise, after Holm's correction?"""
     metric, n = row["metric"], row["n"]
     m = METRICS[metric]
     label = m.label if m.higher_better else f"{m.label} (lower is better)"
-    who, verb = DESCRIPTIONS.get(row["ablation"], (f"ablation {row['ablation']}", "changes"))
+    label = f"{label}, {row['reading']}" + (" [PRIMARY]" if row.get("primary") else "")
+    who, verb = DESCRIPTIONS.get(row["ablation"], (f"arm {row['ablation']}", "changes"))
     seeds = f"{n} seed{'s' if n != 1 else ''}"
     if n == 0:
-        return f"{label}: {who}: no finished experiment has this metric."
+        return f"{label}: {who}: no finished experiment pair has this metric."
     change = _with_unit(number(row["diff_mean"], metric), metric)
     if n < 2:
         return (f"{label}: {who} {verb} it by {change} ({seeds}): a confidence interval needs at least "
@@ -51,11 +54,12 @@ def sentence(row: dict, level: float = 0.95) -> str:
         return f"{label}: {who} {verb} it by 0 in every one of the {seeds}: no difference."
     ci = (f"{int(level * 100)}% CI {number(row['ci_low'], metric)} to "
           f"{_with_unit(number(row['ci_high'], metric), metric)}")
+    p = f"p = {row['p_value']:.2g}" + ("" if row.get("primary") else f", Holm-adjusted {row['p_holm']:.2g}")
     if not row["beyond_noise"]:
-        return f"{label}: {who} {verb} it by {change} ({ci}, {seeds}): within seed-to-seed noise."
+        return f"{label}: {who} {verb} it by {change} ({ci}, {p}, {seeds}): within seed-to-seed noise."
     better = (row["diff_mean"] > 0) == m.higher_better
-    return (f"{label}: {who} {verb} it by {change} ({ci}, {seeds}): beyond seed-to-seed noise "
-            f"(the CI excludes 0), {'better' if better else 'worse'}.")
+    return (f"{label}: {who} {verb} it by {change} ({ci}, {p}, {seeds}): beyond seed-to-seed noise, "
+            f"{'better' if better else 'worse'}.")
 
 
 def sentences(diffs: pd.DataFrame) -> list[str]:
@@ -78,45 +82,54 @@ def _diff_cell(row: dict) -> str:
         text += f" [{number(row['ci_low'], metric)}, {number(row['ci_high'], metric)}]"
         if row["beyond_noise"]:
             text += " *"
+        if row.get("primary"):
+            text = f"**{text}** (primary)"
     return text
 
 
 def header(metric: str) -> str:
-    m = METRICS[metric]
+    m = {**METRICS, **COSTS}[metric]
     return f"{m.label}{f' ({m.unit})' if m.unit else ''} {'↑' if m.higher_better else '↓'}"
 
 
+def _flops_cell(mean: float) -> str:
+    return "–" if pd.isna(mean) else f"{mean:.3g}"
+
+
 def tables(summary: pd.DataFrame, diffs: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[str]]]:
-    """(headers, rows of mean ± std per group, rows of paired differences per ablation) as text."""
+    """(headers, rows of mean ± std per group, rows of paired differences per arm and reading) as text; the
+    first table ends with each group's pre-training FLOPs, the second's headers start with the reading."""
     headers = [header(m) for m in METRICS]
     by = {(r["group"], r["metric"]): r for r in summary.to_dict("records")}
     first = []
     for g in dict.fromkeys(summary["group"]):
         n = max((by[(g, m)]["n"] for m in METRICS if (g, m) in by), default=0)
         cells = [_cell(by[(g, m)]["mean"], by[(g, m)]["std"], m) if (g, m) in by else "–" for m in METRICS]
-        first.append([g, str(n), *cells])
-    dby = {(r["ablation"], r["metric"]): r for r in diffs.to_dict("records")}
+        flops = _flops_cell(by[(g, "flops")]["mean"]) if (g, "flops") in by else "–"
+        first.append([g, str(n), *cells, flops])
+    dby = {(r["ablation"], r["reading"], r["metric"]): r for r in diffs.to_dict("records")}
     second = []
-    for a in dict.fromkeys(diffs["ablation"]):
-        n = max(dby[(a, m)]["n"] for m in METRICS)
-        second.append([a, str(n), *(_diff_cell(dby[(a, m)]) for m in METRICS)])
+    for a, reading in dict.fromkeys(zip(diffs["ablation"], diffs["reading"])):
+        n = max(dby[(a, reading, m)]["n"] for m in METRICS)
+        second.append([a, reading, str(n), *(_diff_cell(dby[(a, reading, m)]) for m in METRICS)])
     return headers, first, second
 
 
 def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> str:
     headers, first, second = tables(summary, diffs)
 
-    def md(head, rows):
-        lines = ["| " + " | ".join(head) + " |", "| --- | ---: | " + " | ".join("---:" for _ in METRICS) + " |"]
+    def md(head, rows, left=1):
+        lines = ["| " + " | ".join(head) + " |",
+                 "| " + " | ".join(["---"] * left + ["---:"] * (len(head) - left)) + " |"]
         return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
     seeds = ", ".join(str(s) for s in sorted(set(runs["seed"])))
     lines = [f"Study: {len(runs)} experiments, seeds {seeds}. Accuracy in percentage points (pp), "
-             "mean ± std over seeds (sample std, n − 1).", ""]
-    lines += md(["encoder", "seeds", *headers], first)
-    lines += ["", "Paired difference improved − original (same seed), mean [95% CI, Student's t, n − 1 df]; "
-                  "* = the CI excludes 0.", ""]
-    lines += md(["ablation", "seeds", *headers], second)
+             "mean ± std over seeds (sample std, n − 1); FLOPs: mean per pre-training.", ""]
+    lines += md(["encoder", "seeds", *headers, "FLOPs"], first)
+    lines += ["", "Paired difference improved − original (same seed), mean [95% CI, Student's t, n − 1 df], "
+                  f"at equal steps and at equal FLOPs; {NOISE}.", ""]
+    lines += md(["arm", "reading", "seeds", *headers], second, left=2)
     lines += [""] + [f"- {s}" for s in sentences(diffs)]
     if notes:
         lines += [""] + [f"Note: {n}." for n in notes]
@@ -124,23 +137,25 @@ def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, not
 
 
 def csv_frame(summary: pd.DataFrame, diffs: pd.DataFrame) -> pd.DataFrame:
-    """One row per group and metric (raw units: accuracy as a fraction); the improved rows also carry the
-    paired difference to the original."""
-    merged = summary.merge(diffs.rename(columns={"n": "diff_n"}), on=["ablation", "metric"], how="left")
-    merged["ablation"] = merged["ablation"].fillna("")
-    return merged[["group", "ablation", "metric", "n", "mean", "std", "diff_n", "diff_mean", "diff_std",
-                   "ci_low", "ci_high", "beyond_noise"]]
+    """One row per group and metric (raw units: accuracy as a fraction; costs too), then one per comparison
+    (arm, reading, metric) with its paired difference, raw and Holm-adjusted p-values and the primary marked."""
+    groups = summary.assign(reading="", ablation=summary["ablation"].fillna(""))
+    compared = diffs.rename(columns={"n": "diff_n"}).assign(group=lambda d: "improved: " + d["ablation"] + " − original")
+    columns = ["group", "ablation", "reading", "metric", "n", "mean", "std", "diff_n", "diff_mean", "diff_std",
+               "ci_low", "ci_high", "p_value", "p_holm", "primary", "beyond_noise"]
+    return pd.concat([groups, compared], ignore_index=True).reindex(columns=columns)
 
 
 def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> None:
     headers, first, second = tables(summary, diffs)
     seeds = ", ".join(str(s) for s in sorted(set(runs["seed"])))
-    for title, key, rows in ((f"Study: mean ± std over seeds ({seeds}); accuracy in pp", "encoder", first),
-                             ("Paired difference improved − original, mean [95% CI]; * = CI excludes 0",
-                              "ablation", second)):
+    for title, keys, rows in ((f"Study: mean ± std over seeds ({seeds}); accuracy in pp", ["encoder", "seeds"],
+                               first),
+                              (f"Paired difference improved − original, mean [95% CI]; {NOISE}",
+                               ["arm", "reading", "seeds"], second)):
         t = Table(title=title)
-        for i, h in enumerate([key, "seeds", *headers]):
-            t.add_column(h, justify="left" if i == 0 else "right")
+        for i, h in enumerate([*keys, *headers] + (["FLOPs"] if rows is first else [])):
+            t.add_column(h, justify="left" if i < len(keys) - 1 else "right")
         for r in rows:
             t.add_row(*r)
         out.print(t)
@@ -151,19 +166,31 @@ def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame,
 
 
 def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="metrics/study.csv",
-           md_path="metrics/study.md", png_path="plots/study.png") -> pd.DataFrame:
-    """The report of the study in params.yaml from experiment rows (results.py); returns the runs used."""
+           md_path="metrics/study.md", png_path="plots/study.png", curves: bool = True) -> pd.DataFrame:
+    """The report of the study in params.yaml from experiment rows (results.py); returns the runs used.
+    `curves`: read each experiment's fine-tuning curve from its commit (not for a saved CSV's rows)."""
     current, study_raw = load_study(params_path)
+    primary = current.study.primary
+    if primary.metric not in METRICS:
+        raise StudyError(f"study.primary.metric {primary.metric!r} is not a study metric; known: {', '.join(METRICS)}")
     runs, notes = collect_runs(rows, study_raw, current)
     if runs.empty:
         raise StudyError("no finished experiment of this study was found" +
                          (f" ({'; '.join(notes)})" if notes else "") +
                          ": run `python -m mae_exp.study queue` first")
-    summary = summarize(runs)
-    diffs = paired_differences(runs)
+    originals = original_arms(current)
+    summary = summarize(runs, originals)
+    diffs = paired_differences(runs, originals, primary)
+    if not diffs["primary"].any():
+        notes.append(f"the primary comparison ({primary.arm}, equal {primary.reading}, {primary.metric}) has no "
+                     "finished pair: every comparison is Holm-corrected")
+    per_epoch = None
+    if curves:
+        per_epoch, more = finetune_curves(runs, originals, Path(params_path).parent)
+        notes += more
     atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs).to_csv(tmp, index=False))
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(markdown(summary, diffs, runs, notes)))
-    save_figure(summary, diffs, runs, png_path)
+    save_figure(summary, diffs, runs, png_path, per_epoch)
     print_report(summary, diffs, runs, notes)
     out.print(f"[dim]wrote {csv_path}, {md_path}, {png_path}[/]")
     return runs

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import ENCODERS, ConfigError, ablation_variant, as_dict, load_params, parse_params
+from ..config import ENCODERS, ConfigError, arm_params, as_dict, load_params, parse_params
 from . import StudyError
-from .metrics import METRICS
+from .metrics import COSTS, METRICS
 
 DESCRIBING = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")  # the other columns: data
 MISSING = ("None", "!", "")  # how exp_show / its CSV write a key that is not there or could not be read
@@ -76,7 +76,7 @@ def cell(row: dict, path: str, key: str):
 def metric_values(row: dict) -> dict[str, float]:
     """`<metric>_<encoder>` -> value (NaN where the experiment has none), from the METRICS table."""
     values = {}
-    for metric, m in METRICS.items():
+    for metric, m in {**METRICS, **COSTS}.items():
         for enc in m.encoders:
             v = cell(row, m.path.format(enc=enc), m.key.format(enc=enc))
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -116,33 +116,45 @@ def params_of(row: dict, current) -> dict:
     return raw
 
 
+def _comparable(p) -> dict:
+    return dict(as_dict(p), seed=None, study=None)
+
+
 def identify(row: dict, study_raw: dict, current) -> tuple[int, str] | str:
-    """(seed, ablation) of an experiment of the current study, or why it is not one: the same params as
-    params.yaml except seed and improved.*, and improved.* one of study.ablations applied to improved."""
+    """(seed, arm) of an experiment of the current study, or why it is not one: the params of one of
+    study.ablations (params.yaml with study.overrides and the arm's overrides) at some seed."""
     raw = params_of(row, current)
     raw["study"] = study_raw  # experiments made before the study section existed still parse
     try:
         p = parse_params(raw)
     except ConfigError as e:
         return f"params do not validate ({e})"
-    others = dict(as_dict(p), seed=None, improved=None)
-    if others != dict(as_dict(current), seed=None, improved=None):
-        return "other params than params.yaml besides seed and improved.*"
+    mine = _comparable(p)
     for name in current.study.ablations:
-        if as_dict(p.improved) == as_dict(ablation_variant(current, name)):
+        if mine == _comparable(arm_params(current, name)):
             return p.seed, name
-    return "improved.* matches no study ablation"
+    return "params match no study arm (params.yaml with study.overrides and one of study.ablations)"
 
 
 def distinct_ablations(params) -> None:
-    """The report tells ablations apart by their improved.* values, so two may not give the same."""
+    """The report tells arms apart by their params, so two may not give the same."""
     seen: dict[str, str] = {}
     for name in params.study.ablations:
-        recipe = json.dumps(as_dict(ablation_variant(params, name)), sort_keys=True)
+        recipe = json.dumps(_comparable(arm_params(params, name)), sort_keys=True)
         if recipe in seen:
-            raise StudyError(f"study.ablations.{name} gives the same improved.* values as "
-                             f"study.ablations.{seen[recipe]}: the report could not tell them apart")
+            raise StudyError(f"study.ablations.{name} gives the same params as study.ablations.{seen[recipe]}: "
+                             "the report could not tell them apart")
         seen[recipe] = name
+
+
+def arm_overrides(params, name: str) -> tuple[str, ...]:
+    """`key=value` pairs for `dvc exp run -S`: study.overrides, then arm `name`'s (the seed is the queue's)."""
+    return tuple(f"{k}={v!r}" for k, v in {**params.study.overrides, **params.study.ablations[name]}.items())
+
+
+def original_arms(params) -> set[str]:
+    """Arms that change the original (e.g. give it the improved recipe's FLOPs): they supply baselines."""
+    return {name for name, o in params.study.ablations.items() if any(k.startswith("original.") for k in o)}
 
 
 def finished(rows: list[dict]) -> list[dict]:
@@ -164,7 +176,8 @@ def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFra
                       "rev": row["rev"], "timestamp": row["Created"], **metric_values(row)})
     for why, count in skipped.items():
         notes.append(f"left out {count} experiment{'s' if count > 1 else ''}: {why}")
-    columns = ["seed", "ablation", "name", "rev", "timestamp", *(f"{m}_{e}" for m in METRICS for e in ENCODERS)]
+    columns = ["seed", "ablation", "name", "rev", "timestamp",
+               *(f"{m}_{e}" for m in {**METRICS, **COSTS} for e in ENCODERS)]
     runs = pd.DataFrame(found, columns=columns)
     if runs.empty:
         return runs, notes
@@ -185,3 +198,30 @@ def load_study(params_path: str | Path) -> tuple[object, dict]:
     current = load_params(params_path)
     distinct_ablations(current)
     return current, yaml.safe_load(Path(params_path).read_text())["study"]
+
+
+def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = ".") -> tuple[pd.DataFrame, list[str]]:
+    """Fine-tuning validation top-1 after each epoch (DVCLive's val_top1.tsv, read from each experiment's
+    commit through dvc.api), one row per (group, seed, epoch); groups as in stats.summarize. Also notes."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    rows, missing, seen = [], 0, set()
+    for r in runs.to_dict("records"):
+        arm = r["ablation"]
+        wanted = ([("original", f"original: {arm}")] if arm in originals else
+                  [("random", "random"), ("original", "original"), ("improved", f"improved: {arm}")])
+        for encoder, group in wanted:
+            if (group, r["seed"]) in seen:
+                continue  # random and original: the same encoder in every arm of a seed
+            seen.add((group, r["seed"]))
+            path = f"metrics/finetune_{encoder}/plots/metrics/val_top1.tsv"
+            try:
+                text = dvc.api.read(path, repo=str(root), rev=r["rev"])
+            except (DvcException, OSError, ValueError):
+                missing += 1
+                continue
+            for epoch, line in enumerate(text.splitlines()[1:], start=1):  # header: step, val_top1
+                rows.append({"group": group, "seed": r["seed"], "epoch": epoch, "val_top1": float(line.split("\t")[1])})
+    notes = [f"{missing} fine-tuning curve(s) could not be read from their experiment"] if missing else []
+    return pd.DataFrame(rows, columns=["group", "seed", "epoch", "val_top1"]), notes
