@@ -252,7 +252,8 @@ def test_changed_params_start_over_instead_of_resuming(tmp_path):
     set_param(repo, "pretrain.epochs", 1)
     proc = dvc("repro", "pretrain_original", cwd=repo)
     out = proc.stdout + proc.stderr
-    assert "resuming" not in out and "1 epochs" in out
+    assert "resuming" not in out and "pretrain original epoch 1/1:" in out  # the new schedule, from the start
+    assert "removed the resumable state of 1 other run(s)" in out  # the old params' state: nothing resumes it
 
 
 def test_diverging_loss_stops_with_a_clear_message(repo):
