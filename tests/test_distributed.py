@@ -32,7 +32,7 @@ KEY_BIAS_ATOL = 1e-3  # attention key biases: their true gradient is 0 (softmax 
 
 STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
           "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
-          "finetune@improved", "visualize", "report"}
+          "finetune@improved", "export@original", "export@improved", "visualize", "report"}
 
 
 def set_params(repo: Path, **changes) -> None:
