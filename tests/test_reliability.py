@@ -4,6 +4,7 @@ files, a real full filesystem and real signals; every failure is one line that n
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -31,6 +32,17 @@ def stage(repo: Path, name: str) -> subprocess.CompletedProcess:
     front (they would rebuild a file whose bytes changed since dvc.lock; the damage tested here is the kind
     dvc does not notice)."""
     return run([str(BIN / "python"), *stage_cmd(name, repo)[1:]], repo, check=False)
+
+
+def stage_with_params(repo: Path, name: str, **changes) -> subprocess.CompletedProcess:
+    """`stage` with params.yaml's `section__key` set to the values given, then params.yaml put back."""
+    params = (repo / "params.yaml").read_text()
+    try:
+        for key, value in changes.items():
+            set_param(repo, key.replace("__", "."), value)
+        return stage(repo, name)
+    finally:
+        (repo / "params.yaml").write_text(params)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -135,12 +147,8 @@ def test_visualize_loader_checks_digest_and_model(built):
 
 
 def test_a_diverging_probe_stops_naming_its_lr_instead_of_reporting_chance(built):
-    params = (built / "params.yaml").read_text()
-    try:
-        set_param(built, "linear_probe.lr", 1e30)  # finite, so it passes validation; .inf does not
-        proc = stage(built, "linear_probe@random")
-    finally:
-        (built / "params.yaml").write_text(params)
+    # finite, so it passes validation; .inf does not
+    proc = stage_with_params(built, "linear_probe@random", linear_probe__lr=1e30)
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert "linear probe (" in line and "the training loss became" in line
@@ -321,15 +329,9 @@ def test_a_remote_with_verify_refuses_a_flipped_byte_that_a_plain_pull_checks_ou
 
 
 def test_a_file_as_data_root_is_one_line_naming_the_key(built):
-    params = (built / "params.yaml").read_text()
     (built / "a_file").write_text("not a directory")
     before = files_under(built / "data/prepared")
-    try:
-        set_param(built, "data.source", "stl10")
-        set_param(built, "data.root", "a_file")
-        proc = stage(built, "download")
-    finally:
-        (built / "params.yaml").write_text(params)
+    proc = stage_with_params(built, "download", data__source="stl10", data__root="a_file")
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert "data.root (a_file) is a file" in line and "point data.root at a directory" in line
@@ -337,12 +339,8 @@ def test_a_file_as_data_root_is_one_line_naming_the_key(built):
 
 
 def test_finetune_refuses_a_batch_larger_than_its_train_images_instead_of_capping_it(built):
-    params = (built / "params.yaml").read_text()
-    try:
-        set_param(built, "finetune.batch_size", 95)  # <= data.shapes.train (100), > the 90 left after validation
-        proc = stage(built, "finetune@random")
-    finally:
-        (built / "params.yaml").write_text(params)
+    # <= data.shapes.train (100), > the 90 left after validation
+    proc = stage_with_params(built, "finetune@random", finetune__batch_size=95)
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert "finetune.batch_size (95) is larger than the 90 train images" in line
@@ -362,3 +360,17 @@ def test_a_run_removes_the_states_other_params_left_in_its_scratch(tmp_path, cap
     assert sorted(p.name for p in stage_dir.iterdir()) == ["mine"]
     assert "removed the resumable state of 1 other run(s)" in capsys.readouterr().err  # the console is stderr
     assert (stage_dir / "mine/prev.pt.corrupt").exists()  # its own unreadable state: set aside, not used
+
+
+def test_tune_records_each_runs_validation_curve_and_refuses_a_bad_point_before_any_work(built):
+    out = built / "scratch" / "tuning.json"
+    tune = [str(BIN / "python"), "-m", "mae_exp.tune", "finetune", "--encoder", "random", "--out", str(out)]
+    proc = run([*tune, "--epochs", "0", "2"], built, check=False)
+    assert proc.returncode == 2 and "finetune {'epochs': 0}" in proc.stdout + proc.stderr
+    assert not out.exists()  # refused before the first run
+    run([*tune, "--epochs", "1", "2"], built)
+    [record] = json.loads(out.read_text())
+    assert record["command"].startswith("python -m mae_exp.tune finetune --encoder random")
+    runs = {r["epochs"]: r for r in record["results"]}
+    assert {e: len(r["val_curve"]) for e, r in runs.items()} == {1: 1, 2: 2}  # one point per epoch
+    assert all(r["val_curve"][-1] == r["val_top1"] for r in runs.values())  # the curve ends at the result

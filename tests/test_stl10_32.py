@@ -16,7 +16,7 @@ def test_stl10_32_is_the_default_but_for_the_data_and_the_pretraining_epochs():
     stl = yaml.safe_load((REPO / "configs" / "stl10_32.yaml").read_text())
     assert stl["data"]["source"] == "stl10" and stl["data"]["image_size"] == stl["data"]["input_size"] == 32
     assert stl["data"]["verify_md5"] is True  # the real archive; a generated one needs the switch
-    assert stl["pretrain"].pop("epochs") == 1 and default["pretrain"].pop("epochs") == 4
+    assert stl["pretrain"].pop("epochs") == 2 and default["pretrain"].pop("epochs") == 4
     for section in default:
         if section != "data":
             assert stl[section] == default[section], section
@@ -30,7 +30,7 @@ def test_stl10_32_runs_end_to_end_on_a_generated_archive(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["verify_md5"] = False  # a generated archive is not the real one
     # only the budget shrinks, to seconds: the data path, the model and every stage are the config's
-    params["pretrain"]["batch_size"] = 31  # 4 steps over 124 images
+    params["pretrain"]["batch_size"] = 31  # 4 steps an epoch over 124 images; the config's 2 epochs
     params["finetune"].update(epochs=1, batch_size=18)
     params["linear_probe"].update(epochs=2, batch_size=18)
     params["visualize"]["eval_images"] = 10
@@ -39,7 +39,7 @@ def test_stl10_32_runs_end_to_end_on_a_generated_archive(tmp_path):
     meta = load_meta(repo / "data" / "prepared")
     assert meta["source"] == "stl10" and meta["image_size"] == 32 and meta["sizes"] == sizes
     pre = json.loads((repo / "metrics" / "pretrain_improved" / "metrics.json").read_text())
-    assert pre["images"] == 124 and pre["steps"] == 4 and pre["flops"] > 0
+    assert pre["images"] == 124 and pre["steps"] == 8 and pre["flops"] > 0
     comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
     assert {"random", "original", "improved", "improved_minus_original"} <= set(comparison)
     for encoder in ("random", "original", "improved"):

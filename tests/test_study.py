@@ -28,7 +28,7 @@ from mae_exp.study.queue import plan
 from mae_exp.study.metrics import METRICS
 from mae_exp.study.report import sentence
 from mae_exp.study.results import (collect_runs, csv_rows, distinct_ablations, experiment_rows, finetune_curves,
-                                   flatten)
+                                   flatten, save_rows)
 from mae_exp.study.metrics import METRICS
 from mae_exp.study.stats import mean_ci, paired_differences, summarize
 
@@ -326,10 +326,15 @@ def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
     saved.write_text(dvc("exp", "show", "--csv", "--all-commits", cwd=repo).stdout)
     from_csv, csv_notes = collect_runs(csv_rows(saved), TINY["study"], current)
     pd.testing.assert_frame_equal(from_csv, runs)
+    # the report's own saved copy of the experiments it used reads back as the same runs
+    save_rows(experiment_rows(root=repo), runs["rev"], tmp_path / "kept.csv")
+    kept, _ = collect_runs(csv_rows(tmp_path / "kept.csv"), TINY["study"], current)
+    pd.testing.assert_frame_equal(kept, runs)
 
     # each experiment's fine-tuning curve, read from its own commit through dvc.api
-    curves, curve_notes = finetune_curves(runs, set(), repo)
+    curves, read, curve_notes = finetune_curves(runs, set(), repo)
     assert curve_notes == []
+    assert len(read) == len(curves) and set(read["rev"]) <= set(runs["rev"])
     last = curves[curves["epoch"] == 2].set_index(["group", "seed"])["val_top1"]
     assert last[("improved: all", 43)] == 0.45 and last[("improved: laplacian_only", 43)] == 0.55  # the newer s43-all
     assert last[("original", 42)] == 0.5 and last[("random", 43)] == 0.1
@@ -578,6 +583,18 @@ def test_queue_and_report_end_to_end(tmp_path):
     saved.write_text(dvc("exp", "show", "--csv", "--all-commits", cwd=repo).stdout)
     study("report", "--from-csv", str(saved), cwd=repo)
     assert (repo / "metrics" / "study.md").read_text() == md
+
+    # DVC's experiments stay in this clone; the report's saved copy of them, once committed, carries the
+    # study to another: there the report is the same and the queue has nothing left to run
+    git("add", "metrics/study_experiments.csv", "metrics/study_curves.csv", cwd=repo)
+    git("commit", "-q", "-m", "the study's experiments", cwd=repo)
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    assert dvc("exp", "ls", "--name-only", cwd=clone).stdout.split() == []
+    study("report", cwd=clone)
+    assert (clone / "metrics" / "study.md").read_text() == md
+    proc = study("queue", "--seeds", "42", "43", "--ablations", "all", "laplacian_only", cwd=clone)
+    assert "nothing new to run" in proc.stdout and "s43-laplacian_only: already done" in proc.stdout
 
     # the study section is no stage's param: editing it leaves the pipeline up to date
     dvc("exp", "apply", "s42-all", cwd=repo)

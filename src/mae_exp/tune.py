@@ -65,7 +65,9 @@ def tune_finetune(p, encoder: str, points: list[dict]) -> list[dict]:
         t0 = time.perf_counter()
         scratch = Path("scratch") / "tune"
         result = finetune(q, f"models/{encoder}/encoder.pt", DATA, encoder, scratch / "live", scratch, test=False)
-        rows.append({**point, "val_top1": result["val_top1"], "seconds": round(time.perf_counter() - t0, 1)})
+        curve = (scratch / "live" / "plots" / "metrics" / "val_top1.tsv").read_text().splitlines()[1:]  # DVCLive's
+        rows.append({**point, "val_top1": result["val_top1"], "seconds": round(time.perf_counter() - t0, 1),
+                     "val_curve": [round(float(line.split("\t")[1]), 4) for line in curve]})  # levelled off?
     return rows
 
 
@@ -108,10 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = sorted(run(p, a.encoder, points), key=lambda r: -r["val_top1"])
     from rich.table import Table
     table = Table(title=f"{a.stage} on the validation split ({a.encoder} encoder), best first")
-    for key in rows[0]:
+    shown = [k for k in rows[0] if k != "val_curve"]
+    for key in shown:
         table.add_column(key, justify="right")
+    if "val_curve" in rows[0]:
+        table.add_column("val_top1 after each epoch")
     for r in rows:
-        table.add_row(*(f"{v:.2%}" if k == "val_top1" else str(v) for k, v in r.items()))
+        curve = [" ".join(f"{v:.0%}" for v in r["val_curve"])] if "val_curve" in r else []
+        table.add_row(*(f"{r[k]:.2%}" if k == "val_top1" else str(r[k]) for k in shown), *curve)
     console.print(table)
     out = Path(a.out)
     record = json.loads(out.read_text()) if out.exists() else []

@@ -7,7 +7,8 @@
 - `stats.py`: mean ± std over seeds and paired differences with Student-t intervals; pure functions of a
   DataFrame with one row per experiment, so they are tested on constructed results.
 - `results.py`: DVC's experiments (`dvc.api.exp_show` rows) -> that DataFrame, recognising each study
-  experiment by its params.
+  experiment by its params; it keeps the experiments it read in metrics/study_experiments.csv and
+  metrics/study_curves.csv, committed, since DVC's experiment refs do not travel with a clone.
 - `report.py`, `figure.py`: sentences, tables, metrics/study.{csv,md} and plots/study.png.
 - `queue.py`: one DVC experiment per seed and ablation, each run by `dvc exp run --temp`, N at a time.
 """

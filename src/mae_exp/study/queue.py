@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import StudyError, out
-from .results import arm_overrides, collect_runs, distinct_ablations, experiment_rows, load_study
+from .results import (arm_overrides, collect_runs, distinct_ablations, experiment_rows, load_study, merged,
+                      saved_rows)
 
 LOGS = Path("scratch/study")  # one log per experiment, overwritten by its next run (scratch/: git-ignored)
 # DVC's words for a lock another `dvc exp run` holds: the repository's (while it copies the workspace) or
@@ -80,8 +81,9 @@ def experiment_names() -> set[str]:
 
 
 def finished_cells(current, study_raw: dict) -> dict[tuple[int, str], str]:
-    """(seed, ablation) -> name of a finished experiment that the report would use, on any commit."""
-    runs, _ = collect_runs(experiment_rows(), study_raw, current)
+    """(seed, ablation) -> name of a finished experiment that the report would use, on any commit or saved
+    by an earlier report (results.SAVED)."""
+    runs, _ = collect_runs(merged(experiment_rows(), saved_rows()), study_raw, current)
     return {(int(r["seed"]), r["ablation"]): r["name"] for r in runs.to_dict("records")}
 
 

@@ -13,7 +13,8 @@ from ..files import atomic_write
 from . import StudyError, out
 from .figure import save_figure
 from .metrics import COSTS, METRICS
-from .results import collect_runs, finetune_curves, load_study, original_arms
+from .results import (SAVED, SAVED_CURVES, collect_runs, finetune_curves, load_study, merged, original_arms,
+                      save_rows, saved_curves, saved_rows)
 from .stats import paired_differences, summarize
 
 DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "ablation <name>"
@@ -167,12 +168,15 @@ def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame,
 
 def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="metrics/study.csv",
            md_path="metrics/study.md", png_path="plots/study.png", curves: bool = True) -> pd.DataFrame:
-    """The report of the study in params.yaml from experiment rows (results.py); returns the runs used.
-    `curves`: read each experiment's fine-tuning curve from its commit (not for a saved CSV's rows)."""
+    """The report of the study in params.yaml from experiment rows (results.py) and the saved ones (SAVED,
+    SAVED_CURVES), which it then updates; returns the runs used. `curves`: read each experiment's
+    fine-tuning curve from its commit, else from the saved curves (not for a saved CSV's rows)."""
+    root = Path(params_path).parent
     current, study_raw = load_study(params_path)
     primary = current.study.primary
     if primary.metric not in METRICS:
         raise StudyError(f"study.primary.metric {primary.metric!r} is not a study metric; known: {', '.join(METRICS)}")
+    rows = merged(rows, saved_rows(root))
     runs, notes = collect_runs(rows, study_raw, current)
     if runs.empty:
         raise StudyError("no finished experiment of this study was found" +
@@ -186,11 +190,14 @@ def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="
                      "finished pair: every comparison is Holm-corrected")
     per_epoch = None
     if curves:
-        per_epoch, more = finetune_curves(runs, originals, Path(params_path).parent)
+        per_epoch, read, more = finetune_curves(runs, originals, root, saved_curves(root))
         notes += more
+        atomic_write(root / SAVED_CURVES, lambda tmp: read.to_csv(tmp, index=False))
+    save_rows(rows, runs["rev"], root / SAVED)
     atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs).to_csv(tmp, index=False))
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(markdown(summary, diffs, runs, notes)))
     save_figure(summary, diffs, runs, png_path, per_epoch)
     print_report(summary, diffs, runs, notes)
-    out.print(f"[dim]wrote {csv_path}, {md_path}, {png_path}[/]")
+    out.print(f"[dim]wrote {csv_path}, {md_path}, {png_path}; the experiments read are in {SAVED} and "
+              f"{SAVED_CURVES} (commit them: a clone's report and queue count them)[/]")
     return runs

@@ -21,8 +21,15 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import ENCODERS, ConfigError, arm_params, as_dict, load_params, parse_params
+from ..files import atomic_write
 from . import StudyError
 from .metrics import COSTS, METRICS
+
+# The study's own record of the experiments it has read, committed beside its report: DVC keeps experiments
+# as local refs (`git clone` does not copy them), so a study spread over several machines or sessions carries
+# its finished experiments in these two files and a fresh clone's report and queue still count them.
+SAVED = Path("metrics/study_experiments.csv")  # their `dvc exp show --csv` rows (params and metrics)
+SAVED_CURVES = Path("metrics/study_curves.csv")  # their fine-tuning curves: rev, encoder, epoch, val_top1
 
 DESCRIBING = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executor")  # the other columns: data
 MISSING = ("None", "!", "")  # how exp_show / its CSV write a key that is not there or could not be read
@@ -64,6 +71,32 @@ def csv_rows(path: str | Path) -> list[dict]:
         except ValueError:
             return text or None
     return [{k: value(k, v) for k, v in row.items()} for row in rows]
+
+
+def saved_rows(root: str | Path = ".") -> list[dict]:
+    """The rows of the study's saved experiments (SAVED), none if there is no such file yet."""
+    path = Path(root) / SAVED
+    return csv_rows(path) if path.is_file() else []
+
+
+def merged(live: list[dict], saved: list[dict]) -> list[dict]:
+    """Experiment rows from DVC and from the saved file, one per experiment commit (DVC's copy wins)."""
+    by_rev = {r["rev"]: r for r in saved}
+    by_rev.update({r["rev"]: r for r in live})
+    return list(by_rev.values())
+
+
+def save_rows(rows: list[dict], revs, path: str | Path) -> None:
+    """The rows of the experiments `revs` as `dvc exp show --csv` writes them ("" for a missing value)."""
+    keep = [r for r in rows if r["rev"] in set(revs)]
+    columns = list(dict.fromkeys(k for r in keep for k in r))
+
+    def write(tmp) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows({k: "" if r.get(k) is None or r.get(k) in MISSING else r[k] for k in columns} for r in keep)
+    atomic_write(path, write)
 
 
 def cell(row: dict, path: str, key: str):
@@ -200,13 +233,24 @@ def load_study(params_path: str | Path) -> tuple[object, dict]:
     return current, yaml.safe_load(Path(params_path).read_text())["study"]
 
 
-def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = ".") -> tuple[pd.DataFrame, list[str]]:
+def saved_curves(root: str | Path = ".") -> pd.DataFrame:
+    """The saved fine-tuning curves (SAVED_CURVES): rev, encoder, epoch, val_top1; empty if none yet."""
+    path = Path(root) / SAVED_CURVES
+    columns = ["rev", "encoder", "epoch", "val_top1"]
+    return pd.read_csv(path, dtype={"rev": str}) if path.is_file() else pd.DataFrame(columns=columns)
+
+
+def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = ".",
+                    saved: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Fine-tuning validation top-1 after each epoch (DVCLive's val_top1.tsv, read from each experiment's
-    commit through dvc.api), one row per (group, seed, epoch); groups as in stats.summarize. Also notes."""
+    commit through dvc.api, else from the `saved` curves), one row per (group, seed, epoch); groups as in
+    stats.summarize. Also the curves read, by experiment (rev, encoder, epoch, val_top1), and notes."""
     import dvc.api
     from dvc.exceptions import DvcException
 
-    rows, missing, seen = [], 0, set()
+    saved = saved if saved is not None else saved_curves(root)
+    by_rev = {key: part for key, part in saved.groupby(["rev", "encoder"])}
+    rows, read, seen = [], [], set()
     for r in runs.to_dict("records"):
         arm = r["ablation"]
         wanted = ([("original", f"original: {arm}")] if arm in originals else
@@ -214,14 +258,22 @@ def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = 
         for encoder, group in wanted:
             if (group, r["seed"]) in seen:
                 continue  # random and original: the same encoder in every arm of a seed
-            seen.add((group, r["seed"]))
             path = f"metrics/finetune_{encoder}/plots/metrics/val_top1.tsv"
             try:
                 text = dvc.api.read(path, repo=str(root), rev=r["rev"])
+                values = [float(line.split("\t")[1]) for line in text.splitlines()[1:]]  # header: step, val_top1
             except (DvcException, OSError, ValueError):
-                missing += 1
-                continue
-            for epoch, line in enumerate(text.splitlines()[1:], start=1):  # header: step, val_top1
-                rows.append({"group": group, "seed": r["seed"], "epoch": epoch, "val_top1": float(line.split("\t")[1])})
+                if (r["rev"], encoder) not in by_rev:
+                    continue  # another experiment of the seed may have it
+                values = by_rev[r["rev"], encoder].sort_values("epoch")["val_top1"].tolist()
+            seen.add((group, r["seed"]))
+            for epoch, value in enumerate(values, start=1):
+                rows.append({"group": group, "seed": r["seed"], "epoch": epoch, "val_top1": value})
+                read.append({"rev": r["rev"], "encoder": encoder, "epoch": epoch, "val_top1": value})
+    groups = {(g, s) for r in runs.to_dict("records") for g, s in
+              ([(f"original: {r['ablation']}", r["seed"])] if r["ablation"] in originals else
+               [("random", r["seed"]), ("original", r["seed"]), (f"improved: {r['ablation']}", r["seed"])])}
+    missing = len(groups - seen)
     notes = [f"{missing} fine-tuning curve(s) could not be read from their experiment"] if missing else []
-    return pd.DataFrame(rows, columns=["group", "seed", "epoch", "val_top1"]), notes
+    return (pd.DataFrame(rows, columns=["group", "seed", "epoch", "val_top1"]),
+            pd.DataFrame(read, columns=["rev", "encoder", "epoch", "val_top1"]), notes)
