@@ -250,7 +250,7 @@ def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = 
 
     saved = saved if saved is not None else saved_curves(root)
     by_rev = {key: part for key, part in saved.groupby(["rev", "encoder"])}
-    rows, read, seen = [], [], set()
+    rows, read, seen, wanted_by_seed = [], [], set(), set()
     for r in runs.to_dict("records"):
         arm = r["ablation"]
         wanted = ([("original", f"original: {arm}")] if arm in originals else
@@ -258,6 +258,7 @@ def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = 
         for encoder, group in wanted:
             if (group, r["seed"]) in seen:
                 continue  # random and original: the same encoder in every arm of a seed
+            wanted_by_seed.add((group, r["seed"]))
             path = f"metrics/finetune_{encoder}/plots/metrics/val_top1.tsv"
             try:
                 text = dvc.api.read(path, repo=str(root), rev=r["rev"])
@@ -270,10 +271,7 @@ def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = 
             for epoch, value in enumerate(values, start=1):
                 rows.append({"group": group, "seed": r["seed"], "epoch": epoch, "val_top1": value})
                 read.append({"rev": r["rev"], "encoder": encoder, "epoch": epoch, "val_top1": value})
-    groups = {(g, s) for r in runs.to_dict("records") for g, s in
-              ([(f"original: {r['ablation']}", r["seed"])] if r["ablation"] in originals else
-               [("random", r["seed"]), ("original", r["seed"]), (f"improved: {r['ablation']}", r["seed"])])}
-    missing = len(groups - seen)
+    missing = len(wanted_by_seed - seen)
     notes = [f"{missing} fine-tuning curve(s) could not be read from their experiment"] if missing else []
     return (pd.DataFrame(rows, columns=["group", "seed", "epoch", "val_top1"]),
             pd.DataFrame(read, columns=["rev", "encoder", "epoch", "val_top1"]), notes)
