@@ -154,7 +154,10 @@ def test_ranks_that_drift_apart_are_caught(tmp_path):
         # one write per line: the two ranks share one pipe, and print() writes its pieces separately
         "    sys.stdout.write(f'rank {dist.get_rank()} agrees\\n')\n"
         "except DistributedError as e:\n"
-        "    sys.stdout.write(f'rank {dist.get_rank()} caught: {e}\\n')\n")
+        "    sys.stdout.write(f'rank {dist.get_rank()} caught: {e}\\n')\n"
+        # both ranks leave together: a rank exiting while gloo still talks to it aborts the other
+        "dist.barrier()\n"
+        "dist.destroy_process_group()\n")
     proc = run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(script)], tmp_path)
     assert "rank 0 agrees" in proc.stdout
     assert "rank 1 caught: drifted: the weights of rank 1 differ from rank 0's after training" in proc.stdout
