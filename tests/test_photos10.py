@@ -73,6 +73,7 @@ def test_rebuild_copies_exactly_the_manifest_from_upstream_train(fake, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "10 images (train 4, test 2, unlabeled 4)" in done.stdout
     assert files_under(out) == expected  # bytes from upstream train/, none from its test/
+    assert out.stat().st_mode & 0o777 == (out / "train").stat().st_mode & 0o777  # not private like a temp dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CIFAR-10-images", "photos10", "photos10.manifest.csv"]
     checked = photos10("--check", out, "--manifest", manifest, cwd=tmp_path)
     assert checked.returncode == 0, checked.stderr

@@ -129,6 +129,9 @@ def rebuild(clone: Path, out: Path, manifest: Path = MANIFEST) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 made.add(target.parent)
             target.write_bytes(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private (0700); the result is a plain folder
         os.rename(tmp, out)
     finally:
         if tmp.exists():
