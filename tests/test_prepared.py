@@ -138,5 +138,6 @@ def test_the_data_package_imports_run_one_way():
     assert imports["prepared"] == set()
     for source in ("shapes", "stl10", "folder"):
         assert imports[source] == {"prepared"}, (source, imports[source])
-    assert imports["sources"] == {"shapes", "stl10", "folder"}
+    assert imports["cifar10"] == {"prepared", "stl10"}  # STL-10's resumable download, MD5 and resize
+    assert imports["sources"] == {"shapes", "stl10", "cifar10", "folder"}
     assert imports["__init__"] == set()

@@ -18,7 +18,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic_core import PydanticCustomError
 
 Variant = Literal["original", "improved"]
-DataSource = Literal["shapes", "stl10", "folder"]
+DataSource = Literal["shapes", "stl10", "cifar10", "folder"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on CPU
 VARIANTS: tuple[str, ...] = get_args(Variant)
 ENCODERS = ("random",) + VARIANTS  # what the probe and fine-tuning evaluate
@@ -74,11 +74,11 @@ class ShapesConfig(Section):
 
 class DataConfig(Section):
     source: DataSource
-    root: str  # where stl10 archives / folder datasets live
+    root: str  # where stl10 / cifar10 archives and folder datasets live
     image_size: Annotated[int, Field(ge=8)]  # stored size of the prepared images
     input_size: Annotated[int, Field(ge=8)]  # size fed to the model (crops are resampled to it, e.g. 96 -> 224)
     skip_bad_files: bool  # folder: skip (and count) unreadable files instead of stopping at the first
-    verify_md5: bool  # stl10: check the archive's MD5; false only for a locally made archive
+    verify_md5: bool  # stl10, cifar10: check the archive's MD5; false only for a locally made archive
     pretrain_splits: _list_of(Literal["unlabeled", "train"])  # what MAE pre-trains on (labels unused); never test
     val_fraction: Annotated[Number, Field(gt=0, le=0.5)]  # stratified share of train held out as validation
     shapes: ShapesConfig
@@ -86,6 +86,8 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _valid(self):
         _check(self.root.strip() != "", "root must name a directory (the download stage depends on it)")
+        _check(self.source != "cifar10" or "train" in self.pretrain_splits,
+               "pretrain_splits must include train for source cifar10, which has no unlabeled images")
         return self
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DataConfig
+from .cifar10 import prepare_cifar10
 from .folder import prepare_folder
 from .shapes import generate_shapes
 from .stl10 import prepare_stl10
@@ -19,6 +20,8 @@ def prepare(cfg: DataConfig, seed: int, out: str | Path) -> Path:
         return generate_shapes(cfg, seed, out)
     if cfg.source == "stl10":
         return prepare_stl10(cfg, out)
+    if cfg.source == "cifar10":
+        return prepare_cifar10(cfg, out)
     if cfg.source == "folder":
         return prepare_folder(cfg, out)
     raise NotImplementedError(f"data.source {cfg.source!r} has no preparation")

@@ -57,7 +57,7 @@ def _size(path: Path) -> int:
 
 def _offline_message(url: str, dest: Path, md5: str, reason, part: Path) -> str:
     kept = f" The {_size(part)} bytes received so far stay in {part}; the next run resumes." if _size(part) else ""
-    return (f"cannot download the STL-10 archive from {url} ({reason}).{kept}\n"
+    return (f"cannot download {dest.name} from {url} ({reason}).{kept}\n"
             f"  If this machine is offline, download it elsewhere and place it at {dest} "
             f"(MD5 {md5}), then run again.\n"
             f"  Or use an offline source: data.source: shapes (embedded, generated) or "
