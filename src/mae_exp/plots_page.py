@@ -335,7 +335,7 @@ def screenshot(out: Path, repo: Path = Path("."), chromium: str = CHROMIUM) -> N
         if box:
             image = image.crop((0, 0, image.width, min(image.height, box[3] + 16)))
         out.parent.mkdir(parents=True, exist_ok=True)
-        image.save(out, optimize=True)
+        image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)  # a third the bytes
     print(f"wrote {out} ({image.width}x{image.height})")
 
 
