@@ -201,7 +201,7 @@ class Look:
     served: list[str] = field(default_factory=list)  # paths the page asked its own server for
     elsewhere: list[str] = field(default_factory=list)  # URLs it asked any other host for
     plots: dict[str, str] = field(default_factory=dict)  # vega plot id -> "ok" / "error" / "" (never ran)
-    svgs: dict[str, int] = field(default_factory=dict)   # vega plot id -> drawn marks (paths) in its SVG
+    svgs: dict[str, int] = field(default_factory=dict)   # vega plot id -> data marks (paths) in its SVG
     images: list[str] = field(default_factory=list)      # <img> sources in order
 
 
@@ -214,6 +214,7 @@ class _Page(html.parser.HTMLParser):
         self.look = Look(dom="")
         self.stack: list[str | None] = []  # the id of the enclosing top-level plot box, per open <div>
         self.current: str | None = None
+        self.groups: list[bool] = []  # per open SVG <g>: is it a group of data marks (not axes, legends)?
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -223,12 +224,16 @@ class _Page(html.parser.HTMLParser):
                 if "data-drawn" in a:
                     self.look.plots[a["id"]] = a["data-drawn"]
             self.stack.append(self.current)
-        elif tag == "path" and self.current in self.look.plots and a.get("d"):
+        elif tag == "g":
+            self.groups.append("role-mark" in (a.get("class") or "").split())
+        elif tag == "path" and self.current in self.look.plots and a.get("d") and any(self.groups):
             self.look.svgs[self.current] = self.look.svgs.get(self.current, 0) + 1
         elif tag == "img":
             self.look.images.append(a.get("src", ""))
 
     def handle_endtag(self, tag):
+        if tag == "g" and self.groups:
+            self.groups.pop()
         if tag == "div" and self.stack:
             opened = self.stack.pop()
             if not self.stack or self.stack[-1] != opened:
