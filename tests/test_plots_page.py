@@ -84,7 +84,7 @@ def test_the_page_template_inlines_the_pinned_packages_and_is_configured():
     assert page == template_html(scripts), "SKELETON changed: run `python -m mae_exp.plots_page template DIR`"
     assert "<script src=" not in page and "{scripts}" not in page  # nothing loaded, DVC's CDN tags not taken
     config = (REPO / ".dvc" / "config").read_text()
-    assert re.search(r"^\[plots\]\n\s+html_template = plots/page\.html$", config, re.M)
+    assert re.search(r"^\[plots\]\n\s+html_template = plots/page\.html$", config, re.MULTILINE)
 
 
 # --- in a real browser -------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def specs(page_dir: Path) -> dict[str, dict]:
     """The Vega-Lite spec DVC wrote for each plot (div id -> spec)."""
     page = (page_dir / "index.html").read_text(encoding="utf8")
     found = re.findall(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (.*?);\n\s*vegaEmbed',
-                       page, re.S)
+                       page, re.DOTALL)
     return {plot_id: json.loads(spec) for plot_id, spec in found}
 
 

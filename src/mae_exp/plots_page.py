@@ -178,7 +178,7 @@ def build_template(tarballs: Path, out: Path = TEMPLATE) -> None:
 
 def inlined_scripts(page: str) -> dict[str, str]:
     """The vendored scripts inlined in a page template (name -> script), by the line naming each."""
-    found = re.findall(r"<!-- ([a-z-]+)@[0-9.]+ \(npm[^>]*-->\n<script>(.*?)</script>", page, re.S)
+    found = re.findall(r"<!-- ([a-z-]+)@[0-9.]+ \(npm[^>]*-->\n<script>(.*?)</script>", page, re.DOTALL)
     return dict(found)
 
 
@@ -288,7 +288,7 @@ def look(page_dir: Path, chromium: str = CHROMIUM, screenshot: Path | None = Non
             shot = [f"--screenshot={screenshot}", f"--window-size={width},{height}"] if screenshot else []
             cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", f"--log-net-log={netlog}",
                    f"--virtual-time-budget={budget_ms}", *shot, *([] if screenshot else ["--dump-dom"]), url]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
             if proc.returncode != 0:
                 raise RuntimeError(f"chromium exited {proc.returncode}: {proc.stderr[-2000:]}")
             requests = _page_requests(netlog)
