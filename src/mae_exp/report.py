@@ -17,6 +17,7 @@ from rich.table import Table
 from .config import ENCODERS
 from .files import atomic_write, save_json
 from .measures import MEASURES, Measure, counted, whose
+from .palette import ENCODERS as COLOURS
 from .progress import console
 
 
@@ -110,7 +111,6 @@ def save_figure(table: pd.DataFrame, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [col for col, m in MEASURES.items() if m.study] + ["pretrain_wall_s", "pretrain_flops"]
-    colours = {"random": "#9e9e9e", "original": "#1f77b4", "improved": "#ff7f0e"}
     ncols = (len(panels) + 1) // 2
     fig, axes = plt.subplots(2, ncols, figsize=(3.0 * ncols, 6.6), squeeze=False)
     for ax, col in zip(axes.flat, panels):
@@ -119,7 +119,7 @@ def save_figure(table: pd.DataFrame, path: str | Path) -> None:
         if values.empty:  # e.g. FLOPs from a pre-training that did not count them
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, fontsize=8)
         scale = 100 if m.unit == "pp" else 1
-        bars = ax.bar(values.index, values.values * scale, color=[colours[n] for n in values.index])
+        bars = ax.bar(values.index, values.values * scale, color=[COLOURS[n] for n in values.index])
         ax.bar_label(bars, labels=[fmt(v, m) for v in values.values], fontsize=7)
         whose_line = f"own objective: {whose(m)}" if m.objective else ""
         ax.set_title(f"{m.label}\n{'higher' if m.higher_better else 'lower'} is better"

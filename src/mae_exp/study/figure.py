@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import palette
 from ..files import atomic_write
 from .metrics import METRICS
 
@@ -21,10 +22,7 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
     import matplotlib.pyplot as plt
 
     groups = list(dict.fromkeys(summary["group"]))
-    palette = {"random": "#9e9e9e", "original": "#1f77b4"}
-    others = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
-    colours = {g: others[i % len(others)] for i, g in enumerate(g for g in groups if g not in palette)}
-    colours.update(palette)
+    colours = palette.colours(groups)  # each encoder and arm its own, the same in every figure
     per_seed = runs.sort_values("seed").groupby("seed").first()
     fig, axes = plt.subplots(3, len(METRICS), figsize=(3.6 * len(METRICS), 10.5), squeeze=False)
     for col, (metric, m) in enumerate(METRICS.items()):
@@ -46,6 +44,7 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
         ax.set_xticks(range(len(names)), [g.replace("improved: ", "") for g in names], rotation=35, ha="right",
                       fontsize=7)
         ax.set_title(title, fontsize=9)
+        ax.set_ylabel(f"{m.label}{f' ({unit})' if unit else ''}", fontsize=8)
         ax.tick_params(labelsize=8)
 
         ax = axes[1, col]
@@ -66,6 +65,7 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
         ax.set_xlim(-0.6, max(len(labels), 1) - 0.4)
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
         ax.set_title(f"improved − original{f' ({unit})' if unit else ''}, 95% CI", fontsize=9)
+        ax.set_ylabel(f"difference{f' ({unit})' if unit else ''}", fontsize=8)
         ax.tick_params(labelsize=8)
     _curves(axes[2], curves, colours)
     counts = runs.groupby("ablation")["seed"].nunique()  # ablations may have different numbers of seeds
