@@ -189,14 +189,21 @@ class PrimaryConfig(Section):
     """The one comparison the study is judged on (improved − original); every other one is Holm-corrected."""
 
     arm: str  # a name in study.ablations
+    budget: Count  # the point of the compute curve it is read at: one of study.budgets (pretrain.epochs)
     reading: Literal["steps", "flops"]  # against the original at equal steps, or at equal FLOPs
     metric: str  # a metric id of mae_exp.study.metrics.METRICS (checked by the study)
+    # equivalence margin, in the metric's stored units (0.015 = 1.5 pp): "no difference" only when the 90%
+    # interval lies inside +-margin (two one-sided tests), "inconclusive" when it lies across an edge
+    margin: Positive
 
 
 class StudyConfig(Section):
     """Seeds x arms for `python -m mae_exp.study` (no pipeline stage reads this section)."""
 
     seeds: _list_of(Annotated[StrictInt, Field(ge=0, le=2**32 - 1)])
+    budgets: _list_of(Count)  # pretrain.epochs of each point of the compute curves, every arm alike
+    # arm name -> the budgets it runs at, for arms needed only at some (default: every one of budgets)
+    ablation_budgets: Annotated[dict[str, _list_of(Count)], BeforeValidator(lambda v: {} if v is None else v)]
     primary: PrimaryConfig
     overrides: Overrides  # applied to every arm alike (e.g. fine-tuning to a plateau)
     ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # arm name -> its overrides of improved/original
@@ -210,8 +217,17 @@ class StudyConfig(Section):
                 _check(key.split(".")[0] in ARM_SECTIONS and key.count(".") == 1,
                        f"ablations.{name}: override {key!r} must be {' or '.join(ARM_SECTIONS)}.<key>")
         for key in self.overrides:
-            _check(key.split(".")[0] not in ("seed", "study"),
-                   f"overrides: {key!r} may not be overridden study-wide (seeds come from study.seeds)")
+            _check(key.split(".")[0] not in ("seed", "study") and key != "pretrain.epochs",
+                   f"overrides: {key!r} may not be overridden study-wide (seeds come from study.seeds, "
+                   "pre-training epochs from study.budgets)")
+        for name, budgets in self.ablation_budgets.items():
+            _check(name in self.ablations, f"ablation_budgets: {name!r} is not in study.ablations")
+            _check(set(budgets) <= set(self.budgets),
+                   f"ablation_budgets.{name}: {sorted(set(budgets) - set(self.budgets))} not in study.budgets")
+        _check(self.primary.budget in self.budgets,
+               f"primary.budget: {self.primary.budget} is not in study.budgets ({list(self.budgets)})")
+        _check(self.primary.budget in self.ablation_budgets.get(self.primary.arm, self.budgets),
+               f"primary.budget: arm {self.primary.arm!r} does not run at {self.primary.budget} (ablation_budgets)")
         return self
 
 
@@ -286,7 +302,11 @@ def _merged(raw: dict, dotted: dict) -> dict:
 
 def arm_params(p: Params, name: str) -> Params:
     """The params an experiment of study arm `name` runs with (study.overrides, then the arm's), at p's seed."""
-    overrides = {**p.study.overrides, **p.study.ablations[name]}
+    return with_overrides(p, {**p.study.overrides, **p.study.ablations[name]})
+
+
+def with_overrides(p: Params, overrides: dict) -> Params:
+    """p with each dotted key of `overrides` set (as `dvc exp run -S key=value` would), validated again."""
     return parse_params(_merged(p.model_dump(), overrides))
 
 

@@ -32,16 +32,23 @@ def mean_ci(values, level: float = 0.95) -> tuple[int, float, float, float, floa
 
 
 def summarize(runs: pd.DataFrame, original_arms=frozenset()) -> pd.DataFrame:
-    """Mean and std over seeds per group and metric: random init, the original (counted once per seed: it
-    does not depend on the arm), each arm that changes the original ("original: <arm>"), and the
-    improved recipe of every other arm ("improved: <arm>")."""
+    """Mean and std over seeds per group and metric: random init, the original (counted once per seed and
+    budget: it does not depend on the arm; "original-e<budget>" when the study has several budgets), each arm
+    that changes the original ("original: <arm>"), and the improved recipe of every other arm
+    ("improved: <arm>")."""
     rows = []
     plain = runs[~runs["ablation"].isin(original_arms)]
-    per_seed = plain.sort_values("seed").groupby("seed").first()
+    budgets = sorted(set(plain["budget"])) if "budget" in plain else [None]
     for metric, m in {**METRICS, **COSTS}.items():
         for encoder in ("random", "original"):
-            if encoder in m.encoders and len(per_seed):
-                rows.append(_summary_row(encoder, None, metric, per_seed[f"{metric}_{encoder}"]))
+            if encoder not in m.encoders:
+                continue
+            for budget in budgets[:1] if encoder == "random" else budgets:  # random: no pre-training budget
+                at = plain if budget is None or encoder == "random" else plain[plain["budget"] == budget]
+                per_seed = at.sort_values("seed").groupby("seed").first()
+                if len(per_seed):
+                    group = encoder if encoder == "random" or len(budgets) == 1 else f"{encoder}-e{budget}"
+                    rows.append(_summary_row(group, None, metric, per_seed[f"{metric}_{encoder}"]))
         for ablation, sub in runs.groupby("ablation", sort=False):
             side = "original" if ablation in original_arms else "improved"
             rows.append(_summary_row(f"{side}: {ablation}", ablation, metric, sub[f"{metric}_{side}"]))
@@ -74,6 +81,8 @@ def baselines(runs: pd.DataFrame, arm: str) -> dict[str, pd.DataFrame]:
         best = candidates.loc[gap.idxmin()] if gap.notna().any() else None
         if best is not None and _equal(best["flops_original"], r["flops_improved"]):
             matched[seed] = best
+    if not matched:  # no original spent these FLOPs (a budget between others: the curves interpolate)
+        return {"equal steps": own}
     flops = pd.DataFrame(list(matched.values()), index=list(matched), columns=runs.columns)
     return {"equal steps": own, "equal FLOPs": flops}
 
@@ -105,6 +114,7 @@ def paired_differences(runs: pd.DataFrame, original_arms=frozenset(), primary=No
 
 
 def is_primary(diffs: pd.DataFrame, primary) -> pd.Series:
+    """`primary`: study.primary with `arm` the arm's name in the runs (results.arm_name: ablation at budget)."""
     if primary is None:
         return pd.Series(False, index=diffs.index)
     word = {"steps": "equal steps", "flops": "FLOPs"}[primary.reading]
