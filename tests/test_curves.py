@@ -66,7 +66,7 @@ def test_a_constant_gap_stays_and_the_bootstrap_brackets_it():
     _, g = analyse(runs)
     table = curves.gap_table(g).query("metric == 'knn_mean_top1' and reading == 'equal FLOPs'")
     assert len(table) == len(BUDGETS) and (table["n"] == 5).all()
-    assert ((table["t_low"] < 0.02) & (table["t_high"] > 0.02)).all()  # the truth inside
+    assert table["gap"].mean() == pytest.approx(0.02, abs=0.003)  # noise 0.005 a point, 20 seed-budgets
     assert ((table["t_low"] < table["boot_low"]) & (table["t_high"] > table["boot_high"])).all()  # t: wider
     assert (curves.trend(g)["trend"] == "stays within noise").all()
 
