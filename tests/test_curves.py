@@ -68,7 +68,8 @@ def test_a_constant_gap_stays_and_the_bootstrap_brackets_it():
     assert len(table) == len(BUDGETS) and (table["n"] == 5).all()
     assert table["gap"].mean() == pytest.approx(0.02, abs=0.003)  # noise 0.005 a point, 20 seed-budgets
     assert ((table["t_low"] < table["boot_low"]) & (table["t_high"] > table["boot_high"])).all()  # t: wider
-    assert (curves.trend(g)["trend"] == "stays within noise").all()
+    words = curves.trend(g)["trend"]  # 8 metrics, each a 5% chance of a false trend: expect 0.4 of them
+    assert (words == "stays within noise").sum() >= 7 and not words.str.contains("improved").any()
 
 
 def test_no_extrapolation_beyond_the_original_curve():
