@@ -220,14 +220,6 @@ class StudyConfig(Section):
             _check(key.split(".")[0] not in ("seed", "study") and key != "pretrain.epochs",
                    f"overrides: {key!r} may not be overridden study-wide (seeds come from study.seeds, "
                    "pre-training epochs from study.budgets)")
-        for name, budgets in self.ablation_budgets.items():
-            _check(name in self.ablations, f"ablation_budgets: {name!r} is not in study.ablations")
-            _check(set(budgets) <= set(self.budgets),
-                   f"ablation_budgets.{name}: {sorted(set(budgets) - set(self.budgets))} not in study.budgets")
-        _check(self.primary.budget in self.budgets,
-               f"primary.budget: {self.primary.budget} is not in study.budgets ({list(self.budgets)})")
-        _check(self.primary.budget in self.ablation_budgets.get(self.primary.arm, self.budgets),
-               f"primary.budget: arm {self.primary.arm!r} does not run at {self.primary.budget} (ablation_budgets)")
         return self
 
 
@@ -273,9 +265,17 @@ class Params(Section):
                     type(getattr(self, section)).model_validate(_merged(getattr(self, section).model_dump(), values))
                 except ValidationError as e:
                     raise ValueError(f"study.{where}: {_describe(e, type(getattr(self, section)), section)}") from None
-        arms = self.study.ablations
-        _check(self.study.primary.arm in arms,
-               f"study.primary.arm: {self.study.primary.arm!r} is not in study.ablations ({', '.join(arms)})")
+        study = self.study
+        arms = study.ablations
+        _check(study.primary.arm in arms,
+               f"study.primary.arm: {study.primary.arm!r} is not in study.ablations ({', '.join(arms)})")
+        for name, budgets in study.ablation_budgets.items():
+            _check(name in arms, f"study.ablation_budgets: {name!r} is not in study.ablations ({', '.join(arms)})")
+            _check(set(budgets) <= set(study.budgets), f"study.ablation_budgets.{name}: "
+                   f"{sorted(set(budgets) - set(study.budgets))} not in study.budgets ({list(study.budgets)})")
+        _check(study.primary.budget in study.ablation_budgets.get(study.primary.arm, study.budgets),
+               f"study.primary.budget: {study.primary.arm!r} does not run at {study.primary.budget} epochs "
+               f"(study.budgets, study.ablation_budgets)")
         return self
 
 

@@ -285,8 +285,10 @@ def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = 
     rows, read, seen, wanted_by_seed = [], [], set(), set()
     for r in runs.to_dict("records"):
         arm = r["ablation"]
+        several = runs["budget"].nunique() > 1  # the original differs per budget, as summarize names it
+        plain = f"original-e{r['budget']}" if several else "original"
         wanted = ([("original", f"original: {arm}")] if arm in originals else
-                  [("random", "random"), ("original", "original"), ("improved", f"improved: {arm}")])
+                  [("random", "random"), ("original", plain), ("improved", f"improved: {arm}")])
         for encoder, group in wanted:
             if (group, r["seed"]) in seen:
                 continue  # random and original: the same encoder in every arm of a seed

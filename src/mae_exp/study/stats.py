@@ -81,8 +81,6 @@ def baselines(runs: pd.DataFrame, arm: str) -> dict[str, pd.DataFrame]:
         best = candidates.loc[gap.idxmin()] if gap.notna().any() else None
         if best is not None and _equal(best["flops_original"], r["flops_improved"]):
             matched[seed] = best
-    if not matched:  # no original spent these FLOPs (a budget between others: the curves interpolate)
-        return {"equal steps": own}
     flops = pd.DataFrame(list(matched.values()), index=list(matched), columns=runs.columns)
     return {"equal steps": own, "equal FLOPs": flops}
 
@@ -131,3 +129,16 @@ def holm(diffs: pd.DataFrame, primary, alpha: float) -> pd.DataFrame:
         diffs.loc[family, "p_holm"] = multipletests(diffs.loc[family, "p_value"], alpha=alpha, method="holm")[1]
     diffs["beyond_noise"] = (diffs["p_holm"] < alpha).fillna(False).astype(bool)
     return diffs
+
+
+def primary_differences(runs: pd.DataFrame, primary) -> pd.Series:
+    """Per seed, improved − original of study.primary (its `arm` the arm's name in the runs): the paired
+    differences its equivalence reading tests; empty where it has no finished pair."""
+    word = {"steps": "equal steps", "flops": "FLOPs"}[primary.reading]
+    if not (runs["ablation"] == primary.arm).any():
+        return pd.Series(dtype=float)
+    improved = runs[runs["ablation"] == primary.arm].set_index("seed")[f"{primary.metric}_improved"]
+    for reading, base in baselines(runs, primary.arm).items():
+        if word in reading:
+            return (improved - base[f"{primary.metric}_original"]).dropna()
+    return pd.Series(dtype=float)
