@@ -104,3 +104,32 @@ def test_correlation_finds_one_finding():
     runs["psnr_original"] = -10 * runs["mse_original"]
     runs["psnr_improved"] = -10 * runs["mse_improved"]
     assert curves.correlation(runs, "mse", "psnr") == pytest.approx(-1.0)
+
+
+def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
+    import copy
+
+    import yaml
+
+    from mae_exp.config import parse_params
+    from mae_exp.study.report import compute_curves, verdict_line
+    from mae_exp.study.stats import primary_differences
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = copy.deepcopy(raw)
+    p = parse_params(raw)
+    assert tuple(p.study.budgets) == BUDGETS  # the committed design is the one constructed here
+    runs = constructed(lambda b: 0.01 * math.log2(b), noise=0.002)
+    primary = p.study.primary.model_copy(update={"arm": "all-e32"})
+    lines = compute_curves(runs, p, {"original_flops_matched-e32"}, primary, tmp_path / "c.csv", tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    frame = pd.read_csv(tmp_path / "c.csv")
+    assert set(frame["kind"]) == {"curve", "gap", "trend"}
+    assert sum("per doubling" in line for line in lines) == len(METRICS)
+    assert any(line.startswith("masked MSE and PSNR") for line in lines)
+    # the primary: at 32 epochs the gap is 0.05 (> the 1.5 pp margin), beyond noise
+    d = primary_differences(runs, primary)
+    assert len(d) == 5 and d.mean() == pytest.approx(0.05, abs=0.005)
+    line = verdict_line(primary, curves.equivalence(d, primary.margin))
+    assert "BEYOND NOISE" in line and "margin ±1.5 pp" in line
