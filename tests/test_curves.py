@@ -58,7 +58,9 @@ def test_equal_flops_gap_is_read_off_the_original_curve():
         assert lp.loc[(1, b), "equal_steps"] == pytest.approx(0.01 * math.log2(b) + 0.02 * math.log2(RATIO))
     t = curves.trend(g).set_index("metric").loc["linear_cls_top1"]
     assert t["slope_per_doubling"] == pytest.approx(0.01 * math.log2(b) / math.log2(b), rel=1e-6)
-    assert t["trend"] == "grows in the improved recipe's favour"
+    assert t["trend"] == "moves in the improved recipe's favour"
+    mse = curves.trend(g).set_index("metric").loc["mse"]  # lower is better: the same rise favours the original
+    assert mse["trend"] == "moves in the original's favour"
 
 
 def test_a_constant_gap_stays_and_the_bootstrap_brackets_it():

@@ -18,6 +18,8 @@ def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path:
     the random encoder as the floor. Bottom row: improved − original at equal FLOPs (interpolated on the
     original's curve) with its bootstrap band over seeds, 0, and on the primary's panel its margin."""
     import matplotlib
+    import matplotlib.ticker
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -34,7 +36,7 @@ def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path:
             ax.fill_between(g["flops"], g["ci_low"] * m.scale, g["ci_high"] * m.scale, color=COLOURS[group],
                             alpha=0.18, lw=0)
         floor = c[c["group"] == "random"]
-        if len(floor):
+        if len(floor) and floor["mean"].notna().any():
             mean = floor["mean"].mean() * m.scale
             lo, hi = floor["ci_low"].mean() * m.scale, floor["ci_high"].mean() * m.scale
             ax.axhline(mean, color=COLOURS["random"], ls="--", lw=1, label="random init")
@@ -64,7 +66,8 @@ def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path:
         else:
             ax.set_title("improved − original, equal FLOPs", fontsize=8)
         ax.set_xscale("log")
-        ax.set_xlabel("pre-training FLOPs", fontsize=8)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on 1 decade
+        ax.set_xlabel("pre-training FLOPs (log)", fontsize=8)
         ax.set_ylabel("pp" if m.unit == "pp" else (unit or "difference"), fontsize=8)
         ax.tick_params(labelsize=7.5)
     fig.tight_layout()

@@ -139,9 +139,10 @@ def trend(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         lo, hi = t_interval(v, level)
         b_lo, b_hi = bootstrap_mean(v, level, np.random.default_rng(BOOTSTRAP_SEED))
         mean = float(v.mean()) if len(v) else math.nan
+        better = 1 if METRICS[metric].higher_better else -1  # a rising MSE gap favours the original
         word = ("not enough seeds" if not np.isfinite(lo) else
-                "grows in the improved recipe's favour" if lo > 0 else
-                "grows in the original's favour" if hi < 0 else "stays within noise")
+                "moves in the improved recipe's favour" if better * lo > 0 and better * hi > 0 else
+                "moves in the original's favour" if better * lo < 0 and better * hi < 0 else "stays within noise")
         rows.append({"metric": metric, "n": len(v), "slope_per_doubling": mean, "ci_low": lo, "ci_high": hi,
                      "boot_low": b_lo, "boot_high": b_hi, "trend": word})
     return pd.DataFrame(rows, columns=["metric", "n", "slope_per_doubling", "ci_low", "ci_high", "boot_low",

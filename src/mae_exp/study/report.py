@@ -201,8 +201,14 @@ def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, cs
             continue
         per = _with_unit(number(r["slope_per_doubling"], r["metric"]), r["metric"])
         lo, hi = number(r["ci_low"], r["metric"]), number(r["ci_high"], r["metric"])
-        lines.append(f"{m.label}: improved − original at equal FLOPs changes by {per} per doubling of "
-                     f"pre-training compute (95% CI {lo} to {hi}, {r['n']} seeds): {r['trend']}.")
+        ends = table[(table["metric"] == r["metric"]) & (table["reading"] == "equal FLOPs") & (table["n"] > 0)]
+        span = ""
+        if len(ends) >= 2:
+            first, last = ends.sort_values("budget").iloc[[0, -1]].to_dict("records")
+            span = (f" from {number(first['gap'], r['metric'])} at {first['budget']} epochs to "
+                    f"{_with_unit(number(last['gap'], r['metric']), r['metric'])} at {last['budget']},")
+        lines.append(f"{m.label}: improved − original at equal FLOPs{span} {per} per doubling of pre-training "
+                     f"compute (95% CI {lo} to {hi}, {r['n']} seeds): {r['trend']}.")
     r = correlation(runs, "mse", "psnr")
     if pd.notna(r):
         lines.append(f"masked MSE and PSNR: r = {r:.2f} over every pre-trained encoder: one finding, read as PSNR.")
