@@ -632,3 +632,34 @@ def test_queue_and_report_end_to_end(tmp_path):
     params["study"]["seeds"] = [1, 2, 3, 4, 5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Data and pipelines are up to date" in dvc("status", cwd=repo).stdout
+
+
+@pytest.mark.slow
+def test_a_compute_curve_study_end_to_end(tmp_path):
+    """Two budgets, the original also at the improved recipe's FLOPs of the larger one, two seeds: the queue
+    runs the six experiments, the report reads the primary with its equivalence reading and the curves."""
+    repo = copy_repo(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["study"].update(
+        seeds=[42, 43], budgets=[1, 2], ablation_budgets={"original_flops_matched": [2]},
+        ablations={"all": {}, "original_flops_matched": {"original.steps_factor": 1.1036}},
+        primary={"arm": "all", "budget": 2, "reading": "flops", "metric": "linear_cls_top1", "margin": 0.015})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git("commit", "-qam", "a curve study", cwd=repo)
+    proc = study("queue", "--poll", "5", cwd=repo, timeout=2400)
+    assert "6 of 6 experiments succeeded" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split()) == {
+        "s42-all-e1", "s43-all-e1", "s42-all-e2", "s43-all-e2", "s42-original_flops_matched-e2",
+        "s43-original_flops_matched-e2"}
+    out = study("report", cwd=repo).stdout
+    assert re.search(r"Primary \(linear probe cls top-1 \(test\), all-e2, equal flops; margin ±1\.5 pp.*2 seeds\): "
+                     r"(INCONCLUSIVE|BEYOND NOISE|NO DIFFERENCE)", " ".join(out.split())), out
+    frame = pd.read_csv(repo / "metrics" / "study_compute.csv")
+    curve = frame[(frame["kind"] == "curve") & (frame["metric"] == "linear_cls_top1")]
+    assert sorted(curve.loc[curve["group"] == "original", "budget"]) == [1, 2, 2]  # + the FLOPs-matched point
+    gap = frame[(frame["kind"] == "gap") & (frame["reading"] == "equal FLOPs")]
+    assert (gap["n"] == 2).all() and len(gap) == 2 * len(METRICS)  # both budgets read off the original's curve
+    assert len(frame[frame["kind"] == "trend"]) == len(METRICS)
+    assert (repo / "plots" / "study_compute.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (repo / "metrics" / "study.md").read_text()
+    assert md.startswith("Primary (") and "per doubling of pre-training compute" in md

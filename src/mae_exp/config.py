@@ -269,6 +269,11 @@ class Params(Section):
         arms = study.ablations
         _check(study.primary.arm in arms,
                f"study.primary.arm: {study.primary.arm!r} is not in study.ablations ({', '.join(arms)})")
+        for budget in study.budgets:  # each budget is pretrain.epochs for some experiments: valid as one
+            try:
+                PretrainConfig.model_validate(_merged(self.pretrain.model_dump(), {"epochs": budget}))
+            except ValidationError as e:
+                raise ValueError(f"study.budgets: {budget} epochs: {_describe(e, PretrainConfig, 'pretrain')}") from None
         for name, budgets in study.ablation_budgets.items():
             _check(name in arms, f"study.ablation_budgets: {name!r} is not in study.ablations ({', '.join(arms)})")
             _check(set(budgets) <= set(study.budgets), f"study.ablation_budgets.{name}: "

@@ -6,7 +6,8 @@ every FLOPs the improved recipe spent. Then, per seed and budget:
 
 - equal steps: improved − original at the same budget (the improved recipe spends more FLOPs per step);
 - equal FLOPs: improved − the original's curve read at the improved run's FLOPs, interpolated linearly in
-  log FLOPs between the original's own points of that seed (never extrapolated: NaN outside its range).
+  log FLOPs between the original's own points of that seed (never extrapolated: NaN outside its range, but
+  for FLOPs within stats.FLOPS_TOLERANCE of an end, which count as equal there as in the paired reading).
 
 Bands are percentile bootstraps over seeds (resampling whole seeds, so a seed's points stay together); the
 verdicts use Student-t intervals, which the bootstrap undercuts at 5 seeds. How the gap changes with compute
@@ -24,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from .metrics import METRICS
+from .stats import FLOPS_TOLERANCE
 
 BOOTSTRAP = 10_000  # resamples of the seeds
 BOOTSTRAP_SEED = 0  # the intervals are a function of the committed rows alone
@@ -81,7 +83,8 @@ def gaps(pts: pd.DataFrame) -> pd.DataFrame:
             same = orig[orig["budget"] == r["budget"]].sort_values("flops")
             steps = r["value"] - same["value"].iloc[0] if len(same) else math.nan  # fewest steps: the arm-free one
             at = math.log(r["flops"]) if r["flops"] > 0 else math.nan
-            inside = len(x) >= 1 and x[0] - 1e-9 <= at <= x[-1] + 1e-9
+            slack = math.log1p(FLOPS_TOLERANCE)  # FLOPs within 1% of an end of the curve count as that end
+            inside = len(x) >= 1 and x[0] - slack <= at <= x[-1] + slack
             flops = r["value"] - float(np.interp(at, x, y)) if inside else math.nan
             rows.append({"metric": metric, "seed": seed, "budget": r["budget"], "flops": r["flops"],
                          "equal_steps": steps, "equal_flops": flops})

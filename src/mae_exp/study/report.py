@@ -244,8 +244,9 @@ def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="
     headline = [verdict_line(primary, equivalence(primary_differences(runs, primary), primary.margin))]
     if not any(diffs["primary"] & diffs["beyond_noise"]):
         headline.append("Every other comparison is exploratory: the primary is not beyond noise.")
+    trends = []
     if len(current.study.budgets) > 1:
-        headline += compute_curves(runs, current, originals, primary, compute_csv, compute_png)
+        trends = compute_curves(runs, current, originals, primary, compute_csv, compute_png)
     per_epoch = None
     if curves:
         per_epoch, read, more = finetune_curves(runs, originals, root, saved_curves(root))
@@ -253,12 +254,15 @@ def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="
         atomic_write(root / SAVED_CURVES, lambda tmp: read.to_csv(tmp, index=False))
     save_rows(rows, runs["rev"], root / SAVED)
     atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs).to_csv(tmp, index=False))
-    atomic_write(md_path, lambda tmp: Path(tmp).write_text(
-        "\n".join(f"- {h}" for h in headline) + "\n\n" + markdown(summary, diffs, runs, notes)))
+    top = "\n\n".join(headline) + "\n\n"
+    if trends:
+        top += ("How improved − original at equal FLOPs changes with pre-training compute (data: "
+                f"{compute_csv}, figure: {compute_png}):\n\n" + "\n".join(f"- {t}" for t in trends) + "\n\n")
+    atomic_write(md_path, lambda tmp: Path(tmp).write_text(top + markdown(summary, diffs, runs, notes)))
     save_figure(summary, diffs, runs, png_path, per_epoch)
-    for h in headline:
-        out.print(f"[bold]{h}[/]" if h.startswith("Primary") else h, soft_wrap=True)
     print_report(summary, diffs, runs, notes)
+    for h in [*headline, *trends]:
+        out.print(f"[bold]{h}[/]" if h.startswith("Primary") else h, soft_wrap=True)
     out.print(f"[dim]wrote {csv_path}, {md_path}, {png_path}; the experiments read are in {SAVED} and "
               f"{SAVED_CURVES} (commit them: a clone's report and queue count them)[/]")
     return runs
