@@ -156,7 +156,9 @@ def test_the_new_keys_are_read():
 
 
 def test_an_ablation_with_no_overrides_may_be_written_bare():
-    p = parse_params(with_change("study.ablations", {"all": None, "no_unif": {"improved.lambda_unif": 0}}))
+    raw = with_change("study.ablations", {"all": None, "no_unif": {"improved.lambda_unif": 0}})
+    raw["study"]["ablation_budgets"] = {}
+    p = parse_params(raw)
     assert arm_variant(p, "all") == p.improved
     assert arm_variant(p, "no_unif") == p.improved.model_copy(update={"lambda_unif": 0.0})
 

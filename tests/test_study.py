@@ -386,8 +386,16 @@ def test_the_study_section_parses_into_overrides():
     ({"overrides": {"finetune.epochs": 0}}, ["study.overrides", "finetune.epochs", "greater than or equal to 1"]),
     ({"overrides": {"finetune.epocs": 3}}, ["study.overrides", "unknown key", "finetune.epocs"]),
     ({"overrides": {"seed": 3}}, ["study.overrides", "'seed'"]),
-    ({"primary": {"arm": "nope", "reading": "flops", "metric": "ft_top1"}}, ["study.primary.arm", "'nope'"]),
-    ({"primary": {"arm": "all", "reading": "work", "metric": "ft_top1"}}, ["study.primary.reading", "'steps'"]),
+    ({"primary": {"arm": "nope", "budget": 3, "reading": "flops", "metric": "ft_top1", "margin": 0.01}},
+     ["study.primary.arm", "'nope'"]),
+    ({"primary": {"arm": "all", "budget": 3, "reading": "work", "metric": "ft_top1", "margin": 0.01}},
+     ["study.primary.reading", "'steps'"]),
+    ({"primary": {"arm": "all", "budget": 5, "reading": "flops", "metric": "ft_top1", "margin": 0.01}},
+     ["study.primary.budget", "does not run at 5"]),
+    ({"primary": {"arm": "all", "budget": 3, "reading": "flops", "metric": "ft_top1", "margin": 0}},
+     ["study.primary.margin", "greater than 0"]),
+    ({"budgets": []}, ["study.budgets", "must not be empty"]),
+    ({"overrides": {"pretrain.epochs": 2}}, ["study.overrides", "study.budgets"]),
     ({"ablations": {"x": {"improved.lambda_freq": "lots"}}}, ["study.ablations.x", "improved.lambda_freq",
                                                               "a valid number"]),
     ({"ablations": {"x": {"improved.mask_ratio_start": 1.5}}}, ["study.ablations.x", "improved.mask_ratio_start",
@@ -401,7 +409,8 @@ def test_the_study_section_parses_into_overrides():
 ])
 def test_bad_study_sections_name_the_key(study, words):
     if "ablations" in study:  # the primary names an arm
-        study = {"primary": {"arm": next(iter(study["ablations"]), "all"), "reading": "steps", "metric": "ft_top1"}
+        study = {"primary": {"arm": next(iter(study["ablations"]), "all"), "budget": TINY["study"]["budgets"][0],
+                             "reading": "steps", "metric": "ft_top1", "margin": 0.015}
                  if isinstance(study["ablations"], dict) and all(re.fullmatch(r"\w+", k) for k in study["ablations"])
                  else TINY["study"]["primary"], **study}
     with pytest.raises(ConfigError) as err:
@@ -428,10 +437,31 @@ def test_plan_names_and_overrides():
     jobs = plan(p, [1, 2], ["all", "uniformity_only"])
     assert [j.name for j in jobs] == ["s1-all", "s2-all", "s1-uniformity_only", "s2-uniformity_only"]
     assert (jobs[2].seed, jobs[2].ablation) == (1, "uniformity_only")
-    assert jobs[2].overrides == ("seed=1", "improved.mask_ratio_start=0.75", "improved.curriculum_fraction=0.0",
-                                 "improved.lambda_freq=0.0")
+    assert jobs[2].overrides == ("seed=1", "pretrain.epochs=3", "improved.mask_ratio_start=0.75",
+                                 "improved.curriculum_fraction=0.0", "improved.lambda_freq=0.0")
     with pytest.raises(StudyError, match="unknown ablation 'nope'"):
         plan(p, None, ["nope"])
+    with pytest.raises(StudyError, match="unknown budget 5"):
+        plan(p, None, None, [5])
+
+
+def test_a_curve_study_plans_each_ablation_at_its_budgets():
+    """Several budgets: arms are <ablation>-e<budget>; ablation_budgets restricts an arm to some of them."""
+    raw = copy.deepcopy(TINY)
+    raw["study"].update(budgets=[1, 2, 4], ablation_budgets={"original_flops_matched": [4]},
+                        ablations={"all": {}, "original_flops_matched": {"original.steps_factor": 1.1}},
+                        primary={**raw["study"]["primary"], "budget": 4, "reading": "flops"})
+    p = parse_params(raw)
+    jobs = plan(p, [7], None)
+    assert [j.name for j in jobs] == ["s7-all-e1", "s7-all-e2", "s7-all-e4", "s7-original_flops_matched-e4"]
+    assert jobs[3].overrides == ("seed=7", "pretrain.epochs=4", "original.steps_factor=1.1")
+    assert [j.name for j in plan(p, [7], ["all"], [2])] == ["s7-all-e2"]
+    matched_at_2 = {**raw["study"]["primary"], "arm": "original_flops_matched", "budget": 2}
+    with pytest.raises(ConfigError, match="study.primary.budget: 'original_flops_matched' does not run at 2"):
+        parse_params({**raw, "study": {**raw["study"], "primary": matched_at_2}})
+    raw["study"]["ablation_budgets"] = {"nope": [4]}
+    with pytest.raises(ConfigError, match="study.ablation_budgets: 'nope' is not in study.ablations"):
+        parse_params(raw)
 
 
 def test_no_stage_reads_the_study_section():
@@ -602,3 +632,34 @@ def test_queue_and_report_end_to_end(tmp_path):
     params["study"]["seeds"] = [1, 2, 3, 4, 5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Data and pipelines are up to date" in dvc("status", cwd=repo).stdout
+
+
+@pytest.mark.slow
+def test_a_compute_curve_study_end_to_end(tmp_path):
+    """Two budgets, the original also at the improved recipe's FLOPs of the larger one, two seeds: the queue
+    runs the six experiments, the report reads the primary with its equivalence reading and the curves."""
+    repo = copy_repo(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["study"].update(
+        seeds=[42, 43], budgets=[1, 2], ablation_budgets={"original_flops_matched": [2]},
+        ablations={"all": {}, "original_flops_matched": {"original.steps_factor": 1.1036}},
+        primary={"arm": "all", "budget": 2, "reading": "flops", "metric": "linear_cls_top1", "margin": 0.015})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git("commit", "-qam", "a curve study", cwd=repo)
+    proc = study("queue", "--poll", "5", cwd=repo, timeout=2400)
+    assert "6 of 6 experiments succeeded" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split()) == {
+        "s42-all-e1", "s43-all-e1", "s42-all-e2", "s43-all-e2", "s42-original_flops_matched-e2",
+        "s43-original_flops_matched-e2"}
+    out = study("report", cwd=repo).stdout
+    assert re.search(r"Primary \(linear probe cls top-1 \(test\), all-e2, equal flops; margin ±1\.5 pp.*2 seeds\): "
+                     r"(INCONCLUSIVE|BEYOND NOISE|NO DIFFERENCE)", " ".join(out.split())), out
+    frame = pd.read_csv(repo / "metrics" / "study_compute.csv")
+    curve = frame[(frame["kind"] == "curve") & (frame["metric"] == "linear_cls_top1")]
+    assert sorted(curve.loc[curve["group"] == "original", "budget"]) == [1, 2, 2]  # + the FLOPs-matched point
+    gap = frame[(frame["kind"] == "gap") & (frame["reading"] == "equal FLOPs")]
+    assert (gap["n"] == 2).all() and len(gap) == 2 * len(METRICS)  # both budgets read off the original's curve
+    assert len(frame[frame["kind"] == "trend"]) == len(METRICS)
+    assert (repo / "plots" / "study_compute.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (repo / "metrics" / "study.md").read_text()
+    assert md.startswith("Primary (") and "per doubling of pre-training compute" in md

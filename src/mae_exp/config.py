@@ -191,14 +191,21 @@ class PrimaryConfig(Section):
     """The one comparison the study is judged on (improved − original); every other one is Holm-corrected."""
 
     arm: str  # a name in study.ablations
+    budget: Count  # the point of the compute curve it is read at: one of study.budgets (pretrain.epochs)
     reading: Literal["steps", "flops"]  # against the original at equal steps, or at equal FLOPs
     metric: str  # a metric id of mae_exp.study.metrics.METRICS (checked by the study)
+    # equivalence margin, in the metric's stored units (0.015 = 1.5 pp): "no difference" only when the 90%
+    # interval lies inside +-margin (two one-sided tests), "inconclusive" when it lies across an edge
+    margin: Positive
 
 
 class StudyConfig(Section):
     """Seeds x arms for `python -m mae_exp.study` (no pipeline stage reads this section)."""
 
     seeds: _list_of(Annotated[StrictInt, Field(ge=0, le=2**32 - 1)])
+    budgets: _list_of(Count)  # pretrain.epochs of each point of the compute curves, every arm alike
+    # arm name -> the budgets it runs at, for arms needed only at some (default: every one of budgets)
+    ablation_budgets: Annotated[dict[str, _list_of(Count)], BeforeValidator(lambda v: {} if v is None else v)]
     primary: PrimaryConfig
     overrides: Overrides  # applied to every arm alike (e.g. fine-tuning to a plateau)
     ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # arm name -> its overrides of improved/original
@@ -212,8 +219,9 @@ class StudyConfig(Section):
                 _check(key.split(".")[0] in ARM_SECTIONS and key.count(".") == 1,
                        f"ablations.{name}: override {key!r} must be {' or '.join(ARM_SECTIONS)}.<key>")
         for key in self.overrides:
-            _check(key.split(".")[0] not in ("seed", "study"),
-                   f"overrides: {key!r} may not be overridden study-wide (seeds come from study.seeds)")
+            _check(key.split(".")[0] not in ("seed", "study") and key != "pretrain.epochs",
+                   f"overrides: {key!r} may not be overridden study-wide (seeds come from study.seeds, "
+                   "pre-training epochs from study.budgets)")
         return self
 
 
@@ -259,9 +267,22 @@ class Params(Section):
                     type(getattr(self, section)).model_validate(_merged(getattr(self, section).model_dump(), values))
                 except ValidationError as e:
                     raise ValueError(f"study.{where}: {_describe(e, type(getattr(self, section)), section)}") from None
-        arms = self.study.ablations
-        _check(self.study.primary.arm in arms,
-               f"study.primary.arm: {self.study.primary.arm!r} is not in study.ablations ({', '.join(arms)})")
+        study = self.study
+        arms = study.ablations
+        _check(study.primary.arm in arms,
+               f"study.primary.arm: {study.primary.arm!r} is not in study.ablations ({', '.join(arms)})")
+        for budget in study.budgets:  # each budget is pretrain.epochs for some experiments: valid as one
+            try:
+                PretrainConfig.model_validate(_merged(self.pretrain.model_dump(), {"epochs": budget}))
+            except ValidationError as e:
+                raise ValueError(f"study.budgets: {budget} epochs: {_describe(e, PretrainConfig, 'pretrain')}") from None
+        for name, budgets in study.ablation_budgets.items():
+            _check(name in arms, f"study.ablation_budgets: {name!r} is not in study.ablations ({', '.join(arms)})")
+            _check(set(budgets) <= set(study.budgets), f"study.ablation_budgets.{name}: "
+                   f"{sorted(set(budgets) - set(study.budgets))} not in study.budgets ({list(study.budgets)})")
+        _check(study.primary.budget in study.ablation_budgets.get(study.primary.arm, study.budgets),
+               f"study.primary.budget: {study.primary.arm!r} does not run at {study.primary.budget} epochs "
+               f"(study.budgets, study.ablation_budgets)")
         return self
 
 
@@ -288,7 +309,11 @@ def _merged(raw: dict, dotted: dict) -> dict:
 
 def arm_params(p: Params, name: str) -> Params:
     """The params an experiment of study arm `name` runs with (study.overrides, then the arm's), at p's seed."""
-    overrides = {**p.study.overrides, **p.study.ablations[name]}
+    return with_overrides(p, {**p.study.overrides, **p.study.ablations[name]})
+
+
+def with_overrides(p: Params, overrides: dict) -> Params:
+    """p with each dotted key of `overrides` set (as `dvc exp run -S key=value` would), validated again."""
     return parse_params(_merged(p.model_dump(), overrides))
 
 

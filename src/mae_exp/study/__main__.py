@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("queue", help="run seeds x ablations as DVC experiments (dvc exp run --temp)")
     q.add_argument("--seeds", type=int, nargs="+", help="default: study.seeds in params.yaml")
     q.add_argument("--ablations", nargs="+", help="default: every one in study.ablations")
+    q.add_argument("--budgets", type=int, nargs="+", help="default: every one in study.budgets (pretrain.epochs)")
     q.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once")
     q.add_argument("--no-start", action="store_true", help="only put them in DVC's queue; run them with dvc queue start")
     q.add_argument("--force", action="store_true", help="run again experiments already done")
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.command == "queue":
             from .queue import queue
-            return queue(a.seeds, a.ablations, a.jobs, not a.no_start, a.force, a.poll)
+            return queue(a.seeds, a.ablations, a.jobs, not a.no_start, a.force, a.poll, a.budgets)
         from .results import csv_rows, experiment_rows
         rows = csv_rows(a.from_csv) if a.from_csv else experiment_rows(a.rev)
         from .report import report  # scipy and matplotlib: only once the input is good

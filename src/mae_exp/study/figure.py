@@ -37,6 +37,10 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
             if ": " in g:
                 side, arm = g.split(": ", 1)
                 vals = runs.loc[runs["ablation"] == arm, f"{metric}_{side}"]
+            elif "-e" in g:  # the original at one budget of a compute-curve study: the arm-free run
+                enc, _, budget = g.partition("-e")
+                at = runs[runs["budget"] == int(budget)].sort_values("flops_original").groupby("seed").first()
+                vals = at[f"{metric}_{enc}"]
             else:
                 vals = per_seed[f"{metric}_{g}"]
             vals = vals.dropna() * scale

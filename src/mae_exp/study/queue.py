@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import StudyError, out
-from .results import (arm_overrides, collect_runs, distinct_ablations, experiment_rows, load_study, merged,
-                      saved_rows)
+from .results import (arm_overrides, arms, collect_runs, distinct_ablations, experiment_rows, load_study,
+                      merged, saved_rows)
 
 LOGS = Path("scratch/study")  # one log per experiment, overwritten by its next run (scratch/: git-ignored)
 # DVC's words for a lock another `dvc exp run` holds: the repository's (while it copies the workspace) or
@@ -34,25 +34,30 @@ LOCK_TRIES = 3
 class Job(NamedTuple):
     name: str  # s<seed>-<ablation>
     seed: int
-    ablation: str
+    ablation: str  # the arm (an ablation at a budget)
     overrides: tuple[str, ...]  # for `dvc exp run -S`
 
 
-def plan(params, seeds: list[int] | None, ablations: list[str] | None) -> list[Job]:
-    """One experiment per seed and ablation, ablation by ablation. The first ablation gives every seed
-    its original branch; the others get it from DVC's run-cache instead of training it again (with -j N,
-    as long as N is at most the number of seeds). And a study cut short has every seed of the first
-    ablations rather than every ablation of the first seeds."""
+def plan(params, seeds: list[int] | None, ablations: list[str] | None, budgets: list[int] | None = None) -> list[Job]:
+    """One experiment per seed and arm (ablation x budget), ablation by ablation, budget by budget. The first
+    ablation gives every seed its original branch; the others get it from DVC's run-cache instead of training
+    it again (with -j N, as long as N is at most the number of seeds). And a study cut short has every seed of
+    the first arms rather than every arm of the first seeds (`--seeds S` one at a time: whole seeds)."""
     known = params.study.ablations
     distinct_ablations(params)
     for a in ablations or []:
         if a not in known:
             raise StudyError(f"unknown ablation {a!r}; study.ablations in params.yaml has: {', '.join(known)}")
+    for b in budgets or []:
+        if b not in params.study.budgets:
+            raise StudyError(f"unknown budget {b}; study.budgets in params.yaml has: "
+                             f"{', '.join(map(str, params.study.budgets))}")
     jobs = []
-    for a in ablations or known:
+    for name, arm in arms(params).items():
+        if (ablations and arm.ablation not in ablations) or (budgets and arm.budget not in budgets):
+            continue
         for seed in seeds or params.study.seeds:
-            overrides = (f"seed={seed}", *arm_overrides(params, a))
-            jobs.append(Job(f"s{seed}-{a}", seed, a, overrides))
+            jobs.append(Job(f"s{seed}-{name}", seed, name, (f"seed={seed}", *arm_overrides(params, name))))
     return jobs
 
 
@@ -105,9 +110,9 @@ def last_error(log: Path) -> str:
 
 
 def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: bool = False,
-          poll_s: float = 2.0) -> int:
+          poll_s: float = 2.0, budgets=None) -> int:
     params, study_raw = load_study("params.yaml")
-    todo = plan(params, seeds, ablations)
+    todo = plan(params, seeds, ablations, budgets)
     done = finished_cells(params, study_raw)  # by params, on any commit: a commit in between loses nothing
     waiting = []
     for job in todo:

@@ -13,9 +13,9 @@ from ..files import atomic_write
 from . import StudyError, out
 from .figure import save_figure
 from .metrics import COSTS, METRICS
-from .results import (SAVED, SAVED_CURVES, collect_runs, finetune_curves, load_study, merged, original_arms,
-                      save_rows, saved_curves, saved_rows)
-from .stats import paired_differences, summarize
+from .results import (SAVED, SAVED_CURVES, arm_name, arms, collect_runs, finetune_curves, load_study, merged,
+                      original_arms, save_rows, saved_curves, saved_rows)
+from .stats import paired_differences, primary_differences, summarize
 
 DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "ablation <name>"
     "all": ("all three improvements", "change"),
@@ -43,7 +43,9 @@ def sentence(row: dict, level: float = 0.95) -> str:
     m = METRICS[metric]
     label = m.label if m.higher_better else f"{m.label} (lower is better)"
     label = f"{label}, {row['reading']}" + (" [PRIMARY]" if row.get("primary") else "")
-    who, verb = DESCRIPTIONS.get(row["ablation"], (f"arm {row['ablation']}", "changes"))
+    ablation, _, budget = row["ablation"].partition("-e")
+    who, verb = DESCRIPTIONS.get(ablation, (f"arm {ablation}", "changes"))
+    who += f" at {budget} pre-training epochs" if budget else ""
     seeds = f"{n} seed{'s' if n != 1 else ''}"
     if n == 0:
         return f"{label}: {who}: no finished experiment pair has this metric."
@@ -166,16 +168,66 @@ def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame,
         out.print(f"[dim]note: {n}[/]")
 
 
+def verdict_line(primary, e: dict) -> str:
+    """The primary's equivalence reading in one sentence (curves.equivalence)."""
+    m = METRICS[primary.metric]
+    margin = _with_unit(number(primary.margin, primary.metric, signed=False), primary.metric)
+    if e["n"] < 2:
+        return f"Primary ({m.label}, {primary.arm}, equal {primary.reading}): {e['n']} seed(s), no reading yet."
+    ci = (f"90% CI {number(e['ci90_low'], primary.metric)} to "
+          f"{_with_unit(number(e['ci90_high'], primary.metric), primary.metric)}")
+    return (f"Primary ({m.label}, {primary.arm}, equal {primary.reading}; margin ±{margin}, fixed before the "
+            f"runs): improved − original {_with_unit(number(e['mean'], primary.metric), primary.metric)} "
+            f"({ci}; TOST p = {e['p_tost']:.2g}; {e['n']} seeds): {e['verdict'].upper()}.")
+
+
+def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, csv_path, png_path) -> list[str]:
+    """A study of several budgets: the curves' data (csv_path), figure (png_path), and a line per readout on
+    how improved − original at equal FLOPs changes with compute."""
+    from .curve_figure import save_compute_figure
+    from .curves import correlation, curve, gap_table, gaps, points, trend
+
+    design = arms(current)
+    pts = points(runs, originals, lambda arm: design[arm].ablation)
+    g = gaps(pts)
+    c, table, tr = curve(pts), gap_table(g), trend(g)
+    frame = pd.concat([c.assign(kind="curve"), table.assign(kind="gap"), tr.assign(kind="trend")], ignore_index=True)
+    atomic_write(csv_path, lambda tmp: frame.to_csv(tmp, index=False))
+    save_compute_figure(c, table, primary, png_path)
+    lines = []
+    for r in tr.to_dict("records"):
+        m = METRICS[r["metric"]]
+        if r["n"] == 0:
+            continue
+        per = _with_unit(number(r["slope_per_doubling"], r["metric"]), r["metric"])
+        lo, hi = number(r["ci_low"], r["metric"]), number(r["ci_high"], r["metric"])
+        ends = table[(table["metric"] == r["metric"]) & (table["reading"] == "equal FLOPs") & (table["n"] > 0)]
+        span = ""
+        if len(ends) >= 2:
+            first, last = ends.sort_values("budget").iloc[[0, -1]].to_dict("records")
+            span = (f" from {number(first['gap'], r['metric'])} at {first['budget']} epochs to "
+                    f"{_with_unit(number(last['gap'], r['metric']), r['metric'])} at {last['budget']},")
+        lines.append(f"{m.label}: improved − original at equal FLOPs{span} {per} per doubling of pre-training "
+                     f"compute (95% CI {lo} to {hi}, {r['n']} seeds): {r['trend']}.")
+    r = correlation(runs, "mse", "psnr")
+    if pd.notna(r):
+        lines.append(f"masked MSE and PSNR: r = {r:.2f} over every pre-trained encoder: one finding, read as PSNR.")
+    return lines
+
+
 def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="metrics/study.csv",
-           md_path="metrics/study.md", png_path="plots/study.png", curves: bool = True) -> pd.DataFrame:
+           md_path="metrics/study.md", png_path="plots/study.png", curves: bool = True,
+           compute_csv="metrics/study_compute.csv", compute_png="plots/study_compute.png") -> pd.DataFrame:
     """The report of the study in params.yaml from experiment rows (results.py) and the saved ones (SAVED,
     SAVED_CURVES), which it then updates; returns the runs used. `curves`: read each experiment's
-    fine-tuning curve from its commit, else from the saved curves (not for a saved CSV's rows)."""
+    fine-tuning curve from its commit, else from the saved curves (not for a saved CSV's rows). A study of
+    several budgets also gets its compute curves (compute_csv, compute_png)."""
     root = Path(params_path).parent
     current, study_raw = load_study(params_path)
     primary = current.study.primary
     if primary.metric not in METRICS:
         raise StudyError(f"study.primary.metric {primary.metric!r} is not a study metric; known: {', '.join(METRICS)}")
+    primary = primary.model_copy(update={"arm": arm_name(current, primary.arm, primary.budget)})
     rows = merged(rows, saved_rows(root))
     runs, notes = collect_runs(rows, study_raw, current)
     if runs.empty:
@@ -188,6 +240,13 @@ def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="
     if not diffs["primary"].any():
         notes.append(f"the primary comparison ({primary.arm}, equal {primary.reading}, {primary.metric}) has no "
                      "finished pair: every comparison is Holm-corrected")
+    from .curves import equivalence
+    headline = [verdict_line(primary, equivalence(primary_differences(runs, primary), primary.margin))]
+    if not any(diffs["primary"] & diffs["beyond_noise"]):
+        headline.append("Every other comparison is exploratory: the primary is not beyond noise.")
+    trends = []
+    if len(current.study.budgets) > 1:
+        trends = compute_curves(runs, current, originals, primary, compute_csv, compute_png)
     per_epoch = None
     if curves:
         per_epoch, read, more = finetune_curves(runs, originals, root, saved_curves(root))
@@ -195,9 +254,15 @@ def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="
         atomic_write(root / SAVED_CURVES, lambda tmp: read.to_csv(tmp, index=False))
     save_rows(rows, runs["rev"], root / SAVED)
     atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs).to_csv(tmp, index=False))
-    atomic_write(md_path, lambda tmp: Path(tmp).write_text(markdown(summary, diffs, runs, notes)))
+    top = "\n\n".join(headline) + "\n\n"
+    if trends:
+        top += ("How improved − original at equal FLOPs changes with pre-training compute (data: "
+                f"{compute_csv}, figure: {compute_png}):\n\n" + "\n".join(f"- {t}" for t in trends) + "\n\n")
+    atomic_write(md_path, lambda tmp: Path(tmp).write_text(top + markdown(summary, diffs, runs, notes)))
     save_figure(summary, diffs, runs, png_path, per_epoch)
     print_report(summary, diffs, runs, notes)
+    for h in [*headline, *trends]:
+        out.print(f"[bold]{h}[/]" if h.startswith("Primary") else h, soft_wrap=True)
     out.print(f"[dim]wrote {csv_path}, {md_path}, {png_path}; the experiments read are in {SAVED} and "
               f"{SAVED_CURVES} (commit them: a clone's report and queue count them)[/]")
     return runs

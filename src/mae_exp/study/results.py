@@ -17,10 +17,11 @@ import json
 import math
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
-from ..config import ENCODERS, ConfigError, arm_params, as_dict, load_params, parse_params
+from ..config import ENCODERS, ConfigError, as_dict, load_params, parse_params, with_overrides
 from ..files import atomic_write
 from . import StudyError
 from .metrics import COSTS, METRICS
@@ -153,9 +154,34 @@ def _comparable(p) -> dict:
     return dict(as_dict(p), seed=None, study=None)
 
 
+class Arm(NamedTuple):
+    """One cell of the study's design besides the seed: an ablation at one pre-training budget."""
+
+    name: str  # the ablation, with "-e<budget>" when the study has several budgets ("all-e32")
+    ablation: str  # a name in study.ablations
+    budget: int  # pretrain.epochs
+
+
+def arms(params) -> dict[str, Arm]:
+    """Every arm of the study, ablation by ablation, budget by budget (study.ablation_budgets restricts some)."""
+    study = params.study
+    return {a.name: a for a in (Arm(arm_name(params, ablation, budget), ablation, budget)
+                                for ablation in study.ablations
+                                for budget in study.ablation_budgets.get(ablation, study.budgets))}
+
+
+def arm_name(params, ablation: str, budget: int) -> str:
+    return f"{ablation}-e{budget}" if len(params.study.budgets) > 1 else ablation
+
+
+def arm_override_values(params, arm: Arm) -> dict:
+    """study.overrides, the budget, then the arm's ablation's overrides (the seed is the queue's)."""
+    return {**params.study.overrides, "pretrain.epochs": arm.budget, **params.study.ablations[arm.ablation]}
+
+
 def identify(row: dict, study_raw: dict, current) -> tuple[int, str] | str:
-    """(seed, arm) of an experiment of the current study, or why it is not one: the params of one of
-    study.ablations (params.yaml with study.overrides and the arm's overrides) at some seed."""
+    """(seed, arm) of an experiment of the current study, or why it is not one: the params of one of its arms
+    (params.yaml with study.overrides, a budget and an ablation's overrides) at some seed."""
     raw = params_of(row, current)
     raw["study"] = study_raw  # experiments made before the study section existed still parse
     try:
@@ -163,31 +189,34 @@ def identify(row: dict, study_raw: dict, current) -> tuple[int, str] | str:
     except ConfigError as e:
         return f"params do not validate ({e})"
     mine = _comparable(p)
-    for name in current.study.ablations:
-        if mine == _comparable(arm_params(current, name)):
+    for name, arm in arms(current).items():
+        if mine == _comparable(with_overrides(current, arm_override_values(current, arm))):
             return p.seed, name
-    return "params match no study arm (params.yaml with study.overrides and one of study.ablations)"
+    return ("params match no study arm (params.yaml with study.overrides, one of study.budgets and one of "
+            "study.ablations)")
 
 
 def distinct_ablations(params) -> None:
     """The report tells arms apart by their params, so two may not give the same."""
     seen: dict[str, str] = {}
-    for name in params.study.ablations:
-        recipe = json.dumps(_comparable(arm_params(params, name)), sort_keys=True)
+    for name, arm in arms(params).items():
+        recipe = json.dumps(_comparable(with_overrides(params, arm_override_values(params, arm))), sort_keys=True)
         if recipe in seen:
-            raise StudyError(f"study.ablations.{name} gives the same params as study.ablations.{seen[recipe]}: "
-                             "the report could not tell them apart")
+            raise StudyError(f"study.ablations.{arm.ablation} gives the same params as "
+                             f"study.ablations.{arms(params)[seen[recipe]].ablation}: the report could not tell "
+                             "them apart")
         seen[recipe] = name
 
 
 def arm_overrides(params, name: str) -> tuple[str, ...]:
-    """`key=value` pairs for `dvc exp run -S`: study.overrides, then arm `name`'s (the seed is the queue's)."""
-    return tuple(f"{k}={v!r}" for k, v in {**params.study.overrides, **params.study.ablations[name]}.items())
+    """`key=value` pairs for `dvc exp run -S` of arm `name` (the seed is the queue's)."""
+    return tuple(f"{k}={v!r}" for k, v in arm_override_values(params, arms(params)[name]).items())
 
 
 def original_arms(params) -> set[str]:
     """Arms that change the original (e.g. give it the improved recipe's FLOPs): they supply baselines."""
-    return {name for name, o in params.study.ablations.items() if any(k.startswith("original.") for k in o)}
+    changes = {name for name, o in params.study.ablations.items() if any(k.startswith("original.") for k in o)}
+    return {name for name, arm in arms(params).items() if arm.ablation in changes}
 
 
 def finished(rows: list[dict]) -> list[dict]:
@@ -209,7 +238,10 @@ def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFra
                       "rev": row["rev"], "timestamp": row["Created"], **metric_values(row)})
     for why, count in skipped.items():
         notes.append(f"left out {count} experiment{'s' if count > 1 else ''}: {why}")
-    columns = ["seed", "ablation", "name", "rev", "timestamp",
+    design = arms(current)
+    for r in found:
+        r["budget"] = design[r["ablation"]].budget
+    columns = ["seed", "ablation", "budget", "name", "rev", "timestamp",
                *(f"{m}_{e}" for m in {**METRICS, **COSTS} for e in ENCODERS)]
     runs = pd.DataFrame(found, columns=columns)
     if runs.empty:
@@ -220,7 +252,7 @@ def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFra
         notes.append(f"left out {int(dupes.sum())} older duplicate(s) of a seed and ablation: "
                      f"{', '.join(runs.loc[dupes, 'name'])}")
     runs = runs[~dupes]
-    order = {a: i for i, a in enumerate(current.study.ablations)}
+    order = {a: i for i, a in enumerate(design)}
     runs = runs.sort_values(["ablation", "seed"], key=lambda c: c.map(order) if c.name == "ablation" else c)
     return runs.reset_index(drop=True), notes
 
@@ -253,8 +285,10 @@ def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = 
     rows, read, seen, wanted_by_seed = [], [], set(), set()
     for r in runs.to_dict("records"):
         arm = r["ablation"]
+        several = runs["budget"].nunique() > 1  # the original differs per budget, as summarize names it
+        plain = f"original-e{r['budget']}" if several else "original"
         wanted = ([("original", f"original: {arm}")] if arm in originals else
-                  [("random", "random"), ("original", "original"), ("improved", f"improved: {arm}")])
+                  [("random", "random"), ("original", plain), ("improved", f"improved: {arm}")])
         for encoder, group in wanted:
             if (group, r["seed"]) in seen:
                 continue  # random and original: the same encoder in every arm of a seed

@@ -32,16 +32,23 @@ def mean_ci(values, level: float = 0.95) -> tuple[int, float, float, float, floa
 
 
 def summarize(runs: pd.DataFrame, original_arms=frozenset()) -> pd.DataFrame:
-    """Mean and std over seeds per group and metric: random init, the original (counted once per seed: it
-    does not depend on the arm), each arm that changes the original ("original: <arm>"), and the
-    improved recipe of every other arm ("improved: <arm>")."""
+    """Mean and std over seeds per group and metric: random init, the original (counted once per seed and
+    budget: it does not depend on the arm; "original-e<budget>" when the study has several budgets), each arm
+    that changes the original ("original: <arm>"), and the improved recipe of every other arm
+    ("improved: <arm>")."""
     rows = []
     plain = runs[~runs["ablation"].isin(original_arms)]
-    per_seed = plain.sort_values("seed").groupby("seed").first()
+    budgets = sorted(set(plain["budget"])) if "budget" in plain else [None]
     for metric, m in {**METRICS, **COSTS}.items():
         for encoder in ("random", "original"):
-            if encoder in m.encoders and len(per_seed):
-                rows.append(_summary_row(encoder, None, metric, per_seed[f"{metric}_{encoder}"]))
+            if encoder not in m.encoders:
+                continue
+            for budget in budgets[:1] if encoder == "random" else budgets:  # random: no pre-training budget
+                at = plain if budget is None or encoder == "random" else plain[plain["budget"] == budget]
+                per_seed = at.sort_values("seed").groupby("seed").first()
+                if len(per_seed):
+                    group = encoder if encoder == "random" or len(budgets) == 1 else f"{encoder}-e{budget}"
+                    rows.append(_summary_row(group, None, metric, per_seed[f"{metric}_{encoder}"]))
         for ablation, sub in runs.groupby("ablation", sort=False):
             side = "original" if ablation in original_arms else "improved"
             rows.append(_summary_row(f"{side}: {ablation}", ablation, metric, sub[f"{metric}_{side}"]))
@@ -105,6 +112,7 @@ def paired_differences(runs: pd.DataFrame, original_arms=frozenset(), primary=No
 
 
 def is_primary(diffs: pd.DataFrame, primary) -> pd.Series:
+    """`primary`: study.primary with `arm` the arm's name in the runs (results.arm_name: ablation at budget)."""
     if primary is None:
         return pd.Series(False, index=diffs.index)
     word = {"steps": "equal steps", "flops": "FLOPs"}[primary.reading]
@@ -121,3 +129,16 @@ def holm(diffs: pd.DataFrame, primary, alpha: float) -> pd.DataFrame:
         diffs.loc[family, "p_holm"] = multipletests(diffs.loc[family, "p_value"], alpha=alpha, method="holm")[1]
     diffs["beyond_noise"] = (diffs["p_holm"] < alpha).fillna(False).astype(bool)
     return diffs
+
+
+def primary_differences(runs: pd.DataFrame, primary) -> pd.Series:
+    """Per seed, improved − original of study.primary (its `arm` the arm's name in the runs): the paired
+    differences its equivalence reading tests; empty where it has no finished pair."""
+    word = {"steps": "equal steps", "flops": "FLOPs"}[primary.reading]
+    if not (runs["ablation"] == primary.arm).any():
+        return pd.Series(dtype=float)
+    improved = runs[runs["ablation"] == primary.arm].set_index("seed")[f"{primary.metric}_improved"]
+    for reading, base in baselines(runs, primary.arm).items():
+        if word in reading:
+            return (improved - base[f"{primary.metric}_original"]).dropna()
+    return pd.Series(dtype=float)

@@ -1,0 +1,75 @@
+"""plots/study_compute.png: every readout against pre-training FLOPs, and improved − original read off it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..files import atomic_write
+from .metrics import METRICS
+
+COLOURS = {"random": "#7f7f7f", "original": "#1f77b4", "improved": "#d62728"}
+SHOWN = ("linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1", "ft_top1", "psnr")
+
+
+def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path: str | Path) -> None:
+    """Top row: each readout's mean over seeds against pre-training FLOPs (log axis), 95% Student-t bands,
+    the random encoder as the floor. Bottom row: improved − original at equal FLOPs (interpolated on the
+    original's curve) with its bootstrap band over seeds, 0, and on the primary's panel its margin."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in SHOWN if m in set(curve["metric"])]
+    fig, axes = plt.subplots(2, len(shown), figsize=(3.3 * len(shown), 6.6), squeeze=False, sharex="col")
+    for col, metric in enumerate(shown):
+        m = METRICS[metric]
+        unit = "%" if m.unit == "pp" else m.unit
+        ax = axes[0, col]
+        c = curve[curve["metric"] == metric]
+        for group in ("original", "improved"):
+            g = c[c["group"] == group].sort_values("flops")
+            ax.plot(g["flops"], g["mean"] * m.scale, "o-", ms=3.5, lw=1.5, color=COLOURS[group], label=group)
+            ax.fill_between(g["flops"], g["ci_low"] * m.scale, g["ci_high"] * m.scale, color=COLOURS[group],
+                            alpha=0.18, lw=0)
+        floor = c[c["group"] == "random"]
+        if len(floor) and floor["mean"].notna().any():
+            mean = floor["mean"].mean() * m.scale
+            lo, hi = floor["ci_low"].mean() * m.scale, floor["ci_high"].mean() * m.scale
+            ax.axhline(mean, color=COLOURS["random"], ls="--", lw=1, label="random init")
+            if pd.notna(lo):
+                ax.axhspan(lo, hi, color=COLOURS["random"], alpha=0.12, lw=0)
+        ax.set_xscale("log")
+        ax.set_title(f"{m.label.replace(' (test)', '')}\n(test, {'higher' if m.higher_better else 'lower'} "
+                     "is better)", fontsize=8.5)
+        ax.set_ylabel(f"{unit}" if unit else "value", fontsize=8)
+        ax.tick_params(labelsize=7.5)
+        if col == 0:
+            ax.legend(fontsize=7, loc="best", frameon=False)
+
+        ax = axes[1, col]
+        t = table[(table["metric"] == metric) & (table["reading"] == "equal FLOPs")].sort_values("flops")
+        t = t[t["n"] > 0]
+        ax.axhline(0, color="black", lw=0.8)
+        if len(t):
+            ax.plot(t["flops"], t["gap"] * m.scale, "o-", ms=3.5, color=COLOURS["improved"])
+            ax.fill_between(t["flops"], t["boot_low"] * m.scale, t["boot_high"] * m.scale, color=COLOURS["improved"],
+                            alpha=0.18, lw=0, label="bootstrap 95% over seeds")
+        if primary is not None and metric == primary.metric:
+            for edge in (-primary.margin, primary.margin):
+                ax.axhline(edge * m.scale, color="black", ls=":", lw=1)
+            ax.set_title("improved − original, equal FLOPs\n(PRIMARY at the largest budget; dotted: margin)",
+                         fontsize=8)
+        else:
+            ax.set_title("improved − original, equal FLOPs", fontsize=8)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on 1 decade
+        ax.set_xlabel("pre-training FLOPs (log)", fontsize=8)
+        ax.set_ylabel("pp" if m.unit == "pp" else (unit or "difference"), fontsize=8)
+        ax.tick_params(labelsize=7.5)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)

@@ -1,0 +1,193 @@
+"""Compute curves: every readout against pre-training FLOPs, and improved − original read from them.
+
+A study with several budgets (study.budgets) trains both recipes at each; the original also at the improved
+recipe's largest FLOPs (an arm such as `original_flops_matched` at the top budget), so that its curve spans
+every FLOPs the improved recipe spent. Then, per seed and budget:
+
+- equal steps: improved − original at the same budget (the improved recipe spends more FLOPs per step);
+- equal FLOPs: improved − the original's curve read at the improved run's FLOPs, interpolated linearly in
+  log FLOPs between the original's own points of that seed (never extrapolated: NaN outside its range, but
+  for FLOPs within stats.FLOPS_TOLERANCE of an end, which count as equal there as in the paired reading).
+
+Bands are percentile bootstraps over seeds (resampling whole seeds, so a seed's points stay together); the
+verdicts use Student-t intervals, which the bootstrap undercuts at 5 seeds. How the gap changes with compute
+is the slope of the gap on log2 FLOPs per seed, averaged over seeds.
+The primary gets an equivalence reading (two one-sided t-tests against study.primary.margin).
+Pure functions of the runs table (results.collect_runs), tested on constructed curves with a known answer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .metrics import METRICS
+from .stats import FLOPS_TOLERANCE
+
+BOOTSTRAP = 10_000  # resamples of the seeds
+BOOTSTRAP_SEED = 0  # the intervals are a function of the committed rows alone
+
+
+def points(runs: pd.DataFrame, original_arms, ablation_of) -> pd.DataFrame:
+    """One row per (metric, group, seed, budget): group random | original | improved, with the run's FLOPs.
+    `ablation_of`: arm name -> ablation. The improved points are every arm's that does not change the
+    original; the original's are every arm's original side (an arm such as original_flops_matched adds one)."""
+    rows = []
+    for r in runs.to_dict("records"):
+        changes_original = r["ablation"] in original_arms
+        for metric in METRICS:
+            if not changes_original:
+                for group in ("random", "improved"):
+                    flops = 0.0 if group == "random" else r["flops_improved"]
+                    rows.append(_point(metric, group, r, flops, r.get(f"{metric}_{group}", math.nan),
+                                       ablation_of(r["ablation"])))
+            rows.append(_point(metric, "original", r, r["flops_original"], r.get(f"{metric}_original", math.nan),
+                               ablation_of(r["ablation"])))
+    frame = pd.DataFrame(rows, columns=["metric", "group", "ablation", "seed", "budget", "flops", "value"])
+    # the original of a seed and budget is one run, whatever arm carried it (the run-cache shares it)
+    return frame.drop_duplicates(["metric", "group", "seed", "flops", "value"]).reset_index(drop=True)
+
+
+def _point(metric, group, r, flops, value, ablation) -> dict:
+    return {"metric": metric, "group": group, "ablation": ablation, "seed": r["seed"], "budget": r["budget"],
+            "flops": flops, "value": value}
+
+
+def curve(pts: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Mean, Student-t interval over seeds and mean FLOPs per (metric, group, budget) point of the curves."""
+    rows = []
+    # the original's extra point (more steps at the top budget) is its own point of the curve: FLOPs tell it
+    # apart (to within a part in 10^3, so runs of the same schedule group together)
+    key = np.round(np.log(pts["flops"].clip(lower=1.0)), 3).rename("flops_key")
+    for (metric, group, budget, _), sub in pts.groupby(["metric", "group", "budget", key], sort=True):
+        v = sub["value"].dropna().to_numpy(float)
+        n = len(v)
+        mean = float(v.mean()) if n else math.nan
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+        rows.append({"metric": metric, "group": group, "budget": budget, "flops": float(sub["flops"].mean()),
+                     "n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half})
+    return pd.DataFrame(rows, columns=["metric", "group", "budget", "flops", "n", "mean", "ci_low", "ci_high"])
+
+
+def gaps(pts: pd.DataFrame) -> pd.DataFrame:
+    """Per (metric, seed, budget): improved − original at equal steps and at equal FLOPs (interpolated)."""
+    rows = []
+    for (metric, seed), sub in pts.groupby(["metric", "seed"], sort=True):
+        orig = sub[sub["group"] == "original"].dropna(subset=["value"]).sort_values("flops")
+        x = np.log(orig["flops"].to_numpy(float))
+        y = orig["value"].to_numpy(float)
+        for r in sub[sub["group"] == "improved"].to_dict("records"):
+            same = orig[orig["budget"] == r["budget"]].sort_values("flops")
+            steps = r["value"] - same["value"].iloc[0] if len(same) else math.nan  # fewest steps: the arm-free one
+            at = math.log(r["flops"]) if r["flops"] > 0 else math.nan
+            slack = math.log1p(FLOPS_TOLERANCE)  # FLOPs within 1% of an end of the curve count as that end
+            inside = len(x) >= 1 and x[0] - slack <= at <= x[-1] + slack
+            flops = r["value"] - float(np.interp(at, x, y)) if inside else math.nan
+            rows.append({"metric": metric, "seed": seed, "budget": r["budget"], "flops": r["flops"],
+                         "equal_steps": steps, "equal_flops": flops})
+    return pd.DataFrame(rows, columns=["metric", "seed", "budget", "flops", "equal_steps", "equal_flops"])
+
+
+def bootstrap_mean(values: np.ndarray, level: float, rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile interval of the mean over resampled seeds."""
+    v = values[~np.isnan(values)]
+    if len(v) < 2:
+        return math.nan, math.nan
+    means = v[rng.integers(0, len(v), size=(BOOTSTRAP, len(v)))].mean(axis=1)
+    return tuple(float(q) for q in np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
+
+
+def gap_table(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per (metric, budget, reading): n seeds, mean gap, its bootstrap and Student-t intervals over seeds."""
+    rows = []
+    for (metric, budget), sub in g.groupby(["metric", "budget"], sort=True):
+        for reading in ("equal_steps", "equal_flops"):
+            v = sub[reading].to_numpy(float)
+            rng = np.random.default_rng(BOOTSTRAP_SEED)
+            lo, hi = bootstrap_mean(v, level, rng)
+            t_lo, t_hi = t_interval(v, level)
+            n = int((~np.isnan(v)).sum())
+            rows.append({"metric": metric, "budget": budget, "flops": float(sub["flops"].mean()),
+                         "reading": reading.replace("_", " ").replace("flops", "FLOPs"), "n": n,
+                         "gap": float(np.nanmean(v)) if n else math.nan, "boot_low": lo, "boot_high": hi,
+                         "t_low": t_lo, "t_high": t_hi})
+    return pd.DataFrame(rows, columns=["metric", "budget", "flops", "reading", "n", "gap", "boot_low", "boot_high",
+                                       "t_low", "t_high"])
+
+
+def t_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """Student-t interval of the mean: with 5 seeds the percentile bootstrap is too narrow (it has no
+    small-sample correction), so verdicts use this one; the bootstrap draws the bands."""
+    v = values[~np.isnan(values)]
+    if len(v) < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
+def trend(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per metric: how the equal-FLOPs gap changes per doubling of compute: the mean over seeds of each seed's
+    least-squares slope of gap on log2 FLOPs, its Student-t and bootstrap intervals; the word (from the
+    t interval) says which way."""
+    rows = []
+    for metric, sub in g.groupby("metric", sort=True):
+        slopes = []
+        for _, s in sub.dropna(subset=["equal_flops"]).groupby("seed"):
+            if s["budget"].nunique() >= 2:
+                slopes.append(np.polyfit(np.log2(s["flops"].to_numpy(float)), s["equal_flops"].to_numpy(float), 1)[0])
+        v = np.array(slopes, dtype=float)
+        lo, hi = t_interval(v, level)
+        b_lo, b_hi = bootstrap_mean(v, level, np.random.default_rng(BOOTSTRAP_SEED))
+        mean = float(v.mean()) if len(v) else math.nan
+        better = 1 if METRICS[metric].higher_better else -1  # a rising MSE gap favours the original
+        word = ("not enough seeds" if not np.isfinite(lo) else
+                "moves in the improved recipe's favour" if better * lo > 0 and better * hi > 0 else
+                "moves in the original's favour" if better * lo < 0 and better * hi < 0 else "stays within noise")
+        rows.append({"metric": metric, "n": len(v), "slope_per_doubling": mean, "ci_low": lo, "ci_high": hi,
+                     "boot_low": b_lo, "boot_high": b_hi, "trend": word})
+    return pd.DataFrame(rows, columns=["metric", "n", "slope_per_doubling", "ci_low", "ci_high", "boot_low",
+                                       "boot_high", "trend"])
+
+
+def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
+    """Two one-sided paired t-tests (TOST) of improved − original against ±margin, and the verdict.
+
+    "no difference": the 1 − 2·alpha interval lies inside ±margin (TOST p < alpha); "beyond noise": the
+    1 − alpha interval excludes 0 (a difference smaller than the margin is said to be both); otherwise
+    "inconclusive": the data allow a difference as large as the margin and allow none.
+    """
+    v = pd.Series(diff, dtype=float).dropna().to_numpy()
+    n = len(v)
+    out = {"n": n, "mean": float(v.mean()) if n else math.nan, "margin": margin}
+    if n < 2:
+        return {**out, "verdict": "not enough seeds", "p_tost": math.nan, "ci90_low": math.nan,
+                "ci90_high": math.nan, "ci95_low": math.nan, "ci95_high": math.nan}
+    se = v.std(ddof=1) / math.sqrt(n)
+    t90, t95 = stats.t.ppf(1 - alpha, n - 1), stats.t.ppf(1 - alpha / 2, n - 1)
+    mean = out["mean"]
+    if se == 0:
+        p_lower = p_upper = 0.0 if abs(mean) < margin else 1.0
+    else:
+        p_lower = float(stats.t.sf((mean + margin) / se, n - 1))  # H0: diff <= -margin
+        p_upper = float(stats.t.cdf((mean - margin) / se, n - 1))  # H0: diff >= +margin
+    ci90, ci95 = (mean - t90 * se, mean + t90 * se), (mean - t95 * se, mean + t95 * se)
+    equivalent = max(p_lower, p_upper) < alpha
+    beyond = ci95[0] > 0 or ci95[1] < 0
+    verdict = ("a difference beyond noise, smaller than the margin" if equivalent and beyond else
+               "no difference (equivalent within the margin)" if equivalent else
+               "beyond noise" if beyond else "inconclusive")
+    return {**out, "verdict": verdict, "p_tost": max(p_lower, p_upper), "ci90_low": ci90[0], "ci90_high": ci90[1],
+            "ci95_low": ci95[0], "ci95_high": ci95[1]}
+
+
+def correlation(runs: pd.DataFrame, a: str, b: str) -> float:
+    """Pearson r of two measures over every (experiment, variant) that has both: one finding or two?"""
+    xs, ys = [], []
+    for variant in ("original", "improved"):
+        pair = runs[[f"{a}_{variant}", f"{b}_{variant}"]].dropna()
+        xs += pair.iloc[:, 0].tolist()
+        ys += pair.iloc[:, 1].tolist()
+    return float(np.corrcoef(xs, ys)[0, 1]) if len(xs) >= 3 else math.nan

@@ -1,0 +1,137 @@
+"""Compute curves (study/curves.py) on constructed results with a known answer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mae_exp.study import curves
+from mae_exp.study.metrics import METRICS
+
+BUDGETS = (4, 8, 16, 32)
+F0 = 1e12  # the original's FLOPs per epoch
+RATIO = 1.146  # the improved recipe's FLOPs per step over the original's
+
+
+def constructed(gap_at, seeds=(1, 2, 3, 4, 5), noise=0.0) -> pd.DataFrame:
+    """Runs of a curve study where every metric of the original is 0.3 + 0.02 log2(FLOPs / F0) (linear in
+    log FLOPs, so interpolation is exact) and the improved recipe is `gap_at(budget)` above the original's
+    curve at its own FLOPs. Arms: all-e<b> for each budget, original_flops_matched-e32."""
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def orig(flops):
+        return 0.3 + 0.02 * math.log2(flops / F0)
+
+    for seed in seeds:
+        for b in BUDGETS:
+            f_o, f_i = F0 * b, F0 * b * RATIO
+            row = {"seed": seed, "ablation": f"all-e{b}", "budget": b, "flops_original": f_o, "flops_improved": f_i}
+            for m in METRICS:
+                row[f"{m}_original"] = orig(f_o) + noise * rng.standard_normal()
+                row[f"{m}_improved"] = orig(f_i) + gap_at(b) + noise * rng.standard_normal()
+                row[f"{m}_random"] = 0.1
+            rows.append(row)
+        f_m = F0 * 32 * RATIO
+        rows.append({"seed": seed, "ablation": "original_flops_matched-e32", "budget": 32, "flops_original": f_m,
+                     "flops_improved": F0 * 32 * RATIO,
+                     **{f"{m}_original": orig(f_m) + noise * rng.standard_normal() for m in METRICS},
+                     **{f"{m}_improved": math.nan for m in METRICS}, **{f"{m}_random": 0.1 for m in METRICS}})
+    return pd.DataFrame(rows)
+
+
+def analyse(runs):
+    pts = curves.points(runs, {"original_flops_matched-e32"}, lambda arm: arm.split("-e")[0])
+    return pts, curves.gaps(pts)
+
+
+def test_equal_flops_gap_is_read_off_the_original_curve():
+    runs = constructed(lambda b: 0.01 * math.log2(b))  # the gap grows with compute: 0.02 .. 0.05
+    pts, g = analyse(runs)
+    lp = g[g["metric"] == "linear_cls_top1"].set_index(["seed", "budget"])
+    for b in BUDGETS:
+        assert lp.loc[(1, b), "equal_flops"] == pytest.approx(0.01 * math.log2(b), abs=1e-9)
+        # at equal steps the improved recipe also gets its extra FLOPs' worth: 0.02 log2(1.146) more
+        assert lp.loc[(1, b), "equal_steps"] == pytest.approx(0.01 * math.log2(b) + 0.02 * math.log2(RATIO))
+    t = curves.trend(g).set_index("metric").loc["linear_cls_top1"]
+    assert t["slope_per_doubling"] == pytest.approx(0.01 * math.log2(b) / math.log2(b), rel=1e-6)
+    assert t["trend"] == "moves in the improved recipe's favour"
+    mse = curves.trend(g).set_index("metric").loc["mse"]  # lower is better: the same rise favours the original
+    assert mse["trend"] == "moves in the original's favour"
+
+
+def test_a_constant_gap_stays_and_the_bootstrap_brackets_it():
+    runs = constructed(lambda b: 0.02, noise=0.005)
+    _, g = analyse(runs)
+    table = curves.gap_table(g).query("metric == 'knn_mean_top1' and reading == 'equal FLOPs'")
+    assert len(table) == len(BUDGETS) and (table["n"] == 5).all()
+    assert table["gap"].mean() == pytest.approx(0.02, abs=0.003)  # noise 0.005 a point, 20 seed-budgets
+    assert ((table["t_low"] < table["boot_low"]) & (table["t_high"] > table["boot_high"])).all()  # t: wider
+    words = curves.trend(g)["trend"]  # 8 metrics, each a 5% chance of a false trend: expect 0.4 of them
+    assert (words == "stays within noise").sum() >= 7 and not words.str.contains("improved").any()
+
+
+def test_no_extrapolation_beyond_the_original_curve():
+    runs = constructed(lambda b: 0.0)
+    runs = runs[runs["ablation"] != "original_flops_matched-e32"]  # the original's curve now ends at 32 F0
+    _, g = analyse(runs)
+    top = g[(g["budget"] == 32)]
+    assert top["equal_flops"].isna().all() and top["equal_steps"].notna().all()
+
+
+def test_curve_points_separate_the_flops_matched_original():
+    pts, _ = analyse(constructed(lambda b: 0.0))
+    c = curves.curve(pts).query("metric == 'ft_top1' and group == 'original'")
+    assert len(c) == len(BUDGETS) + 1 and (c["n"] == 5).all()
+
+
+@pytest.mark.parametrize(("diffs", "verdict"), [
+    ([0.001, -0.002, 0.0015, -0.001, 0.0005], "no difference (equivalent within the margin)"),
+    ([0.05, 0.06, 0.055, 0.045, 0.052], "beyond noise"),
+    ([0.03, -0.02, 0.04, -0.01, 0.02], "inconclusive"),
+    ([0.004, 0.0045, 0.005, 0.0042, 0.0048], "a difference beyond noise, smaller than the margin"),
+])
+def test_equivalence_reading(diffs, verdict):
+    e = curves.equivalence(pd.Series(diffs), margin=0.015)
+    assert e["verdict"] == verdict
+    inside = -0.015 < e["ci90_low"] and e["ci90_high"] < 0.015
+    assert inside == verdict.startswith(("no difference", "a difference beyond noise, smaller"))
+
+
+def test_correlation_finds_one_finding():
+    runs = constructed(lambda b: 0.0, noise=0.01)
+    runs["psnr_original"] = -10 * runs["mse_original"]
+    runs["psnr_improved"] = -10 * runs["mse_improved"]
+    assert curves.correlation(runs, "mse", "psnr") == pytest.approx(-1.0)
+
+
+def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
+    import copy
+
+    import yaml
+
+    from mae_exp.config import parse_params
+    from mae_exp.study.report import compute_curves, verdict_line
+    from mae_exp.study.stats import primary_differences
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = copy.deepcopy(raw)
+    p = parse_params(raw)
+    assert tuple(p.study.budgets) == BUDGETS  # the committed design is the one constructed here
+    runs = constructed(lambda b: 0.01 * math.log2(b), noise=0.002)
+    primary = p.study.primary.model_copy(update={"arm": "all-e32"})
+    lines = compute_curves(runs, p, {"original_flops_matched-e32"}, primary, tmp_path / "c.csv", tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    frame = pd.read_csv(tmp_path / "c.csv")
+    assert set(frame["kind"]) == {"curve", "gap", "trend"}
+    assert sum("per doubling" in line for line in lines) == len(METRICS)
+    assert any(line.startswith("masked MSE and PSNR") for line in lines)
+    # the primary: at 32 epochs the gap is 0.05 (> the 1.5 pp margin), beyond noise
+    d = primary_differences(runs, primary)
+    assert len(d) == 5 and d.mean() == pytest.approx(0.05, abs=0.005)
+    line = verdict_line(primary, curves.equivalence(d, primary.margin))
+    assert "BEYOND NOISE" in line and "margin ±1.5 pp" in line
