@@ -7,6 +7,8 @@ tests/test_plots_page.py checks that the two agree.
 
 from __future__ import annotations
 
+import re
+
 # random init is the floor (grey); the two pre-trainings get two colours that stay apart for colour-blind
 # readers (blue / orange)
 ENCODERS = {"random": "#8c8c8c", "original": "#1f77b4", "improved": "#ff7f0e"}
@@ -25,12 +27,12 @@ SPARE = ["#e377c2", "#bcbd22", "#d62728", "#7f7f7f", "#aec7e8", "#98df8a"]  # ar
 def colour(group: str, spare_index: int = 0) -> str:
     """The colour of an encoder (`original`) or a study group (`improved: laplacian_only`,
     `original: original_flops_matched`, or the bare arm name); unknown arms take SPARE[spare_index]."""
-    name = group.split(": ", 1)[-1]
+    name = re.sub(r"-e\d+$", "", group.split(": ", 1)[-1])  # an arm at one budget: the arm's colour
     return ENCODERS.get(name) or ARMS.get(name) or SPARE[spare_index % len(SPARE)]
 
 
 def colours(groups: list[str]) -> dict[str, str]:
     """A distinct colour for each of `groups`: the fixed ones first, unknown arms from SPARE in order."""
-    known = {g: colour(g) for g in groups if g.split(": ", 1)[-1] in ENCODERS | ARMS}
+    known = {g: colour(g) for g in groups if re.sub(r"-e\d+$", "", g.split(": ", 1)[-1]) in ENCODERS | ARMS}
     unknown = [g for g in groups if g not in known]
     return known | {g: colour(g, i) for i, g in enumerate(unknown)}

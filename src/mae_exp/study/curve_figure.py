@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..files import atomic_write
+from ..palette import ENCODERS as COLOURS
 from .metrics import METRICS
 
-COLOURS = {"random": "#7f7f7f", "original": "#1f77b4", "improved": "#d62728"}
 SHOWN = ("linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1", "ft_top1", "psnr")
 
 
