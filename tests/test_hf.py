@@ -68,16 +68,15 @@ def test_transformers_computes_what_this_mae_computes(tmp_path, norm_pix_loss):
     images = torch.randn(4, 3, SIZE, SIZE)
     noise = torch.rand(4, GRID)
 
-    terms, pred, mask = model(images, 0.75, noise)
-    latent, _, _ = model.forward_encoder(images, 0.75, noise)
+    recon = model(images, 0.75, noise)
     out = theirs(pixel_values=images, noise=noise)
     encoded = theirs.vit(pixel_values=images, noise=noise).last_hidden_state  # final LayerNorm applied, as ours
-    assert torch.equal(out.mask, mask)
-    close(encoded, latent)
-    close(out.logits, pred)
-    close(out.loss, terms[0])  # lambda 0: the loss is the masked MSE alone
+    assert torch.equal(out.mask, recon.mask)
+    close(encoded, recon.latent)
+    close(out.logits, recon.pred)
+    close(out.loss, recon.loss)  # the model's one loss: the masked MSE
 
-    terms[0].backward()
+    recon.loss.backward()
     out.loss.backward()
     mine = hf.to_hf_state({k: t.grad for k, t in model.named_parameters()}, cfg, SIZE)
     grads = {hf.hub_name(name): t.grad for name, t in theirs.named_parameters() if hf.hub_name(name) not in hf.FIXED}
@@ -172,10 +171,10 @@ def test_a_facebookresearch_mae_checkpoint_loads_as_the_model_it_is(tmp_path):
     assert hf.init_from(model, path, CFG).startswith("encoder and decoder from facebookresearch/mae")
     images, noise = torch.randn(2, 3, SIZE, SIZE), torch.rand(2, GRID)
     with torch.no_grad():
-        terms, pred, _ = model(images, 0.75, noise)
+        recon = model(images, 0.75, noise)
         out = theirs(pixel_values=images, noise=noise)
-    close(pred, out.logits)
-    close(terms[0], out.loss)
+    close(recon.pred, out.logits)
+    close(recon.loss, out.loss)
 
     encoder_only = {k: v for k, v in mae_state_dict(theirs).items() if not k.startswith(("decoder", "mask_token"))}
     torch.save({"model": encoder_only}, path)  # as MAE's released mae_pretrain_vit_*.pth

@@ -1,5 +1,5 @@
 """The prepared format's readers: the train / val / test parts and the pre-training images, read from real
-.npy files written by PreparedWriter, and run through the training loops' own gather and resident_images."""
+.npy files written by PreparedWriter, and run through the training loops' own select_rows and resident_images."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mae_exp.data.prepared import ImageRows, PreparedWriter, labeled, load_split, pretrain_images, pretraining_set
-from mae_exp.runtime import gather, resident_images
+from mae_exp.runtime import resident_images, select_rows
 from conftest import REPO
 
 SIZE = 4
@@ -113,14 +113,14 @@ def test_pretrain_images_concatenate_the_named_splits_without_copying(prepared):
     assert image_ids(pretrain_images(prepared, ["train", "unlabeled"])[:]) == list(range(31)) + list(range(100, 108))
 
 
-def test_the_training_loops_gather_and_resident_images_work_on_the_views_unchanged(prepared):
+def test_the_training_loops_select_rows_and_resident_images_work_on_the_views_unchanged(prepared):
     cpu = torch.device("cpu")
     views = [pretrain_images(prepared, ["unlabeled", "train"]), labeled(prepared, "train", 0.2).images]
     for images in views:
         assert resident_images(images, cpu) is images  # on CPU the view itself is indexed
         whole = np.asarray(images)
         idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:17]
-        rows = gather(images, idx, cpu)
+        rows = select_rows(images, idx, cpu)
         assert rows.dtype == torch.uint8 and torch.equal(rows, torch.from_numpy(whole[idx.numpy()]))
         # what resident_images does on a GPU, here on the CPU: size it, then load it whole
         assert images.nbytes == whole.nbytes and torch.equal(torch.from_numpy(images[:]), torch.from_numpy(whole))

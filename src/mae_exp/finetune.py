@@ -29,7 +29,7 @@ from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
 from .progress import console
 from .optim import adamw, layer_decay, param_groups
-from .runtime import autocast, batches, eval_batch, gather, open_live, resident_images, setup
+from .runtime import autocast, batches, eval_batch, open_live, resident_images, select_rows, setup
 from .train import Schedule, Trainer
 
 
@@ -88,7 +88,7 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
 
     def step(idx: torch.Tensor, i: int, log: bool):
         boxes, flip = draw_crops(batch_size, cfg.min_crop_scale, gens["augment"], device)  # the global batch's
-        x = crop_and_flip_uint8(gather(images, idx[mine], device), boxes[mine], flip[mine], p.data.input_size)
+        x = crop_and_flip_uint8(select_rows(images, idx[mine], device), boxes[mine], flip[mine], p.data.input_size)
         logits = net(x)
         loss = F.cross_entropy(logits.float(), y_train[idx[mine].to(device)], label_smoothing=cfg.label_smoothing)
         return loss, ({"loss": loss.detach()} if log else {})
