@@ -28,7 +28,7 @@ from .config import Params, as_dict, fingerprint
 from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
 from .progress import console
-from .optim import adamw, layer_decay, param_groups
+from .optim import FINETUNE_NO_DECAY, adamw, layer_decay, param_groups
 from .runtime import autocast, batches, eval_batch, open_live, resident_images, select_rows, setup
 from .train import Schedule, Trainer
 
@@ -71,7 +71,8 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
                          f"data.val_fraction holds out {len(val.labels)}: lower finetune.batch_size")
     mine = distributed.shard(batch_size)  # this process's rows of every global batch
     lr = cfg.base_lr * batch_size / 256
-    groups = param_groups(model, cfg.weight_decay, layer_decay(p.model.encoder_depth, cfg.layer_decay))
+    groups = param_groups(model, cfg.weight_decay, layer_decay(p.model.encoder_depth, cfg.layer_decay),
+                          FINETUNE_NO_DECAY)
     optimizer = adamw(groups, lr, device)
     steps = n // batch_size
     schedule = Schedule(cfg.epochs, steps, int(cfg.warmup_epochs * steps), lr, cfg.checkpoint_every)
