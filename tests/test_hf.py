@@ -250,7 +250,7 @@ def test_finetuning_starts_from_a_checkpoint_written_here(exported, tmp_path, mo
         torch.save({"model": mae_state_dict(theirs, p.model)}, path)
     images = torch.randn(6, 3, 16, 16)
     with torch.no_grad():
-        start = hf.load_encoder(path, p).eval().features(images, "mean")  # what finetune builds on
+        start = hf.load_any_encoder(path, p).eval().features(images, "mean")  # what finetune builds on
     close(start, transformers_features(tmp_path / "theirs", images))
 
     monkeypatch.chdir(exported)

@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 from torchvision.ops import roi_align
 
-from mae_exp.augment import augment, crop_and_flip, crop_and_flip_uint8, random_crop_boxes, to_float
+from mae_exp.augment import crop_and_flip, crop_and_flip_uint8, draw_crops, random_crop_boxes, to_float
 from mae_exp.model import MaskedAutoencoderViT
 from mae_exp.recipes import pretraining_terms
 
@@ -69,7 +69,12 @@ def test_uint8_path_is_to_float_then_crop_and_flip(device):
 
 
 def test_augment_draws_are_reproducible_and_per_sample():
-    x = torch.randn(8, 3, 16, 16)
+    x = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def augment(x, min_scale, generator):  # what the training loops do: draw_crops, then resample the rows
+        boxes, flip = draw_crops(x.shape[0], min_scale, generator, device=x.device)
+        return crop_and_flip_uint8(x, boxes, flip, x.shape[1])
+
     a = augment(x, 0.2, torch.Generator().manual_seed(1))
     b = augment(x, 0.2, torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mae_exp.data.prepared import ImageRows, PreparedWriter, labeled, load_split, pretrain_images, pretraining_set
+from mae_exp.data.prepared import ImageRows, PreparedWriter, labeled, load_split, pretraining_set
 from mae_exp.runtime import resident_images, select_rows
 from conftest import REPO
 
@@ -93,8 +93,8 @@ def test_one_image_per_class_asks_for_images_not_a_larger_fraction(tmp_path):
     assert "val_fraction" not in str(err.value) and "add train images" in str(err.value)
 
 
-def test_pretrain_images_concatenate_the_named_splits_without_copying(prepared):
-    one = pretrain_images(prepared, ["unlabeled"])
+def test_the_pretraining_set_concatenates_the_named_splits_without_copying(prepared):
+    one, _ = pretraining_set(prepared, ["unlabeled"])
     assert isinstance(one, np.memmap) and Path(one.filename).name == "unlabeled_images.npy"  # the map itself
 
     images, line = pretraining_set(prepared, ["unlabeled", "train"])
@@ -110,12 +110,12 @@ def test_pretrain_images_concatenate_the_named_splits_without_copying(prepared):
     assert image_ids([images[9]]) == [1]
     with pytest.raises(IndexError):
         images[np.array([39])]
-    assert image_ids(pretrain_images(prepared, ["train", "unlabeled"])[:]) == list(range(31)) + list(range(100, 108))
+    assert image_ids(pretraining_set(prepared, ["train", "unlabeled"])[0][:]) == list(range(31)) + list(range(100, 108))
 
 
 def test_the_training_loops_select_rows_and_resident_images_work_on_the_views_unchanged(prepared):
     cpu = torch.device("cpu")
-    views = [pretrain_images(prepared, ["unlabeled", "train"]), labeled(prepared, "train", 0.2).images]
+    views = [pretraining_set(prepared, ["unlabeled", "train"])[0], labeled(prepared, "train", 0.2).images]
     for images in views:
         assert resident_images(images, cpu) is images  # on CPU the view itself is indexed
         whole = np.asarray(images)

@@ -23,7 +23,6 @@ from torch import nn
 
 from . import distributed, hf
 from .augment import crop_and_flip_uint8, draw_crops
-from .checkpoints import load_encoder
 from .config import Params, as_dict, fingerprint
 from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
@@ -56,8 +55,8 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
     cfg = p.finetune
     device, amp_dtype = setup(cfg.precision, p.threads, p.seed)
     num_classes = len(load_meta(data_root)["classes"])
-    load = hf.load_encoder if hf.is_foreign(encoder_path) else load_encoder  # a transformers / MAE checkpoint too
-    model = Classifier(load(encoder_path, p, drop_path=cfg.drop_path), num_classes).to(device)
+    encoder = hf.load_any_encoder(encoder_path, p, drop_path=cfg.drop_path)  # a transformers / MAE checkpoint too
+    model = Classifier(encoder, num_classes).to(device)
     if cfg.compile:
         model.encoder.compile_blocks()
     net = distributed.wrap(model)  # DDP over the processes; `model` itself with one
@@ -80,7 +79,7 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
             "augment": torch.Generator(device=device).manual_seed(p.seed + 1)}
     settings = {k: v for k, v in as_dict(cfg).items() if k not in ("checkpoint_every", "compile", "processes")}
     key = fingerprint(p.seed, p.data, p.model, settings, load_meta(data_root).get("digest", ""),
-                      hf.digest(encoder_path))
+                      hf.weights_digest(encoder_path))
     state = Path(scratch) / key / "last.pt"
     trainer = Trainer(f"finetune {name}", "finetune", model, optimizer, schedule, device, amp_dtype, state, gens,
                       open_live(live_dir))

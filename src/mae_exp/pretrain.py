@@ -44,7 +44,7 @@ def run_key(p: Params, variant: str, data_digest: str) -> str:
     # checkpoint frequency, compilation and the number of processes do not change what is learned
     # (processes: up to float reduction order, tests/test_distributed.py): a resume may alter them
     schedule = {k: v for k, v in as_dict(p.pretrain).items() if k not in ("checkpoint_every", "compile", "processes")}
-    start = hf.digest(p.pretrain.init_from) if p.pretrain.init_from else None  # the weights, not just their path
+    start = hf.weights_digest(p.pretrain.init_from) if p.pretrain.init_from else None  # the weights, not just their path
     return fingerprint(p.seed, p.data, p.model, schedule, p.variant(variant), data_digest, *([start] if start else []))
 
 
