@@ -92,7 +92,7 @@ def test_transformers_to_this_project_and_back_is_lossless(tmp_path):
     theirs = transformers.ViTMAEForPreTraining(config)
     model = MaskedAutoencoderViT(CFG, SIZE)
     with torch.no_grad():
-        for name, t in theirs.named_parameters():
+        for t in theirs.parameters():
             t.add_(0.1 * torch.randn_like(t))
         # transformers 5.24 leaves a fresh model's position tables at 0 (from_pretrained loads them); MAE's are
         # the ones test_model.py checks against MAE's formula

@@ -25,7 +25,6 @@ from mae_exp.config import ConfigError, arm_params, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.queue import plan
-from mae_exp.study.metrics import METRICS
 from mae_exp.study.report import sentence
 from mae_exp.study.results import (collect_runs, csv_rows, distinct_ablations, experiment_rows, finetune_curves,
                                    flatten, save_rows)

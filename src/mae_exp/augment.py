@@ -127,8 +127,8 @@ def crop_and_flip_uint8(batch_uint8: torch.Tensor, boxes: torch.Tensor, flip: to
 
 def draw_crops(n: int, min_scale: float, generator: torch.Generator | None = None,
                device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The random part of the random-resized-crop + flip for n images: crop boxes (n, 4) and flips (n,). Drawn apart from
-    the resampling so that every process of a distributed run can draw a whole global batch's and
+    """The random part of the random-resized-crop + flip for n images: crop boxes (n, 4) and flips (n,).
+    Drawn apart from the resampling so that every process of a distributed run can draw a whole global batch's and
     apply only its own rows."""
     boxes = random_crop_boxes(n, min_scale, generator, device=device)
     flip = torch.rand(n, generator=generator, device=device) < 0.5

@@ -131,6 +131,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, mask_ratio: float) -> Pa
 # --------------------------------------------------------------------------- import
 
 TABLES = ("encoder.pos_embed", "decoder_pos_embed")  # our fixed position buffers, checked on import
+READABLE = "expected a transformers ViTMAE folder, a facebookresearch/mae checkpoint or this project's checkpoint.pt"
 
 
 def read_weights(path: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:
@@ -140,10 +141,8 @@ def read_weights(path: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.Te
     if path.is_dir():
         return _from_hub(_read_folder(path), cfg, path), "transformers"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file or folder (expected a transformers ViTMAE folder, a "
-                                f"facebookresearch/mae checkpoint or this project's checkpoint.pt / encoder.pt)")
-    return weights_in(checkpoints.load_torch(path, "expected a transformers ViTMAE folder, a facebookresearch/mae "
-                                                   "checkpoint or this project's checkpoint.pt / encoder.pt"), path, cfg)
+        raise FileNotFoundError(f"{path}: no such file or folder ({READABLE})")
+    return weights_in(checkpoints.load_torch(path, READABLE), path, cfg)
 
 
 def weights_in(saved, path: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:
@@ -215,7 +214,7 @@ def load_any_encoder(path: str | Path, p, drop_path: float = 0.0) -> ViTEncoder:
     model checked), or the encoder of a transformers folder or a facebookresearch/mae checkpoint at params.yaml's
     sizes. The file is read once."""
     path = Path(path)
-    saved = None if path.is_dir() else checkpoints.load_torch(path, restore_hint(path))
+    saved = None if path.is_dir() else checkpoints.load_torch(path, READABLE)
     if checkpoints.is_ours(saved) and "encoder_state" in saved:
         return checkpoints.load_encoder(path, p, drop_path, saved)
     encoder = ViTEncoder(p.model, p.data.input_size, drop_path=drop_path)

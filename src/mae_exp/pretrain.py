@@ -44,7 +44,7 @@ def run_key(p: Params, variant: str, data_digest: str) -> str:
     # checkpoint frequency, compilation and the number of processes do not change what is learned
     # (processes: up to float reduction order, tests/test_distributed.py): a resume may alter them
     schedule = {k: v for k, v in as_dict(p.pretrain).items() if k not in ("checkpoint_every", "compile", "processes")}
-    start = hf.weights_digest(p.pretrain.init_from) if p.pretrain.init_from else None  # the weights, not just their path
+    start = hf.weights_digest(p.pretrain.init_from) if p.pretrain.init_from else None  # the weights, not the path
     return fingerprint(p.seed, p.data, p.model, schedule, p.variant(variant), data_digest, *([start] if start else []))
 
 
@@ -94,8 +94,8 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
 
     history = trainer.fit(n, cfg.batch_size, step)
     final = history[-1]
-    summary = {"final": {k: final[k] for k in ("loss", "mse", "freq", "unif")}, "epochs": cfg.epochs, "steps": total, "images": n,
-               "flops": flops, "wall_time_s": round(trainer.elapsed, 1),
+    summary = {"final": {k: final[k] for k in ("loss", "mse", "freq", "unif")}, "epochs": cfg.epochs, "steps": total,
+               "images": n, "flops": flops, "wall_time_s": round(trainer.elapsed, 1),
                "images_per_s": round(total * cfg.batch_size / trainer.elapsed, 1),
                "resumed_at_epoch": trainer.start_epoch}
     if distributed.is_rank0():

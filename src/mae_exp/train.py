@@ -9,8 +9,9 @@ which is how fine-tuning applies MAE's layer-wise decay), the forward under auto
   pretrain.py); the state before it is kept as `prev.pt`. A run killed at any point restarts from it and
   draws exactly what the uninterrupted run would; a state that is unreadable or fails its digest is set
   aside (`*.corrupt`) with one line, and the run falls back to the previous state, or starts afresh;
-- a divergence guard (errors.diverged, the rule probe.py applies too): the loss is read on the host every LOG_EVERY steps (each read synchronises the device),
-  and a non-finite value stops the run with the keys to change;
+- a divergence guard (errors.diverged, the rule probe.py applies too): the loss is read on the host every
+  LOG_EVERY steps (each read synchronises the device), and a non-finite value stops the run with the keys
+  to change;
 - DVCLive (rank 0): every logged step's terms and learning rate, every epoch's `after_epoch` metrics;
 - Ctrl-C / SIGTERM: one line saying where it stopped and from where `dvc repro` resumes.
 

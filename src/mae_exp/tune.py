@@ -4,9 +4,10 @@
     python -m mae_exp.tune finetune --encoder original --base-lr 2e-3 4e-3 --layer-decay 0.65 0.75 --epochs 6 10
 
 Runs on the encoder and the prepared data that the stage being tuned reads (its paths in dvc.yaml, after
-`dvc repro`), with params.yaml for everything not in the grid; every run trains on the train part and is scored on the validation part (data.val_fraction
-of the labeled train split). The test split is never read. Prints a table, best first, and appends the
-results to metrics/tuning.json (committed: the record of what was tried and what was chosen).
+`dvc repro`), with params.yaml for everything not in the grid; every run trains on the train part and is
+scored on the validation part (data.val_fraction of the labeled train split). The test split is never read.
+Prints a table, best first, and appends the results to metrics/tuning.json (committed: the record of what
+was tried and what was chosen).
 Tune on the original MAE's encoder (the default): the choice then favours neither the recipe under test
 nor the baseline.
 """
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     out = Path(a.out)
     record = json.loads(out.read_text()) if out.exists() else []
-    record.append({"stage": a.stage, "encoder": a.encoder, "seed": p.seed, "command": "python -m mae_exp.tune " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = "python -m mae_exp.tune " + " ".join(argv if argv is not None else sys.argv[1:])
+    record.append({"stage": a.stage, "encoder": a.encoder, "seed": p.seed, "command": command,
                    "fixed": current.model_dump(), "results": rows})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")

@@ -132,8 +132,8 @@ def labeled(root: str | Path, part: str, val_fraction: float) -> Split:
     stored = load_split(root, "train")
     val = validation_mask(stored.labels, val_fraction)
     if not val.any() and np.bincount(stored.labels).max() < 2:  # each class keeps one image for training
-        raise ValueError(f"every class has a single train image, which training keeps, so no validation image "
-                         f"can be held out: add train images")
+        raise ValueError("every class has a single train image, which training keeps, so no validation image "
+                         "can be held out: add train images")
     if not val.any():
         raise ValueError(f"data.val_fraction ({val_fraction}) of the {len(val)} train images holds out no "
                          f"image in any class: raise data.val_fraction or add train images")

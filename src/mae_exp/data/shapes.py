@@ -113,7 +113,7 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
         idx = (labels == cls).nonzero().flatten()
         k, sub = len(idx), img[idx]
         for kind, pcx, pcy, a, b in SHAPE_PARTS[SHAPE_CLASSES[cls]]:
-            def jitter(): return 1 + 0.12 * (rand(k, 1, 1) * 2 - 1)  # every part's size and place vary a little
+            def jitter(): return 1 + 0.12 * (rand(k, 1, 1) * 2 - 1)  # noqa: B023 (called now) every part's size and place vary a little
             inside = _part(kind, u[idx], v[idx], pcx + 0.12 * (rand(k, 1, 1) - 0.5),
                            pcy + 0.12 * (rand(k, 1, 1) - 0.5), a * jitter(), b * jitter()).float()[:, None]
             colour = torch.where(one_colour[idx, None, None, None], base[idx], rand(k, 3, 1, 1))
