@@ -89,7 +89,8 @@ def main() -> None:
             step(name == "pipeline", monitor=(i + 1) % LOG_EVERY == 0)
             times[name].append((time.perf_counter() - t0) * 1e3)
     ratio = statistics.median(p / o for p, o in zip(times["pipeline"], times["ours"]))
-    print(f"{a.config}: batch {batch}, {stored} -> {size} px, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    threads = torch.get_num_threads()
+    print(f"{a.config}: batch {batch}, {stored} -> {size} px, {threads} threads, torch {torch.__version__}")
     print(f"  interleaved, {a.rounds} steps each: ours {statistics.median(times['ours']):.1f} ms, pipeline "
           f"{statistics.median(times['pipeline']):.1f} ms per step (median); pipeline / ours {ratio:.3f} "
           f"(mean over the rounds {sum(times['pipeline']) / sum(times['ours']):.3f})")

@@ -108,7 +108,8 @@ def test_transformers_to_this_project_and_back_is_lossless(tmp_path):
     for name, t in before.items():
         assert torch.equal(after[name], t) or (name in hf.FIXED and torch.allclose(after[name], t, atol=1e-6)), name
     # this project's own checkpoint, read with its digest checked
-    assert hf.init_from(ViTEncoder(CFG, SIZE), tmp_path / "checkpoint.pt", CFG).startswith("encoder from this project's")
+    loaded = hf.init_from(ViTEncoder(CFG, SIZE), tmp_path / "checkpoint.pt", CFG)
+    assert loaded.startswith("encoder from this project's")
 
 
 def test_an_encoder_saved_by_transformers_alone_loads_as_the_encoder(tmp_path):

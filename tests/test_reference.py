@@ -108,7 +108,8 @@ def mae_adjust_learning_rate(epoch: float, lr: float, min_lr: float, warmup_epoc
 
 @pytest.mark.parametrize("step, expected", [
     (0, 5e-5), (9, 5e-4), (19, 1e-3),  # warmup: one step ahead of MAE's (MAE's first step has lr 0)
-    (20, 1e-3), (60, 5e-4), (80, 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75))), (99, 1e-3 * 0.5 * (1 + math.cos(math.pi * 79 / 80))),
+    (20, 1e-3), (60, 5e-4), (80, 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75))),
+    (99, 1e-3 * 0.5 * (1 + math.cos(math.pi * 79 / 80))),
 ])
 def test_warmup_cosine_is_maes_schedule_per_step(step, expected):
     """10 epochs of 10 steps, 2 of warmup, peak 1e-3, min_lr 0. MAE sets the lr from the fractional epoch

@@ -1,6 +1,7 @@
 """The seeds x ablations study: statistics on constructed results with a known answer, experiments
 recognised from `dvc.api.exp_show` rows (constructed, and real ones from `dvc exp save`), the study
-section's validation, and `python -m mae_exp.study queue` + `report` end to end through the real `dvc exp run --temp`."""
+section's validation, and `python -m mae_exp.study queue` + `report` end to end through the real
+`dvc exp run --temp`."""
 
 from __future__ import annotations
 
@@ -447,7 +448,9 @@ stages:
     params: [x]
     outs: [a.txt]
   b:
-    cmd: python -c "import time, yaml; p = yaml.safe_load(open('params.yaml')); time.sleep(p['sleep']); assert p['y'] != 13, 'y is 13'; open('b.txt', 'w').write(str(p['y']))"
+    cmd: >-
+      python -c "import time, yaml; p = yaml.safe_load(open('params.yaml')); time.sleep(p['sleep']);
+      assert p['y'] != 13, 'y is 13'; open('b.txt', 'w').write(str(p['y']))"
     deps: [a.txt]
     params: [y, sleep]
     outs: [b.txt]

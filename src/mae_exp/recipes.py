@@ -14,6 +14,7 @@ total. Adding a recipe: docs/reference.md#adding-a-recipe.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from . import distributed
