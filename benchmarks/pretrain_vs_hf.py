@@ -78,7 +78,8 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
     from mae_exp.config import load_params
     from mae_exp.model import MaskedAutoencoderViT
     from mae_exp.optim import adamw, param_groups
-    from mae_exp.runtime import autocast, batches, gather, resident_images
+    from mae_exp.recipes import pretraining_terms
+    from mae_exp.runtime import autocast, batches, resident_images, select_rows
     from mae_exp.train import LOG_EVERY
 
     cfg, stored, size = config(config_name, image_size)
@@ -103,8 +104,7 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
         assert model.config._attn_implementation == "sdpa"
     else:
         # the original variant: its extra terms have weight 0 (computed only on monitored steps)
-        model = MaskedAutoencoderViT(cfg, size, lambda_freq=p.original.lambda_freq,
-                                     lambda_unif=p.original.lambda_unif).to(device)
+        model = MaskedAutoencoderViT(cfg, size).to(device)
         if variant == "compiled":
             model.compile_blocks()
     model.train()
@@ -130,7 +130,7 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
             if variant == "hf":
                 loss = model(pixel_values=ready).loss
             elif variant == "ours":
-                loss = model(ready, 0.75)[0][0]
+                loss = model(ready, 0.75).loss
             else:  # pretrain.py's step
                 if not order:
                     order.extend(batches(n_images, batch_size, order_gen))
@@ -138,15 +138,15 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
                 log = step_no[0] % LOG_EVERY == 0
                 boxes, flip = draw_crops(batch_size, p.pretrain.min_crop_scale, gen, device)
                 noise = torch.rand(batch_size, model.num_patches, generator=gen, device=device)
-                x = crop_and_flip_uint8(gather(images, idx, device), boxes, flip, size)
-                terms, _, _ = model(x, 0.75, noise, monitor=log)
-                loss = terms[0]
+                x = crop_and_flip_uint8(select_rows(images, idx, device), boxes, flip, size)
+                terms = pretraining_terms(model, x, model(x, 0.75, noise), p.original, monitor=log)
+                loss = terms.total
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         if variant in ("pipeline", "compiled") and log:
-            terms.detach().tolist()  # the Trainer reads the logged terms on the host
+            torch.stack(list(terms.logged().values())).tolist()  # the Trainer reads the logged terms on the host
         return loss
 
     def sync():

@@ -28,9 +28,11 @@ from torch.profiler import profile, record_function  # noqa: E402
 
 from pretrain_vs_hf import config  # noqa: E402
 from mae_exp.augment import crop_and_flip_uint8, draw_crops  # noqa: E402
+from mae_exp.config import load_params  # noqa: E402
 from mae_exp.model import MaskedAutoencoderViT  # noqa: E402
 from mae_exp.optim import adamw, param_groups  # noqa: E402
-from mae_exp.runtime import gather  # noqa: E402
+from mae_exp.recipes import pretraining_terms  # noqa: E402
+from mae_exp.runtime import select_rows  # noqa: E402
 from mae_exp.train import LOG_EVERY  # noqa: E402
 
 PARTS = ("gather", "draws", "crop_and_flip_uint8", "forward", "backward", "adamw")
@@ -50,6 +52,7 @@ def main() -> None:
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = MaskedAutoencoderViT(cfg, size)
+    original = load_params(Path(__file__).resolve().parents[1] / "params.yaml").original  # weight-0 extras
     optimizer = adamw(param_groups(model, 0.05), 1e-4, device)
     images = np.random.default_rng(0).integers(0, 256, (1024, stored, stored, 3), dtype=np.uint8)
     ready = torch.randn(batch, 3, size, size)
@@ -61,7 +64,7 @@ def main() -> None:
     def step(pipeline: bool, monitor: bool = False) -> None:
         if pipeline:
             with part("gather"):
-                rows = gather(images, torch.randperm(len(images), generator=order)[:batch], device)
+                rows = select_rows(images, torch.randperm(len(images), generator=order)[:batch], device)
             with part("draws"):
                 boxes, flip = draw_crops(batch, 0.2, gen, device)
                 noise = torch.rand(batch, model.num_patches, generator=gen)
@@ -70,7 +73,7 @@ def main() -> None:
         else:
             x, noise = ready, None
         with part("forward"):
-            loss = model(x, 0.75, noise, monitor=monitor)[0][0]
+            loss = pretraining_terms(model, x, model(x, 0.75, noise), original, monitor=monitor).total
         with part("backward"):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -86,7 +89,8 @@ def main() -> None:
             step(name == "pipeline", monitor=(i + 1) % LOG_EVERY == 0)
             times[name].append((time.perf_counter() - t0) * 1e3)
     ratio = statistics.median(p / o for p, o in zip(times["pipeline"], times["ours"]))
-    print(f"{a.config}: batch {batch}, {stored} -> {size} px, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    threads = torch.get_num_threads()
+    print(f"{a.config}: batch {batch}, {stored} -> {size} px, {threads} threads, torch {torch.__version__}")
     print(f"  interleaved, {a.rounds} steps each: ours {statistics.median(times['ours']):.1f} ms, pipeline "
           f"{statistics.median(times['pipeline']):.1f} ms per step (median); pipeline / ours {ratio:.3f} "
           f"(mean over the rounds {sum(times['pipeline']) / sum(times['ours']):.3f})")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mae_exp.config import (ConfigError, ModelConfig, arm_variant, as_dict, fingerprint, load_params,
+from mae_exp.config import (ConfigError, ModelConfig, arm_params, as_dict, fingerprint, load_params,
                               parse_params)
 from conftest import REPO, dvc, run, stage_cmd
 
@@ -109,6 +109,8 @@ def test_the_shipped_params_and_configs_are_valid():
     ("study.seeds", [42, 2**63], ["study.seeds[1]", "less than or equal to 4294967295"]),
     ("finetune.batch_size", 4000, ["finetune.batch_size (4000) must not exceed data.shapes.train (3000)"]),
     ("visualize.eval_images", 6000, ["visualize.eval_images (6000) must not exceed data.shapes.test (5000)"]),
+    ("pretrain.batch_size", 12000, ["pretrain.batch_size (12000) must not exceed the 11000 images of "
+                                    "data.pretrain_splits (unlabeled, train)"]),
     # study
     ("study.seeds", [42, 43, 42], ["study.seeds", "must not repeat", "42, 43, 42"]),
     ("study.seeds", [42, "43"], ["study.seeds[1]", "integer", "'43'"]),
@@ -159,8 +161,8 @@ def test_an_ablation_with_no_overrides_may_be_written_bare():
     raw = with_change("study.ablations", {"all": None, "no_unif": {"improved.lambda_unif": 0}})
     raw["study"]["ablation_budgets"] = {}
     p = parse_params(raw)
-    assert arm_variant(p, "all") == p.improved
-    assert arm_variant(p, "no_unif") == p.improved.model_copy(update={"lambda_unif": 0.0})
+    assert arm_params(p, "all").improved == p.improved
+    assert arm_params(p, "no_unif").improved == p.improved.model_copy(update={"lambda_unif": 0.0})
 
 
 def test_configs_are_frozen_hashable_and_round_trip():

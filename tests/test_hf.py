@@ -68,16 +68,15 @@ def test_transformers_computes_what_this_mae_computes(tmp_path, norm_pix_loss):
     images = torch.randn(4, 3, SIZE, SIZE)
     noise = torch.rand(4, GRID)
 
-    terms, pred, mask = model(images, 0.75, noise)
-    latent, _, _ = model.forward_encoder(images, 0.75, noise)
+    recon = model(images, 0.75, noise)
     out = theirs(pixel_values=images, noise=noise)
     encoded = theirs.vit(pixel_values=images, noise=noise).last_hidden_state  # final LayerNorm applied, as ours
-    assert torch.equal(out.mask, mask)
-    close(encoded, latent)
-    close(out.logits, pred)
-    close(out.loss, terms[0])  # lambda 0: the loss is the masked MSE alone
+    assert torch.equal(out.mask, recon.mask)
+    close(encoded, recon.latent)
+    close(out.logits, recon.pred)
+    close(out.loss, recon.loss)  # the model's one loss: the masked MSE
 
-    terms[0].backward()
+    recon.loss.backward()
     out.loss.backward()
     mine = hf.to_hf_state({k: t.grad for k, t in model.named_parameters()}, cfg, SIZE)
     grads = {hf.hub_name(name): t.grad for name, t in theirs.named_parameters() if hf.hub_name(name) not in hf.FIXED}
@@ -93,7 +92,7 @@ def test_transformers_to_this_project_and_back_is_lossless(tmp_path):
     theirs = transformers.ViTMAEForPreTraining(config)
     model = MaskedAutoencoderViT(CFG, SIZE)
     with torch.no_grad():
-        for name, t in theirs.named_parameters():
+        for t in theirs.parameters():
             t.add_(0.1 * torch.randn_like(t))
         # transformers 5.24 leaves a fresh model's position tables at 0 (from_pretrained loads them); MAE's are
         # the ones test_model.py checks against MAE's formula
@@ -109,7 +108,8 @@ def test_transformers_to_this_project_and_back_is_lossless(tmp_path):
     for name, t in before.items():
         assert torch.equal(after[name], t) or (name in hf.FIXED and torch.allclose(after[name], t, atol=1e-6)), name
     # this project's own checkpoint, read with its digest checked
-    assert hf.init_from(ViTEncoder(CFG, SIZE), tmp_path / "checkpoint.pt", CFG).startswith("encoder from this project's")
+    loaded = hf.init_from(ViTEncoder(CFG, SIZE), tmp_path / "checkpoint.pt", CFG)
+    assert loaded.startswith("encoder from this project's")
 
 
 def test_an_encoder_saved_by_transformers_alone_loads_as_the_encoder(tmp_path):
@@ -172,10 +172,10 @@ def test_a_facebookresearch_mae_checkpoint_loads_as_the_model_it_is(tmp_path):
     assert hf.init_from(model, path, CFG).startswith("encoder and decoder from facebookresearch/mae")
     images, noise = torch.randn(2, 3, SIZE, SIZE), torch.rand(2, GRID)
     with torch.no_grad():
-        terms, pred, _ = model(images, 0.75, noise)
+        recon = model(images, 0.75, noise)
         out = theirs(pixel_values=images, noise=noise)
-    close(pred, out.logits)
-    close(terms[0], out.loss)
+    close(recon.pred, out.logits)
+    close(recon.loss, out.loss)
 
     encoder_only = {k: v for k, v in mae_state_dict(theirs).items() if not k.startswith(("decoder", "mask_token"))}
     torch.save({"model": encoder_only}, path)  # as MAE's released mae_pretrain_vit_*.pth
@@ -251,7 +251,7 @@ def test_finetuning_starts_from_a_checkpoint_written_here(exported, tmp_path, mo
         torch.save({"model": mae_state_dict(theirs, p.model)}, path)
     images = torch.randn(6, 3, 16, 16)
     with torch.no_grad():
-        start = hf.load_encoder(path, p).eval().features(images, "mean")  # what finetune builds on
+        start = hf.load_any_encoder(path, p).eval().features(images, "mean")  # what finetune builds on
     close(start, transformers_features(tmp_path / "theirs", images))
 
     monkeypatch.chdir(exported)

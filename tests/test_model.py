@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from mae_exp.model import MaskedAutoencoderViT, sincos_1d, sincos_2d
+from mae_exp.model import MaskedAutoencoderViT, Reconstruction, sincos_1d, sincos_2d
+from mae_exp.recipes import pretraining_terms
 
 
 def make(cfg):
@@ -95,9 +96,8 @@ def test_patchify_roundtrip_and_loss_only_on_masked(tiny_model_cfg):
     mask = torch.zeros(2, model.num_patches)
     mask[:, ::2] = 1
     pred = torch.where(mask[..., None] == 1, target, torch.randn_like(target))
-    latent = torch.randn(2, 5, tiny_model_cfg.model.encoder_dim)
-    assert model.forward_loss(imgs, pred, mask, latent)[1].item() < 1e-10  # [1]: the masked MSE
-    assert model.forward_loss(imgs, torch.randn_like(target), mask, latent)[1].item() > 0.1
+    assert model.forward_loss(imgs, pred, mask).item() < 1e-10
+    assert model.forward_loss(imgs, torch.randn_like(target), mask).item() > 0.1
 
 
 def test_forward_shapes_and_encoder_sees_only_visible(tiny_model_cfg):
@@ -105,10 +105,11 @@ def test_forward_shapes_and_encoder_sees_only_visible(tiny_model_cfg):
     s = tiny_model_cfg.data.input_size
     latent, _, _ = model.forward_encoder(torch.randn(4, 3, s, s), mask_ratio=0.75)
     assert latent.shape[1] == 1 + int(model.num_patches * 0.25)  # cls + visible tokens
-    terms, pred, mask = model(torch.randn(4, 3, s, s), mask_ratio=0.75)
-    assert pred.shape == (4, model.num_patches, model.patch_size ** 2 * 3)
-    assert terms.shape == (4,) and torch.isfinite(terms).all()
-    assert (mask.sum(dim=1) == model.num_patches - int(model.num_patches * 0.25)).all()
+    out = model(torch.randn(4, 3, s, s), mask_ratio=0.75)
+    assert out.pred.shape == (4, model.num_patches, model.patch_size ** 2 * 3)
+    assert out.loss.shape == () and torch.isfinite(out.loss)
+    assert out.latent.shape == latent.shape
+    assert (out.mask.sum(dim=1) == model.num_patches - int(model.num_patches * 0.25)).all()
 
 
 def test_the_loss_is_the_recipe_weights_applied_to_its_terms(tiny_model_cfg):
@@ -117,19 +118,24 @@ def test_the_loss_is_the_recipe_weights_applied_to_its_terms(tiny_model_cfg):
     carry gradients only when weighted."""
     s = tiny_model_cfg.data.input_size
     imgs, noise = torch.randn(8, 3, s, s), torch.rand(8, (s // tiny_model_cfg.model.patch_size) ** 2)
+    original = tiny_model_cfg.original.model_copy(update={"lambda_freq": 0.0, "lambda_unif": 0.0})
+    improved = tiny_model_cfg.improved.model_copy(update={"lambda_freq": 0.5, "lambda_unif": 0.1})
     torch.manual_seed(0)
-    original = MaskedAutoencoderViT(tiny_model_cfg.model, s)
-    terms, _, _ = original(imgs, 0.75, noise)
-    assert terms[0] == terms[1] and terms[2] == 0 and terms[3] == 0
-    monitored, _, _ = original(imgs, 0.75, noise, monitor=True)
-    assert monitored[0] == terms[0] and monitored[2] > 0 and monitored[3] < 0  # computed, not added
-    torch.manual_seed(0)
-    improved = MaskedAutoencoderViT(tiny_model_cfg.model, s, lambda_freq=0.5, lambda_unif=0.1)
-    t, _, _ = improved(imgs, 0.75, noise)
-    assert torch.allclose(t[0], t[1] + 0.5 * t[2] + 0.1 * t[3])
-    assert torch.equal(t[1:], monitored[1:])  # same weights and masks: the same terms
-    t[0].backward()
-    assert improved.encoder.cls_token.grad is not None
+    model = MaskedAutoencoderViT(tiny_model_cfg.model, s)
+    terms = pretraining_terms(model, imgs, model(imgs, 0.75, noise), original)
+    assert terms.total == terms.mse and terms.freq == 0 and terms.unif == 0
+    assert not terms.freq.requires_grad and not terms.unif.requires_grad
+    monitored = pretraining_terms(model, imgs, model(imgs, 0.75, noise), original, monitor=True)
+    assert monitored.total == terms.total and monitored.freq > 0 and monitored.unif < 0  # computed, not added
+    assert not monitored.freq.requires_grad and not monitored.unif.requires_grad  # for the curve, no graph
+    t = pretraining_terms(model, imgs, model(imgs, 0.75, noise), improved)
+    assert torch.allclose(t.total, t.mse + 0.5 * t.freq + 0.1 * t.unif)
+    for name in ("mse", "freq", "unif"):  # same weights and masks: the same terms
+        assert torch.equal(getattr(t, name), getattr(monitored, name)), name
+    assert t.freq.requires_grad and t.unif.requires_grad
+    t.total.backward()
+    assert model.encoder.cls_token.grad is not None
+    assert set(t.logged()) == {"loss", "mse", "freq", "unif"}  # the names the curves and metrics.json carry
 
 
 def test_laplacian_term_ignores_the_decoder_output_on_visible_patches(tiny_model_cfg):
@@ -137,7 +143,8 @@ def test_laplacian_term_ignores_the_decoder_output_on_visible_patches(tiny_model
     in: whatever the decoder predicts for a visible patch changes neither the term nor its gradient."""
     s = tiny_model_cfg.data.input_size
     torch.manual_seed(0)
-    model = MaskedAutoencoderViT(tiny_model_cfg.model, s, lambda_freq=1.0)
+    model = MaskedAutoencoderViT(tiny_model_cfg.model, s)
+    recipe = tiny_model_cfg.improved.model_copy(update={"lambda_freq": 1.0})
     imgs = torch.rand(2, 3, s, s)
     mask = torch.zeros(2, model.num_patches)
     mask[:, 1::3] = 1  # masked patches with visible neighbours on every side
@@ -147,7 +154,7 @@ def test_laplacian_term_ignores_the_decoder_output_on_visible_patches(tiny_model
 
     def freq_and_grad(pred):
         pred = pred.clone().requires_grad_(True)
-        freq = model.forward_loss(imgs, pred, mask, latent)[2]
+        freq = pretraining_terms(model, imgs, Reconstruction(torch.zeros(()), pred, mask, latent), recipe).freq
         freq.backward()
         return freq.detach(), pred.grad
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mae_exp.config import VariantConfig
-from mae_exp.objectives import laplacian, mask_ratio_at, masked_laplacian_l1, patch_mask_to_pixels, uniformity
+from mae_exp.objectives import laplacian, masked_laplacian_l1, patch_mask_to_pixels, uniformity
+from mae_exp.recipes import mask_ratio_at
 
 
 def test_laplacian_of_constant_and_linear_images_is_zero():

@@ -10,8 +10,9 @@ import torch
 from torch._dynamo.utils import counters
 from torchvision.ops import roi_align
 
-from mae_exp.augment import augment, crop_and_flip, crop_and_flip_uint8, random_crop_boxes, to_float
+from mae_exp.augment import crop_and_flip, crop_and_flip_uint8, draw_crops, random_crop_boxes, to_float
 from mae_exp.model import MaskedAutoencoderViT
+from mae_exp.recipes import pretraining_terms
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # training runs the same code on a GPU
 
@@ -68,7 +69,12 @@ def test_uint8_path_is_to_float_then_crop_and_flip(device):
 
 
 def test_augment_draws_are_reproducible_and_per_sample():
-    x = torch.randn(8, 3, 16, 16)
+    x = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def augment(x, min_scale, generator):  # what the training loops do: draw_crops, then resample the rows
+        boxes, flip = draw_crops(x.shape[0], min_scale, generator, device=x.device)
+        return crop_and_flip_uint8(x, boxes, flip, x.shape[1])
+
     a = augment(x, 0.2, torch.Generator().manual_seed(1))
     b = augment(x, 0.2, torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -80,8 +86,7 @@ def test_augment_draws_are_reproducible_and_per_sample():
 def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_cfg):
     torch.manual_seed(0)
     improved = tiny_model_cfg.improved  # every loss term with a gradient
-    eager = MaskedAutoencoderViT(tiny_model_cfg.model, tiny_model_cfg.data.input_size,
-                                 lambda_freq=improved.lambda_freq, lambda_unif=improved.lambda_unif)
+    eager = MaskedAutoencoderViT(tiny_model_cfg.model, tiny_model_cfg.data.input_size)
     compiled = copy.deepcopy(eager)
     compiled.compile_blocks()
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints stay interchangeable
@@ -93,9 +98,9 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_cfg):
         terms_of, grads = [], []
         for model in (eager, compiled):
             model.zero_grad()
-            terms = model(x, ratio, noise)[0]  # [total, mse, freq, unif]
-            terms[0].backward()
-            terms_of.append(terms.detach())
+            terms = pretraining_terms(model, x, model(x, ratio, noise), improved)
+            terms.total.backward()
+            terms_of.append(torch.stack(list(terms.logged().values())))
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         torch.testing.assert_close(terms_of[1], terms_of[0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)

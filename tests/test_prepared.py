@@ -1,5 +1,5 @@
 """The prepared format's readers: the train / val / test parts and the pre-training images, read from real
-.npy files written by PreparedWriter, and run through the training loops' own gather and resident_images."""
+.npy files written by PreparedWriter, and run through the training loops' own select_rows and resident_images."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mae_exp.data.prepared import ImageRows, PreparedWriter, labeled, load_split, pretrain_images, pretraining_set
-from mae_exp.runtime import gather, resident_images
+from mae_exp.data.prepared import ImageRows, PreparedWriter, labeled, load_split, pretraining_set
+from mae_exp.runtime import resident_images, select_rows
 from conftest import REPO
 
 SIZE = 4
@@ -80,8 +80,7 @@ def test_val_shares_over_many_classes_and_sizes(tmp_path):
 def test_labeled_refuses_bad_parts_and_a_fraction_that_holds_out_nothing(prepared):
     with pytest.raises(ValueError, match="unknown labeled part 'unlabeled'"):
         labeled(prepared, "unlabeled", 0.1)
-    with pytest.raises(ValueError, match="data.val_fraction"):
-        labeled(prepared, "val", 0.6)
+    # a fraction outside (0, 0.5] is config.py's to refuse (tests/test_config.py), before any stage reads data
     with pytest.raises(ValueError, match="data.val_fraction .* holds out no image"):
         labeled(prepared, "val", 0.01)
 
@@ -93,8 +92,8 @@ def test_one_image_per_class_asks_for_images_not_a_larger_fraction(tmp_path):
     assert "val_fraction" not in str(err.value) and "add train images" in str(err.value)
 
 
-def test_pretrain_images_concatenate_the_named_splits_without_copying(prepared):
-    one = pretrain_images(prepared, ["unlabeled"])
+def test_the_pretraining_set_concatenates_the_named_splits_without_copying(prepared):
+    one, _ = pretraining_set(prepared, ["unlabeled"])
     assert isinstance(one, np.memmap) and Path(one.filename).name == "unlabeled_images.npy"  # the map itself
 
     images, line = pretraining_set(prepared, ["unlabeled", "train"])
@@ -110,17 +109,17 @@ def test_pretrain_images_concatenate_the_named_splits_without_copying(prepared):
     assert image_ids([images[9]]) == [1]
     with pytest.raises(IndexError):
         images[np.array([39])]
-    assert image_ids(pretrain_images(prepared, ["train", "unlabeled"])[:]) == list(range(31)) + list(range(100, 108))
+    assert image_ids(pretraining_set(prepared, ["train", "unlabeled"])[0][:]) == list(range(31)) + list(range(100, 108))
 
 
-def test_the_training_loops_gather_and_resident_images_work_on_the_views_unchanged(prepared):
+def test_the_training_loops_select_rows_and_resident_images_work_on_the_views_unchanged(prepared):
     cpu = torch.device("cpu")
-    views = [pretrain_images(prepared, ["unlabeled", "train"]), labeled(prepared, "train", 0.2).images]
+    views = [pretraining_set(prepared, ["unlabeled", "train"])[0], labeled(prepared, "train", 0.2).images]
     for images in views:
         assert resident_images(images, cpu) is images  # on CPU the view itself is indexed
         whole = np.asarray(images)
         idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:17]
-        rows = gather(images, idx, cpu)
+        rows = select_rows(images, idx, cpu)
         assert rows.dtype == torch.uint8 and torch.equal(rows, torch.from_numpy(whole[idx.numpy()]))
         # what resident_images does on a GPU, here on the CPU: size it, then load it whole
         assert images.nbytes == whole.nbytes and torch.equal(torch.from_numpy(images[:]), torch.from_numpy(whole))

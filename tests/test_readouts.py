@@ -60,4 +60,4 @@ def test_the_probe_stage_writes_every_readout_where_dvc_metrics_show_finds_it(tm
     data = next(iter(shown.values()))["data"][path]["data"]
     assert {k: data[k] for k in keys} == {k: written[k] for k in keys}
     # the registry reads the same keys (what the report and the study show)
-    assert {m.key for m in MEASURES.values() if m.path.startswith("metrics/linear_probe_")} == set(keys)
+    assert {m.key for m in MEASURES.values() if m.file("x").startswith("metrics/linear_probe_")} == set(keys)

@@ -12,8 +12,8 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from mae_exp.config import ModelConfig
 from mae_exp.finetune import Classifier
-from mae_exp.model import ViTEncoder
-from mae_exp.optim import layer_decay, param_groups, warmup_cosine
+from mae_exp.model import MaskedAutoencoderViT, ViTEncoder
+from mae_exp.optim import FINETUNE_NO_DECAY, layer_decay, param_groups, warmup_cosine
 from mae_exp.probe import accuracy, train_heads
 from mae_exp.visualize import masked_psnr
 
@@ -53,7 +53,7 @@ def mae_param_groups_lrd(model, weight_decay: float, no_weight_decay_list, layer
 
 def test_layer_decay_groups_are_maes():
     model = Classifier(ViTEncoder(SMALL_VIT, 16), num_classes=10)
-    ours = param_groups(model, 0.05, layer_decay(SMALL_VIT.encoder_depth, 0.75))
+    ours = param_groups(model, 0.05, layer_decay(SMALL_VIT.encoder_depth, 0.75), FINETUNE_NO_DECAY)
     name_of = {id(p): n for n, p in model.named_parameters()}
     ours = {(g["lr_scale"], g["weight_decay"], frozenset(name_of[id(p)] for p in g["params"])) for g in ours}
     # MAE's VisionTransformer.no_weight_decay(): {'pos_embed', 'cls_token', 'dist_token'}
@@ -71,12 +71,29 @@ def test_layer_decay_groups_are_maes():
     assert "encoder.pos_embed" not in by_name  # fixed sin-cos, as MAE's (requires_grad=False there)
 
 
-def test_without_layer_decay_only_weight_decay_splits_the_groups():
-    model = Classifier(ViTEncoder(SMALL_VIT, 16), num_classes=10)
-    groups = param_groups(model, 0.05)
-    assert [(g["lr_scale"], g["weight_decay"]) for g in groups] == [(1.0, 0.0), (1.0, 0.05)]
-    decayed = sum(p.numel() for p in groups[1]["params"])
-    assert decayed == sum(p.numel() for p in model.parameters() if p.ndim > 1 and p is not model.encoder.cls_token)
+def mae_add_weight_decay(model, weight_decay: float, skip_list=()) -> list[dict]:
+    """timm's add_weight_decay (timm 0.3.2, as MAE's main_pretrain.py calls it, with no skip list)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if len(param.shape) == 1 or name.endswith(".bias") or name in skip_list:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def test_pretraining_groups_are_maes():
+    """MAE's pre-training decays every parameter but the 1-D ones and biases: its cls and mask tokens too."""
+    model = MaskedAutoencoderViT(SMALL_VIT, 16)
+    ours = {g["weight_decay"]: g for g in param_groups(model, 0.05)}
+    assert sorted(ours) == [0.0, 0.05] and {g["lr_scale"] for g in ours.values()} == {1.0}
+    for theirs in mae_add_weight_decay(model, 0.05):
+        assert [id(p) for p in ours[theirs["weight_decay"]]["params"]] == [id(p) for p in theirs["params"]]
+    decayed = {id(p) for p in ours[0.05]["params"]}
+    assert id(model.encoder.cls_token) in decayed and id(model.mask_token) in decayed
+    assert id(model.decoder_pred.weight) in decayed and id(model.decoder_pred.bias) not in decayed
 
 
 # --------------------------------------------------------------------------- MAE's util/lr_sched.py, restated
@@ -91,7 +108,8 @@ def mae_adjust_learning_rate(epoch: float, lr: float, min_lr: float, warmup_epoc
 
 @pytest.mark.parametrize("step, expected", [
     (0, 5e-5), (9, 5e-4), (19, 1e-3),  # warmup: one step ahead of MAE's (MAE's first step has lr 0)
-    (20, 1e-3), (60, 5e-4), (80, 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75))), (99, 1e-3 * 0.5 * (1 + math.cos(math.pi * 79 / 80))),
+    (20, 1e-3), (60, 5e-4), (80, 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75))),
+    (99, 1e-3 * 0.5 * (1 + math.cos(math.pi * 79 / 80))),
 ])
 def test_warmup_cosine_is_maes_schedule_per_step(step, expected):
     """10 epochs of 10 steps, 2 of warmup, peak 1e-3, min_lr 0. MAE sets the lr from the fractional epoch

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from mae_exp.config import ConfigError, load_params, parse_params
-from mae_exp.data.prepared import SourceError, load_meta, load_split, pretrain_images, pretraining_set
+from mae_exp.data.prepared import SourceError, load_meta, load_split, pretraining_set
 from mae_exp.data.folder import prepare_folder
 from mae_exp.data.stl10 import prepare_stl10
 from conftest import REPO, copy_repo, dvc, git, run, stage_cmd
@@ -331,7 +331,7 @@ def test_without_unlabeled_folder_the_unlabeled_split_is_empty_and_pretraining_t
     np.testing.assert_array_equal(images, load_split(out, "train").images)
     assert line == "pre-training on 5 images (unlabeled 0 + train 5)"
     with pytest.raises(ValueError) as err:
-        pretrain_images(out, ("unlabeled",))
+        pretraining_set(out, ("unlabeled",))
     assert "data.pretrain_splits" in str(err.value) and "unlabeled 0" in str(err.value)
 
 

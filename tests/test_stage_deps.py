@@ -11,9 +11,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, stage_cmd
 
 PACKAGE = "mae_exp"
 SRC = REPO / "src"
@@ -97,3 +98,14 @@ def test_the_closure_follows_relative_lazy_and_package_imports(tmp_path):
     assert {"src/mae_exp/data/shapes.py", "src/mae_exp/data/stl10.py"} <= download
     assert "src/mae_exp/model.py" not in download
     assert "src/mae_exp/data/stl10.py" not in pretrain  # it reads the prepared format only
+
+
+def test_a_tool_reads_the_paths_of_the_stage_it_tunes_from_dvc_yaml():
+    from mae_exp.cli import stage_paths
+
+    for stage in ("finetune", "linear_probe"):
+        paths, cmd = stage_paths(stage, "improved", REPO / "dvc.yaml"), stage_cmd(f"{stage}@improved")
+        assert paths["encoder"] == "models/improved/encoder.pt" == cmd[cmd.index("--encoder") + 1]
+        assert paths["data"] == cmd[cmd.index("--data") + 1]
+    with pytest.raises(ValueError, match="no stage 'tune'"):
+        stage_paths("tune", dvc_yaml=REPO / "dvc.yaml")

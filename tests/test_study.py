@@ -1,6 +1,7 @@
 """The seeds x ablations study: statistics on constructed results with a known answer, experiments
 recognised from `dvc.api.exp_show` rows (constructed, and real ones from `dvc exp save`), the study
-section's validation, and `python -m mae_exp.study queue` + `report` end to end through the real `dvc exp run --temp`."""
+section's validation, and `python -m mae_exp.study queue` + `report` end to end through the real
+`dvc exp run --temp`."""
 
 from __future__ import annotations
 
@@ -21,11 +22,10 @@ import yaml
 from scipy import stats
 
 from conftest import BIN, REPO, copy_repo, dvc, git, run
-from mae_exp.config import ConfigError, arm_variant, load_params, parse_params
+from mae_exp.config import ConfigError, arm_params, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.queue import plan
-from mae_exp.study.metrics import METRICS
 from mae_exp.study.report import sentence
 from mae_exp.study.results import (collect_runs, csv_rows, distinct_ablations, experiment_rows, finetune_curves,
                                    flatten, save_rows)
@@ -367,12 +367,12 @@ def test_the_study_section_parses_into_overrides():
     assert p.study.seeds == (42, 43, 44)
     assert list(p.study.ablations) == ["all", "original_flops_matched", "curriculum_only", "laplacian_only",
                                        "uniformity_only"]
-    assert arm_variant(p, "original_flops_matched", "original").steps_factor == 1.1036
-    assert arm_variant(p, "original_flops_matched") == p.improved  # the full recipe against a longer original
-    lap = arm_variant(p, "laplacian_only")
+    assert arm_params(p, "original_flops_matched").original.steps_factor == 1.1036
+    assert arm_params(p, "original_flops_matched").improved == p.improved  # the full recipe against a longer original
+    lap = arm_params(p, "laplacian_only").improved
     assert (lap.mask_ratio_start, lap.curriculum_fraction, lap.lambda_freq, lap.lambda_unif) == (
         lap.mask_ratio, 0.0, p.improved.lambda_freq, 0.0)
-    assert arm_variant(p, "all") == p.improved
+    assert arm_params(p, "all").improved == p.improved
     distinct_ablations(p)
 
 
@@ -478,7 +478,9 @@ stages:
     params: [x]
     outs: [a.txt]
   b:
-    cmd: python -c "import time, yaml; p = yaml.safe_load(open('params.yaml')); time.sleep(p['sleep']); assert p['y'] != 13, 'y is 13'; open('b.txt', 'w').write(str(p['y']))"
+    cmd: >-
+      python -c "import time, yaml; p = yaml.safe_load(open('params.yaml')); time.sleep(p['sleep']);
+      assert p['y'] != 13, 'y is 13'; open('b.txt', 'w').write(str(p['y']))"
     deps: [a.txt]
     params: [y, sleep]
     outs: [b.txt]

@@ -3,7 +3,6 @@ report's units, and every stage's start-up line saying how many CPU threads it u
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd

@@ -127,19 +127,12 @@ def crop_and_flip_uint8(batch_uint8: torch.Tensor, boxes: torch.Tensor, flip: to
 
 def draw_crops(n: int, min_scale: float, generator: torch.Generator | None = None,
                device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The random part of `augment` for n images: crop boxes (n, 4) and flips (n,). Drawn apart from
-    the resampling so that every process of a distributed run can draw a whole global batch's and
+    """The random part of the random-resized-crop + flip for n images: crop boxes (n, 4) and flips (n,).
+    Drawn apart from the resampling so that every process of a distributed run can draw a whole global batch's and
     apply only its own rows."""
     boxes = random_crop_boxes(n, min_scale, generator, device=device)
     flip = torch.rand(n, generator=generator, device=device) < 0.5
     return boxes, flip
-
-
-def augment(x: torch.Tensor, min_scale: float, generator: torch.Generator | None = None,
-            out_size: int | None = None) -> torch.Tensor:
-    """Random-resized-crop + horizontal flip of a whole batch, resampled to out_size (default: same)."""
-    boxes, flip = draw_crops(x.shape[0], min_scale, generator, device=x.device)
-    return crop_and_flip(x, boxes, flip, out_size or x.shape[-1])
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -7,8 +7,12 @@ stage stopped by signal N (130 for Ctrl-C, 143 for SIGTERM), as a shell reports 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
+from pathlib import Path
+
+import yaml
 
 from .config import ConfigError, Params, load_params
 from .errors import DiskFull, DistributedError, Interrupted, TrainingDiverged, out_of_space
@@ -59,6 +63,16 @@ def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[s
             raise
         _fail(f"{script}: no space left on device writing {e.filename or 'a file'}: free some space, then "
               f"`dvc repro` runs the stage again", 1)
+
+
+def stage_paths(stage: str, item: str = "", dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
+    """The `--<name> PATH` options of a stage's cmd in dvc.yaml (`item`: a foreach stage's, e.g. `original`),
+    for tools that read what a stage reads (mae_exp.tune): a path is written only in dvc.yaml."""
+    spec = yaml.safe_load(Path(dvc_yaml).read_text())["stages"].get(stage)
+    if spec is None:
+        raise ValueError(f"{dvc_yaml} has no stage {stage!r}: run from the repository root")
+    words = shlex.split(spec.get("do", spec)["cmd"].replace("${item}", item))
+    return {w[2:]: v for w, v in zip(words, words[1:]) if w.startswith("--")}
 
 
 def _fail(message: str, code: int, loud: bool = False, style: str = "bold red", prefix: str = "error") -> None:

@@ -255,6 +255,10 @@ class Params(Section):
                                                       f"not exceed data.shapes.train ({train})")
             _check(self.visualize.eval_images <= test, f"visualize.eval_images ({self.visualize.eval_images}) "
                                                        f"must not exceed data.shapes.test ({test})")
+            pretraining = sum(getattr(self.data.shapes, split) for split in self.data.pretrain_splits)
+            _check(self.pretrain.batch_size <= pretraining,
+                   f"pretrain.batch_size ({self.pretrain.batch_size}) must not exceed the {pretraining} images of "
+                   f"data.pretrain_splits ({', '.join(self.data.pretrain_splits)})")
         # Only per-section checks here: inside an experiment the sections already carry the overrides, so
         # checks that compare arms (two giving the same params) belong to mae_exp.study.
         for where, overrides in [("overrides", self.study.overrides),
@@ -315,11 +319,6 @@ def arm_params(p: Params, name: str) -> Params:
 def with_overrides(p: Params, overrides: dict) -> Params:
     """p with each dotted key of `overrides` set (as `dvc exp run -S key=value` would), validated again."""
     return parse_params(_merged(p.model_dump(), overrides))
-
-
-def arm_variant(p: Params, name: str, variant: str = "improved") -> VariantConfig:
-    """One recipe as study arm `name` runs it."""
-    return arm_params(p, name).variant(variant)
 
 
 _YAML_WORDS = {"bool_type": "must be true or false", "tuple_type": "must be a list", "too_short": "must not be empty",

@@ -230,7 +230,7 @@ def total(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def gather_rows(t: torch.Tensor) -> torch.Tensor:
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     """Every rank's rows, in rank order: the global batch, with gradients flowing back to each shard."""
     return t if world_size() == 1 else _GatherRows.apply(t)
 

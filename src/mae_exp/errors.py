@@ -3,10 +3,17 @@ that the stage runner imports none of the training code (dvc.yaml lists exactly 
 ConfigError, for params.yaml, lives in config.py; a bad input file or value raises ValueError."""
 
 import errno
+import math
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the params to change."""
+    """The loss diverged (see `diverged`); the message names the params to change."""
+
+
+def diverged(loss: float, ceiling: float = math.inf) -> bool:
+    """The one divergence rule (train.py's loop, probe.py's heads): a loss that is NaN or infinite, or above
+    `ceiling`, where a learning run cannot reach one (the probe's cross-entropy starts near ln(classes))."""
+    return not (math.isfinite(loss) and loss <= ceiling)
 
 
 class Interrupted(Exception):

@@ -23,13 +23,12 @@ from torch import nn
 
 from . import distributed, hf
 from .augment import crop_and_flip_uint8, draw_crops
-from .checkpoints import load_encoder
 from .config import Params, as_dict, fingerprint
 from .data.prepared import labeled, load_meta
 from .model import ViTEncoder
 from .progress import console
-from .optim import adamw, layer_decay, param_groups
-from .runtime import autocast, batches, eval_batch, gather, open_live, resident_images, setup
+from .optim import FINETUNE_NO_DECAY, adamw, layer_decay, param_groups
+from .runtime import autocast, batches, eval_batch, open_live, resident_images, select_rows, setup
 from .train import Schedule, Trainer
 
 
@@ -56,8 +55,8 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
     cfg = p.finetune
     device, amp_dtype = setup(cfg.precision, p.threads, p.seed)
     num_classes = len(load_meta(data_root)["classes"])
-    load = hf.load_encoder if hf.is_foreign(encoder_path) else load_encoder  # a transformers / MAE checkpoint too
-    model = Classifier(load(encoder_path, p, drop_path=cfg.drop_path), num_classes).to(device)
+    encoder = hf.load_any_encoder(encoder_path, p, drop_path=cfg.drop_path)  # a transformers / MAE checkpoint too
+    model = Classifier(encoder, num_classes).to(device)
     if cfg.compile:
         model.encoder.compile_blocks()
     net = distributed.wrap(model)  # DDP over the processes; `model` itself with one
@@ -71,7 +70,8 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
                          f"data.val_fraction holds out {len(val.labels)}: lower finetune.batch_size")
     mine = distributed.shard(batch_size)  # this process's rows of every global batch
     lr = cfg.base_lr * batch_size / 256
-    groups = param_groups(model, cfg.weight_decay, layer_decay(p.model.encoder_depth, cfg.layer_decay))
+    groups = param_groups(model, cfg.weight_decay, layer_decay(p.model.encoder_depth, cfg.layer_decay),
+                          FINETUNE_NO_DECAY)
     optimizer = adamw(groups, lr, device)
     steps = n // batch_size
     schedule = Schedule(cfg.epochs, steps, int(cfg.warmup_epochs * steps), lr, cfg.checkpoint_every)
@@ -79,7 +79,7 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
             "augment": torch.Generator(device=device).manual_seed(p.seed + 1)}
     settings = {k: v for k, v in as_dict(cfg).items() if k not in ("checkpoint_every", "compile", "processes")}
     key = fingerprint(p.seed, p.data, p.model, settings, load_meta(data_root).get("digest", ""),
-                      hf.digest(encoder_path))
+                      hf.weights_digest(encoder_path))
     state = Path(scratch) / key / "last.pt"
     trainer = Trainer(f"finetune {name}", "finetune", model, optimizer, schedule, device, amp_dtype, state, gens,
                       open_live(live_dir))
@@ -88,7 +88,7 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
 
     def step(idx: torch.Tensor, i: int, log: bool):
         boxes, flip = draw_crops(batch_size, cfg.min_crop_scale, gens["augment"], device)  # the global batch's
-        x = crop_and_flip_uint8(gather(images, idx[mine], device), boxes[mine], flip[mine], p.data.input_size)
+        x = crop_and_flip_uint8(select_rows(images, idx[mine], device), boxes[mine], flip[mine], p.data.input_size)
         logits = net(x)
         loss = F.cross_entropy(logits.float(), y_train[idx[mine].to(device)], label_smoothing=cfg.label_smoothing)
         return loss, ({"loss": loss.detach()} if log else {})

@@ -23,12 +23,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import ModelConfig, VariantConfig
-from .model import MaskedAutoencoderViT
-from .objectives import mask_ratio_at
-
-
-def visible_count(num_patches: int, mask_ratio: float) -> int:
-    return max(1, int(num_patches * (1 - mask_ratio)))  # what MaskedAutoencoderViT.random_masking keeps
+from .model import MaskedAutoencoderViT, visible_count
+from .recipes import mask_ratio_at, pretraining_terms
 
 
 def count_steps(model_cfg: ModelConfig, input_size: int, variant: VariantConfig, batch_size: int,
@@ -40,15 +36,14 @@ def count_steps(model_cfg: ModelConfig, input_size: int, variant: VariantConfig,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: one thread is faster, and spares a shared CPU
     with torch.random.fork_rng(devices=[]), sdpa_kernel(SDPBackend.MATH):
-        model = MaskedAutoencoderViT(model_cfg, input_size, lambda_freq=variant.lambda_freq,
-                                     lambda_unif=variant.lambda_unif)
+        model = MaskedAutoencoderViT(model_cfg, input_size)
         for b in (batch_size,) if direct else (2, 4):
             imgs = torch.zeros(b, 3, input_size, input_size)
             noise = torch.arange(b * num_patches, dtype=torch.float32).reshape(b, num_patches)
             for k in visible:
                 with FlopCounterMode(display=False) as counter:
-                    terms, _, _ = model(imgs, 1 - (k + 0.5) / num_patches, noise)  # a ratio that keeps k
-                    terms[0].backward()
+                    out = model(imgs, 1 - (k + 0.5) / num_patches, noise)  # a ratio that keeps k
+                    pretraining_terms(model, imgs, out, variant).total.backward()
                 model.zero_grad(set_to_none=True)
                 counts.setdefault(k, {})[b] = counter.get_total_flops()
     torch.set_num_threads(threads)
@@ -83,11 +78,18 @@ def schedule_flops(model_cfg: ModelConfig, input_size: int, variant: VariantConf
     return float(sum(n * per_step(k) for k, n in steps.items()))
 
 
+def pretraining_steps(p, variant_name: str, images: int) -> int:
+    """Steps of one variant's pre-training on `images` images. steps_factor: more (or fewer) steps at the same
+    schedule shape (warmup, cosine and curriculum stretched alike), e.g. to give the original the FLOPs the
+    improved recipe spends; the last epoch may be partial."""
+    steps_factor, cfg = p.variant(variant_name).steps_factor, p.pretrain
+    return max(1, round(steps_factor * cfg.epochs * (images // cfg.batch_size)))
+
+
 def pretraining_flops(p, variant_name: str, images: int) -> float:
     """FLOPs of one variant's whole pre-training on `images` images, as pretrain.py schedules it."""
-    variant, cfg = p.variant(variant_name), p.pretrain
-    steps = max(1, round(variant.steps_factor * cfg.epochs * (images // cfg.batch_size)))
-    return schedule_flops(p.model, p.data.input_size, variant, cfg.batch_size, steps)
+    steps = pretraining_steps(p, variant_name, images)
+    return schedule_flops(p.model, p.data.input_size, p.variant(variant_name), p.pretrain.batch_size, steps)
 
 
 if __name__ == "__main__":  # python -m mae_exp.flops PARAMS IMAGES: both variants, and the factor that equalises them

@@ -13,7 +13,6 @@ transformers default is 1e-12), written into config.json.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from .augment import MEAN, STD
+from . import checkpoints
 from .checkpoints import read_checkpoint, restore_hint
 from .config import ModelConfig
 from .files import atomic_write, save_json
@@ -131,6 +131,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, mask_ratio: float) -> Pa
 # --------------------------------------------------------------------------- import
 
 TABLES = ("encoder.pos_embed", "decoder_pos_embed")  # our fixed position buffers, checked on import
+READABLE = "expected a transformers ViTMAE folder, a facebookresearch/mae checkpoint or this project's checkpoint.pt"
 
 
 def read_weights(path: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:
@@ -140,11 +141,14 @@ def read_weights(path: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.Te
     if path.is_dir():
         return _from_hub(_read_folder(path), cfg, path), "transformers"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file or folder (expected a transformers ViTMAE folder, a "
-                                f"facebookresearch/mae checkpoint or this project's checkpoint.pt / encoder.pt)")
-    saved = _load(path)
-    if "model_state" in saved or "encoder_state" in saved:  # ours: read again with its digest checked
-        saved = read_checkpoint(path, restore_hint(path))
+        raise FileNotFoundError(f"{path}: no such file or folder ({READABLE})")
+    return weights_in(checkpoints.load_torch(path, READABLE), path, cfg)
+
+
+def weights_in(saved, path: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """read_weights of a file's content (checkpoints.load_torch's), its digest checked if it is ours."""
+    if checkpoints.is_ours(saved):
+        saved = checkpoints.verified(saved, path, restore_hint(path))
     if "model_state" in saved:
         return dict(saved["model_state"]), "this project's"
     if "encoder_state" in saved:
@@ -153,11 +157,6 @@ def read_weights(path: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.Te
         return _from_mae(saved["model"], cfg, path), "facebookresearch/mae"
     raise WeightsMismatch(f"{path}: not a checkpoint this project reads (no `model` state dict as "
                           f"facebookresearch/mae saves, no `model_state` / `encoder_state`)")
-
-
-def _load(path: Path) -> dict:
-    with torch.serialization.safe_globals([argparse.Namespace]):  # MAE's training checkpoints keep their args
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def hub_name(name: str) -> str:
@@ -203,33 +202,32 @@ def _no_leftovers(rest: dict, source: Path) -> None:
                               f"params.yaml describes (model.*: a deeper model, or another architecture)")
 
 
-def digest(path: str | Path) -> str:
-    """A short hash of the weights at `path` (a folder's model.safetensors, or the file): what keys resumable state."""
+def weights_digest(path: str | Path) -> str:
+    """A short hash of the bytes of the weights at `path` (a folder's model.safetensors, or the file): what keys
+    resumable state (not a checkpoint's content digest, checkpoints.content_digest)."""
     path = Path(path)
     return hashlib.sha256((path / WEIGHTS if path.is_dir() else path).read_bytes()).hexdigest()[:16]
 
 
-def is_foreign(path: str | Path) -> bool:
-    """A transformers folder or a facebookresearch/mae file, not this project's encoder.pt / checkpoint.pt."""
+def load_any_encoder(path: str | Path, p, drop_path: float = 0.0) -> ViTEncoder:
+    """Fine-tuning's start: this project's encoder.pt / checkpoint.pt (checkpoints.load_encoder: its digest and
+    model checked), or the encoder of a transformers folder or a facebookresearch/mae checkpoint at params.yaml's
+    sizes. The file is read once."""
     path = Path(path)
-    if path.is_dir() or not path.is_file():
-        return path.is_dir()
-    saved = _load(path)
-    return "encoder_state" not in saved and "model_state" not in saved
-
-
-def load_encoder(path: str | Path, p, drop_path: float = 0.0) -> ViTEncoder:
-    """The encoder of a transformers folder or a facebookresearch/mae checkpoint, at params.yaml's sizes."""
+    saved = None if path.is_dir() else checkpoints.load_torch(path, READABLE)
+    if checkpoints.is_ours(saved) and "encoder_state" in saved:
+        return checkpoints.load_encoder(path, p, drop_path, saved)
     encoder = ViTEncoder(p.model, p.data.input_size, drop_path=drop_path)
-    console.print(init_from(encoder, path, p.model), highlight=False)
+    console.print(init_from(encoder, path, p.model, saved), highlight=False)
     return encoder
 
 
-def init_from(module: nn.Module, path: str | Path, cfg: ModelConfig) -> str:
+def init_from(module: nn.Module, path: str | Path, cfg: ModelConfig, saved: dict | None = None) -> str:
     """Load `path`'s weights into a MaskedAutoencoderViT or a ViTEncoder built from params.yaml, checking every
     tensor, then the position tables; the first that is missing, extra or of another shape is named. A MAE
-    whose file has no decoder keeps its own. Returns a line saying what was loaded."""
-    weights, kind = read_weights(path, cfg)
+    whose file has no decoder keeps its own. `saved`: the file's content, read already (checkpoints.load_torch).
+    Returns a line saying what was loaded."""
+    weights, kind = read_weights(path, cfg) if saved is None else weights_in(saved, Path(path), cfg)
     whole = isinstance(module, MaskedAutoencoderViT)
     decoder_given = any(not k.startswith("encoder.") and k not in TABLES for k in weights)
     if not whole:  # an encoder alone

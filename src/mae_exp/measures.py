@@ -22,16 +22,20 @@ class Measure(NamedTuple):
     scale: float  # shown as value * scale (accuracy: fraction -> percent)
     decimals: int
     encoders: tuple[str, ...]  # which encoders have this measure
-    path: str  # metrics file of the DVC stage that writes it; {enc} = the encoder
+    path: str  # metrics file of the DVC stage that writes it, under metrics/; {enc} = the encoder
     key: str  # key in that file, nested keys joined by "."
     objective: tuple[str, ...]  # the variants whose pre-training loss contains it; () = neither
     study: bool  # compared over seeds by the study (test-set quality), not a validation or cost figure
 
+    def file(self, enc: str, metrics_dir: str = "metrics") -> str:
+        """Where encoder `enc`'s value lives: metrics/... as DVC names it, or under another `metrics_dir`."""
+        return f"{metrics_dir}/{self.path.format(enc=enc)}"
 
-PROBE = "metrics/linear_probe_{enc}/metrics.json"
-FINETUNE = "metrics/finetune_{enc}/metrics.json"
-VISUALIZE = "metrics/visualize/metrics.json"
-PRETRAIN = "metrics/pretrain_{enc}/metrics.json"
+
+PROBE = "linear_probe_{enc}/metrics.json"
+FINETUNE = "finetune_{enc}/metrics.json"
+VISUALIZE = "visualize/metrics.json"
+PRETRAIN = "pretrain_{enc}/metrics.json"
 # the probe stage's readouts: cls = the class token, mean = the mean of the patch tokens
 READOUTS = {"linear_cls": "linear probe cls", "linear_mean": "linear probe mean", "knn_cls": "kNN cls",
             "knn_mean": "kNN mean"}

@@ -3,19 +3,19 @@
 The encoder sees only the visible patches; a light decoder gets the encoded visible tokens plus a
 learned mask token at every masked position, both with fixed 2D sin-cos positions, and predicts the
 pixels of every patch. Methods follow the paper's order: patchify, random_masking, forward_encoder,
-forward_decoder, forward_loss. The improved recipe's two extra terms (objectives.py) are part of
-forward_loss, weighted by `lambda_freq` and `lambda_unif`; with both 0 this is the original MAE.
+forward_decoder, forward_loss, as in facebookresearch/mae's models_mae.py. The model computes MAE and
+its one loss, the masked-patch MSE; what a recipe adds to it (weights, extra terms, the mask-ratio
+schedule) is recipes.py's.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import objectives
 from .config import ModelConfig
 
 
@@ -129,12 +129,24 @@ class ViTEncoder(nn.Module):
         return tokens[:, 1:].mean(dim=1) if pooling == "mean" else tokens[:, 0]
 
 
+def visible_count(num_patches: int, mask_ratio: float) -> int:
+    """How many patches random_masking keeps at `mask_ratio` (at least one)."""
+    return max(1, int(num_patches * (1 - mask_ratio)))
+
+
+class Reconstruction(NamedTuple):
+    """What MaskedAutoencoderViT.forward returns (by name: a recipe reads `latent` too)."""
+
+    loss: torch.Tensor  # the masked-patch MSE against the (normalised) target, fp32
+    pred: torch.Tensor  # (B, L, p*p*C) predicted patches, in the target's space
+    mask: torch.Tensor  # (B, L), 1 = masked
+    latent: torch.Tensor  # (B, 1 + visible, D) encoder output, [cls] first
+
+
 class MaskedAutoencoderViT(nn.Module):
-    def __init__(self, cfg: ModelConfig, image_size: int, in_chans: int = 3, lambda_freq: float = 0.0,
-                 lambda_unif: float = 0.0):
+    def __init__(self, cfg: ModelConfig, image_size: int, in_chans: int = 3):
         super().__init__()
         self.cfg = cfg
-        self.lambda_freq, self.lambda_unif = lambda_freq, lambda_unif
         self.image_size = image_size
         self.patch_size = p = cfg.patch_size
         self.grid = image_size // p
@@ -200,7 +212,7 @@ class MaskedAutoencoderViT(nn.Module):
         restores the original order.
         """
         b, n, d = x.shape
-        keep = max(1, int(n * (1 - mask_ratio)))
+        keep = visible_count(n, mask_ratio)
         if noise is None:
             noise = torch.rand(b, n, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)
@@ -240,47 +252,21 @@ class MaskedAutoencoderViT(nn.Module):
         std = (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         return (target - mean) / std, mean, std
 
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, latent: torch.Tensor,
-                     monitor: bool = False, gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """(4,) [total, masked MSE, masked Laplacian L1, uniformity]; the total is what is minimised.
-
-        - MSE on the masked patches against per-patch normalised pixels (the target is computed once);
-        - lambda_freq x the Laplacian L1 on masked pixels of the reconstruction with the true visible patches
-          pasted in, as visualize scores it: a masked pixel beside a visible patch is compared through its
-          true neighbours, never through the decoder's unsupervised output there (which gets no gradient);
-        - lambda_unif x the uniformity of the mean-pooled encoder tokens over the rows `gather` returns (with
-          several processes the training step passes one that collects every process's rows, so the pairs
-          are the global batch's; None: this batch alone).
-        A term with weight 0 is computed only when `monitor` (for its curve), without a graph; otherwise it
-        is 0. Computed in fp32 whatever autocast the forward ran under.
-        """
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE on the masked patches against the target (per-patch normalised pixels with norm_pix_loss),
+        in fp32 whatever autocast the forward ran under."""
         with torch.autocast(imgs.device.type, enabled=False):
-            target, mean, std = self.target(imgs)
-            pred = pred.float()
-            per_patch = ((pred - target) ** 2).mean(dim=-1)
-            mse = (per_patch * mask).sum() / mask.sum()
-            zero = torch.zeros((), device=imgs.device)
-            freq = unif = zero
-            if self.lambda_freq > 0 or monitor:
-                with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_freq > 0):
-                    masked = mask[..., None].bool()
-                    pasted = self.unpatchify(torch.where(masked, pred * std + mean, self.patchify(imgs)))
-                    freq = objectives.masked_laplacian_l1(pasted, imgs, mask, self.patch_size)
-            if self.lambda_unif > 0 or monitor:
-                with torch.set_grad_enabled(torch.is_grad_enabled() and self.lambda_unif > 0):
-                    pooled = latent[:, 1:].float().mean(dim=1)
-                    unif = objectives.uniformity(gather(pooled) if gather is not None else pooled)
-            total = mse + self.lambda_freq * freq + self.lambda_unif * unif
-            return torch.stack([total, mse, freq, unif])
+            target, _, _ = self.target(imgs)
+            per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
+            return (per_patch * mask).sum() / mask.sum()
 
     def reconstruct(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """Predicted patches -> image in the input's space (undoing the per-patch normalisation)."""
         _, mean, std = self.target(imgs)
         return self.unpatchify(pred.float() * std + mean)
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
-                monitor: bool = False, gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """-> (loss terms as in forward_loss, predicted patches, patch mask with 1 = masked)."""
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+                ) -> Reconstruction:
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)
-        return self.forward_loss(imgs, pred, mask, latent, monitor, gather), pred, mask
+        return Reconstruction(self.forward_loss(imgs, pred, mask), pred, mask, latent)

@@ -1,6 +1,6 @@
-"""The training objectives and the mask-ratio schedule.
+"""The improved recipe's extra objectives, as pure maths (recipes.py weights them; visualize.py scores with them).
 
-Original MAE: masked-patch MSE (in the model). The improved variant adds, with weights from params:
+Original MAE: masked-patch MSE (in the model). The improved recipe adds (recipes.py):
   - a masked high-frequency loss: L1 between the Laplacian of the reconstruction and of the image,
     on masked pixels only, so the decoder is pushed towards sharp edges rather than blurry means;
   - the uniformity loss of Wang & Isola (2020) on L2-normalised pooled encoder tokens, which spreads
@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import VariantConfig
 
 def laplacian(imgs: torch.Tensor) -> torch.Tensor:
     """Per-channel 4-neighbour Laplacian, replicate-padded so borders do not light up.
@@ -50,12 +49,3 @@ def uniformity(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """
     z = F.normalize(embeddings.float(), dim=-1)
     return torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log()
-
-
-def mask_ratio_at(progress: float, variant: VariantConfig) -> float:
-    """Curriculum masking: linear from mask_ratio_start to mask_ratio over the first
-    `curriculum_fraction` of training (progress in [0, 1]), then constant."""
-    if variant.curriculum_fraction <= 0:
-        return variant.mask_ratio
-    ramp = min(1.0, max(0.0, progress / variant.curriculum_fraction))
-    return variant.mask_ratio_start + ramp * (variant.mask_ratio - variant.mask_ratio_start)

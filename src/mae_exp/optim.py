@@ -1,5 +1,6 @@
-"""Optimisation, as MAE does it: AdamW groups without decay on 1-D parameters, layer-wise lr decay for
-fine-tuning (`util/lr_decay.py`), and the per-step linear warmup + half-cosine (`util/lr_sched.py`)."""
+"""Optimisation, as MAE does it: AdamW weight-decay groups (pre-training: timm's `add_weight_decay`, as
+`main_pretrain.py` calls it; fine-tuning: `util/lr_decay.py`'s `param_groups_lrd`, with layer-wise lr decay),
+and the per-step linear warmup + half-cosine (`util/lr_sched.py`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def layer_decay(depth: int, decay: float):
     """Parameter name -> learning-rate factor, as MAE's `param_groups_lrd` assigns layers: the patch
     embedding and tokens are layer 0, block i is layer i + 1, everything after the blocks is depth + 1."""
     def scale(name: str) -> float:
-        if name.startswith(("encoder.cls_token", "encoder.pos_embed", "encoder.patch_embed")):
+        if name.startswith(("encoder.cls_token", "encoder.patch_embed")):  # pos_embed: a fixed buffer, not here
             layer = 0
         elif name.startswith("encoder.blocks."):
             layer = int(name.split(".")[2]) + 1
@@ -32,14 +33,20 @@ def layer_decay(depth: int, decay: float):
     return scale
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, layer_scale=None) -> list[dict]:
-    """No weight decay on biases, norms and tokens (1-D parameters), as in MAE; with `layer_scale`
-    (parameter name -> learning-rate factor, fine-tuning's layer-wise decay) one group per factor."""
+FINETUNE_NO_DECAY = ("encoder.cls_token",)  # MAE's VisionTransformer.no_weight_decay(), less pos_embed (a buffer)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, layer_scale=None, no_decay: tuple[str, ...] = ()
+                 ) -> list[dict]:
+    """AdamW groups. No weight decay on 1-D parameters (norms, biases), biases, and the names in `no_decay`.
+    Pre-training passes none, as MAE's `main_pretrain.py` (timm's `add_weight_decay`): its cls and mask
+    tokens ARE decayed. Fine-tuning passes FINETUNE_NO_DECAY and `layer_scale` (parameter name -> learning-
+    rate factor, the layer-wise decay), as MAE's `param_groups_lrd`: one group per (decay, factor)."""
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = 0.0 if p.ndim <= 1 or name.endswith("token") else weight_decay
+        decay = 0.0 if p.ndim <= 1 or name.endswith(".bias") or name in no_decay else weight_decay
         scale = layer_scale(name) if layer_scale else 1.0
         group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay, "lr_scale": scale})
         group["params"].append(p)

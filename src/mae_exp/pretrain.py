@@ -23,15 +23,13 @@ from .augment import crop_and_flip_uint8, draw_crops
 from .checkpoints import save_checkpoint
 from .config import Params, as_dict, fingerprint
 from .data.prepared import load_meta, pretraining_set
+from .flops import pretraining_steps, schedule_flops
 from .model import MaskedAutoencoderViT
-from .objectives import mask_ratio_at
-from .flops import schedule_flops
-from .progress import console
 from .optim import adamw, param_groups
-from .runtime import gather, open_live, resident_images, setup
+from .progress import console
+from .recipes import mask_ratio_at, pretraining_terms
+from .runtime import open_live, resident_images, select_rows, setup
 from .train import Schedule, Trainer
-
-TERMS = ("loss", "mse", "freq", "unif")  # what MaskedAutoencoderViT.forward_loss returns, in order
 
 
 @dataclass
@@ -46,7 +44,7 @@ def run_key(p: Params, variant: str, data_digest: str) -> str:
     # checkpoint frequency, compilation and the number of processes do not change what is learned
     # (processes: up to float reduction order, tests/test_distributed.py): a resume may alter them
     schedule = {k: v for k, v in as_dict(p.pretrain).items() if k not in ("checkpoint_every", "compile", "processes")}
-    start = hf.digest(p.pretrain.init_from) if p.pretrain.init_from else None  # the weights, not just their path
+    start = hf.weights_digest(p.pretrain.init_from) if p.pretrain.init_from else None  # the weights, not the path
     return fingerprint(p.seed, p.data, p.model, schedule, p.variant(variant), data_digest, *([start] if start else []))
 
 
@@ -60,8 +58,7 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
         raise ValueError(f"pretrain.batch_size ({cfg.batch_size}) is larger than the pre-training set ({described})")
     images = resident_images(images, device)
 
-    model = MaskedAutoencoderViT(p.model, p.data.input_size, lambda_freq=variant.lambda_freq,
-                                 lambda_unif=variant.lambda_unif).to(device)
+    model = MaskedAutoencoderViT(p.model, p.data.input_size).to(device)
     if cfg.init_from:  # instead of the seed's initialisation
         console.print(f"pretrain {variant_name}: {hf.init_from(model, cfg.init_from, p.model)}",
                       highlight=False)
@@ -72,9 +69,7 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     lr = cfg.base_lr * cfg.batch_size / 256  # batch_size is the global batch, whatever the number of processes
     optimizer = adamw(param_groups(model, cfg.weight_decay), lr, device)
     steps = n // cfg.batch_size
-    # steps_factor: more (or fewer) steps at the same schedule shape (warmup, cosine and curriculum stretched
-    # alike), e.g. to give the original the FLOPs the improved recipe spends; the last epoch may be partial
-    total = max(1, round(variant.steps_factor * cfg.epochs * steps))
+    total = pretraining_steps(p, variant_name, n)  # steps_factor stretches the schedule; the last epoch may be partial
     schedule = Schedule(math.ceil(total / steps), steps, int(cfg.warmup_epochs * steps * variant.steps_factor), lr,
                         cfg.checkpoint_every, total_steps=total)
     flops = schedule_flops(p.model, p.data.input_size, variant, cfg.batch_size, total)  # own inputs and rng
@@ -93,14 +88,14 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
         ratio = mask_ratio_at(i / schedule.total, variant)
         boxes, flip = draw_crops(cfg.batch_size, cfg.min_crop_scale, gens["augment"], device)
         noise = torch.rand(cfg.batch_size, model.num_patches, generator=gens["augment"], device=device)
-        x = crop_and_flip_uint8(gather(images, idx[mine], device), boxes[mine], flip[mine], p.data.input_size)
-        terms, _, _ = net(x, ratio, noise[mine], monitor=log, gather=distributed.gather_rows)
-        return terms[0], ({**dict(zip(TERMS, terms.detach())), "mask_ratio": ratio} if log else {})
+        x = crop_and_flip_uint8(select_rows(images, idx[mine], device), boxes[mine], flip[mine], p.data.input_size)
+        terms = pretraining_terms(model, x, net(x, ratio, noise[mine]), variant, monitor=log)
+        return terms.total, ({**terms.logged(), "mask_ratio": ratio} if log else {})
 
     history = trainer.fit(n, cfg.batch_size, step)
     final = history[-1]
-    summary = {"final": {k: final[k] for k in TERMS}, "epochs": cfg.epochs, "steps": total, "images": n,
-               "flops": flops, "wall_time_s": round(trainer.elapsed, 1),
+    summary = {"final": {k: final[k] for k in ("loss", "mse", "freq", "unif")}, "epochs": cfg.epochs, "steps": total,
+               "images": n, "flops": flops, "wall_time_s": round(trainer.elapsed, 1),
                "images_per_s": round(total * cfg.batch_size / trainer.elapsed, 1),
                "resumed_at_epoch": trainer.start_epoch}
     if distributed.is_rank0():

@@ -28,7 +28,7 @@ from .checkpoints import load_encoder
 from .config import Params
 from .data.prepared import labeled, load_meta
 from .distributed import describe
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, diverged
 from .model import ViTEncoder
 from .progress import console, progress
 from .optim import warmup_cosine
@@ -113,7 +113,7 @@ def train_heads(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, 
         # A diverged head would report chance accuracy as the encoder's. Cross-entropy starts near ln(classes)
         # (logits near 0) and only falls when the head learns: 100 times that is divergence, NaN or not.
         for name, train_loss in train_losses.items():
-            if not train_loss <= 100 * math.log(num_classes):
+            if diverged(train_loss, 100 * math.log(num_classes)):
                 raise TrainingDiverged(f"linear probe ({name} head): the training loss became {train_loss:.3g} in "
                                        f"epoch {epoch + 1} (from about {math.log(num_classes):.2f}); lower "
                                        f"linear_probe.lr (now {lr:g})")

@@ -33,9 +33,7 @@ def _get(d: dict, dotted: str):
 
 def collect(metrics_dir: str | Path) -> pd.DataFrame:
     """One row per encoder, one column per measure; a missing stage or key leaves NaN rather than failing."""
-    def file(m: Measure, name: str) -> Path:  # measures name their files as DVC does: metrics/...
-        return Path(metrics_dir) / Path(m.path.format(enc=name)).relative_to("metrics")
-    rows = {name: {col: (_get(_read(file(m, name)), m.key.format(enc=name))
+    rows = {name: {col: (_get(_read(Path(m.file(name, str(metrics_dir)))), m.key.format(enc=name))
                          if name in m.encoders else None) for col, m in MEASURES.items()} for name in ENCODERS}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("encoder").astype(float)
 
@@ -76,9 +74,9 @@ def _clean(d: dict) -> dict:
 def fmt(v, m: Measure, signed: bool = False) -> str:
     if pd.isna(v):
         return "–"
-    sign = "+" if signed else ""
+    sign, v = "+" if signed else "", v * m.scale  # accuracy: fraction -> percent (pp for a difference)
     if m.unit == "pp":
-        text = f"{v * 100:{sign}.1f}" + (" pp" if signed else "%")
+        text = f"{v:{sign}.{m.decimals}f}" + (" pp" if signed else "%")
     elif abs(v) >= 1e6:
         text = f"{v:{sign}.3g}"
     else:
@@ -118,8 +116,7 @@ def save_figure(table: pd.DataFrame, path: str | Path) -> None:
         values = table[col].dropna()
         if values.empty:  # e.g. FLOPs from a pre-training that did not count them
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-        scale = 100 if m.unit == "pp" else 1
-        bars = ax.bar(values.index, values.values * scale, color=[COLOURS[n] for n in values.index])
+        bars = ax.bar(values.index, values.values * m.scale, color=[COLOURS[n] for n in values.index])
         ax.bar_label(bars, labels=[fmt(v, m) for v in values.values], fontsize=7)
         whose_line = f"own objective: {whose(m)}" if m.objective else ""
         ax.set_title(f"{m.label}\n{'higher' if m.higher_better else 'lower'} is better"

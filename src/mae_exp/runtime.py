@@ -65,11 +65,11 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, d
     return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
 
 
-def gather(images, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+def select_rows(images, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Rows `idx` of a uint8 (N, H, W, 3) array or tensor, as a tensor on `device`."""
     if isinstance(images, torch.Tensor):
         if images.is_pinned() and device.type == "cuda":
-            # host-resident set: gather into pinned memory (the caching host allocator reuses it once
+            # host-resident set: copy the rows into pinned memory (the caching host allocator reuses it once
             # the copy is done), so the upload overlaps with the GPU's work on the previous step
             rows = torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype, pin_memory=True)
             return torch.index_select(images, 0, idx, out=rows).to(device, non_blocking=True)
@@ -84,7 +84,7 @@ def gather(images, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
 def eval_batch(images, idx: torch.Tensor, input_size: int, device: torch.device) -> torch.Tensor:
     """Evaluation's input (probe features, fine-tuning accuracy, reconstructions): rows `idx`, normalised
     and resized to `input_size`, no augmentation."""
-    return resize(to_float(gather(images, idx, device)), input_size)
+    return resize(to_float(select_rows(images, idx, device)), input_size)
 
 
 def resident_images(images, device: torch.device):

@@ -9,8 +9,9 @@ which is how fine-tuning applies MAE's layer-wise decay), the forward under auto
   pretrain.py); the state before it is kept as `prev.pt`. A run killed at any point restarts from it and
   draws exactly what the uninterrupted run would; a state that is unreadable or fails its digest is set
   aside (`*.corrupt`) with one line, and the run falls back to the previous state, or starts afresh;
-- a NaN guard: the loss is read on the host every LOG_EVERY steps (each read synchronises the device),
-  and a non-finite value stops the run with the keys to change;
+- a divergence guard (errors.diverged, the rule probe.py applies too): the loss is read on the host every
+  LOG_EVERY steps (each read synchronises the device), and a non-finite value stops the run with the keys
+  to change;
 - DVCLive (rank 0): every logged step's terms and learning rate, every epoch's `after_epoch` metrics;
 - Ctrl-C / SIGTERM: one line saying where it stopped and from where `dvc repro` resumes.
 
@@ -29,7 +30,7 @@ import torch
 
 from . import distributed
 from .checkpoints import CorruptCheckpoint, read_checkpoint, save_checkpoint
-from .errors import Interrupted, TrainingDiverged
+from .errors import Interrupted, TrainingDiverged, diverged
 from .progress import console, progress
 from .optim import warmup_cosine
 from .runtime import autocast, batches
@@ -201,7 +202,7 @@ class Trainer:
         names = list(terms)
         values = distributed.mean(torch.stack([torch.as_tensor(terms[k], device=self.device, dtype=torch.float32)
                                                for k in names])).tolist()
-        if not all(v == v and abs(v) != float("inf") for v in values):
+        if any(diverged(v) for v in values):
             kept = (f"the last checkpoint is kept at {self.state_path}" if self.state_path.exists()
                     else "no checkpoint was written yet")
             raise TrainingDiverged(

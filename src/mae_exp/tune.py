@@ -3,10 +3,11 @@
     python -m mae_exp.tune linear_probe --encoder original --lr 0.01 0.03 0.1 0.3
     python -m mae_exp.tune finetune --encoder original --base-lr 2e-3 4e-3 --layer-decay 0.65 0.75 --epochs 6 10
 
-Runs on the encoders `dvc repro` left in models/ and the prepared data, with params.yaml for everything
-not in the grid; every run trains on the train part and is scored on the validation part (data.val_fraction
-of the labeled train split). The test split is never read. Prints a table, best first, and appends the
-results to metrics/tuning.json (committed: the record of what was tried and what was chosen).
+Runs on the encoder and the prepared data that the stage being tuned reads (its paths in dvc.yaml, after
+`dvc repro`), with params.yaml for everything not in the grid; every run trains on the train part and is
+scored on the validation part (data.val_fraction of the labeled train split). The test split is never read.
+Prints a table, best first, and appends the results to metrics/tuning.json (committed: the record of what
+was tried and what was chosen).
 Tune on the original MAE's encoder (the default): the choice then favours neither the recipe under test
 nor the baseline.
 """
@@ -22,10 +23,9 @@ from pathlib import Path
 
 import torch
 
+from .cli import stage_paths
 from .config import ConfigError, load_params
 from .progress import console
-
-DATA = "data/prepared"
 
 
 def grid(**axes) -> list[dict]:
@@ -33,16 +33,16 @@ def grid(**axes) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
 
 
-def tune_linear_probe(p, encoder: str, points: list[dict]) -> list[dict]:
+def tune_linear_probe(p, encoder: str, points: list[dict], paths: dict[str, str], scratch: Path) -> list[dict]:
     """Both poolings' heads at every point (they train together), one row each."""
     from .data.prepared import labeled, load_meta
     from .checkpoints import load_encoder
     from .probe import accuracy, extract_features, train_heads
     from .runtime import setup
     device, amp_dtype = setup("auto", p.threads, p.seed)
-    model = load_encoder(f"models/{encoder}/encoder.pt", p).to(device)
-    parts = {part: labeled(DATA, part, p.data.val_fraction) for part in ("train", "val")}
-    classes = len(load_meta(DATA)["classes"])
+    model = load_encoder(paths["encoder"], p).to(device)
+    parts = {part: labeled(paths["data"], part, p.data.val_fraction) for part in ("train", "val")}
+    classes = len(load_meta(paths["data"])["classes"])
     x = {part: extract_features(model, s.images, p.data.input_size, device, amp_dtype, part)
          for part, s in parts.items()}
     y = {part: torch.from_numpy(s.labels).to(device) for part, s in parts.items()}
@@ -57,14 +57,13 @@ def tune_linear_probe(p, encoder: str, points: list[dict]) -> list[dict]:
     return rows
 
 
-def tune_finetune(p, encoder: str, points: list[dict]) -> list[dict]:
+def tune_finetune(p, encoder: str, points: list[dict], paths: dict[str, str], scratch: Path) -> list[dict]:
     from .finetune import finetune
     rows = []
     for point in points:
         q = p.model_copy(update={"finetune": p.finetune.model_copy(update=point)})
         t0 = time.perf_counter()
-        scratch = Path("scratch") / "tune"
-        result = finetune(q, f"models/{encoder}/encoder.pt", DATA, encoder, scratch / "live", scratch, test=False)
+        result = finetune(q, paths["encoder"], paths["data"], encoder, scratch / "live", scratch, test=False)
         curve = (scratch / "live" / "plots" / "metrics" / "val_top1.tsv").read_text().splitlines()[1:]  # DVCLive's
         rows.append({**point, "val_top1": result["val_top1"], "seconds": round(time.perf_counter() - t0, 1),
                      "val_curve": [round(float(line.split("\t")[1]), 4) for line in curve]})  # levelled off?
@@ -87,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     for s in (lp, ft):
         s.add_argument("--encoder", default="original", choices=["random", "original", "improved"])
         s.add_argument("--out", default="metrics/tuning.json")
+        s.add_argument("--scratch", default="scratch/tune", help="the runs' own resumable state and curves")
     a = ap.parse_args(argv)
     try:
         p = load_params("params.yaml")
     except ConfigError as e:
         console.print(f"[bold red]error:[/] {e}")
         return 2
-    skip = {"stage", "encoder", "out"}
+    skip = {"stage", "encoder", "out", "scratch"}
     axes = {k: v for k, v in vars(a).items() if k not in skip and v is not None}
     current = getattr(p, a.stage)
     points = grid(**axes) if axes else [{}]
@@ -103,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:  # pydantic's message names the field
             console.print(f"[bold red]error:[/] {a.stage} {point}: {' '.join(str(e).split())}")
             return 2
-    if not Path(f"models/{a.encoder}/encoder.pt").exists():
-        console.print(f"[bold red]error:[/] models/{a.encoder}/encoder.pt is missing: run `dvc repro` first")
+    paths = stage_paths(a.stage, a.encoder)  # what the stage reads, as dvc.yaml writes it
+    if not Path(paths["encoder"]).exists():
+        console.print(f"[bold red]error:[/] {paths['encoder']} is missing: run `dvc repro` first")
         return 1
     run = tune_linear_probe if a.stage == "linear_probe" else tune_finetune
-    rows = sorted(run(p, a.encoder, points), key=lambda r: -r["val_top1"])
+    rows = sorted(run(p, a.encoder, points, paths, Path(a.scratch)), key=lambda r: -r["val_top1"])
     from rich.table import Table
     table = Table(title=f"{a.stage} on the validation split ({a.encoder} encoder), best first")
     shown = [k for k in rows[0] if k != "val_curve"]
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     out = Path(a.out)
     record = json.loads(out.read_text()) if out.exists() else []
-    record.append({"stage": a.stage, "encoder": a.encoder, "seed": p.seed, "command": "python -m mae_exp.tune " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = "python -m mae_exp.tune " + " ".join(argv if argv is not None else sys.argv[1:])
+    record.append({"stage": a.stage, "encoder": a.encoder, "seed": p.seed, "command": command,
                    "fixed": current.model_dump(), "results": rows})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")

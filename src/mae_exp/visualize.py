@@ -33,11 +33,11 @@ from .runtime import batches, eval_batch, open_live, setup
 def reconstruct(model: MaskedAutoencoderViT, x: torch.Tensor, noise: torch.Tensor, mask_ratio: float):
     """-> (reconstruction with visible patches pasted back, in [0, 1] space; pixel mask; patch mask;
     the masked-patch MSE against the normalised target, the pre-training objective)."""
-    terms, pred, mask = model(x, mask_ratio, noise=noise)
-    pixel_mask = patch_mask_to_pixels(mask, model.grid, model.patch_size)
-    recon = to_unit(model.reconstruct(x, pred))
+    out = model(x, mask_ratio, noise=noise)
+    pixel_mask = patch_mask_to_pixels(out.mask, model.grid, model.patch_size)
+    recon = to_unit(model.reconstruct(x, out.pred))
     image = to_unit(x)
-    return image * (1 - pixel_mask) + recon * pixel_mask, pixel_mask, mask, terms[1]
+    return image * (1 - pixel_mask) + recon * pixel_mask, pixel_mask, out.mask, out.loss
 
 
 def grid_indices(labels, count: int, seed: int) -> list[int]:

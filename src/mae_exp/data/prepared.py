@@ -10,7 +10,7 @@ A directory (one DVC output):
 Writing: a source fills each split chunk by chunk through an ImageSink into `<out>.partial/`, which is
 renamed to `<out>` only when complete, so a half-written dataset never replaces a good one.
 Reading: `load_split` memory-maps a stored split; `labeled` gives the train / val / test parts of the
-probe and fine-tuning; `pretrain_images` the splits MAE pre-trains on, as one array without a copy.
+probe and fine-tuning; `pretraining_set` the splits MAE pre-trains on, as one array without a copy.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 SPLITS = ("unlabeled", "train", "test")
 LABELED = ("train", "test")
-PARTS = ("train", "val", "test")  # what `labeled` serves: val is held out of the stored train split
+LABELED_PARTS = ("train", "val", "test")  # what `labeled` serves: val is held out of the stored train split
 VAL_SEED = 0  # fixed, not the run's seed: every run validates on the same images
 
 
@@ -125,17 +125,15 @@ def validation_mask(labels: np.ndarray, val_fraction: float) -> np.ndarray:
 
 def labeled(root: str | Path, part: str, val_fraction: float) -> Split:
     """`train`, `val` (a stratified `val_fraction` of the stored train split) or `test` (the stored one)."""
-    if part not in PARTS:
-        raise ValueError(f"unknown labeled part {part!r}: expected one of {', '.join(PARTS)}")
-    if not 0 < val_fraction <= 0.5:
-        raise ValueError(f"data.val_fraction must lie in (0, 0.5], got {val_fraction}")
+    if part not in LABELED_PARTS:  # val_fraction's range is config.py's (DataConfig)
+        raise ValueError(f"unknown labeled part {part!r}: expected one of {', '.join(LABELED_PARTS)}")
     if part == "test":
         return load_split(root, "test")
     stored = load_split(root, "train")
     val = validation_mask(stored.labels, val_fraction)
     if not val.any() and np.bincount(stored.labels).max() < 2:  # each class keeps one image for training
-        raise ValueError(f"every class has a single train image, which training keeps, so no validation image "
-                         f"can be held out: add train images")
+        raise ValueError("every class has a single train image, which training keeps, so no validation image "
+                         "can be held out: add train images")
     if not val.any():
         raise ValueError(f"data.val_fraction ({val_fraction}) of the {len(val)} train images holds out no "
                          f"image in any class: raise data.val_fraction or add train images")
@@ -143,18 +141,11 @@ def labeled(root: str | Path, part: str, val_fraction: float) -> Split:
     return Split(ImageRows([stored.images], [rows]), stored.labels[rows])
 
 
-def pretrain_images(root: str | Path, splits) -> np.ndarray | ImageRows:
-    """The stored `splits` (data.pretrain_splits) as one array: the memory map itself when only one split
-    holds images, else a view over their memory maps (nothing is copied)."""
-    return pretraining_set(root, splits)[0]
-
-
 def pretraining_set(root: str | Path, splits) -> tuple[np.ndarray | ImageRows, str]:
-    """pretrain_images and the line that says what they are, e.g.
-    `pre-training on 11,000 images (unlabeled 8,000 + train 3,000)`."""
+    """The stored `splits` (data.pretrain_splits, checked by config.py) as one array: the memory map itself
+    when only one split holds images, else a view over their memory maps (nothing is copied); and the line
+    that says what they are, e.g. `pre-training on 11,000 images (unlabeled 8,000 + train 3,000)`."""
     splits = tuple(splits)
-    if not splits or not set(splits) <= {"unlabeled", "train"}:
-        raise ValueError(f"data.pretrain_splits must name unlabeled and/or train, got {list(splits)}")
     arrays = {split: load_split(root, split).images for split in splits}
     sizes = " + ".join(f"{split} {len(a):,}" for split, a in arrays.items())
     held = [a for a in arrays.values() if len(a)]

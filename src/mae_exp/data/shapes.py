@@ -26,7 +26,7 @@ SHAPE_CLASSES = ("house", "tree", "mushroom", "snowman", "car", "dumbbell", "lol
 # object's own frame, u to the right and v down, both in [-1, 1]. Kinds: E ellipse, R rectangle, H upper half
 # of an ellipse, T triangle pointing up, L triangle pointing left. Classes share their parts (disks, bars,
 # boxes): what tells them apart is how the parts are laid out.
-PARTS = {
+SHAPE_PARTS = {
     "house": [("R", 0, 0.4, 0.6, 0.5), ("T", 0, -0.5, 0.75, 0.4)],
     "tree": [("R", 0, 0.55, 0.12, 0.4), ("E", 0, -0.25, 0.65, 0.6)],
     "mushroom": [("H", 0, 0.05, 0.9, 0.75), ("R", 0, 0.45, 0.22, 0.42)],
@@ -112,8 +112,8 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
     for cls in labels.unique().tolist():
         idx = (labels == cls).nonzero().flatten()
         k, sub = len(idx), img[idx]
-        for kind, pcx, pcy, a, b in PARTS[SHAPE_CLASSES[cls]]:
-            def jitter(): return 1 + 0.12 * (rand(k, 1, 1) * 2 - 1)  # every part's size and place vary a little
+        for kind, pcx, pcy, a, b in SHAPE_PARTS[SHAPE_CLASSES[cls]]:
+            def jitter(): return 1 + 0.12 * (rand(k, 1, 1) * 2 - 1)  # noqa: B023 (called now) every part's size and place vary a little
             inside = _part(kind, u[idx], v[idx], pcx + 0.12 * (rand(k, 1, 1) - 0.5),
                            pcy + 0.12 * (rand(k, 1, 1) - 0.5), a * jitter(), b * jitter()).float()[:, None]
             colour = torch.where(one_colour[idx, None, None, None], base[idx], rand(k, 3, 1, 1))

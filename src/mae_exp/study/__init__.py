@@ -3,7 +3,8 @@
     python -m mae_exp.study queue [--seeds 42 43] [--ablations all laplacian_only] [-j N] [--no-start] [--force]
     python -m mae_exp.study report [--rev REV] [--from-csv FILE]
 
-- `metrics.py`: the four metrics compared, how each is shown and where each experiment's value is.
+- `metrics.py`: the metrics compared (every test-set row of measures.py), how each is shown and
+  where each experiment's value is.
 - `stats.py`: mean ± std over seeds and paired differences with Student-t intervals; pure functions of a
   DataFrame with one row per experiment, so they are tested on constructed results.
 - `results.py`: DVC's experiments (`dvc.api.exp_show` rows) -> that DataFrame, recognising each study

@@ -112,7 +112,7 @@ def metric_values(row: dict) -> dict[str, float]:
     values = {}
     for metric, m in {**METRICS, **COSTS}.items():
         for enc in m.encoders:
-            v = cell(row, m.path.format(enc=enc), m.key.format(enc=enc))
+            v = cell(row, m.file(enc), m.key.format(enc=enc))
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             values[f"{metric}_{enc}"] = float(v) if number else math.nan
     return values
