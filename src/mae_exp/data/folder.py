@@ -120,7 +120,7 @@ def prepare_folder(cfg: DataConfig, out: str | Path) -> Path:
         check_kept_out_of_git(root)
     layout = folder_layout(root)
     skipped: list[Path] = []
-    with PreparedWriter(out) as writer, progress() as bar:
+    with PreparedWriter(out, cfg.val_fraction) as writer, progress() as bar:
         for split in SPLITS:
             files, labels = layout[split]
             kept, bad = _write_folder_split(writer, split, files, labels, cfg.image_size, cfg.skip_bad_files, bar)

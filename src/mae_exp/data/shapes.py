@@ -128,7 +128,7 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
 
 def generate_shapes(cfg: DataConfig, seed: int, out: str | Path, chunk: int = 1024) -> Path:
     sizes = {"unlabeled": cfg.shapes.unlabeled, "train": cfg.shapes.train, "test": cfg.shapes.test}
-    with PreparedWriter(out) as writer, progress() as bar:
+    with PreparedWriter(out, cfg.val_fraction) as writer, progress() as bar:
         task = bar.add_task("generating shapes", total=sum(sizes.values()))
         for split_index, split in enumerate(SPLITS):
             n = sizes[split]

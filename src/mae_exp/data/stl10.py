@@ -182,12 +182,12 @@ def _read_exactly(f, n: int, what: str) -> bytes:
 
 
 def extract_stl10(archive: Path, image_size: int, out: str | Path, chunk: int = 1024,
-                  md5_checked: bool = True) -> Path:
+                  md5_checked: bool = True, val_fraction: float | None = None) -> Path:
     """One streaming pass over the .tar.gz: images go straight into the prepared splits."""
     labels: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     classes: list[str] | None = None
-    with PreparedWriter(out) as writer:
+    with PreparedWriter(out, val_fraction) as writer:
         try:
             with tarfile.open(archive, mode="r|gz") as tar, progress() as bar:
                 for member in tar:
@@ -245,6 +245,6 @@ def prepare_stl10(cfg: DataConfig, out: str | Path, *, url: str | None = None, m
     root = Path(cfg.root)
     checked = cfg.verify_md5 or not (root / STL10_ARCHIVE).exists()  # a download is always verified
     archive = fetch_stl10(root, verify_md5=cfg.verify_md5, url=url, md5=md5, **download_kw)
-    return extract_stl10(archive, cfg.image_size, out, md5_checked=checked)
+    return extract_stl10(archive, cfg.image_size, out, md5_checked=checked, val_fraction=cfg.val_fraction)
 
 
