@@ -186,7 +186,7 @@ class PreparedWriter:
 
     def __init__(self, out: str | Path, val_fraction: float | None = None):
         self.out = Path(out)
-        self.val_fraction = val_fraction  # given: the train labels must leave a validation split (holdout)
+        self.val_fraction = val_fraction  # given (the download stage): train labels must leave a validation split
         self.tmp = self.out.with_name(self.out.name + ".partial")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)

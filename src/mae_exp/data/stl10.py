@@ -240,11 +240,11 @@ def _check_stl10(archive: Path, counts: dict, labels: dict, classes: list[str] |
 
 
 def prepare_stl10(cfg: DataConfig, out: str | Path, *, url: str | None = None, md5: str | None = None,
-                  **download_kw) -> Path:
+                  val_fraction: float | None = None, **download_kw) -> Path:
     """data.source: stl10 -> the archive under data.root (downloaded if absent) -> the prepared splits."""
     root = Path(cfg.root)
     checked = cfg.verify_md5 or not (root / STL10_ARCHIVE).exists()  # a download is always verified
     archive = fetch_stl10(root, verify_md5=cfg.verify_md5, url=url, md5=md5, **download_kw)
-    return extract_stl10(archive, cfg.image_size, out, md5_checked=checked, val_fraction=cfg.val_fraction)
+    return extract_stl10(archive, cfg.image_size, out, md5_checked=checked, val_fraction=val_fraction)
 
 
