@@ -401,7 +401,8 @@ def folder_repo(tmp_path: Path, root) -> Path:
     """A scratch repository whose params say data.source: folder, data.root: `root`."""
     repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(source="folder", root=str(root))
+    # val_fraction 0.5: make_folder's 3 cat + 2 dog train images then leave a validation split, which download checks
+    params["data"].update(source="folder", root=str(root), val_fraction=0.5)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     return repo
 

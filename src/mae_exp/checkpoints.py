@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
+import yaml
 
 from .config import ModelConfig, Params
 from .files import save_torch
@@ -49,22 +55,49 @@ def content_digest(obj) -> str:
     return h.hexdigest()
 
 
+def _holds_tensor(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, dict):
+        return any(_holds_tensor(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return any(_holds_tensor(v) for v in x)
+    return False
+
+
+def canonical(obj: dict) -> dict:
+    """`obj` with its values that hold no tensor (history rows, config) passed through one JSON round trip.
+    Pickle writes a string once and refers back to it when the same object recurs, so rows restored from a
+    resumable state (their own key strings) next to rows made since (the code's) gave other bytes than an
+    uninterrupted run's; after the round trip the same content is the same objects, whatever led to it."""
+    plain = json.loads(json.dumps({k: v for k, v in obj.items() if not _holds_tensor(v)}))
+    return {k: v if _holds_tensor(v) else plain[k] for k, v in obj.items()}  # the order kept
+
+
 def save_checkpoint(obj: dict, path: str | Path) -> Path:
     """Write `obj` and its digest atomically, with the same bytes for the same content (files.save_torch)."""
+    obj = canonical(obj)
     return save_torch({**obj, DIGEST: content_digest(obj)}, path)
 
 
-def load_torch(path: str | Path, fix: str) -> dict:
+Fix = str | Callable[[], str]  # what restores a file; a callable is asked only once the file failed
+
+
+def _said(fix: Fix) -> str:
+    return fix() if callable(fix) else fix
+
+
+def load_torch(path: str | Path, fix: Fix) -> dict:
     """A torch file's content, unchecked: ours, or another's (facebookresearch/mae's keep their argparse args)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {fix}")
+        raise FileNotFoundError(f"{path} not found: {_said(fix)}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, emptied or scrambled: torch raises many kinds
         reason = " ".join(str(e).split())[:120] or type(e).__name__
-        raise CorruptCheckpoint(f"{path} cannot be read ({reason}): {fix}") from None
+        raise CorruptCheckpoint(f"{path} cannot be read ({reason}): {_said(fix)}") from None
 
 
 def is_ours(saved) -> bool:
@@ -72,34 +105,71 @@ def is_ours(saved) -> bool:
     return isinstance(saved, dict) and DIGEST in saved
 
 
-def verified(saved, path: str | Path, fix: str) -> dict:
+def verified(saved, path: str | Path, fix: Fix) -> dict:
     """`saved` (load_torch's) without its digest, once the digest matches the content."""
     if not is_ours(saved):
-        raise CorruptCheckpoint(f"{path} carries no digest (not written by this project's code): {fix}")
+        raise CorruptCheckpoint(f"{path} carries no digest (not written by this project's code): {_said(fix)}")
     saved = dict(saved)
     recorded = saved.pop(DIGEST)
     if content_digest(saved) != recorded:
-        raise CorruptCheckpoint(f"{path} is corrupt: its content does not match the digest written with it: {fix}")
+        raise CorruptCheckpoint(f"{path} is corrupt: its content does not match the digest written with it: "
+                                f"{_said(fix)}")
     return saved
 
 
-def read_checkpoint(path: str | Path, fix: str) -> dict:
-    """The content of a checkpoint written by save_checkpoint, its digest checked; `fix` says what restores it."""
+def read_checkpoint(path: str | Path, fix: Fix) -> dict:
+    """The content of a checkpoint written by save_checkpoint, its digest checked; `fix` says what restores it
+    (a callable: asked only when the file fails)."""
     return verified(load_torch(path, fix), path, fix)
 
 
+def _file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_copy(path: str | Path) -> Path | None:
+    """The object in DVC's cache that dvc.lock records for `path` (None: no record), through the `dvc` CLI
+    and DVC's layout `<cache>/files/md5/<2 hex>/<30 hex>` (its name is its md5)."""
+    path, lock = Path(os.path.relpath(path)), Path("dvc.lock")
+    if not lock.is_file():
+        return None
+    outs = [o for s in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values() for o in s.get("outs", [])]
+    recorded = next((o.get("md5") for o in outs if Path(o["path"]) == path), None)
+    dvc = Path(sys.executable).with_name("dvc")
+    try:
+        cache = subprocess.run([str(dvc) if dvc.exists() else "dvc", "cache", "dir"], capture_output=True,
+                               text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        cache = ""
+    if not recorded or not cache:
+        return None
+    return Path(os.path.relpath(Path(cache) / "files" / "md5" / recorded[:2] / recorded[2:]))
+
+
 def restore_hint(path: str | Path) -> str:
-    """How to get a pipeline checkpoint back: models/<name>/... is written by init_random or pretrain_<name>."""
+    """How to get a pipeline checkpoint back: models/<name>/... is written by init_random or pretrain_<name>.
+    Asked once the file failed: the commands depend on what DVC's cache holds for it."""
     path = Path(path)
     stage = "init_random" if path.parent.name == "random" else f"pretrain_{path.parent.name}"
-    return (f"`dvc checkout --force {path.as_posix()}` restores the copy DVC cached, "
-            f"`dvc repro --force {stage}` writes it again")
+    repro = f"`dvc repro --force {stage}` writes it again"
+    cached = cached_copy(path)
+    if cached is not None and not cached.is_file():
+        return f"`dvc pull {path.as_posix()}` fetches it from the DVC remote, {repro}"
+    if cached is not None and _file_md5(cached) != cached.parent.name + cached.name:  # a pull without `verify`
+        return (f"DVC's cached copy is corrupt too: `rm -f {cached.as_posix()}` drops it, then {repro} "
+                f"(or `dvc pull {path.as_posix()}` from a remote that holds a good copy)")
+    return f"`dvc checkout --force {path.as_posix()}` restores the copy DVC cached, {repro}"
 
 
 def _read_model(path: str | Path, p: Params, state_key: str, saved: dict | None = None) -> tuple[dict, ModelConfig]:
     """A pipeline checkpoint (read now, or `saved` as load_torch read it), checked against its digest and
     against the model params.yaml asks for."""
-    saved = verified(load_torch(path, restore_hint(path)) if saved is None else saved, path, restore_hint(path))
+    fix = lambda: restore_hint(path)  # noqa: E731 (asked only once the file failed: it may ask DVC)
+    saved = verified(load_torch(path, fix) if saved is None else saved, path, fix)
     if state_key not in saved:
         raise CorruptCheckpoint(f"{path} holds no {state_key} (keys: {', '.join(saved)}): {restore_hint(path)}")
     cfg = ModelConfig(**saved["model"])

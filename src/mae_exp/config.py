@@ -253,6 +253,9 @@ class Params(Section):
             train, test = self.data.shapes.train, self.data.shapes.test
             _check(self.finetune.batch_size <= train, f"finetune.batch_size ({self.finetune.batch_size}) must "
                                                       f"not exceed data.shapes.train ({train})")
+            for key in ("batch_size", "knn_k"):
+                value = getattr(self.linear_probe, key)
+                _check(value <= train, f"linear_probe.{key} ({value}) must not exceed data.shapes.train ({train})")
             _check(self.visualize.eval_images <= test, f"visualize.eval_images ({self.visualize.eval_images}) "
                                                        f"must not exceed data.shapes.test ({test})")
             pretraining = sum(getattr(self.data.shapes, split) for split in self.data.pretrain_splits)
@@ -353,10 +356,25 @@ def parse_params(raw: dict) -> Params:
         raise ConfigError(_describe(e, Params)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error (PyYAML keeps the last value silently;
+    DVC refuses the file, so a stage run by hand must too)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice in one section (line {key_node.start_mark.line + 1}): "
+                                  f"keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
-        return parse_params(yaml.safe_load(path.read_text()))
+        return parse_params(yaml.load(path.read_text(), Loader=_UniqueKeyLoader))
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: run the stage from the repository root") from None
     except yaml.YAMLError as e:

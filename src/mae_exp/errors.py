@@ -4,6 +4,7 @@ ConfigError, for params.yaml, lives in config.py; a bad input file or value rais
 
 import errno
 import math
+from contextlib import contextmanager
 
 
 class TrainingDiverged(RuntimeError):
@@ -31,6 +32,21 @@ def out_of_space(e: BaseException | None) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+@contextmanager
+def names_full_disk(path, left: str = ""):
+    """A full disk inside the block (a write outside files.atomic_write: DVCLive's files, download's arrays)
+    becomes DiskFull naming `path`; `left` says what was kept."""
+    try:
+        yield
+    except DiskFull:
+        raise  # named already, by the innermost block
+    except Exception as e:
+        if not out_of_space(e):
+            raise
+        raise DiskFull(f"no space left on device while writing {path}{left}: free some space, then `dvc repro` "
+                       f"runs the stage again") from None
 
 
 class DistributedError(RuntimeError):

@@ -118,7 +118,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, mask_ratio: float) -> Pa
     """A pre-training checkpoint.pt -> out_dir/{config.json, model.safetensors, preprocessor_config.json}."""
     from safetensors.torch import save_file
 
-    saved = read_checkpoint(checkpoint, restore_hint(checkpoint))  # its digest checked
+    saved = read_checkpoint(checkpoint, lambda: restore_hint(checkpoint))  # its digest checked
     cfg, size = ModelConfig(**saved["model"]), saved["input_size"]
     out = Path(out_dir)
     tensors = to_hf_state(saved["model_state"], cfg, size)
@@ -148,7 +148,7 @@ def read_weights(path: str | Path, cfg: ModelConfig) -> tuple[dict[str, torch.Te
 def weights_in(saved, path: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], str]:
     """read_weights of a file's content (checkpoints.load_torch's), its digest checked if it is ours."""
     if checkpoints.is_ours(saved):
-        saved = checkpoints.verified(saved, path, restore_hint(path))
+        saved = checkpoints.verified(saved, path, lambda: restore_hint(path))
     if "model_state" in saved:
         return dict(saved["model_state"]), "this project's"
     if "encoder_state" in saved:

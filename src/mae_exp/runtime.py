@@ -13,6 +13,7 @@ import torch
 
 from . import distributed
 from .augment import resize, to_float
+from .errors import names_full_disk
 
 
 def setup(precision: str, threads: int, seed: int) -> tuple[torch.device, torch.dtype | None]:
@@ -48,14 +49,26 @@ def open_live(directory: str | Path):
     final = Path(directory)  # metrics/<name>
     staging = final.parent.parent / "scratch" / "live" / final.name
 
-    class StagedLive(Live):
+    class StagedLive(Live):  # each write names its file when the disk is full (DVCLive's OSError names none)
+        def log_metric(self, name, val, *args, **kwargs):
+            with names_full_disk(Path(self.plots_dir) / "metrics" / f"{name}.tsv", KEPT):
+                super().log_metric(name, val, *args, **kwargs)
+
+        def make_summary(self) -> None:
+            with names_full_disk(self.metrics_file, KEPT):
+                super().make_summary()
+
         def end(self) -> None:
-            super().end()
+            with names_full_disk(self.dir, KEPT):
+                super().end()
             if final.exists():
                 shutil.rmtree(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, final)
-    return StagedLive(str(staging), dvcyaml=False, save_dvc_exp=False, report=None)
+
+    KEPT = f" ({final} was left as it was)"
+    with names_full_disk(staging, KEPT):
+        return StagedLive(str(staging), dvcyaml=False, save_dvc_exp=False, report=None)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = True):

@@ -72,6 +72,7 @@ class Trainer:
         self.logged: list[dict] = []  # every row given to DVCLive, replayed after a resume
         self.start_epoch, self.elapsed = 0, 0.0
         self.saved_epoch = 0  # epoch of the resumable state on disk (0: none)
+        self.resumed_from: Path | None = None  # last.pt, or prev.pt when last.pt was set aside
 
     # ------------------------------------------------------------------ resumable state
 
@@ -80,7 +81,7 @@ class Trainer:
         self._drop_other_states()
         if self.restore():
             console.print(f"[green]resuming {self.name} from epoch {self.start_epoch + 1}/{self.schedule.epochs}[/] "
-                          f"({self.state_path})", highlight=False)
+                          f"({self.resumed_from})", highlight=False, soft_wrap=True)
         else:
             console.print(f"{self.name}: {description}", highlight=False, soft_wrap=True)
 
@@ -106,7 +107,9 @@ class Trainer:
             if not path.exists():
                 continue
             try:
-                return read_checkpoint(path, "set aside")
+                state = read_checkpoint(path, "set aside")
+                self.resumed_from = path
+                return state
             except CorruptCheckpoint as e:
                 path.replace(path.with_name(path.name + ".corrupt"))  # kept to inspect, out of the way
                 fallback = "the previous state" if path == self.state_path else "a fresh start"

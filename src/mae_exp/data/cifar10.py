@@ -105,10 +105,10 @@ def _batch(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str, classes: i
 
 
 def extract_cifar10(archive: Path, image_size: int, out: str | Path, chunk: int = 1024,
-                    md5_checked: bool = True) -> Path:
+                    md5_checked: bool = True, val_fraction: float | None = None) -> Path:
     """The archive's batches -> the prepared splits: train from data_batch_1..5 in order, test from test_batch,
     an empty unlabeled split. One batch (30 MB) is in memory at a time."""
-    with PreparedWriter(out) as writer:
+    with PreparedWriter(out, val_fraction) as writer:
         try:
             with tarfile.open(archive, mode="r:gz") as tar:
                 members = {PurePosixPath(m.name).name: m for m in tar.getmembers() if m.isfile()}
@@ -143,9 +143,9 @@ def extract_cifar10(archive: Path, image_size: int, out: str | Path, chunk: int 
 
 
 def prepare_cifar10(cfg: DataConfig, out: str | Path, *, url: str | None = None, md5: str | None = None,
-                    **download_kw) -> Path:
+                    val_fraction: float | None = None, **download_kw) -> Path:
     """data.source: cifar10 -> the archive under data.root (downloaded if absent) -> the prepared splits."""
     root = Path(cfg.root)
     checked = cfg.verify_md5 or not (root / CIFAR10_ARCHIVE).exists()  # a download is always verified
     archive = fetch_cifar10(root, verify_md5=cfg.verify_md5, url=url, md5=md5, **download_kw)
-    return extract_cifar10(archive, cfg.image_size, out, md5_checked=checked)
+    return extract_cifar10(archive, cfg.image_size, out, md5_checked=checked, val_fraction=val_fraction)

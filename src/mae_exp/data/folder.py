@@ -113,14 +113,14 @@ def _write_folder_split(writer, split: str, files: list[Path], labels: list[int]
     return np.asarray(kept_labels, dtype=np.int64), skipped
 
 
-def prepare_folder(cfg: DataConfig, out: str | Path) -> Path:
+def prepare_folder(cfg: DataConfig, out: str | Path, val_fraction: float | None = None) -> Path:
     """data.source: folder -> the prepared splits; class names are the train folder names, sorted."""
     root = Path(cfg.root)
     if root.is_dir():
         check_kept_out_of_git(root)
     layout = folder_layout(root)
     skipped: list[Path] = []
-    with PreparedWriter(out) as writer, progress() as bar:
+    with PreparedWriter(out, val_fraction) as writer, progress() as bar:
         for split in SPLITS:
             files, labels = layout[split]
             kept, bad = _write_folder_split(writer, split, files, labels, cfg.image_size, cfg.skip_bad_files, bar)

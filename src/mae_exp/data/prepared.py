@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import names_full_disk
+
 SPLITS = ("unlabeled", "train", "test")
 LABELED = ("train", "test")
 LABELED_PARTS = ("train", "val", "test")  # what `labeled` serves: val is held out of the stored train split
@@ -123,6 +125,18 @@ def validation_mask(labels: np.ndarray, val_fraction: float) -> np.ndarray:
     return val
 
 
+def holdout(labels: np.ndarray, val_fraction: float) -> np.ndarray:
+    """validation_mask, refused when it holds out nothing (download checks it too, before any training)."""
+    val = validation_mask(labels, val_fraction)
+    if not val.any() and np.bincount(labels).max() < 2:  # each class keeps one image for training
+        raise ValueError("every class has a single train image, which training keeps, so no validation image "
+                         "can be held out: add train images")
+    if not val.any():
+        raise ValueError(f"data.val_fraction ({val_fraction}) of the {len(val)} train images holds out no "
+                         f"image in any class: raise data.val_fraction or add train images")
+    return val
+
+
 def labeled(root: str | Path, part: str, val_fraction: float) -> Split:
     """`train`, `val` (a stratified `val_fraction` of the stored train split) or `test` (the stored one)."""
     if part not in LABELED_PARTS:  # val_fraction's range is config.py's (DataConfig)
@@ -130,13 +144,7 @@ def labeled(root: str | Path, part: str, val_fraction: float) -> Split:
     if part == "test":
         return load_split(root, "test")
     stored = load_split(root, "train")
-    val = validation_mask(stored.labels, val_fraction)
-    if not val.any() and np.bincount(stored.labels).max() < 2:  # each class keeps one image for training
-        raise ValueError("every class has a single train image, which training keeps, so no validation image "
-                         "can be held out: add train images")
-    if not val.any():
-        raise ValueError(f"data.val_fraction ({val_fraction}) of the {len(val)} train images holds out no "
-                         f"image in any class: raise data.val_fraction or add train images")
+    val = holdout(stored.labels, val_fraction)
     rows = np.flatnonzero(val if part == "val" else ~val)
     return Split(ImageRows([stored.images], [rows]), stored.labels[rows])
 
@@ -167,8 +175,9 @@ class PreparedWriter:
     dataset is left behind, and an existing good `<out>` is untouched.
     """
 
-    def __init__(self, out: str | Path):
+    def __init__(self, out: str | Path, val_fraction: float | None = None):
         self.out = Path(out)
+        self.val_fraction = val_fraction  # given (the download stage): train labels must leave a validation split
         self.tmp = self.out.with_name(self.out.name + ".partial")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
@@ -186,13 +195,22 @@ class PreparedWriter:
         self.sizes[split] = capacity
         return ImageSink(self, split, capacity, size)
 
+    def full_disk(self, path: Path):
+        """A full disk while writing `path` (in .partial/) stops with one line naming it."""
+        return names_full_disk(path, f" ({self.out} was left as it was)")
+
     def labels(self, split: str, labels: np.ndarray) -> None:
-        np.save(self.tmp / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
+        if split == "train" and self.val_fraction is not None:  # refused here, not after the pre-training
+            holdout(np.asarray(labels, dtype=np.int64), self.val_fraction)
+        path = self.tmp / f"{split}_labels.npy"
+        with self.full_disk(path):
+            np.save(path, np.asarray(labels, dtype=np.int64))
 
     def commit(self, meta: dict) -> Path:
         # the digest identifies the content, so resumable pre-training state is keyed to it
         meta = {**meta, "sizes": self.sizes, "digest": _digest(sorted(self.tmp.glob("*.npy")))}
-        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        with self.full_disk(self.tmp / "meta.json"):
+            (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if self.out.exists():
             shutil.rmtree(self.out)
         self.tmp.rename(self.out)
@@ -208,9 +226,11 @@ class ImageSink:
     """
 
     def __init__(self, writer: PreparedWriter, split: str, capacity: int, size: int):
-        array = np.lib.format.open_memmap(writer.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
-                                          shape=(capacity, size, size, 3))  # header + sparse body
-        self.path, self.offset = Path(array.filename), array.offset
+        self.path = writer.tmp / f"{split}_images.npy"  # as given (relative): the messages name it so
+        with writer.full_disk(self.path):
+            array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8,
+                                              shape=(capacity, size, size, 3))  # header + sparse body
+        self.offset = array.offset
         del array
         self.writer, self.split, self.size, self.capacity = writer, split, size, capacity
         self.count = 0
@@ -224,17 +244,22 @@ class ImageSink:
         if kind is None:
             self.finish()
         else:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # the buffer's flush fails again on a full disk: the error raised already says so
+                pass
 
     def write(self, images: np.ndarray) -> None:
         assert images.dtype == np.uint8 and images.shape[1:] == (self.size, self.size, 3), images.shape
         assert self.count + len(images) <= self.capacity
-        self.file.write(np.ascontiguousarray(images).data)
+        with self.writer.full_disk(self.path):
+            self.file.write(np.ascontiguousarray(images).data)
         self.count += len(images)
 
     def finish(self) -> None:
         """Close; a split that received fewer images than allocated (skipped files) is cut to size."""
-        self.file.close()
+        with self.writer.full_disk(self.path):
+            self.file.close()
         if self.count < self.capacity:
             # numpy pads .npy headers so the first dimension can be rewritten in place
             # (GROWTH_AXIS_MAX_DIGITS); the header keeps its length and the body is truncated

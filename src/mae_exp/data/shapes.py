@@ -126,9 +126,10 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
     return (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def generate_shapes(cfg: DataConfig, seed: int, out: str | Path, chunk: int = 1024) -> Path:
+def generate_shapes(cfg: DataConfig, seed: int, out: str | Path, chunk: int = 1024,
+                    val_fraction: float | None = None) -> Path:
     sizes = {"unlabeled": cfg.shapes.unlabeled, "train": cfg.shapes.train, "test": cfg.shapes.test}
-    with PreparedWriter(out) as writer, progress() as bar:
+    with PreparedWriter(out, val_fraction) as writer, progress() as bar:
         task = bar.add_task("generating shapes", total=sum(sizes.values()))
         for split_index, split in enumerate(SPLITS):
             n = sizes[split]

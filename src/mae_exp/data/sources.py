@@ -12,16 +12,17 @@ from .stl10 import prepare_stl10
 
 
 def prepare(cfg: DataConfig, seed: int, out: str | Path) -> Path:
-    """Build the prepared dataset for `cfg.source` at `out`."""
+    """Build the prepared dataset for `cfg.source` at `out`; a train split that leaves no validation image
+    (data.val_fraction) is refused before anything is written there, not after the pre-training."""
     if cfg.source != "shapes" and Path(cfg.root).exists() and not Path(cfg.root).is_dir():
         raise ValueError(f"data.root ({cfg.root}) is a file, but data.source: {cfg.source} reads a directory: "
                          f"point data.root at a directory")
     if cfg.source == "shapes":
-        return generate_shapes(cfg, seed, out)
+        return generate_shapes(cfg, seed, out, val_fraction=cfg.val_fraction)
     if cfg.source == "stl10":
-        return prepare_stl10(cfg, out)
+        return prepare_stl10(cfg, out, val_fraction=cfg.val_fraction)
     if cfg.source == "cifar10":
-        return prepare_cifar10(cfg, out)
+        return prepare_cifar10(cfg, out, val_fraction=cfg.val_fraction)
     if cfg.source == "folder":
-        return prepare_folder(cfg, out)
+        return prepare_folder(cfg, out, val_fraction=cfg.val_fraction)
     raise NotImplementedError(f"data.source {cfg.source!r} has no preparation")

@@ -182,12 +182,12 @@ def _read_exactly(f, n: int, what: str) -> bytes:
 
 
 def extract_stl10(archive: Path, image_size: int, out: str | Path, chunk: int = 1024,
-                  md5_checked: bool = True) -> Path:
+                  md5_checked: bool = True, val_fraction: float | None = None) -> Path:
     """One streaming pass over the .tar.gz: images go straight into the prepared splits."""
     labels: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     classes: list[str] | None = None
-    with PreparedWriter(out) as writer:
+    with PreparedWriter(out, val_fraction) as writer:
         try:
             with tarfile.open(archive, mode="r|gz") as tar, progress() as bar:
                 for member in tar:
@@ -240,11 +240,11 @@ def _check_stl10(archive: Path, counts: dict, labels: dict, classes: list[str] |
 
 
 def prepare_stl10(cfg: DataConfig, out: str | Path, *, url: str | None = None, md5: str | None = None,
-                  **download_kw) -> Path:
+                  val_fraction: float | None = None, **download_kw) -> Path:
     """data.source: stl10 -> the archive under data.root (downloaded if absent) -> the prepared splits."""
     root = Path(cfg.root)
     checked = cfg.verify_md5 or not (root / STL10_ARCHIVE).exists()  # a download is always verified
     archive = fetch_stl10(root, verify_md5=cfg.verify_md5, url=url, md5=md5, **download_kw)
-    return extract_stl10(archive, cfg.image_size, out, md5_checked=checked)
+    return extract_stl10(archive, cfg.image_size, out, md5_checked=checked, val_fraction=val_fraction)
 
 

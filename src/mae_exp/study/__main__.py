@@ -1,4 +1,4 @@
-"""`python -m mae_exp.study queue|report` (also installed as `mae-study`)."""
+"""`python -m mae_exp.study queue|report|doctor` (also installed as `mae-study`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rev", help="only experiments based on this commit (default: all commits)")
     r.add_argument("--from-csv", metavar="FILE",
                    help="read this saved `dvc exp show --csv --all-commits` output instead of asking DVC")
+    sub.add_parser("doctor", help="warn of a DVC remote with verify off, naming the command that turns it on")
     a = ap.parse_args(argv)
+    if a.command == "doctor":
+        from .doctor import main as doctor
+        return doctor()
     signal.signal(signal.SIGTERM, _interrupted)  # `kill`: stop waiting as Ctrl-C does
     try:
         if a.command == "queue":
