@@ -18,7 +18,7 @@ def test_stl10_32_is_the_default_but_for_the_data_and_the_pretraining_epochs():
     assert stl["data"]["verify_md5"] is True  # the real archive; a generated one needs the switch
     assert stl["pretrain"].pop("epochs") == 2 and default["pretrain"].pop("epochs") == 4
     for section in default:
-        if section != "data":
+        if section not in ("data", "study"):  # the study section is each config's own design (docs/study.md)
             assert stl[section] == default[section], section
 
 
