@@ -24,6 +24,8 @@ SlurmctldHost=${host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job waits cred_expire + 1 s before it may start again (default 120): short, for the tests
+AuthInfo=cred_expire=10
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
@@ -45,7 +47,7 @@ SchedulerParameters=sched_interval=2
 KillWait=30
 MinJobAge=600
 NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem_mb} State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 # munge: the packaged key, owned as munged wants it
 if [ ! -s /etc/munge/munge.key ]; then $sudo mungekey --create --keyfile /etc/munge/munge.key 2>/dev/null \
