@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -100,3 +101,136 @@ def test_uncommitted_changes_are_refused(toy_repo):
     (toy_repo / "params.yaml").write_text("x: 5\ny: 2\nsleep: 0\n")
     with pytest.raises(study_slurm.StudyError, match=r"uncommitted changes \(params.yaml\).*commit them first"):
         study_slurm.submit([Job("s1-ok", 1, "ok", ("x=3",))], study_slurm.SlurmOptions())
+
+
+# --------------------------------------------------------------------------- one pre-training, two srun tasks
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_two_srun_tasks_pretrain_as_one_process_does(tmp_path):
+    """`srun -n 2` starts the stage twice; each task takes its rank, the world size and the rendezvous
+    from SLURM's variables (no torchrun variable is set) and joins the same gloo group as under torchrun."""
+    two = copy_repo(tmp_path / "two")
+    set_params(two, pretrain__processes=2, threads=1)
+    dvc("repro", "download", cwd=two)
+    one = copy_repo(tmp_path / "one")
+    set_params(one, threads=1)
+    shutil.copytree(two / "data" / "prepared", one / "data" / "prepared")
+    cmd = stage_cmd("pretrain_original")
+    proc = run(["srun", "-n", "2", "--cpus-per-task", "1", "--kill-on-bad-exit=1", *cmd], two, timeout=900,
+               extra_env={"MAE_DIST_BACKEND": "gloo"})
+    out = proc.stdout + proc.stderr
+    assert "cpu, 1 CPU thread per process, 2 processes" in out, out
+    assert "torchrun" not in out  # no launcher: srun's tasks are the workers
+    run(cmd, one, timeout=900)
+    assert [r["epoch"] for r in torch.load(two / "models/original/checkpoint.pt", weights_only=False)["history"]] == [1, 2, 3]
+    assert_weights_close(weights(two, "original"), weights(one, "original"))
+
+
+def test_slurm_variables_become_torchruns(monkeypatch):
+    from mae_exp import distributed
+    env = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
+           "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "1234"}
+    monkeypatch.setattr(distributed, "first_host", lambda nodelist: {"gpu[07-08]": "gpu07"}[nodelist])
+    distributed.from_slurm(env)
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} == {
+        "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "gpu07",
+        "MASTER_PORT": "21234"}
+    assert distributed.slurm_tasks_per_node("3,2(x2),1") == [3, 2, 2, 1]
+    batch = {"SLURM_JOB_ID": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}  # a batch script: no srun step
+    distributed.from_slurm(batch)
+    assert "WORLD_SIZE" not in batch
+    torchrun = {"WORLD_SIZE": "8", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}  # torchrun under srun wins
+    distributed.from_slurm(torchrun)
+    assert torchrun == {"WORLD_SIZE": "8", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}
+
+
+@needs_slurm
+def test_first_host_is_scontrols():
+    from mae_exp import distributed
+    assert distributed.first_host("node[03-05,07]") == "node03"
+
+
+# --------------------------------------------------------------------------- queue -j N on one machine's GPUs
+
+
+@pytest.mark.parametrize("visible, jobs, want", [
+    ("0,1,2,3", 2, ["0,1", "2,3"]), ("4,5,6", 3, ["4", "5", "6"]), ("0,1,2", 2, ["0", "1"]), ("0,1", 3, ["0", "1", "0"])])
+def test_each_child_gets_its_own_gpus(tmp_path, monkeypatch, visible, jobs, want):
+    """The real runner, each child a real process that writes the CUDA_VISIBLE_DEVICES it got."""
+    from mae_exp.study import queue as study_queue
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+
+    def command(job, names_here, mode):
+        return ["sh", "-c", f"sleep 1; echo $CUDA_VISIBLE_DEVICES > {seen / job.name}"]
+    todo = [Job(f"s{i}-a", i, "a", ()) for i in range(2 * jobs)]
+    assert study_queue.run(todo, jobs, 0.1, set(), logs=tmp_path / "logs", command=command) == 0
+    got = [(seen / j.name).read_text().strip() for j in todo]
+    assert sorted(set(got)) == sorted(set(want))
+    for first_round in (got[:jobs],):  # the first `jobs` children run together: on disjoint slots
+        assert sorted(first_round) == sorted(want)
+
+
+# --------------------------------------------------------------------------- a study on the cluster
+
+
+def encoder_md5s(lock: dict) -> dict:
+    """models/<variant>/encoder.pt -> md5, as dvc.lock records the pre-training outputs."""
+    return {o["path"]: o["md5"] for name, stage in lock["stages"].items() if name.startswith("pretrain_")
+            for o in stage["outs"] if o["path"].endswith("encoder.pt")}
+
+
+def experiment_lock(repo: Path, name: str) -> dict:
+    """The dvc.lock of a DVC experiment of this repository, from its git ref."""
+    refs = git("for-each-ref", "--format=%(refname)", "refs/exps", cwd=repo).stdout.split()
+    [ref] = [r for r in refs if r.rsplit("/", 1)[-1] == name]
+    return yaml.safe_load(git("show", f"{ref}:dvc.lock", cwd=repo).stdout)
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(tmp_path):
+    """Three experiments as SLURM jobs (one at a time: each asks for the node's 2 CPUs, so the later ones
+    take the original branch from the shared run-cache), the first preempted mid pre-training by the signal
+    sbatch's --signal sends before a time limit; against the same study run here with -j 1."""
+    study_args = ["queue", "--seeds", "42", "--ablations", "all", "laplacian_only", "uniformity_only"]
+    here = copy_repo(tmp_path / "here")
+    study(*study_args, "-j", "1", cwd=here, timeout=1800)
+    study("report", cwd=here)
+
+    cluster = copy_repo(tmp_path / "cluster")
+    proc = study(*study_args, "--slurm", "--cpus", "2", "--signal-s", "60", cwd=cluster)
+    ids = dict(re.findall(r"^(s42-\w+): submitted as SLURM job (\d+)", proc.stdout, re.M))
+    assert set(ids) == {"s42-all", "s42-laplacian_only", "s42-uniformity_only"}, proc.stdout
+    base = cluster / "scratch" / "slurm"
+    work = base / "s42-all" / "repo"
+    deadline = time.monotonic() + 900
+    while not list((work / "scratch" / "pretrain_original").glob("*/last.pt")):
+        assert time.monotonic() < deadline, (base / "s42-all" / "slurm.log").read_text()
+        time.sleep(0.5)
+    run(["scancel", "--signal=USR1", "--batch", ids["s42-all"]], cluster)
+    states = wait_for_jobs(base, timeout=1800)
+    assert {name: s["state"] for name, s in states.items()} == dict.fromkeys(ids, "done"), states
+    assert states["s42-all"]["restarts"] == 1 and states["s42-all"]["job_id"] == ids["s42-all"]  # the same job
+    log = (base / "s42-all" / "slurm.log").read_text()
+    assert "stopped by SIGUSR1: requeueing this job" in log
+    assert re.search(r"resuming pretrain original from epoch [23]/3", log), log
+    later = (base / "s42-laplacian_only" / "slurm.log").read_text()
+    assert "Stage 'pretrain_original' is cached - skipping run" in later  # the shared run-cache
+
+    # the preempted pre-training ends with the weights of the uninterrupted one; so do the others
+    for name in ids:
+        assert encoder_md5s(experiment_lock(cluster, name)) == encoder_md5s(experiment_lock(here, name)), name
+    assert encoder_md5s(yaml.safe_load((work / "dvc.lock").read_text())) == encoder_md5s(experiment_lock(here, "s42-all"))
+
+    proc = study(*study_args, "--slurm", cwd=cluster)
+    assert "nothing new to run" in proc.stdout and "s42-all: already done (s42-all)" in proc.stdout
+    proc = study("status", cwd=cluster)
+    assert "s42-all: done (SLURM job" in proc.stdout and "3 done" in proc.stdout
+    study("report", cwd=cluster)
+    for result in ("metrics/study.md", "metrics/study.csv"):
+        assert (cluster / result).read_text() == (here / result).read_text(), result
