@@ -234,3 +234,23 @@ def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(tmp_path):
     study("report", cwd=cluster)
     for result in ("metrics/study.md", "metrics/study.csv"):
         assert (cluster / result).read_text() == (here / result).read_text(), result
+
+
+@needs_slurm
+def test_jobs_push_to_the_team_remotes_and_a_fresh_clone_pulls_them(toy_repo, tmp_path):
+    """--push-to origin: the experiment goes to the git remote, its outputs to the default DVC remote; a
+    clone elsewhere gets both with `dvc exp pull origin -A`."""
+    git_remote, dvc_remote = tmp_path / "team.git", tmp_path / "dvc-remote"
+    git("init", "-q", "--bare", "-b", "main", str(git_remote), cwd=tmp_path)
+    git("remote", "add", "origin", str(git_remote), cwd=toy_repo)
+    dvc("remote", "add", "-d", "team", str(dvc_remote), cwd=toy_repo)
+    git("commit", "-qam", "remotes", cwd=toy_repo)
+    git("push", "-q", "origin", "main", cwd=toy_repo)
+    study_slurm.submit([Job("s1-ok", 1, "ok", ("x=7",))], study_slurm.SlurmOptions(push_to="origin"))
+    assert wait_for_jobs(toy_repo / "scratch" / "slurm")["s1-ok"]["state"] == "done"
+    assert dvc("exp", "ls", "--name-only", cwd=toy_repo).stdout.split() == []  # not here: on the remote
+    laptop = tmp_path / "laptop"
+    git("clone", "-q", str(git_remote), str(laptop), cwd=tmp_path)
+    dvc("exp", "pull", "origin", "-A", cwd=laptop)
+    dvc("exp", "apply", "s1-ok", cwd=laptop)
+    assert (laptop / "a.txt").read_text() == "7" and (laptop / "b.txt").read_text() == "2"
