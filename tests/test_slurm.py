@@ -254,3 +254,11 @@ def test_jobs_push_to_the_team_remotes_and_a_fresh_clone_pulls_them(toy_repo, tm
     dvc("exp", "pull", "origin", "-A", cwd=laptop)
     dvc("exp", "apply", "s1-ok", cwd=laptop)
     assert (laptop / "a.txt").read_text() == "7" and (laptop / "b.txt").read_text() == "2"
+
+
+@pytest.mark.parametrize("option, words", [({"cpus": 0}, "--cpus must be at least 1, got 0"),
+                                           ({"signal_s": -5}, "--signal-s must be at least 0, got -5")])
+def test_bad_slurm_options_stop_before_anything_is_submitted(tmp_path, option, words):
+    with pytest.raises(study_slurm.StudyError, match=words):
+        study_slurm.submit([Job("s1-ok", 1, "ok", ())], study_slurm.SlurmOptions(dir=tmp_path / "jobs", **option), root=tmp_path)
+    assert not (tmp_path / "jobs").exists()

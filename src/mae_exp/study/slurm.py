@@ -157,13 +157,14 @@ def sbatch_args(name: str, job_dir: Path, opts: SlurmOptions) -> list[str]:
 
 def submit(jobs, opts: SlurmOptions, force: bool = False, root: Path | None = None) -> int:
     """One sbatch job per experiment not already pending or running; prints the job ids and returns."""
+    for flag, value, least in (("--cpus", opts.cpus, 1), ("--gpus", opts.gpus, 0), ("--signal-s", opts.signal_s, 0)):
+        if value < least:
+            raise StudyError(f"{flag} must be at least {least}, got {value}")
     root = (root or Path.cwd()).resolve()
     base = opts.dir if opts.dir.is_absolute() else root / opts.dir
     commit = check_clean(root)
     target = push_url(root, opts.push_to)
     cache = opts.cache or _run([_tool("dvc"), "cache", "dir"], cwd=root)
-    has_dvc_remote = bool(subprocess.run([_tool("dvc"), "remote", "default"], cwd=root, capture_output=True,
-                                         text=True).stdout.strip())
     states = job_states(base)
     submitted = 0
     for job in jobs:
@@ -176,7 +177,7 @@ def submit(jobs, opts: SlurmOptions, force: bool = False, root: Path | None = No
         if (job_dir / "repo").exists() and read_state(job_dir).get("commit") not in (None, commit):
             shutil.rmtree(job_dir / "repo")  # a workspace of another commit: start afresh
         spec = {"name": job.name, "overrides": list(job.overrides), "commit": commit, "clone_from": str(root),
-                "push_to": target, "cache": cache, "push_cache": has_dvc_remote, "force": force}
+                "push_to": target, "cache": cache, "force": force}
         (job_dir / "job.json").write_text(json.dumps(spec, indent=1) + "\n")
         script = job_dir / "job.sh"
         script.write_text("#!/bin/bash\n# written by `python -m mae_exp.study queue --slurm`: sbatch's options are on "
@@ -272,7 +273,9 @@ def job_main(job_dir: Path) -> int:
                 write_state(job_dir, "failed", exit=code, reason=f"`dvc exp run` exit {code}")
                 _say(f"{name}: failed (`dvc exp run` exit {code})")
                 return code
-        push = [dvc, "exp", "push", *([] if spec["push_cache"] else ["--no-cache"]), spec["push_to"], name]
+        # the outputs go to the DVC remote if the workspace has a default one; the shared cache has them anyway
+        has_remote = subprocess.run([dvc, "remote", "default"], cwd=work, capture_output=True, text=True).stdout.strip()
+        push = [dvc, "exp", "push", *([] if has_remote else ["--no-cache"]), spec["push_to"], name]
         _say(" ".join(["dvc", *push[1:]]))
         _run(push, cwd=work)
     except StudyError as e:
