@@ -4,7 +4,6 @@ Outside CI the tests skip when there is no cluster; under CI=true they fail inst
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -16,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, REPO, copy_repo, dvc, git, run, stage_cmd
+from conftest import BIN, copy_repo, dvc, git, run, stage_cmd
 from test_distributed import assert_weights_close, set_params, weights
 from test_study import TOY_PIPELINE, study
 from mae_exp.study import slurm as study_slurm
@@ -27,7 +26,7 @@ def _cluster_answers() -> bool:
     if not shutil.which("sbatch"):
         return False
     try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -204,7 +203,7 @@ def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(tmp_path):
 
     cluster = copy_repo(tmp_path / "cluster")
     proc = study(*study_args, "--slurm", "--cpus", "2", "--signal-s", "60", cwd=cluster)
-    ids = dict(re.findall(r"^(s42-\w+): submitted as SLURM job (\d+)", proc.stdout, re.M))
+    ids = dict(re.findall(r"^(s42-\w+): submitted as SLURM job (\d+)", proc.stdout, re.MULTILINE))
     assert set(ids) == {"s42-all", "s42-laplacian_only", "s42-uniformity_only"}, proc.stdout
     base = cluster / "scratch" / "slurm"
     work = base / "s42-all" / "repo"

@@ -33,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import StudyError, out
@@ -69,7 +69,7 @@ def _tool(name: str) -> str:
 def _run(args: list[str], cwd: Path | str | None = None, what: str | None = None) -> str:
     """A command's output; a failure is a StudyError naming the command and its last words."""
     try:
-        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise StudyError(f"`{args[0]}` not found: {what or 'is this a SLURM login node?'}") from None
     if proc.returncode != 0:
@@ -243,7 +243,7 @@ def job_main(job_dir: Path) -> int:
     name, work = spec["name"], job_dir / "repo"
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # stages' python
     job_id = os.environ.get("SLURM_JOB_ID", "")
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     write_state(job_dir, "running", job_id=job_id, restarts=restarts, host=os.uname().nodename)
     _say(f"{name}: SLURM job {job_id} on {os.uname().nodename}" + (f", restart {restarts}" if restarts else ""))
     signals: list[int] = []
@@ -274,7 +274,7 @@ def job_main(job_dir: Path) -> int:
                 _say(f"{name}: failed (`dvc exp run` exit {code})")
                 return code
         # the outputs go to the DVC remote if the workspace has a default one; the shared cache has them anyway
-        has_remote = subprocess.run([dvc, "remote", "default"], cwd=work, capture_output=True, text=True).stdout.strip()
+        has_remote = subprocess.run([dvc, "remote", "default"], cwd=work, capture_output=True, text=True, check=False).stdout.strip()
         push = [dvc, "exp", "push", *([] if has_remote else ["--no-cache"]), spec["push_to"], name]
         _say(" ".join(["dvc", *push[1:]]))
         _run(push, cwd=work)
