@@ -193,47 +193,57 @@ def experiment_lock(repo: Path, name: str) -> dict:
 @needs_slurm
 @pytest.mark.slow
 def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(tmp_path):
-    """Three experiments as SLURM jobs (one at a time: each asks for the node's 2 CPUs, so the later ones
-    take the original branch from the shared run-cache), the first preempted mid pre-training by the signal
-    sbatch's --signal sends before a time limit; against the same study run here with -j 1."""
+    """Three experiments as SLURM jobs against the same study run here with -j 1. The first is submitted
+    alone and preempted mid pre-training by the signal sbatch's --signal sends before a time limit; then the
+    whole study is submitted, which adds only the other two. Each job asks for the node's 2 CPUs, so they
+    run one at a time and take the original branch from the shared run-cache."""
     study_args = ["queue", "--seeds", "42", "--ablations", "all", "laplacian_only", "uniformity_only"]
     here = copy_repo(tmp_path / "here")
     study(*study_args, "-j", "1", cwd=here, timeout=1800)
     study("report", cwd=here)
 
     cluster = copy_repo(tmp_path / "cluster")
-    proc = study(*study_args, "--slurm", "--cpus", "2", "--signal-s", "60", cwd=cluster)
-    ids = dict(re.findall(r"^(s42-\w+): submitted as SLURM job (\d+)", proc.stdout, re.MULTILINE))
-    assert set(ids) == {"s42-all", "s42-laplacian_only", "s42-uniformity_only"}, proc.stdout
+    on_slurm = ["--slurm", "--cpus", "2", "--signal-s", "60"]
+    proc = study("queue", "--seeds", "42", "--ablations", "all", *on_slurm, cwd=cluster)
+    [(name, first_id)] = re.findall(r"^(s42-\w+): submitted as SLURM job (\d+)", proc.stdout, re.MULTILINE)
     base = cluster / "scratch" / "slurm"
     work = base / "s42-all" / "repo"
     deadline = time.monotonic() + 900
     while not list((work / "scratch" / "pretrain_original").glob("*/last.pt")):
         assert time.monotonic() < deadline, (base / "s42-all" / "slurm.log").read_text()
         time.sleep(0.5)
-    run(["scancel", "--signal=USR1", "--batch", ids["s42-all"]], cluster)
-    states = wait_for_jobs(base, timeout=1800)
-    assert {name: s["state"] for name, s in states.items()} == dict.fromkeys(ids, "done"), states
-    assert states["s42-all"]["restarts"] == 1 and states["s42-all"]["job_id"] == ids["s42-all"]  # the same job
+    run(["scancel", "--signal=USR1", "--batch", first_id], cluster)
+    states = wait_for_jobs(base, timeout=1200)
+    assert states["s42-all"]["state"] == "done", states
+    assert states["s42-all"]["restarts"] == 1 and states["s42-all"]["job_id"] == first_id  # the same job, requeued
     log = (base / "s42-all" / "slurm.log").read_text()
     assert "stopped by SIGUSR1: requeueing this job" in log
     assert re.search(r"resuming pretrain original from epoch [23]/3", log), log
-    later = (base / "s42-laplacian_only" / "slurm.log").read_text()
-    assert "Stage 'pretrain_original' is cached - skipping run" in later  # the shared run-cache
+
+    proc = study(*study_args, *on_slurm, cwd=cluster)
+    assert "s42-all: already done (s42-all), skipped" in proc.stdout
+    ids = dict(re.findall(r"^(s42-\w+): submitted as SLURM job (\d+)", proc.stdout, re.MULTILINE))
+    assert set(ids) == {"s42-laplacian_only", "s42-uniformity_only"}, proc.stdout
+    states = wait_for_jobs(base, timeout=1800)
+    assert {name: s["state"] for name, s in states.items()} == dict.fromkeys([name, *ids], "done"), states
+    for later in ids:
+        assert "Stage 'pretrain_original' is cached - skipping run" in (base / later / "slurm.log").read_text()
 
     # the preempted pre-training ends with the weights of the uninterrupted one; so do the others
-    for name in ids:
+    for name in ("s42-all", *ids):
         assert encoder_md5s(experiment_lock(cluster, name)) == encoder_md5s(experiment_lock(here, name)), name
     assert encoder_md5s(yaml.safe_load((work / "dvc.lock").read_text())) == encoder_md5s(experiment_lock(here, "s42-all"))
 
-    proc = study(*study_args, "--slurm", cwd=cluster)
-    assert "nothing new to run" in proc.stdout and "s42-all: already done (s42-all)" in proc.stdout
+    proc = study(*study_args, *on_slurm, cwd=cluster)
+    assert "nothing new to run" in proc.stdout
     proc = study("status", cwd=cluster)
     assert "s42-all: done (SLURM job" in proc.stdout and "3 done" in proc.stdout
     study("report", cwd=cluster)
     for result in ("metrics/study.md", "metrics/study.csv"):
         assert (cluster / result).read_text() == (here / result).read_text(), result
-
+    # on the cluster's clone the shared cache holds every output: an experiment applies without a remote
+    dvc("exp", "apply", "s42-uniformity_only", cwd=cluster)
+    assert "Data and pipelines are up to date" in dvc("status", cwd=cluster).stdout
 
 @needs_slurm
 def test_jobs_push_to_the_team_remotes_and_a_fresh_clone_pulls_them(toy_repo, tmp_path):
