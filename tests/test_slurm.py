@@ -69,6 +69,7 @@ def toy_repo(tmp_path, monkeypatch):
 
 
 @needs_slurm
+@pytest.mark.slow
 def test_jobs_are_dvc_experiments_and_a_failure_is_one_line_with_its_log(toy_repo, capsys):
     opts = study_slurm.SlurmOptions()
     jobs = [Job("s1-ok", 1, "ok", ("x=3",)), Job("s1-bad", 1, "bad", ("y=13",))]
@@ -246,6 +247,7 @@ def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(tmp_path):
     assert "Data and pipelines are up to date" in dvc("status", cwd=cluster).stdout
 
 @needs_slurm
+@pytest.mark.slow
 def test_jobs_push_to_the_team_remotes_and_a_fresh_clone_pulls_them(toy_repo, tmp_path):
     """--push-to origin: the experiment goes to the git remote, its outputs to the default DVC remote; a
     clone elsewhere gets both with `dvc exp pull origin -A`."""
