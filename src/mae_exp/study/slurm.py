@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -95,12 +96,17 @@ def read_state(job_dir: Path) -> dict:
         return {}
 
 
+def replace(path: Path, text: str) -> None:
+    """Write a file whole under another name, then rename it over `path`: a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_state(job_dir: Path, state: str, **info) -> None:
-    """Replace state.json whole (a reader never sees half of it), keeping what earlier states said."""
+    """Replace state.json, keeping what earlier states said."""
     record = {**read_state(job_dir), **info, "state": state, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = job_dir / f".state.json.{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, job_dir / "state.json")
+    replace(job_dir / "state.json", json.dumps(record, indent=1) + "\n")
 
 
 def job_states(root: Path) -> dict[str, dict]:
@@ -113,6 +119,8 @@ def job_states(root: Path) -> dict[str, dict]:
     states = {}
     for job_dir in sorted(p for p in root.iterdir() if (p / "job.json").is_file()):
         record = read_state(job_dir) or {"state": "submitted"}
+        if (job_dir / "slurm_job_id").is_file():  # what sbatch said, written after it: the job may have begun
+            record["job_id"] = (job_dir / "slurm_job_id").read_text().strip()
         slurm_state = held.get(str(record.get("job_id")))
         if slurm_state:
             record["state"] = "running" if slurm_state in ("RUNNING", "COMPLETING", "CONFIGURING") else "pending"
@@ -178,14 +186,20 @@ def submit(jobs, opts: SlurmOptions, force: bool = False, root: Path | None = No
             shutil.rmtree(job_dir / "repo")  # a workspace of another commit: start afresh
         spec = {"name": job.name, "overrides": list(job.overrides), "commit": commit, "clone_from": str(root),
                 "push_to": target, "cache": cache, "force": force}
-        (job_dir / "job.json").write_text(json.dumps(spec, indent=1) + "\n")
-        script = job_dir / "job.sh"
-        script.write_text("#!/bin/bash\n# written by `python -m mae_exp.study queue --slurm`: sbatch's options are on "
-                          "its command line, what this job runs in job.json\n"
-                          f"exec {sys.executable} -m mae_exp.study.slurm {job_dir}\n")
-        script.chmod(0o755)
-        job_id = _run(sbatch_args(job.name, job_dir, opts)).split(";")[0]
-        write_state(job_dir, "submitted", job_id=job_id, commit=commit, exit=None, reason=None)
+        replace(job_dir / "job.json", json.dumps(spec, indent=1) + "\n")
+        replace(job_dir / "job.sh", "#!/bin/bash\n# written by `python -m mae_exp.study queue --slurm`: sbatch's "
+                "options are on its command line, what this job runs in job.json\n"
+                f"exec {shlex.quote(sys.executable)} -m mae_exp.study.slurm {shlex.quote(str(job_dir))}\n")
+        (job_dir / "job.sh").chmod(0o755)
+        (job_dir / "slurm_job_id").unlink(missing_ok=True)
+        # before sbatch: a job that starts at once writes its own state after this one
+        write_state(job_dir, "submitted", job_id=None, commit=commit, exit=None, reason=None, restarts=0)
+        try:
+            job_id = _run(sbatch_args(job.name, job_dir, opts)).split(";")[0]
+        except StudyError as e:
+            write_state(job_dir, "failed", reason=str(e))
+            raise
+        replace(job_dir / "slurm_job_id", job_id + "\n")
         out.print(f"{job.name}: submitted as SLURM job {job_id} ({' '.join(job.overrides)})")
         submitted += 1
     out.print(f"{submitted} job(s) submitted; `python -m mae_exp.study status --slurm-dir {opts.dir}` follows them, "
