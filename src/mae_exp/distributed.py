@@ -42,8 +42,48 @@ BACKEND_ENV = "MAE_DIST_BACKEND"  # override the backend (gloo | nccl); default:
 
 
 def under_torchrun() -> bool:
-    """True in a worker started by torchrun (or any launcher that sets torch's env:// variables)."""
+    """True in a worker started by torchrun (or any launcher that sets torch's env:// variables, as
+    `from_slurm` does for a task that `srun` started)."""
+    from_slurm()
     return "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def from_slurm(env=os.environ) -> None:
+    """A task of a several-task `srun` step, where torchrun's variables are absent: set them from SLURM's,
+    so that the worker path below is torchrun's. RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE from
+    SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID / this node's count in SLURM_STEP_TASKS_PER_NODE;
+    MASTER_ADDR the step's first host (`scontrol show hostnames`), MASTER_PORT one per job unless set.
+    Only `srun` sets SLURM_STEP_NUM_TASKS: a batch script and a one-task step stay one plain process."""
+    if "WORLD_SIZE" in env or int(env.get("SLURM_STEP_NUM_TASKS", "1")) < 2:
+        return
+    per_node = slurm_tasks_per_node(env["SLURM_STEP_TASKS_PER_NODE"])
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env["SLURM_STEP_NUM_TASKS"]
+    env["LOCAL_RANK"] = env["SLURM_LOCALID"]
+    env["LOCAL_WORLD_SIZE"] = str(per_node[int(env.get("SLURM_NODEID", 0))])
+    env.setdefault("MASTER_ADDR", first_host(env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]))
+    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000))
+
+
+def slurm_tasks_per_node(spec: str) -> list[int]:
+    """SLURM's compressed count per node, "2(x3),1" -> [2, 2, 2, 1]."""
+    counts = []
+    for part in spec.split(","):
+        n, _, times = part.partition("(x")
+        counts += [int(n)] * int(times.rstrip(")") or 1)
+    return counts
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list ("gpu[03-05,07]" -> "gpu03"), as `scontrol show hostnames` expands it."""
+    import subprocess
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise DistributedError(f"srun started this task, but `scontrol show hostnames {nodelist}` failed ({e}); "
+                               "set MASTER_ADDR to the first node's host name") from None
+    return hosts[0]
 
 
 def rank() -> int:

@@ -110,10 +110,17 @@ def last_error(log: Path) -> str:
 
 
 def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: bool = False,
-          poll_s: float = 2.0, budgets=None) -> int:
+          poll_s: float = 2.0, slurm=None, budgets=None) -> int:
+    """`slurm` (study.slurm.SlurmOptions): submit the experiments as SLURM jobs instead of running them here;
+    `budgets`: only these of study.budgets."""
     params, study_raw = load_study("params.yaml")
     todo = plan(params, seeds, ablations, budgets)
     done = finished_cells(params, study_raw)  # by params, on any commit: a commit in between loses nothing
+    if slurm is not None:  # jobs that pushed elsewhere (`dvc exp pull` brings them here) said so themselves
+        from .slurm import job_states
+        base = slurm.dir if slurm.dir.is_absolute() else Path.cwd() / slurm.dir
+        finished = {name for name, s in job_states(base).items() if s["state"] == "done"}
+        done.update({(j.seed, j.ablation): j.name for j in todo if j.name in finished})
     waiting = []
     for job in todo:
         if (job.seed, job.ablation) in done and not force:
@@ -124,6 +131,9 @@ def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: 
     if not waiting:
         out.print("nothing new to run; `python -m mae_exp.study report` reads what is there")
         return 0
+    if slurm is not None:
+        from .slurm import submit
+        return submit(waiting, slurm, force)
     names_here = experiment_names()
     if not start:
         for job in waiting:
@@ -139,12 +149,36 @@ def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: 
     return run(waiting, jobs, poll_s, names_here)
 
 
-def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs: Path = LOGS) -> int:
+def gpu_slots(jobs: int) -> list[str] | None:
+    """The GPUs of this machine split among `jobs` children, one CUDA_VISIBLE_DEVICES value each (the
+    parent's CUDA_VISIBLE_DEVICES, else every GPU torch sees); None without GPUs. More children than GPUs:
+    each gets one, shared round-robin."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        import torch
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    else:
+        gpus = [g.strip() for g in visible.split(",") if g.strip()]
+    if not gpus:
+        return None
+    if jobs > len(gpus):
+        out.print(f"-j {jobs} on {len(gpus)} GPU(s): experiments share GPUs")
+        return [gpus[i % len(gpus)] for i in range(jobs)]
+    per = len(gpus) // jobs
+    return [",".join(gpus[i * per:(i + 1) * per]) for i in range(jobs)]
+
+
+def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs: Path = LOGS,
+        command=exp_run) -> int:
     """Run the jobs, `jobs` at a time, each `dvc exp run --temp` in its own process group (so that Ctrl-C
-    reaches this process only, which then stops each experiment once and waits for DVC to clean up);
-    a progress bar and a line per change of state."""
+    reaches this process only, which then stops each experiment once and waits for DVC to clean up), each
+    on its own GPU(s) (CUDA_VISIBLE_DEVICES) where there are GPUs; a progress bar and a line per change of
+    state. `command(job, names_here, mode)`: the child's command line."""
     from ..progress import progress
     logs.mkdir(parents=True, exist_ok=True)
+    slots = gpu_slots(jobs)
+    free = list(range(jobs))  # slot index of each child that may start
+    slot_of: dict[str, int] = {}
     waiting, total, started = list(waiting), len(waiting), time.monotonic()
     running: dict[str, tuple[Job, subprocess.Popen]] = {}
     failed: dict[str, int] = {}  # name -> exit status
@@ -157,16 +191,21 @@ def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs
                 while waiting and len(running) < jobs:
                     job = waiting.pop(0)
                     tries[job.name] = tries.get(job.name, 0) + 1
+                    slot_of[job.name] = free.pop(0)
+                    child_env = None if slots is None else {
+                        **os.environ, "CUDA_VISIBLE_DEVICES": slots[slot_of[job.name]]}
                     with (logs / f"{job.name}.log").open("w" if tries[job.name] == 1 else "a") as log:
                         log_start[job.name] = log.tell()
                         running[job.name] = job, subprocess.Popen(
-                            exp_run(job, names_here, "--temp"), stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-                    bar.console.print(f"{time.strftime('%H:%M:%S')} {job.name}: running")
+                            command(job, names_here, "--temp"), stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=child_env)
+                    on_gpus = "" if slots is None else f" on GPU {slots[slot_of[job.name]]}"
+                    bar.console.print(f"{time.strftime('%H:%M:%S')} {job.name}: running{on_gpus}")
                 for name, (job, proc) in list(running.items()):
                     if proc.poll() is None:
                         continue
                     del running[name]
+                    free.append(slot_of.pop(name))
                     if proc.returncode and tries[name] < LOCK_TRIES and lock_busy(logs / f"{name}.log", log_start[name]):
                         waiting.insert(0, job)
                         bar.console.print(f"{time.strftime('%H:%M:%S')} {name}: DVC's lock was busy, run again")

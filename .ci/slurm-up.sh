@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# A single-node SLURM cluster on this machine for the tests (tests/test_slurm.py): munge, slurmctld and
+# slurmd from Debian 12's packages (SLURM 22.05), as root, with a minimal slurm.conf: this host, its CPUs,
+# one partition `debug`, requeue allowed. No cgroups (proctrack/linuxproc, task/none): it runs in a
+# container. Idempotent: a running cluster that answers `sinfo` is left alone.
+set -euo pipefail
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v sbatch >/dev/null; then
+    $sudo apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        slurmctld slurmd slurm-client munge
+fi
+if timeout 10 sinfo -h >/dev/null 2>&1; then
+    echo "slurm: already up"; exit 0
+fi
+host="$(hostname -s)"
+cpus="$(nproc)"
+mem_mb="$(awk '/MemTotal/ {print int($2 / 1024 / 2)}' /proc/meminfo)"  # half of it: leave the rest to the host
+$sudo mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /var/lib/munge /var/log/munge
+$sudo tee /etc/slurm/slurm.conf >/dev/null <<CONF
+ClusterName=ci
+SlurmctldHost=${host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+# a requeued job waits cred_expire + 1 s before it may start again (default 120): short, for the tests
+AuthInfo=cred_expire=10
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+JobRequeue=1
+ReturnToService=2
+MpiDefault=none
+SwitchType=switch/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2
+KillWait=30
+MinJobAge=600
+NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem_mb} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+# munge: the packaged key, owned as munged wants it
+if [ ! -s /etc/munge/munge.key ]; then $sudo mungekey --create --keyfile /etc/munge/munge.key 2>/dev/null \
+    || $sudo dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none; fi
+$sudo chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
+$sudo chmod 0700 /etc/munge /var/log/munge; $sudo chmod 0400 /etc/munge/munge.key; $sudo chmod 0755 /run/munge
+if ! pgrep -x munged >/dev/null; then
+    if [ -z "$sudo" ]; then runuser -u munge -- /usr/sbin/munged; else sudo -u munge /usr/sbin/munged; fi
+fi
+pgrep -x slurmctld >/dev/null || $sudo /usr/sbin/slurmctld
+pgrep -x slurmd >/dev/null || $sudo /usr/sbin/slurmd
+for _ in $(seq 60); do
+    if sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
+        echo "slurm: up ($(sinfo -h -o '%P %D %c %t'))"; exit 0
+    fi
+    sleep 1
+done
+echo "slurm: did not come up; see /var/log/slurm/slurmctld.log and slurmd.log" >&2
+sinfo >&2 || true
+exit 1
