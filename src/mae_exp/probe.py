@@ -10,8 +10,11 @@ mean of the patch tokens), then four readouts of them:
 Features are extracted once and cached (the encoder is frozen; MAE crops and flips every epoch).
 
 The labeled train split is split into train and validation (data.val_fraction): heads and kNN see only
-train, every readout is scored on validation, and the test split is read once, at the end (no selection
-on it: tune on the `*_val_top1` keys).
+train. Each readout's settings are searched on validation, the same grids (params.yaml linear_probe: lr x
+weight_decay for each pooling's head, knn_k x knn_temperature for each pooling's kNN) for every encoder, so
+no encoder reads out at another's best setting. The head kept is the one trained at the chosen point, on
+train only (MAE's protocol: validation chooses, it does not train), and the test split is read once, after
+every choice is made. The features are cached, so the search costs head training only (`search_s`).
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from .distributed import describe
 from .errors import TrainingDiverged
 from .model import ViTEncoder
 from .progress import console, progress
-from .optim import warmup_cosine
+from .optim import best, grid, warmup_cosine
 from .runtime import autocast, batches, eval_batch, open_live, setup
 
 
 POOLINGS = ("cls", "mean")
+READOUT_NAMES = ("linear_cls", "linear_mean", "knn_cls", "knn_mean")  # measures.READOUTS' keys
 
 
 @torch.no_grad()
@@ -75,10 +79,13 @@ def knn_votes(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, num
 
 
 def train_heads(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, epochs: int, batch_size: int,
-                lr: float, weight_decay: float, seed: int, on_epoch=None) -> dict[str, nn.Module]:
+                lr: float, weight_decay: float, seed: int, on_epoch=None,
+                diverged: dict[str, str] | None = None) -> dict[str, nn.Module]:
     """One BN (no affine) + linear head per feature set, trained in one loop on the same batches; the heads
     share no parameter, so one backward of the summed loss trains each as if alone.
-    `on_epoch(epoch, heads, train_losses)` after each epoch."""
+    `on_epoch(epoch, heads, train_losses)` after each epoch. A head whose loss diverges stops the run
+    (TrainingDiverged), or, given a `diverged` dict, is dropped (the others train on) and its message
+    recorded there under its name: a grid point that diverges then just loses the search."""
     torch.manual_seed(seed)
     heads = {}
     for name, x in xs.items():
@@ -114,9 +121,14 @@ def train_heads(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, 
         # (logits near 0) and only falls when the head learns: 100 times that is divergence, NaN or not.
         for name, train_loss in train_losses.items():
             if not train_loss <= 100 * math.log(num_classes):
-                raise TrainingDiverged(f"linear probe ({name} head): the training loss became {train_loss:.3g} in "
-                                       f"epoch {epoch + 1} (from about {math.log(num_classes):.2f}); lower "
-                                       f"linear_probe.lr (now {lr:g})")
+                message = (f"linear probe ({name} head): the training loss became {train_loss:.3g} in epoch "
+                           f"{epoch + 1} (from about {math.log(num_classes):.2f}); lower linear_probe.lr (now {lr:g})")
+                if diverged is None:
+                    raise TrainingDiverged(message)
+                diverged[name] = message
+                del heads[name]
+        if not heads:
+            break
         if on_epoch:
             with torch.no_grad():
                 on_epoch(epoch, heads, train_losses)
@@ -124,51 +136,84 @@ def train_heads(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, 
 
 
 def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, name: str, live_dir: str | Path) -> dict:
-    """Every readout of one encoder; DVCLive logs the heads' curves and a flat summary:
-    `{linear,knn}_{cls,mean}_{val_,}top1` (validation, test), see measures.READOUTS."""
+    """Every readout of one encoder, each at the setting of its grid that scores best on validation; DVCLive
+    logs the chosen heads' curves and a flat summary: `{linear,knn}_{cls,mean}_{val_,}top1` (validation,
+    test; see measures.READOUTS), `chosen` (each readout's setting) and `search` (every grid point's
+    validation top-1). The same grids for every encoder; the test split is read once, after choosing."""
     cfg = p.linear_probe
     device, amp_dtype = setup("auto", p.threads, p.seed)
     encoder = load_encoder(encoder_path, p).to(device)
-    console.print(f"linear probe {name}: class token and mean-pooled patches, linear heads and kNN (k "
-                  f"{cfg.knn_k}, T {cfg.knn_temperature}), {describe(device, p.threads)}", highlight=False)
+    head_points = grid(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    knn_points = grid(k=cfg.knn_k, temperature=cfg.knn_temperature)
+    console.print(f"linear probe {name}: class token and mean-pooled patches, linear heads ({len(head_points)} "
+                  f"settings of lr x weight decay) and kNN ({len(knn_points)} of k x T), each chosen on "
+                  f"validation, {describe(device, p.threads)}", highlight=False)
     t0 = time.perf_counter()
     classes = len(load_meta(data_root)["classes"])
     splits = {part: labeled(data_root, part, p.data.val_fraction) for part in ("train", "val")}
     feats = {part: extract_features(encoder, s.images, p.data.input_size, device, amp_dtype, part)
              for part, s in splits.items()}
     labels = {part: torch.from_numpy(s.labels).to(device) for part, s in splits.items()}
+    t_features = time.perf_counter() - t0
+
+    def knn_top1(pooling: str, x: torch.Tensor, y: torch.Tensor, k: int, temperature: float) -> float:
+        return accuracy(knn_votes(feats["train"][pooling], labels["train"], x, classes, k, temperature), y)
+
+    # every grid point, scored on validation; heads and kNN see train only (MAE: train, validation to choose)
+    heads, curves, diverged = [], [], {}
+    for point in head_points:
+        curve = []  # per epoch: {pooling: (train loss, train top-1, val top-1)}
+
+        def record(epoch: int, trained: dict[str, nn.Module], train_losses: dict[str, float], curve=curve) -> None:
+            curve.append({pool: (train_losses[pool], accuracy(head(feats["train"][pool]), labels["train"]),
+                                 accuracy(head(feats["val"][pool]), labels["val"])) for pool, head in trained.items()})
+
+        failed = {}
+        heads.append(train_heads(feats["train"], labels["train"], classes, cfg.epochs, cfg.batch_size, point["lr"],
+                                 point["weight_decay"], p.seed, record, diverged=failed))
+        curves.append(curve)
+        for pool, message in failed.items():
+            diverged.setdefault(pool, message)
+    val = {}  # readout -> validation top-1 at each of its grid points (None: diverged)
+    for pool in POOLINGS:
+        val[f"linear_{pool}"] = [round(curve[-1][pool][2], 4) if pool in trained else None
+                                 for trained, curve in zip(heads, curves)]
+        val[f"knn_{pool}"] = [round(knn_top1(pool, feats["val"][pool], labels["val"], **pt), 4) for pt in knn_points]
+    at = {readout: best(scores) for readout, scores in val.items()}  # the chosen point of each readout
+    for pool in POOLINGS:
+        if at[f"linear_{pool}"] is None:  # every lr diverged: the stage stops, as with one lr
+            raise TrainingDiverged(diverged[pool] + (", and so did every other grid point" if len(head_points) > 1
+                                                     else ""))
+    points = {readout: head_points if readout.startswith("linear") else knn_points for readout in READOUT_NAMES}
+    chosen = {readout: points[readout][at[readout]] for readout in READOUT_NAMES}
+    search = {readout: {**{axis: [pt[axis] for pt in points[readout]] for axis in points[readout][0]},
+                        "val_top1": val[readout]} for readout in READOUT_NAMES}
+    t_search = time.perf_counter() - t0 - t_features
+
     live = open_live(live_dir)
-
-    def knn_top1(pooling: str, x: torch.Tensor, y: torch.Tensor) -> float:
-        votes = knn_votes(feats["train"][pooling], labels["train"], x, classes, cfg.knn_k, cfg.knn_temperature)
-        return accuracy(votes, y)
-
-    knn_val = {f"knn_{pool}_val_top1": round(knn_top1(pool, feats["val"][pool], labels["val"]), 4)
-               for pool in POOLINGS}
-
-    def log(epoch: int, heads: dict[str, nn.Module], train_losses: dict[str, float]) -> None:
+    for epoch in range(cfg.epochs):  # the chosen heads' curves, as one run would have logged them
         live.step = epoch + 1
-        for pool, head in heads.items():
-            live.log_metric(f"linear_{pool}_train_loss", train_losses[pool])
-            live.log_metric(f"linear_{pool}_train_top1", accuracy(head(feats["train"][pool]), labels["train"]))
-            live.log_metric(f"linear_{pool}_val_top1", accuracy(head(feats["val"][pool]), labels["val"]))
-        live.summary.update(knn_val)
-        live.make_summary()
+        for pool in POOLINGS:
+            loss, train_top1, val_top1 = curves[at[f"linear_{pool}"]][epoch][pool]
+            live.log_metric(f"linear_{pool}_train_loss", loss)
+            live.log_metric(f"linear_{pool}_train_top1", train_top1)
+            live.log_metric(f"linear_{pool}_val_top1", val_top1)
+    summary = {f"{readout}_val_top1": val[readout][at[readout]] for readout in READOUT_NAMES}
 
-    heads = train_heads(feats["train"], labels["train"], classes, cfg.epochs, cfg.batch_size, cfg.lr,
-                        cfg.weight_decay, p.seed, log)
-    test = labeled(data_root, "test", p.data.val_fraction)  # read once, now
+    test = labeled(data_root, "test", p.data.val_fraction)  # read once, now that every choice is made
     x_test = extract_features(encoder, test.images, p.data.input_size, device, amp_dtype, "test")
     y_test = torch.from_numpy(test.labels).to(device)
     with torch.no_grad():
-        top1 = {f"linear_{pool}_top1": accuracy(head(x_test[pool]), y_test) for pool, head in heads.items()}
-    top1.update({f"knn_{pool}_top1": knn_top1(pool, x_test[pool], y_test) for pool in POOLINGS})
-    live.summary.update({k: round(v, 4) for k, v in top1.items()})
-    live.summary.update({"epochs": cfg.epochs, "knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
-                         "test_images": len(test.labels), "wall_time_s": round(time.perf_counter() - t0, 1)})
+        for pool in POOLINGS:
+            summary[f"linear_{pool}_top1"] = round(accuracy(heads[at[f"linear_{pool}"]][pool](x_test[pool]), y_test), 4)
+            summary[f"knn_{pool}_top1"] = round(knn_top1(pool, x_test[pool], y_test, **chosen[f"knn_{pool}"]), 4)
+    live.summary.update(summary)
+    live.summary.update({"chosen": chosen, "search": search, "epochs": cfg.epochs, "test_images": len(test.labels),
+                         "search_s": round(t_search, 1), "wall_time_s": round(time.perf_counter() - t0, 1)})
     live.end()
-    for readout in ("linear_cls", "linear_mean", "knn_cls", "knn_mean"):
-        console.print(f"{name} {readout}: val top-1 {live.summary[f'{readout}_val_top1']:.4f}, test top-1 "
-                      f"{live.summary[f'{readout}_top1']:.4f}", highlight=False)
+    for readout in READOUT_NAMES:
+        setting = ", ".join(f"{k} {v:g}" for k, v in chosen[readout].items())
+        console.print(f"{name} {readout} ({setting}): val top-1 {summary[f'{readout}_val_top1']:.4f}, test top-1 "
+                      f"{summary[f'{readout}_top1']:.4f}", highlight=False)
     console.print(f"({len(test.labels):,} test images)", highlight=False)
     return dict(live.summary)
