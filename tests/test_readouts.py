@@ -11,7 +11,9 @@ import torch
 
 from conftest import copy_repo, dvc
 from mae_exp.measures import MEASURES, READOUTS
-from mae_exp.probe import knn_votes
+from mae_exp.optim import warmup_cosine
+from mae_exp.probe import knn_votes, train_grid
+from mae_exp.runtime import batches
 from mae_exp.optim import best, grid
 
 # four training features in 2-D; the query (1, 0) has cosine similarity 1, 0, 0.6, -1 to them
@@ -124,16 +126,18 @@ def test_the_probe_chooses_every_readout_on_validation_then_reads_test_once(rand
     from mae_exp.config import load_params
     monkeypatch.chdir(random_encoder)
     p = load_params("params.yaml")
-    spy = Spy(monkeypatch, probe, ["labeled", "train_heads", "knn_votes"])
+    spy = Spy(monkeypatch, probe, ["labeled", "train_grid", "knn_votes"])
     summary = probe.linear_probe(p, "models/random/encoder.pt", "data/prepared", "random", tmp_path / "live")
     heads = len(p.linear_probe.lr) * len(p.linear_probe.weight_decay)
     knn = len(p.linear_probe.knn_k) * len(p.linear_probe.knn_temperature)
-    # train and validation first; every grid point trained (both poolings at once) and every kNN point
-    # scored on validation (one call per pooling); then the test split, once, and only the chosen readouts
+    # train and validation first; every grid point trained (all points and both poolings in one loop) and
+    # every kNN point scored on validation (one call per pooling); then the test split, once, and only the
+    # chosen readouts
     assert spy.events.count("labeled:test") == 1
     test_at = spy.events.index("labeled:test")
     assert spy.events[:2] == ["labeled:train", "labeled:val"]
-    assert spy.events[:test_at].count("train_heads") == heads == 4
+    assert spy.events[:test_at].count("train_grid") == 1 and "train_grid" not in spy.events[test_at:]
+    assert [len(summary["search"][f"linear_{pool}"]["val_top1"]) for pool in ("cls", "mean")] == [heads] * 2 == [4] * 2
     assert spy.events[:test_at].count("knn_votes") == 2 * knn == 8
     assert spy.events[test_at + 1:] == ["knn_votes", "knn_votes"]  # the chosen kNN of each pooling, on test
     for readout in READOUTS:
@@ -147,6 +151,36 @@ def test_the_probe_chooses_every_readout_on_validation_then_reads_test_once(rand
     # the curves DVCLive keeps are the chosen head's: its last epoch is the validation top-1 reported
     curve = (tmp_path / "live" / "plots" / "metrics" / "linear_mean_val_top1.tsv").read_text().splitlines()
     assert float(curve[-1].split("\t")[-1]) == pytest.approx(summary["linear_mean_val_top1"], abs=1e-4)
+
+
+def test_the_grid_trains_each_point_as_a_head_trained_alone():
+    """All points in one loop (shared BN, one weight per point, SGD written out) = each point on its own,
+    through torch.optim.SGD, from the same start."""
+    from torch import nn
+    gen = torch.Generator().manual_seed(0)
+    xs = {"cls": torch.randn(60, 8, generator=gen), "mean": torch.randn(60, 8, generator=gen)}
+    y = torch.randint(0, 3, (60,), generator=gen)
+    points = [(0.3, 0.0), (0.05, 1e-2)]
+    heads, diverged = train_grid(xs, y, 3, 4, 16, points, seed=1)
+    assert diverged == {}
+    start, _ = train_grid(xs, y, 3, 0, 16, points, seed=1)  # the same initial weights, untrained
+    for name, x in xs.items():
+        for i, (lr, wd) in enumerate(points):
+            alone = start[name].point(i).train()
+            alone[0].reset_running_stats()
+            optimizer = torch.optim.SGD(alone.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+            order = torch.Generator().manual_seed(1)
+            per_epoch, step = len(batches(60, 16, drop_last=False)), 0
+            for _ in range(4):
+                for idx in batches(60, 16, order, drop_last=False):
+                    for group in optimizer.param_groups:
+                        group["lr"] = warmup_cosine(step, 4 * per_epoch, per_epoch, lr)
+                    optimizer.zero_grad()
+                    nn.functional.cross_entropy(alone(x[idx]), y[idx]).backward()
+                    optimizer.step()
+                    step += 1
+            alone.eval()
+            assert torch.allclose(heads[name].point(i)(x), alone(x), atol=1e-5), (name, i)
 
 
 def test_a_diverging_grid_point_loses_the_search_instead_of_stopping_it(random_encoder, monkeypatch, tmp_path):
