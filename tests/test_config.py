@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mae_exp.config import (ConfigError, ModelConfig, arm_variant, as_dict, fingerprint, load_params,
+from mae_exp.config import (ConfigError, ModelConfig, arm_params, arm_variant, as_dict, fingerprint, load_params,
                               parse_params)
 from conftest import REPO, dvc, run, stage_cmd
 
@@ -167,6 +167,13 @@ def test_the_new_keys_are_read():
     assert (p.linear_probe.knn_k, p.linear_probe.knn_temperature) == ((5,), (0.5, 1.0))
     assert (p.finetune.layer_decay, p.finetune.drop_path, p.finetune.label_smoothing,
             p.finetune.checkpoint_every) == ((1.0,), 0.0, 0.2, 2)
+
+
+def test_a_study_may_widen_a_readout_grid_for_every_arm():
+    from mae_exp.study.results import arm_overrides
+    p = parse_params(with_change("study.overrides", {"finetune.base_lr": [4e-3, 8e-3]}))
+    assert arm_params(p, "all").finetune.base_lr == (4e-3, 8e-3)
+    assert "finetune.base_lr=[0.004, 0.008]" in arm_overrides(p, "all")  # `dvc exp run -S` reads it as YAML
 
 
 def test_an_ablation_with_no_overrides_may_be_written_bare():
