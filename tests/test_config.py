@@ -69,7 +69,7 @@ def test_the_shipped_params_and_configs_are_valid():
     ("pretrain.checkpoint_every", 0, ["pretrain.checkpoint_every", "greater than or equal to 1"]),
     ("pretrain.init_from", " ", ["pretrain.init_from must be null (from scratch) or a path"]),
     ("pretrain.init_from", 3, ["pretrain.init_from", "string", "3"]),
-    ("linear_probe.lr", 0, ["linear_probe.lr", "greater than 0"]),
+    ("linear_probe.lr", [0.1, 0], ["linear_probe.lr[1]", "greater than 0"]),
     ("visualize.mask_ratio", 1.5, ["visualize.mask_ratio", "less than 1", "1.5"]),
     ("visualize.eval_images", 0, ["visualize.eval_images", "greater than or equal to 1"]),
     # the keys of the new schema
@@ -83,11 +83,25 @@ def test_the_shipped_params_and_configs_are_valid():
     ("data.val_fraction", 0, ["data.val_fraction", "greater than 0"]),
     ("data.val_fraction", 0.6, ["data.val_fraction", "less than or equal to 0.5", "0.6"]),
     ("linear_probe.pooling", "mean", ["unknown key 'linear_probe.pooling'"]),  # both are always read now
-    ("linear_probe.knn_k", 0, ["linear_probe.knn_k", "greater than or equal to 1"]),
-    ("linear_probe.knn_temperature", 0, ["linear_probe.knn_temperature", "greater than 0"]),
+    ("linear_probe.knn_k", [0], ["linear_probe.knn_k[0]", "greater than or equal to 1"]),
+    ("linear_probe.knn_k", [10, 2.5], ["linear_probe.knn_k[1]", "integer", "2.5"]),
+    ("linear_probe.knn_temperature", [0], ["linear_probe.knn_temperature[0]", "greater than 0"]),
     ("linear_probe.knn_temperature", DELETE, ["missing key 'linear_probe.knn_temperature'"]),
-    ("finetune.layer_decay", 0, ["finetune.layer_decay", "greater than 0"]),
-    ("finetune.layer_decay", 1.5, ["finetune.layer_decay", "less than or equal to 1"]),
+    # the readouts' grids (searched on validation for every encoder): non-empty lists, no repeats, in range
+    ("linear_probe.lr", 0.1, ["linear_probe.lr", "must be a list", "0.1"]),
+    ("linear_probe.lr", [], ["linear_probe.lr", "must not be empty"]),
+    ("linear_probe.lr", [0.1, 0.3, 0.1], ["linear_probe.lr", "must not repeat", "0.1, 0.3, 0.1"]),
+    ("linear_probe.weight_decay", [0.0, -1e-4], ["linear_probe.weight_decay[1]", "greater than or equal to 0"]),
+    ("linear_probe.weight_decay", [], ["linear_probe.weight_decay", "must not be empty"]),
+    ("linear_probe.knn_k", [20, 20], ["linear_probe.knn_k", "must not repeat"]),
+    ("linear_probe.knn_temperature", 0.07, ["linear_probe.knn_temperature", "must be a list"]),
+    ("finetune.base_lr", 8e-3, ["finetune.base_lr", "must be a list"]),
+    ("finetune.base_lr", [8e-3, 0], ["finetune.base_lr[1]", "greater than 0"]),
+    ("finetune.base_lr", [], ["finetune.base_lr", "must not be empty"]),
+    ("finetune.layer_decay", [0.75, 0.75], ["finetune.layer_decay", "must not repeat"]),
+    ("finetune.layer_decay", [0], ["finetune.layer_decay[0]", "greater than 0"]),
+    ("finetune.layer_decay", [0.75, 1.5], ["finetune.layer_decay[1]", "less than or equal to 1"]),
+    ("study.overrides", {"finetune.base_lr": [4e-3, -1]}, ["study.overrides", "finetune.base_lr[1]", "greater than 0"]),
     ("finetune.drop_path", 1.0, ["finetune.drop_path", "less than 1"]),
     ("finetune.drop_path", -0.1, ["finetune.drop_path", "greater than or equal to 0"]),
     ("finetune.label_smoothing", 1, ["finetune.label_smoothing", "less than 1"]),
@@ -98,7 +112,7 @@ def test_the_shipped_params_and_configs_are_valid():
     ("finetune.warmup_epochs", 99.0, ["finetune.warmup_epochs (99.0) must not exceed epochs"]),
     # no infinite or NaN float anywhere (issue 22: `.inf` overflowed, or trained a diverged probe), seeds in range
     ("model.mlp_ratio", float("inf"), ["model.mlp_ratio", "finite number", "inf"]),
-    ("linear_probe.lr", float("inf"), ["linear_probe.lr", "finite number"]),
+    ("linear_probe.lr", [float("inf")], ["linear_probe.lr[0]", "finite number"]),
     ("pretrain.base_lr", float("nan"), ["pretrain.base_lr", "finite number"]),
     ("finetune.warmup_epochs", float("inf"), ["finetune.warmup_epochs", "finite number"]),
     ("data.val_fraction", float("nan"), ["data.val_fraction", "finite number"]),
@@ -147,14 +161,21 @@ def test_floats_accept_yaml_exponent_without_dot_and_integers():
 def test_the_new_keys_are_read():
     raw = with_change("threads", 3)
     raw["data"].update(verify_md5=False, pretrain_splits=["train"], val_fraction=0.5)
-    raw["linear_probe"].update(knn_k=5, knn_temperature=0.5)
-    raw["finetune"].update(layer_decay=1, drop_path=0.0, label_smoothing=0.2, checkpoint_every=2)
+    raw["linear_probe"].update(knn_k=[5], knn_temperature=[0.5, 1])
+    raw["finetune"].update(layer_decay=[1], drop_path=0.0, label_smoothing=0.2, checkpoint_every=2)
     p = parse_params(raw)
     assert p.threads == 3
     assert (p.data.verify_md5, p.data.pretrain_splits, p.data.val_fraction) == (False, ("train",), 0.5)
-    assert (p.linear_probe.knn_k, p.linear_probe.knn_temperature) == (5, 0.5)
+    assert (p.linear_probe.knn_k, p.linear_probe.knn_temperature) == ((5,), (0.5, 1.0))
     assert (p.finetune.layer_decay, p.finetune.drop_path, p.finetune.label_smoothing,
-            p.finetune.checkpoint_every) == (1.0, 0.0, 0.2, 2)
+            p.finetune.checkpoint_every) == ((1.0,), 0.0, 0.2, 2)
+
+
+def test_a_study_may_widen_a_readout_grid_for_every_arm():
+    from mae_exp.study.results import arm_overrides
+    p = parse_params(with_change("study.overrides", {"finetune.base_lr": [4e-3, 8e-3]}))
+    assert arm_params(p, "all").finetune.base_lr == (4e-3, 8e-3)
+    assert "finetune.base_lr=[0.004, 0.008]" in arm_overrides(p, "all")  # `dvc exp run -S` reads it as YAML
 
 
 def test_an_ablation_with_no_overrides_may_be_written_bare():
@@ -171,7 +192,7 @@ def test_configs_are_frozen_hashable_and_round_trip():
         p.pretrain.epochs = 1
     assert {p.original: "o", p.improved: "i"}[p.improved] == "i"
     assert ModelConfig(**as_dict(p.model)) == p.model  # what checkpoints store and rebuild
-    assert as_dict(p)["finetune"]["layer_decay"] == RAW["finetune"]["layer_decay"]
+    assert list(as_dict(p)["finetune"]["layer_decay"]) == RAW["finetune"]["layer_decay"]
     assert fingerprint(p.model, 1) == fingerprint(parse_params(copy.deepcopy(RAW)).model, 1)
     assert fingerprint(p.model, 1) != fingerprint(parse_params(with_change("model.encoder_depth", 5)).model, 1)
 

@@ -60,7 +60,10 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
         assert vis[variant]["hf_error"] > 0 and vis[variant]["psnr"] > 0 and vis[variant]["mse"] > 0
     comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
     assert set(comparison) == {"random", "original", "improved", "improved_minus_original", "own_objective",
-                               "improved_ahead_on", "measures_counted"}
+                               "improved_ahead_on", "measures_counted", "chosen"}
+    for name in ("random", "original", "improved"):  # each encoder's readout settings, chosen on validation
+        assert comparison["chosen"][name] == {**metrics(repo, f"linear_probe_{name}")["chosen"],
+                                              "finetune": metrics(repo, f"finetune_{name}")["chosen"]}
     for readout in ("linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1"):
         assert comparison["improved_minus_original"][readout] == pytest.approx(
             comparison["improved"][readout] - comparison["original"][readout], abs=1e-4)

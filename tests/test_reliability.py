@@ -148,7 +148,7 @@ def test_visualize_loader_checks_digest_and_model(built):
 
 def test_a_diverging_probe_stops_naming_its_lr_instead_of_reporting_chance(built):
     # finite, so it passes validation; .inf does not
-    proc = stage_with_params(built, "linear_probe@random", linear_probe__lr=1e30)
+    proc = stage_with_params(built, "linear_probe@random", linear_probe__lr=[1e30])  # every grid point diverges
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert "linear probe (" in line and "the training loss became" in line

@@ -149,7 +149,9 @@ class PretrainConfig(TrainingConfig):
 
 
 class FinetuneConfig(TrainingConfig):
-    layer_decay: Annotated[Number, Field(gt=0, le=1)]  # lr factor per block below the head (1: none)
+    # searched on validation for every encoder alike (optim.grid, optim.best): the grid, one point or more
+    base_lr: _list_of(Positive)  # lr = base_lr * batch_size / 256
+    layer_decay: _list_of(Annotated[Number, Field(gt=0, le=1)])  # lr factor per block below the head (1: none)
     drop_path: Annotated[Number, Field(ge=0, lt=1)]  # stochastic depth rate of the last block
     label_smoothing: Annotated[Number, Field(ge=0, lt=1)]
 
@@ -166,12 +168,15 @@ class VariantConfig(Section):
 
 
 class LinearProbeConfig(Section):
+    """Grids, searched on validation for every encoder alike (optim.grid, optim.best): each pooling's head gets its own
+    best (lr, weight_decay), each pooling's kNN its own best (k, temperature)."""
+
     epochs: Count
     batch_size: Batch
-    lr: Positive
-    weight_decay: NonNegative
-    knn_k: Count  # neighbours of the weighted kNN readout
-    knn_temperature: Positive  # vote weight exp(cosine similarity / temperature)
+    lr: _list_of(Positive)
+    weight_decay: _list_of(NonNegative)
+    knn_k: _list_of(Count)  # neighbours of the weighted kNN readout
+    knn_temperature: _list_of(Positive)  # vote weight exp(cosine similarity / temperature)
 
 
 class VisualizeConfig(Section):
@@ -183,7 +188,9 @@ class VisualizeConfig(Section):
 
 # {"<section>.<key>": value, ...}: params.yaml keys, dotted, and the values to give them
 # values are checked where they land (Params._valid validates each section with them applied)
-Overrides = Annotated[dict[str, bool | StrictInt | float | str], BeforeValidator(lambda v: {} if v is None else v)]
+# a list sets a grid (e.g. finetune.base_lr: [4.0e-3, 8.0e-3])
+_Value = bool | StrictInt | float | str
+Overrides = Annotated[dict[str, _Value | list[_Value]], BeforeValidator(lambda v: {} if v is None else v)]
 ARM_SECTIONS = VARIANTS  # what an arm may override: either recipe (the study compares improved with original)
 
 

@@ -1,9 +1,11 @@
 """Optimisation, as MAE does it: AdamW weight-decay groups (pre-training: timm's `add_weight_decay`, as
 `main_pretrain.py` calls it; fine-tuning: `util/lr_decay.py`'s `param_groups_lrd`, with layer-wise lr decay),
-and the per-step linear warmup + half-cosine (`util/lr_sched.py`)."""
+and the per-step linear warmup + half-cosine (`util/lr_sched.py`).
+And the readouts' search over their settings (`grid`, `best`): the same for every encoder."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -56,3 +58,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float, layer_scale=None, 
 def adamw(groups: list[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW with MAE's betas; each group's lr is lr x its `lr_scale`, set every step by train.Trainer."""
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+# ---- the readouts' search (issue 31): a grid of settings, each scored on the validation split (data.val_fraction
+# of train), the best chosen before the test split is read; the probe, kNN and fine-tuning share it
+
+def grid(**axes) -> list[dict]:
+    """Every combination of the axes' values, in a fixed order (the last axis varies fastest)."""
+    names = list(axes)
+    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def best(scores: list[float | None]) -> int | None:
+    """Index of the highest validation score; a tie goes to the earliest point in grid order (so the choice
+    is the same whoever runs it); None scores (a diverged run) never win. None when every score is None."""
+    valid = [(score, -i) for i, score in enumerate(scores) if score is not None]
+    return -max(valid)[1] if valid else None

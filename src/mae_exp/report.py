@@ -4,6 +4,7 @@ Every row comes from the one registry of measures (measures.py): each readout of
 fine-tuning, the three reconstruction measures under identical masks (visualize), and each pre-training's
 cost. A reconstruction measure that a variant trains on is marked with whose objective it is, and the
 summary line counts only measures that neither variant trains on: winning on your own loss is expected.
+Beside them, each encoder's readout settings as its own validation search chose them (`chosen`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from .config import ENCODERS
 from .files import atomic_write, save_json
-from .measures import MEASURES, Measure, counted, whose
+from .measures import FINETUNE, MEASURES, PROBE, Measure, counted, whose
 from .palette import ENCODERS as COLOURS
 from .progress import console
 
@@ -38,6 +39,21 @@ def collect(metrics_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("encoder").astype(float)
 
 
+def chosen_settings(metrics_dir: str | Path) -> dict[str, dict]:
+    """Each encoder's readout settings, as its probe and fine-tuning stages chose them on validation (the
+    same grids for every encoder): {encoder: {"linear_cls": {"lr": .., "weight_decay": ..}, ..., "finetune": {..}}}."""
+    def file(path: str, name: str) -> Path:
+        return Path(metrics_dir) / path.format(enc=name)  # measures' paths are relative to metrics/
+    out = {}
+    for name in ENCODERS:
+        settings = dict(_read(file(PROBE, name)).get("chosen", {}))
+        if "chosen" in (ft := _read(file(FINETUNE, name))):
+            settings["finetune"] = ft["chosen"]
+        if settings:
+            out[name] = settings
+    return out
+
+
 def ahead(delta: pd.Series) -> tuple[list[str], list[str]]:
     """(measures improved is ahead on, measures compared), over the test-set measures neither variant trains on."""
     compared = [col for col, m in MEASURES.items() if counted(m) and pd.notna(delta[col])]
@@ -54,8 +70,10 @@ def report(metrics_dir: str | Path, json_path: str | Path, figure_path: str | Pa
     out["own_objective"] = {col: whose(m) for col, m in MEASURES.items() if m.objective}
     out["improved_ahead_on"] = len(wins)  # of `measures_counted`: test-set measures neither variant trains on
     out["measures_counted"] = len(compared)
+    out["chosen"] = chosen_settings(metrics_dir)  # each encoder's readout settings, chosen on validation
     save_json(out, json_path)
     print_table(table, delta)
+    print_settings(out["chosen"])
     console.print(summary(wins, compared), highlight=False)
     save_figure(table, figure_path)
     return out
@@ -100,6 +118,21 @@ def print_table(table: pd.DataFrame, delta: pd.Series) -> None:
         objective = f"own objective: {whose(m)}" if m.objective else ("neither" if m.study or m.unit == "pp" else "")
         t.add_row(m.label, *(fmt(table.loc[name, col], m) for name in table.index),
                   f"[{colour}]{fmt(d, m, signed=True)}[/]", objective)
+    console.print(t)
+
+
+def print_settings(chosen: dict[str, dict]) -> None:
+    """One row per encoder, one column per readout: the setting its validation search chose."""
+    readouts = list(dict.fromkeys(r for settings in chosen.values() for r in settings))
+    if not readouts:
+        return
+    t = Table(title="Readout settings chosen on validation (the same grid for every encoder)")
+    t.add_column("encoder")
+    for readout in readouts:
+        t.add_column(readout)
+    for name, settings in chosen.items():
+        t.add_row(name, *(", ".join(f"{k} {v:g}" for k, v in settings[r].items()) if r in settings else "–"
+                          for r in readouts))
     console.print(t)
 
 

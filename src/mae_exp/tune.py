@@ -33,6 +33,22 @@ def grid(**axes) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
 
 
+def one_point_grids(section, point: dict) -> dict:
+    """`point` with a value given where the section holds a grid made a grid of that one value."""
+    return {k: (v,) if isinstance(getattr(section, k), tuple) else v for k, v in point.items()}
+
+
+def grid_of(section, key: str) -> tuple:
+    """The section's grid for `key` (a tuple in params), () where the key is a single value or absent."""
+    value = getattr(section, key, None)
+    return value if isinstance(value, tuple) else ()
+
+
+def only(value):
+    """A grid of one value (as params.yaml gives it) -> that value; a value -> itself."""
+    return value[0] if isinstance(value, tuple) else value
+
+
 def tune_linear_probe(p, encoder: str, points: list[dict], paths: dict[str, str], scratch: Path) -> list[dict]:
     """Both poolings' heads at every point (they train together), one row each."""
     from .data.prepared import labeled, load_meta
@@ -49,8 +65,8 @@ def tune_linear_probe(p, encoder: str, points: list[dict], paths: dict[str, str]
     rows = []
     for point in points:
         cfg = p.linear_probe.model_copy(update=point)
-        heads = train_heads(x["train"], y["train"], classes, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay,
-                            p.seed)
+        heads = train_heads(x["train"], y["train"], classes, cfg.epochs, cfg.batch_size, only(cfg.lr),
+                            only(cfg.weight_decay), p.seed)
         with torch.no_grad():
             rows += [{**point, "pooling": pool, "val_top1": accuracy(head(x["val"][pool]), y["val"])}
                      for pool, head in heads.items()]
@@ -61,7 +77,7 @@ def tune_finetune(p, encoder: str, points: list[dict], paths: dict[str, str], sc
     from .finetune import finetune
     rows = []
     for point in points:
-        q = p.model_copy(update={"finetune": p.finetune.model_copy(update=point)})
+        q = p.model_copy(update={"finetune": p.finetune.model_copy(update=one_point_grids(p.finetune, point))})
         t0 = time.perf_counter()
         result = finetune(q, paths["encoder"], paths["data"], encoder, scratch / "live", scratch, test=False)
         curve = (scratch / "live" / "plots" / "metrics" / "val_top1.tsv").read_text().splitlines()[1:]  # DVCLive's
@@ -94,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {e}")
         return 2
     skip = {"stage", "encoder", "out", "scratch"}
-    axes = {k: v for k, v in vars(a).items() if k not in skip and v is not None}
     current = getattr(p, a.stage)
+    # an axis that params.yaml gives as a grid of several values and the command leaves out: one run per value
+    axes = {k: v if v is not None else list(getattr(current, k)) for k, v in vars(a).items()
+            if k not in skip and (v is not None or len(grid_of(current, k)) > 1)}
     points = grid(**axes) if axes else [{}]
     for point in points:  # every point must make a valid params section, checked before any work
         try:
-            type(current).model_validate({**current.model_dump(), **point})
+            type(current).model_validate({**current.model_dump(), **one_point_grids(current, point)})
         except ValueError as e:  # pydantic's message names the field
             console.print(f"[bold red]error:[/] {a.stage} {point}: {' '.join(str(e).split())}")
             return 2
