@@ -175,7 +175,7 @@ def test_a_study_may_widen_a_readout_grid_for_every_arm():
     from mae_exp.study.results import arm_overrides
     p = parse_params(with_change("study.overrides", {"finetune.base_lr": [4e-3, 8e-3]}))
     assert arm_params(p, "all").finetune.base_lr == (4e-3, 8e-3)
-    assert "finetune.base_lr=[0.004, 0.008]" in arm_overrides(p, "all")  # `dvc exp run -S` reads it as YAML
+    assert "finetune.base_lr=[0.004, 0.008]" in arm_overrides(p, "all-e32")  # `dvc exp run -S` reads it as YAML
 
 
 def test_an_ablation_with_no_overrides_may_be_written_bare():

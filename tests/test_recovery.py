@@ -178,12 +178,13 @@ def test_a_full_disk_under_downloads_output_names_the_array(built):
 @pytest.mark.parametrize("key", ["batch_size", "knn_k"])
 def test_the_probes_sizes_are_checked_against_its_train_images(built, key):
     # <= data.shapes.train (100), > the 90 left after validation: the probe refuses it before any feature
-    proc = stage_with_params(built, "linear_probe@random", **{f"linear_probe__{key}": 95})
+    value = {"batch_size": 95, "knn_k": [5, 95]}[key]  # knn_k is a grid: its largest point counts
+    proc = stage_with_params(built, "linear_probe@random", **{f"linear_probe__{key}": value})
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert f"linear_probe.{key} (95) is larger than the 90 train images" in line
     # > data.shapes.train: refused with the params, as finetune.batch_size is
-    proc = stage_with_params(built, "init_random", **{f"linear_probe__{key}": 1000})
+    proc = stage_with_params(built, "init_random", **{f"linear_probe__{key}": 1000 if key == "batch_size" else [1000]})
     assert proc.returncode == 2
     [line] = error_lines(proc)
     assert f"linear_probe.{key} (1000) must not exceed data.shapes.train (100)" in line
@@ -192,7 +193,7 @@ def test_the_probes_sizes_are_checked_against_its_train_images(built, key):
 def test_one_train_image_per_class_is_refused_at_download(built):
     before = files_under(built / "data/prepared")
     small = {"data__shapes__train": 10, "finetune__batch_size": 2, "linear_probe__batch_size": 2,
-             "linear_probe__knn_k": 2}  # 10 classes: one image each
+             "linear_probe__knn_k": [2]}  # 10 classes: one image each
     proc = stage_with_params(built, "download", **small)
     assert proc.returncode == 1
     [line] = error_lines(proc)

@@ -262,6 +262,7 @@ class Params(Section):
                                                       f"not exceed data.shapes.train ({train})")
             for key in ("batch_size", "knn_k"):
                 value = getattr(self.linear_probe, key)
+                value = max(value) if isinstance(value, tuple) else value  # knn_k is a grid: its largest
                 _check(value <= train, f"linear_probe.{key} ({value}) must not exceed data.shapes.train ({train})")
             _check(self.visualize.eval_images <= test, f"visualize.eval_images ({self.visualize.eval_images}) "
                                                        f"must not exceed data.shapes.test ({test})")

@@ -206,7 +206,7 @@ def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, nam
     classes = len(load_meta(data_root)["classes"])
     splits = {part: labeled(data_root, part, p.data.val_fraction) for part in ("train", "val")}
     n = len(splits["train"].labels)
-    for key, value in (("batch_size", cfg.batch_size), ("knn_k", cfg.knn_k)):  # refused, as finetune's batch is
+    for key, value in (("batch_size", cfg.batch_size), ("knn_k", max(cfg.knn_k))):  # refused, as finetune's batch is
         if value > n:
             raise ValueError(f"linear_probe.{key} ({value}) is larger than the {n} train images left after "
                              f"data.val_fraction holds out {len(splits['val'].labels)}: lower linear_probe.{key}")
