@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mae_exp.augment import MEAN, STD, crop_and_flip, crop_and_flip_uint8, draw_crops, to_float  # noqa: E402
+from mae_exp.training.augment import MEAN, STD, crop_and_flip, crop_and_flip_uint8, draw_crops, to_float  # noqa: E402
 
 CONFIGS = {"seed": (32, 96, 224), "default": (128, 32, 32)}  # batch, stored px, model input px
 
@@ -51,11 +51,20 @@ def grid_sample(u8, boxes, flip, size):
 
 def roi_align(u8, boxes, flip, size):
     from torchvision.ops import roi_align as align
+
     x = to_float(u8)
     _, _, h, w = x.shape
     cx, cy, bw, bh = boxes.unbind(1)
-    rois = torch.stack([torch.arange(len(x), dtype=x.dtype), (cx - bw / 2) * w, (cy - bh / 2) * h,
-                        (cx + bw / 2) * w, (cy + bh / 2) * h], dim=1)
+    rois = torch.stack(
+        [
+            torch.arange(len(x), dtype=x.dtype),
+            (cx - bw / 2) * w,
+            (cy - bh / 2) * h,
+            (cx + bw / 2) * w,
+            (cy + bh / 2) * h,
+        ],
+        dim=1,
+    )
     out = align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
@@ -78,8 +87,13 @@ def float_sep(u8, boxes, flip, size):
     return crop_and_flip(to_float(u8), boxes, flip, size)
 
 
-METHODS = {"grid_sample": grid_sample, "roi_align": roi_align, "matmul": matmul, "float_sep": float_sep,
-           "separable": crop_and_flip_uint8}
+METHODS = {
+    "grid_sample": grid_sample,
+    "roi_align": roi_align,
+    "matmul": matmul,
+    "float_sep": float_sep,
+    "separable": crop_and_flip_uint8,
+}
 
 
 def main() -> None:
@@ -91,8 +105,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.rounds} rounds x {a.calls} calls; "
-          f"ms per batch (min / median), max |difference| from grid_sample")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.rounds} rounds x {a.calls} calls; "
+        f"ms per batch (min / median), max |difference| from grid_sample"
+    )
     for name in a.configs:
         batch, stored, size = CONFIGS[name]
         gen = torch.Generator().manual_seed(0)

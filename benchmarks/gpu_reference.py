@@ -55,18 +55,35 @@ SMALL_ARCHIVE = {"unlabeled": 300, "train": 200, "test": 100}
 # --small: the reference params, shrunk to a toy model and an epoch or two at 32 px
 SMALL_PARAMS = {
     ("data", "input_size"): 32,
-    ("model",): {"patch_size": 4, "encoder_dim": 32, "encoder_depth": 2, "encoder_heads": 2, "decoder_dim": 16,
-                 "decoder_depth": 1, "decoder_heads": 2, "mlp_ratio": 4.0, "norm_pix_loss": True},
-    ("pretrain", "epochs"): 1, ("pretrain", "batch_size"): 64,
-    ("linear_probe", "epochs"): 2, ("linear_probe", "batch_size"): 64,
-    ("finetune", "epochs"): 1, ("finetune", "batch_size"): 32,
-    ("visualize", "images"): 3, ("visualize", "eval_images"): 40,
+    ("model",): {
+        "patch_size": 4,
+        "encoder_dim": 32,
+        "encoder_depth": 2,
+        "encoder_heads": 2,
+        "decoder_dim": 16,
+        "decoder_depth": 1,
+        "decoder_heads": 2,
+        "mlp_ratio": 4.0,
+        "norm_pix_loss": True,
+    },
+    ("pretrain", "epochs"): 1,
+    ("pretrain", "batch_size"): 64,
+    ("linear_probe", "epochs"): 2,
+    ("linear_probe", "batch_size"): 64,
+    ("finetune", "epochs"): 1,
+    ("finetune", "batch_size"): 32,
+    ("visualize", "images"): 3,
+    ("visualize", "eval_images"): 40,
 }
 STEPS = ("checks", "archive", "bench", "stages")
 BENCH = ["--configs", "seed", "--compile", "--repeats", "2"]  # 2 rounds: each compiles for a minute or so
 SMALL_BENCH = ["--configs", "default", "--batch-size", "16", "--repeats", "1", "--min-seconds", "0"]
-CHECKS = ["tests/test_performance.py", "-k", "not compiled",  # compiling would take minutes of device time
-          "tests/test_make_stl10.py::test_rendering_on_the_gpu_gives_the_same_kind_of_images"]
+CHECKS = [
+    "tests/test_performance.py",
+    "-k",
+    "not compiled",  # compiling would take minutes of device time
+    "tests/test_make_stl10.py::test_rendering_on_the_gpu_gives_the_same_kind_of_images",
+]
 NEEDED = "import pydantic, dvclive"  # what the stage scripts need beyond PyTorch and PyYAML
 
 
@@ -104,8 +121,15 @@ class Run:
         self.log.write(header)
         self.log.flush()
         t0 = time.time()
-        proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         for line in proc.stdout:
             sys.stdout.write(line)
             self.log.write(line)
@@ -146,8 +170,10 @@ def ensure_dependencies(wheels: Path, work: Path) -> str | None:
     if subprocess.run([sys.executable, "-c", NEEDED], capture_output=True, env=check).returncode == 0:
         return str(site) if site.is_dir() else None
     if not wheels.is_dir() or not any(wheels.glob("*.whl")):
-        sys.exit(f"error: the stage scripts need pydantic and dvclive, which this Python lacks, and {wheels} holds "
-                 f"no wheels: run benchmarks/gpu_wheels.sh on a machine with a package index and carry {wheels.name}/")
+        sys.exit(
+            f"error: the stage scripts need pydantic and dvclive, which this Python lacks, and {wheels} holds "
+            f"no wheels: run benchmarks/gpu_wheels.sh on a machine with a package index and carry {wheels.name}/"
+        )
     names = ["pydantic", "dvclive"]
     print(f"installing {', '.join(names)} and what they need from {wheels} (no index)", flush=True)
     base = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels)]
@@ -205,8 +231,11 @@ def start_sampling(kept: Path):
     if shutil.which("nvidia-smi") is None:
         return None
     query = "timestamp,utilization.gpu,utilization.memory,memory.used,power.draw,clocks.sm"
-    return subprocess.Popen(["nvidia-smi", f"--query-gpu={query}", "--format=csv,nounits", "-lms", "500"],
-                            stdout=(kept / "nvidia_smi.csv").open("a"), stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        ["nvidia-smi", f"--query-gpu={query}", "--format=csv,nounits", "-lms", "500"],
+        stdout=(kept / "nvidia_smi.csv").open("a"),
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def gpu_stats(kept: Path, summary: dict) -> None:
@@ -226,8 +255,12 @@ def gpu_stats(kept: Path, summary: dict) -> None:
             inside = [s for s in samples if any(c["end"] and c["start"] <= s[0] <= c["end"] for c in entry["calls"])]
             if inside:
                 util = [s[1] for s in inside]
-                entry["gpu"] = {"samples": len(inside), "util_mean_pct": round(sum(util) / len(util), 1),
-                                "util_max_pct": max(util), "memory_max_mib": max(s[2] for s in inside)}
+                entry["gpu"] = {
+                    "samples": len(inside),
+                    "util_mean_pct": round(sum(util) / len(util), 1),
+                    "util_max_pct": max(util),
+                    "memory_max_mib": max(s[2] for s in inside),
+                }
 
 
 # --------------------------------------------------------------------------- steps
@@ -244,18 +277,33 @@ def step_archive(run: Run, small: bool, cuda: bool) -> int:
         print(f"archive: {root / 'stl10_binary.tar.gz'} exists, kept", flush=True)
         return 0
     sizes = SMALL_ARCHIVE if small else FULL_ARCHIVE
-    argv = [sys.executable, str(REPO / "benchmarks" / "make_stl10.py"), "--root", str(root),
-            "--device", "cuda" if cuda else "cpu", "--level", "0" if cuda else "1",
-            *[f"--{split}={n}" for split, n in sizes.items()]]
+    argv = [
+        sys.executable,
+        str(REPO / "benchmarks" / "make_stl10.py"),
+        "--root",
+        str(root),
+        "--device",
+        "cuda" if cuda else "cpu",
+        "--level",
+        "0" if cuda else "1",
+        *[f"--{split}={n}" for split, n in sizes.items()],
+    ]
     n = sum(sizes.values())
-    return run.timed("steps", "archive", argv, REPO, run.pythonpath(REPO / "src"), images=n,
-                     images_per_s=lambda seconds: round(n / seconds, 1))
+    return run.timed(
+        "steps",
+        "archive",
+        argv,
+        REPO,
+        run.pythonpath(REPO / "src"),
+        images=n,
+        images_per_s=lambda seconds: round(n / seconds, 1),
+    )
 
 
 def step_bench(run: Run, small: bool, args: str | None) -> int:
     out = run.kept / "pretrain_vs_hf.json"
     argv = [sys.executable, str(REPO / "benchmarks" / "pretrain_vs_hf.py"), "--json", str(out)]
-    argv += (args.split() if args is not None else SMALL_BENCH if small else BENCH)
+    argv += args.split() if args is not None else SMALL_BENCH if small else BENCH
     return run.timed("steps", "bench", argv, REPO, {**run.pythonpath(REPO / "src"), "COLUMNS": "140"})
 
 
@@ -291,13 +339,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("steps", nargs="*", metavar="STEP", help=f"{', '.join(STEPS)} (default: all, in this order)")
     ap.add_argument("--results", type=Path, help="results folder (default: $OUT, else benchmarks/results/gpu-<date>)")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/mae-gpu-reference"),
-                    help="scratch copy of the project with the archive and the outputs (outside any git repository)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/mae-gpu-reference"),
+        help="scratch copy of the project with the archive and the outputs (outside any git repository)",
+    )
     ap.add_argument("--wheels", type=Path, default=REPO / ".whl", help="carried wheels for what is missing")
     ap.add_argument("--small", action="store_true", help="a tiny archive and model: checks the path on a CPU")
     ap.add_argument("--fresh", action="store_true", help="delete the scratch copy first (archive, outputs, progress)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a param of the reference config, e.g. pretrain.epochs=2 (YAML value; repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param of the reference config, e.g. pretrain.epochs=2 (YAML value; repeatable)",
+    )
     ap.add_argument("--bench-args", help=f"pretrain_vs_hf.py's arguments instead of: {' '.join(BENCH)}")
     a = ap.parse_args()
     overrides = {}
@@ -311,17 +368,28 @@ def main() -> None:
         ap.error(f"unknown step {sorted(set(steps) - set(STEPS))[0]!r}; steps: {', '.join(STEPS)}")
 
     import torch
+
     cuda = torch.cuda.is_available()
     if not cuda and not a.small:
-        sys.exit("error: no GPU is visible to PyTorch; this run is meant for one (use --small to check the path on a CPU)")
+        sys.exit(
+            "error: no GPU is visible to PyTorch; this run is meant for one (use --small to check the path on a CPU)"
+        )
     work = a.work.resolve()
-    if subprocess.run(["git", "-C", str(work.parent if not work.exists() else work), "rev-parse"],
-                      capture_output=True).returncode == 0:
-        sys.exit(f"error: --work {work} is inside a git repository: DVCLive would attach its runs to it; "
-                 f"choose a folder outside (default /tmp/mae-gpu-reference)")
+    if (
+        subprocess.run(
+            ["git", "-C", str(work.parent if not work.exists() else work), "rev-parse"], capture_output=True
+        ).returncode
+        == 0
+    ):
+        sys.exit(
+            f"error: --work {work} is inside a git repository: DVCLive would attach its runs to it; "
+            f"choose a folder outside (default /tmp/mae-gpu-reference)"
+        )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    results = (a.results or (Path(os.environ["OUT"]) if os.environ.get("OUT") else
-                             REPO / "benchmarks" / "results" / f"gpu-{stamp}")).resolve()
+    results = (
+        a.results
+        or (Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results" / f"gpu-{stamp}")
+    ).resolve()
     results.mkdir(parents=True, exist_ok=True)
 
     earlier = work / "reference-results" / "summary.json"
@@ -331,18 +399,31 @@ def main() -> None:
     site = ensure_dependencies(a.wheels.resolve(), work)  # every step imports the project (pydantic)
     run = Run(results, work, site)
     run.summary["small"] = a.small
-    run.summary.setdefault("calls", []).append({
-        "date": now(), "command": " ".join(["python3", *sys.argv]), "steps": steps,
-        "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-        "cuda": torch.version.cuda, "python": sys.version.split()[0], "work": str(work), "site": site,
-        "overrides": a.set})
+    run.summary.setdefault("calls", []).append(
+        {
+            "date": now(),
+            "command": " ".join(["python3", *sys.argv]),
+            "steps": steps,
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": sys.version.split()[0],
+            "work": str(work),
+            "site": site,
+            "overrides": a.set,
+        }
+    )
     run.save()
     sampler = start_sampling(run.kept)
     rc = 0
     try:
         for step in steps:
-            rc = {"checks": lambda: step_checks(run), "archive": lambda: step_archive(run, a.small, cuda),
-                  "bench": lambda: step_bench(run, a.small, a.bench_args), "stages": lambda: step_stages(run)}[step]()
+            rc = {
+                "checks": lambda: step_checks(run),
+                "archive": lambda: step_archive(run, a.small, cuda),
+                "bench": lambda: step_bench(run, a.small, a.bench_args),
+                "stages": lambda: step_stages(run),
+            }[step]()
             if rc != 0:
                 print(f"error: step {step} failed (exit {rc}); see {results / 'steps.log'}", flush=True)
                 break

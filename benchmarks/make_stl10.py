@@ -54,7 +54,7 @@ def split_labels_and_images(split: str, n: int, seed: int, device: str = "cpu"):
     def images():
         for start in range(0, n, chunk):
             g = torch.Generator(device).manual_seed(split_seed * 100_000 + start // chunk)
-            yield render_shapes(labels[start:start + chunk], SIDE, g).cpu().numpy()
+            yield render_shapes(labels[start : start + chunk], SIDE, g).cpu().numpy()
 
     return labels.numpy(), images()
 
@@ -81,15 +81,16 @@ class _Records:
                 self.buffer, self.at = to_stl10_records(images), 0
                 if self.on_chunk:
                     self.on_chunk(len(images))
-            piece = self.buffer[self.at:self.at + size]
+            piece = self.buffer[self.at : self.at + size]
             self.at += len(piece)
             size -= len(piece)
             pieces.append(piece)
         return b"".join(pieces)
 
 
-def write_archive(root: str | Path, sizes: dict[str, int], seed: int = 0, on_chunk=None, device: str = "cpu",
-                  level: int = 1) -> Path:
+def write_archive(
+    root: str | Path, sizes: dict[str, int], seed: int = 0, on_chunk=None, device: str = "cpu", level: int = 1
+) -> Path:
     """`root/stl10_binary.tar.gz` with `sizes` images per split, rendered on `device`, gzip `level`; returns
     its path."""
     root = Path(root)
@@ -128,10 +129,20 @@ def main() -> None:
     for split, n in FULL.items():
         parser.add_argument(f"--{split}", type=int, default=n, help=f"{split} images (default {n:,})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="where to render (cuda: much faster; other images than the CPU's for the same seed)")
-    parser.add_argument("--level", type=int, choices=range(10), default=1, metavar="0-9",
-                        help="gzip level (default 1; 0 stores, the fastest)")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where to render (cuda: much faster; other images than the CPU's for the same seed)",
+    )
+    parser.add_argument(
+        "--level",
+        type=int,
+        choices=range(10),
+        default=1,
+        metavar="0-9",
+        help="gzip level (default 1; 0 stores, the fastest)",
+    )
     args = parser.parse_args()
     sizes = {split: getattr(args, split) for split in FULL}
     if min(sizes.values()) < 1:
@@ -140,15 +151,19 @@ def main() -> None:
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no GPU is visible to PyTorch; use --device cpu")
 
-    from mae_exp.progress import progress
+    from mae_exp.plumbing.progress import progress
+
     start = time.time()
     with progress() as bar:
         task = bar.add_task(f"rendering STL-10-format images on {device}", total=sum(sizes.values()))
-        dest = write_archive(args.root, sizes, args.seed, on_chunk=lambda k: bar.advance(task, k), device=device,
-                             level=args.level)
-    print(f"wrote {dest} ({dest.stat().st_size / 1e9:.2f} GB; {sizes['unlabeled']:,} unlabeled, "
-          f"{sizes['train']:,} train, {sizes['test']:,} test; rendered on {device}) in {time.time() - start:.0f} s. "
-          f"Prepare it with data.source: stl10, data.root: {args.root}, data.verify_md5: false")
+        dest = write_archive(
+            args.root, sizes, args.seed, on_chunk=lambda k: bar.advance(task, k), device=device, level=args.level
+        )
+    print(
+        f"wrote {dest} ({dest.stat().st_size / 1e9:.2f} GB; {sizes['unlabeled']:,} unlabeled, "
+        f"{sizes['train']:,} train, {sizes['test']:,} test; rendered on {device}) in {time.time() - start:.0f} s. "
+        f"Prepare it with data.source: stl10, data.root: {args.root}, data.verify_md5: false"
+    )
 
 
 if __name__ == "__main__":

@@ -45,13 +45,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-SEED_MODEL = dict(patch_size=16, encoder_dim=192, encoder_depth=8, encoder_heads=6, decoder_dim=128,
-                  decoder_depth=4, decoder_heads=4, mlp_ratio=4.0, norm_pix_loss=True)
+SEED_MODEL = dict(
+    patch_size=16,
+    encoder_dim=192,
+    encoder_depth=8,
+    encoder_heads=6,
+    decoder_dim=128,
+    decoder_depth=4,
+    decoder_heads=4,
+    mlp_ratio=4.0,
+    norm_pix_loss=True,
+)
 
 
 def config(name: str, image_size: int | None = None):
     """(ModelConfig, stored image size, model input size) of a named config."""
-    from mae_exp.config import ModelConfig, load_params
+    from mae_exp.plumbing.config import ModelConfig, load_params
+
     if name == "seed":
         return ModelConfig(**SEED_MODEL), 96, 224
     p = load_params(REPO / "params.yaml")
@@ -70,17 +80,19 @@ def rss_mib(field: str) -> float:
     return float("nan")
 
 
-def measure(variant: str, config_name: str, batch_size: int, image_size: int | None, min_seconds: float,
-            threads: int) -> dict:
+def measure(
+    variant: str, config_name: str, batch_size: int, image_size: int | None, min_seconds: float, threads: int
+) -> dict:
     import numpy as np
     import torch
-    from mae_exp.augment import crop_and_flip_uint8, draw_crops
-    from mae_exp.config import load_params
+
     from mae_exp.model import MaskedAutoencoderViT
-    from mae_exp.optim import adamw, param_groups
+    from mae_exp.plumbing.config import load_params
+    from mae_exp.plumbing.runtime import autocast, batches, resident_images, select_rows
     from mae_exp.recipes import pretraining_terms
-    from mae_exp.runtime import autocast, batches, resident_images, select_rows
-    from mae_exp.train import LOG_EVERY
+    from mae_exp.training.augment import crop_and_flip_uint8, draw_crops
+    from mae_exp.training.optim import adamw, param_groups
+    from mae_exp.training.train import LOG_EVERY
 
     cfg, stored, size = config(config_name, image_size)
     p = load_params(REPO / "params.yaml")
@@ -94,12 +106,22 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
 
     if variant == "hf":
         from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
         hf_cfg = ViTMAEConfig(
-            hidden_size=cfg.encoder_dim, num_hidden_layers=cfg.encoder_depth, num_attention_heads=cfg.encoder_heads,
-            intermediate_size=int(cfg.encoder_dim * cfg.mlp_ratio), decoder_hidden_size=cfg.decoder_dim,
-            decoder_num_hidden_layers=cfg.decoder_depth, decoder_num_attention_heads=cfg.decoder_heads,
-            decoder_intermediate_size=int(cfg.decoder_dim * cfg.mlp_ratio), image_size=size,
-            patch_size=cfg.patch_size, mask_ratio=0.75, norm_pix_loss=cfg.norm_pix_loss, layer_norm_eps=1e-6)
+            hidden_size=cfg.encoder_dim,
+            num_hidden_layers=cfg.encoder_depth,
+            num_attention_heads=cfg.encoder_heads,
+            intermediate_size=int(cfg.encoder_dim * cfg.mlp_ratio),
+            decoder_hidden_size=cfg.decoder_dim,
+            decoder_num_hidden_layers=cfg.decoder_depth,
+            decoder_num_attention_heads=cfg.decoder_heads,
+            decoder_intermediate_size=int(cfg.decoder_dim * cfg.mlp_ratio),
+            image_size=size,
+            patch_size=cfg.patch_size,
+            mask_ratio=0.75,
+            norm_pix_loss=cfg.norm_pix_loss,
+            layer_norm_eps=1e-6,
+        )
         model = ViTMAEForPreTraining._from_config(hf_cfg, attn_implementation="sdpa").to(device)
         assert model.config._attn_implementation == "sdpa"
     else:
@@ -115,8 +137,9 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
     ready = torch.randn(batch_size, 3, size, size, device=device)
     n_images = max(1024, batch_size)
     # where pre-training keeps its set: the memory map's pages (CPU) or the device (a GPU it fits on)
-    images = resident_images(np.random.default_rng(0).integers(0, 256, (n_images, stored, stored, 3), dtype=np.uint8),
-                             device)
+    images = resident_images(
+        np.random.default_rng(0).integers(0, 256, (n_images, stored, stored, 3), dtype=np.uint8), device
+    )
     gen = torch.Generator(device=device).manual_seed(1)
     order_gen = torch.Generator().manual_seed(2)
     order: list[torch.Tensor] = []
@@ -179,13 +202,24 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
     seconds = time.perf_counter() - t0
     assert torch.isfinite(loss).item()
 
-    out = {"variant": variant, "config": config_name, "batch_size": batch_size, "image_size": size,
-           "stored_size": stored, "params": params, "steps": steps, "seconds": seconds,
-           "images_per_s": steps * batch_size / seconds, "warmup_s": warmup_s, "device": device_name(),
-           "threads": torch.get_num_threads()}
+    out = {
+        "variant": variant,
+        "config": config_name,
+        "batch_size": batch_size,
+        "image_size": size,
+        "stored_size": stored,
+        "params": params,
+        "steps": steps,
+        "seconds": seconds,
+        "images_per_s": steps * batch_size / seconds,
+        "warmup_s": warmup_s,
+        "device": device_name(),
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 - base_mib
         from torch.utils.flop_counter import FlopCounterMode
+
         with FlopCounterMode(display=False) as counter:
             step()
         out["flops_per_step"] = counter.get_total_flops()
@@ -196,10 +230,17 @@ def measure(variant: str, config_name: str, batch_size: int, image_size: int | N
 
 def device_name() -> str:
     import torch
+
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "CPU")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "CPU",
+    )
     return f"{cpu} ({os.cpu_count()} cores)"
 
 
@@ -207,24 +248,40 @@ def header(a) -> dict:
     """Where and how this run was measured: kept with the numbers."""
     import datetime
     import platform
+
     import torch
+
     try:
         import transformers
+
         hf_version = transformers.__version__
     except ImportError:
         hf_version = None
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or None
-    return {"device": device_name(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None, "transformers": hf_version,
-            "python": platform.python_version(), "commit": commit, "threads": a.threads or os.cpu_count(),
-            "repeats": a.repeats, "min_seconds": a.min_seconds}
+    commit = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        or None
+    )
+    return {
+        "device": device_name(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "transformers": hf_version,
+        "python": platform.python_version(),
+        "commit": commit,
+        "threads": a.threads or os.cpu_count(),
+        "repeats": a.repeats,
+        "min_seconds": a.min_seconds,
+    }
 
 
 def bf16_matmul_flops() -> float:
     """The device's achieved bf16 matmul rate (FLOP/s) on large square matrices: the MFU denominator."""
     import torch
+
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -235,7 +292,7 @@ def bf16_matmul_flops() -> float:
     for _ in range(reps):
         a @ b
     torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- parent: schedule and report
@@ -251,6 +308,7 @@ def child(args: list[str]) -> dict:
 def run_all(jobs: list[list[str]], repeats: int, console) -> list[list[dict]]:
     """Each job `repeats` times, interleaved (round r runs every job once), with a progress bar."""
     from rich.progress import Progress
+
     results: list[list[dict]] = [[] for _ in jobs]
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("measuring", total=len(jobs) * repeats)
@@ -279,18 +337,28 @@ def paired_ratio(r: dict, base: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", default=["default", "seed"], choices=["default", "seed"])
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="default: params.yaml's pretrain.batch_size for `default`, 32 on CPU / 256 on GPU for `seed`")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="default: params.yaml's pretrain.batch_size for `default`, 32 on CPU / 256 on GPU for `seed`",
+    )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--min-seconds", type=float, default=4.0, help="timed seconds per measurement (after 3 warm-up steps)")
+    ap.add_argument(
+        "--min-seconds", type=float, default=4.0, help="timed seconds per measurement (after 3 warm-up steps)"
+    )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="also measure pretrain.compile: true")
     ap.add_argument("--scaling", action="store_true", help="pipeline images/s against batch size and image size")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 256])
     ap.add_argument("--image-sizes", type=int, nargs="+", default=[32, 48, 64])
     ap.add_argument("--json", type=Path, help="also write every measurement here")
-    ap.add_argument("--child", nargs=6, metavar=("VARIANT", "CONFIG", "BATCH", "IMAGE", "SECONDS", "THREADS"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child",
+        nargs=6,
+        metavar=("VARIANT", "CONFIG", "BATCH", "IMAGE", "SECONDS", "THREADS"),
+        help=argparse.SUPPRESS,
+    )
     a = ap.parse_args()
     if a.child:
         variant, cfg, batch, image, seconds, threads = a.child
@@ -300,7 +368,9 @@ def main() -> None:
     import torch
     from rich.console import Console
     from rich.table import Table
-    from mae_exp.config import load_params
+
+    from mae_exp.plumbing.config import load_params
+
     console = Console()
     cuda = torch.cuda.is_available()
     common = [str(a.min_seconds), str(a.threads)]
@@ -312,14 +382,18 @@ def main() -> None:
         variants = ["hf", "ours", "pipeline"] + (["compiled"] if a.compile else [])
         jobs = []
         for cfg in a.configs:
-            batch = a.batch_size or (load_params(REPO / "params.yaml").pretrain.batch_size if cfg == "default"
-                                     else (256 if cuda else 32))
+            batch = a.batch_size or (
+                load_params(REPO / "params.yaml").pretrain.batch_size if cfg == "default" else (256 if cuda else 32)
+            )
             jobs += [[v, cfg, str(batch), "0", *common] for v in variants]
         title = "pre-training step: this project vs Hugging Face ViTMAEForPreTraining"
     head = header(a)
-    console.print(f"{head['date']}  {head['command']}\ndevice: {head['device']}, torch {head['torch']}, "
-                  f"transformers {head['transformers']}, commit {head['commit']}, threads {head['threads']}, "
-                  f"{a.repeats} interleaved repeats of >= {a.min_seconds} s each (median shown)", highlight=False)
+    console.print(
+        f"{head['date']}  {head['command']}\ndevice: {head['device']}, torch {head['torch']}, "
+        f"transformers {head['transformers']}, commit {head['commit']}, threads {head['threads']}, "
+        f"{a.repeats} interleaved repeats of >= {a.min_seconds} s each (median shown)",
+        highlight=False,
+    )
     runs = run_all(jobs, a.repeats, console)
     results = [summarise(r) for r in runs]
 
@@ -337,7 +411,17 @@ def main() -> None:
         if peak:
             console.print(f"measured bf16 matmul rate: {peak / 1e12:.0f} TFLOP/s (8192^3)")
         table = Table(title=title)
-        for col in ["config", "variant", "batch", "params (M)", "images/s", "vs hf", "vs ours", "peak MiB", "vs hf mem"]:
+        for col in [
+            "config",
+            "variant",
+            "batch",
+            "params (M)",
+            "images/s",
+            "vs hf",
+            "vs ours",
+            "peak MiB",
+            "vs hf mem",
+        ]:
             table.add_column(col, justify="left" if col in ("config", "variant") else "right")
         if peak:
             table.add_column("MFU", justify="right")
@@ -346,18 +430,31 @@ def main() -> None:
             r["vs_hf"] = paired_ratio(r, hf)
             ours = next(x for x in results if x["config"] == r["config"] and x["variant"] == "ours")
             r["vs_ours"] = paired_ratio(r, ours)
-            cells = [r["config"], r["variant"], str(r["batch_size"]), f"{r['params'] / 1e6:.2f}",
-                     f"{r['images_per_s']:.1f}", f"{r['vs_hf']:.2f}x", f"{r['vs_ours']:.2f}x",
-                     f"{r['peak_mib']:.0f}", f"{r['peak_mib'] / hf['peak_mib']:.2f}x" if hf["peak_mib"] > 0 else "-"]
+            cells = [
+                r["config"],
+                r["variant"],
+                str(r["batch_size"]),
+                f"{r['params'] / 1e6:.2f}",
+                f"{r['images_per_s']:.1f}",
+                f"{r['vs_hf']:.2f}x",
+                f"{r['vs_ours']:.2f}x",
+                f"{r['peak_mib']:.0f}",
+                f"{r['peak_mib'] / hf['peak_mib']:.2f}x" if hf["peak_mib"] > 0 else "-",
+            ]
             if peak:
                 mfu = r["flops_per_step"] * r["images_per_s"] / r["batch_size"] / peak
                 cells.append(f"{100 * mfu:.1f}%")
             table.add_row(*cells)
         console.print(table)
-        console.print("vs hf, vs ours: median over the rounds of the ratio within a round. "
-                      "peak MiB: training memory above the model, batch and data: " +
-                      ("torch.cuda.max_memory_allocated minus memory_allocated before the first step" if cuda else
-                       "the process's peak resident set (VmHWM) minus its resident set (VmRSS) before the first step"))
+        console.print(
+            "vs hf, vs ours: median over the rounds of the ratio within a round. "
+            "peak MiB: training memory above the model, batch and data: "
+            + (
+                "torch.cuda.max_memory_allocated minus memory_allocated before the first step"
+                if cuda
+                else "the process's peak resident set (VmHWM) minus its resident set (VmRSS) before the first step"
+            )
+        )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"header": head, "summary": results, "runs": runs}, indent=2) + "\n")

@@ -24,16 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from pretrain_vs_hf import config  # noqa: E402
 from torch.profiler import profile, record_function  # noqa: E402
 
-from pretrain_vs_hf import config  # noqa: E402
-from mae_exp.augment import crop_and_flip_uint8, draw_crops  # noqa: E402
-from mae_exp.config import load_params  # noqa: E402
 from mae_exp.model import MaskedAutoencoderViT  # noqa: E402
-from mae_exp.optim import adamw, param_groups  # noqa: E402
+from mae_exp.plumbing.config import load_params  # noqa: E402
+from mae_exp.plumbing.runtime import select_rows  # noqa: E402
 from mae_exp.recipes import pretraining_terms  # noqa: E402
-from mae_exp.runtime import select_rows  # noqa: E402
-from mae_exp.train import LOG_EVERY  # noqa: E402
+from mae_exp.training.augment import crop_and_flip_uint8, draw_crops  # noqa: E402
+from mae_exp.training.optim import adamw, param_groups  # noqa: E402
+from mae_exp.training.train import LOG_EVERY  # noqa: E402
 
 PARTS = ("gather", "draws", "crop_and_flip_uint8", "forward", "backward", "adamw")
 
@@ -91,9 +91,11 @@ def main() -> None:
     ratio = statistics.median(p / o for p, o in zip(times["pipeline"], times["ours"]))
     threads = torch.get_num_threads()
     print(f"{a.config}: batch {batch}, {stored} -> {size} px, {threads} threads, torch {torch.__version__}")
-    print(f"  interleaved, {a.rounds} steps each: ours {statistics.median(times['ours']):.1f} ms, pipeline "
-          f"{statistics.median(times['pipeline']):.1f} ms per step (median); pipeline / ours {ratio:.3f} "
-          f"(mean over the rounds {sum(times['pipeline']) / sum(times['ours']):.3f})")
+    print(
+        f"  interleaved, {a.rounds} steps each: ours {statistics.median(times['ours']):.1f} ms, pipeline "
+        f"{statistics.median(times['pipeline']):.1f} ms per step (median); pipeline / ours {ratio:.3f} "
+        f"(mean over the rounds {sum(times['pipeline']) / sum(times['ours']):.3f})"
+    )
 
     with profile() as prof:
         for i in range(LOG_EVERY):

@@ -38,9 +38,15 @@ def time_repro(rev: str, params: Path | None, console, here: bool = False) -> di
         times: dict[str, float] = {}
         current, t_stage = None, None
         t0 = time.perf_counter()
-        proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=clone, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env={**os.environ, "PATH": env_path, "PYTHONPATH": str(clone / "src")})
+        proc = subprocess.Popen(
+            [str(BIN / "dvc"), "repro"],
+            cwd=clone,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PATH": env_path, "PYTHONPATH": str(clone / "src")},
+        )
         for line in proc.stdout:
             m = re.search(r"Running stage '([^']+)'", line)
             if m:
@@ -62,11 +68,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rev", action="append", help="git revision to time (repeatable); default HEAD")
     ap.add_argument("--params", type=Path, help="params file to use instead of each revision's params.yaml")
-    ap.add_argument("--here", action="store_true",
-                    help="run `dvc repro` in this checkout instead (its cache and run-cache apply; results stay)")
+    ap.add_argument(
+        "--here",
+        action="store_true",
+        help="run `dvc repro` in this checkout instead (its cache and run-cache apply; results stay)",
+    )
     a = ap.parse_args()
     from rich.console import Console
     from rich.table import Table
+
     console = Console()
     revs = ["workspace"] if a.here else (a.rev or ["HEAD"])
     results = [time_repro(rev, a.params.resolve() if a.params else None, console, a.here) for rev in revs]

@@ -48,6 +48,7 @@ class RandomImages:
 def build_archive(path: Path, sizes: dict[str, int]) -> None:
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+
         def add(name, data=None, n=None, seed=0):
             info = tarfile.TarInfo(f"stl10_binary/{name}")
             info.size = len(data) if data is not None else n * IMAGE_BYTES
@@ -62,7 +63,7 @@ def build_archive(path: Path, sizes: dict[str, int]) -> None:
 
 CHILD = """
 import json, resource, sys, time
-from mae_exp.config import load_params
+from mae_exp.plumbing.config import load_params
 import dataclasses
 from mae_exp.data.stl10 import prepare_stl10
 root, out, md5, work = sys.argv[1:5]
@@ -77,8 +78,12 @@ print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 
 def child(work: str, root: Path, out: Path, md5: str) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(root), str(out), md5, work, str(REPO / "params.yaml")],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), str(out), md5, work, str(REPO / "params.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         sys.exit(f"the {work} child failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -103,17 +108,27 @@ def main() -> None:
         build_archive(archive, sizes)
         print(f"built {archive} ({archive.stat().st_size / 1e9:.2f} GB) in {time.time() - t:.0f} s", flush=True)
         from torchvision.datasets.utils import calculate_md5
+
         md5 = calculate_md5(archive)
 
         floor = child("import", root, out, md5)
         run = child("prepare", root, out, md5)
         pixels = sum(sizes.values()) * IMAGE_BYTES
         prepared = sum(p.stat().st_size for p in out.iterdir())
-        print(json.dumps({"images": sizes, "archive_gb": round(archive.stat().st_size / 1e9, 2),
-                          "pixels_gb": round(pixels / 1e9, 2), "prepared_gb": round(prepared / 1e9, 2),
-                          "prepare_peak_rss_mib": round(run["peak_rss_kib"] / 1024),
-                          "prepare_seconds": run["seconds"],
-                          "import_only_peak_rss_mib": round(floor["peak_rss_kib"] / 1024)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "images": sizes,
+                    "archive_gb": round(archive.stat().st_size / 1e9, 2),
+                    "pixels_gb": round(pixels / 1e9, 2),
+                    "prepared_gb": round(prepared / 1e9, 2),
+                    "prepare_peak_rss_mib": round(run["peak_rss_kib"] / 1024),
+                    "prepare_seconds": run["seconds"],
+                    "import_only_peak_rss_mib": round(floor["peak_rss_kib"] / 1024),
+                },
+                indent=2,
+            )
+        )
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -1,9 +1,10 @@
 """Stage `download`: prepare the dataset named by data.source into --out (data/prepared)."""
+
 import torch
 
-from mae_exp.cli import run_stage
 from mae_exp.data.sources import prepare
-from mae_exp.progress import console
+from mae_exp.plumbing.cli import run_stage
+from mae_exp.plumbing.progress import console
 
 
 def main(p, out):

@@ -1,7 +1,12 @@
 """Stage `export@<variant>`: the pre-trained MAE as a transformers ViTMAE folder, models/<variant>/hf (hf.py)."""
-from mae_exp.cli import run_stage
-from mae_exp.config import VARIANTS
-from mae_exp.hf import export
 
-run_stage(lambda p, variant, checkpoint, out: export(checkpoint, out, p.variant(variant).mask_ratio),
-          ("variant",), {"variant": VARIANTS}, paths=("checkpoint", "out"))
+from mae_exp.plumbing.cli import run_stage
+from mae_exp.plumbing.config import VARIANTS
+from mae_exp.plumbing.hf import export
+
+run_stage(
+    lambda p, variant, checkpoint, out: export(checkpoint, out, p.variant(variant).mask_ratio),
+    ("variant",),
+    {"variant": VARIANTS},
+    paths=("checkpoint", "out"),
+)

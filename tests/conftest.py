@@ -28,13 +28,16 @@ def env() -> dict:
     return e
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, extra_env: dict | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, extra_env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
-                             f"--- stderr\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
     return proc
 
 
@@ -61,8 +64,13 @@ def ran_stages(output: str) -> set[str]:
 def copy_repo(dest: Path, config: str | None = "configs/tiny.yaml") -> Path:
     """The project's files (tracked + untracked-not-ignored, as git sees them) in a fresh git repo,
     with `config` copied over params.yaml. Pipeline outputs of the source checkout are not copied."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     generated = ("metrics/", "plots/", "dvc.lock")  # results of a run of the default, if committed
     for rel in filter(None, listed):
         src = REPO / rel
@@ -85,5 +93,6 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_cfg():
-    from mae_exp.config import load_params
+    from mae_exp.plumbing.config import load_params
+
     return load_params(REPO / "configs" / "tiny.yaml")

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import test_sources
 import yaml
-from conftest import REPO, copy_repo, dvc
 from torchvision.datasets import CIFAR10
 
-from mae_exp.config import ConfigError, load_params, parse_params
+from conftest import REPO, copy_repo, dvc
 from mae_exp.data.cifar10 import _ArrayUnpickler, prepare_cifar10
 from mae_exp.data.prepared import SourceError, load_meta, load_split, pretraining_set
+from mae_exp.plumbing.config import ConfigError, load_params, parse_params
 
 # the STL-10 tests' loopback HTTP server (with its no-proxy fixture) and helpers
 server, no_proxy_for_loopback = test_sources.server, test_sources.no_proxy_for_loopback
@@ -28,8 +28,16 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 BATCH = 7  # images per training batch (10,000 in the real archive)
 TEST = 5
 # the order of the official archive's members, which is not the batches' order
-MEMBERS = ["data_batch_4", "readme.html", "test_batch", "data_batch_3", "batches.meta", "data_batch_2",
-           "data_batch_5", "data_batch_1"]
+MEMBERS = [
+    "data_batch_4",
+    "readme.html",
+    "test_batch",
+    "data_batch_3",
+    "batches.meta",
+    "data_batch_2",
+    "data_batch_5",
+    "data_batch_1",
+]
 
 
 def pixel(i, y, x, c):
@@ -52,16 +60,24 @@ def batch(first: int, n: int, labels: list[int] | None = None) -> bytes:
     bytes, the 1024 red values first, then green, then blue, each plane row by row."""
     i, c, y, x = np.indices((n, 3, 32, 32))
     data = pixel(i + first, y, x, c).astype(np.uint8).reshape(n, 3072)
-    return pickle.dumps({"batch_label": "generated", "labels": labels or labels_of(first, n), "data": data,
-                         "filenames": [f"{first + k}.png" for k in range(n)]}, protocol=2)
+    return pickle.dumps(
+        {
+            "batch_label": "generated",
+            "labels": labels or labels_of(first, n),
+            "data": data,
+            "filenames": [f"{first + k}.png" for k in range(n)],
+        },
+        protocol=2,
+    )
 
 
 def make_archive(files: dict[str, bytes] | None = None, skip: tuple[str, ...] = ()) -> bytes:
     files = {
         **{f"data_batch_{b}": batch((b - 1) * BATCH, BATCH) for b in range(1, 6)},
         "test_batch": batch(1000, TEST),
-        "batches.meta": pickle.dumps({"label_names": CLASSES, "num_cases_per_batch": BATCH, "num_vis": 3072},
-                                     protocol=2),
+        "batches.meta": pickle.dumps(
+            {"label_names": CLASSES, "num_cases_per_batch": BATCH, "num_vis": 3072}, protocol=2
+        ),
         "readme.html": b"<html>generated</html>",
         **(files or {}),
     }
@@ -118,8 +134,9 @@ def test_download_verifies_and_prepares_train_test_and_an_empty_unlabeled_split(
     assert len(images) == 5 * BATCH and line == f"pre-training on {5 * BATCH} images (unlabeled 0 + train 35)"
 
     # an archive in place is used without the network, and resized on the way for another image_size
-    small = prepare_cifar10(data_cfg(root, source="cifar10", image_size=16), tmp_path / "small",
-                            url=closed_port_url(), md5=ARCHIVE_MD5)
+    small = prepare_cifar10(
+        data_cfg(root, source="cifar10", image_size=16), tmp_path / "small", url=closed_port_url(), md5=ARCHIVE_MD5
+    )
     assert load_split(small, "train").images.shape == (5 * BATCH, 16, 16, 3)
 
 
@@ -153,9 +170,11 @@ def test_offline_the_message_names_the_address_the_manual_route_and_the_alternat
 
 # np.array([1, 2], np.uint8) pickled as Python 2 with numpy 1 wrote the official batches: the class path
 # numpy.core.multiarray (numpy 2 keeps it for old pickles) and the bytes as a Python 2 str
-PY2_ARRAY = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01K\x00\x85q\x02U\x01bq\x03"
-             b"\x87q\x04Rq\x05(K\x01K\x02\x85q\x06cnumpy\ndtype\nq\x07U\x02u1q\x08K\x00K\x01\x87q\tRq\n(K\x03U"
-             b"\x01|q\x0bNNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x0cb\x89U\x02\x01\x02q\rtq\x0eb.")
+PY2_ARRAY = (
+    b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01K\x00\x85q\x02U\x01bq\x03"
+    b"\x87q\x04Rq\x05(K\x01K\x02\x85q\x06cnumpy\ndtype\nq\x07U\x02u1q\x08K\x00K\x01\x87q\tRq\n(K\x03U"
+    b"\x01|q\x0bNNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x0cb\x89U\x02\x01\x02q\rtq\x0eb."
+)
 
 
 def test_an_array_pickled_by_python_2_loads():
@@ -168,15 +187,21 @@ class RunsACommand:
         return (os.system, ("touch pwned",))
 
 
-@pytest.mark.parametrize("files, skip, says", [
-    ({}, ("data_batch_3",), "lacks cifar-10-batches-py/data_batch_3: not a complete CIFAR-10 python archive"),
-    ({"test_batch": batch(1000, TEST, labels=[0, 1, 2, 3, 10])}, (), "labels must lie in 0..9"),
-    ({"data_batch_2": batch(BATCH, BATCH, labels=[1, 2])}, (), "7 images but 2 labels"),
-    ({"data_batch_1": pickle.dumps({"data": np.zeros((2, 3071), np.uint8), "labels": [0, 1]})}, (),
-     "'data' must be a uint8 array of shape (N, 3072)"),
-    ({"data_batch_1": b"not a pickle"}, (), "data_batch_1 is not a CIFAR-10 batch"),
-    ({"batches.meta": pickle.dumps(RunsACommand())}, (), "refusing to load"),
-])
+@pytest.mark.parametrize(
+    "files, skip, says",
+    [
+        ({}, ("data_batch_3",), "lacks cifar-10-batches-py/data_batch_3: not a complete CIFAR-10 python archive"),
+        ({"test_batch": batch(1000, TEST, labels=[0, 1, 2, 3, 10])}, (), "labels must lie in 0..9"),
+        ({"data_batch_2": batch(BATCH, BATCH, labels=[1, 2])}, (), "7 images but 2 labels"),
+        (
+            {"data_batch_1": pickle.dumps({"data": np.zeros((2, 3071), np.uint8), "labels": [0, 1]})},
+            (),
+            "'data' must be a uint8 array of shape (N, 3072)",
+        ),
+        ({"data_batch_1": b"not a pickle"}, (), "data_batch_1 is not a CIFAR-10 batch"),
+        ({"batches.meta": pickle.dumps(RunsACommand())}, (), "refusing to load"),
+    ],
+)
 def test_a_malformed_archive_stops_with_what_is_wrong_and_runs_nothing(tmp_path, monkeypatch, files, skip, says):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "raw"

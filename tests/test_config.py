@@ -6,9 +6,16 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mae_exp.config import (ConfigError, ModelConfig, arm_params, as_dict, fingerprint, load_params,
-                              parse_params)
 from conftest import REPO, dvc, run, stage_cmd
+from mae_exp.plumbing.config import (
+    ConfigError,
+    ModelConfig,
+    arm_params,
+    as_dict,
+    fingerprint,
+    load_params,
+    parse_params,
+)
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -34,114 +41,143 @@ def test_the_shipped_params_and_configs_are_valid():
         load_params(path)
 
 
-@pytest.mark.parametrize("path, value, words", [
-    ("pretrain.epoch", 3, ["unknown key 'pretrain.epoch'", "valid keys here", "epochs"]),
-    ("pretrain.threads", 0, ["unknown key 'pretrain.threads'"]),  # moved to the top level
-    ("pretrain.epochs", DELETE, ["missing key 'pretrain.epochs'"]),
-    ("threads", DELETE, ["missing key 'threads'"]),
-    ("data.shapes", None, ["data.shapes", "mapping", "None"]),
-    ("pretrain.epochs", "ten", ["pretrain.epochs", "integer", "'ten' (str)"]),
-    ("pretrain.epochs", 2.5, ["pretrain.epochs", "integer", "2.5"]),
-    ("pretrain.epochs", True, ["pretrain.epochs", "integer", "True (bool)"]),
-    ("pretrain.base_lr", "fast", ["pretrain.base_lr", "number", "'fast'"]),
-    ("improved.lambda_freq", False, ["improved.lambda_freq", "number", "False (bool)"]),
-    ("model.norm_pix_loss", "yes", ["model.norm_pix_loss", "true or false", "'yes'"]),
-    ("model.norm_pix_loss", 1, ["model.norm_pix_loss", "true or false"]),
-    ("improved.mask_ratio", 1.0, ["improved.mask_ratio", "less than 1", "1.0"]),
-    ("original.mask_ratio", 0, ["original.mask_ratio", "greater than 0", "got 0"]),
-    ("improved.mask_ratio_start", -0.1, ["improved.mask_ratio_start", "-0.1"]),
-    ("improved.curriculum_fraction", 1.5, ["improved.curriculum_fraction", "less than or equal to 1"]),
-    ("model.patch_size", 5, ["model.patch_size (5) must divide data.input_size (32)", "such as 2, 4, 8, 16"]),
-    ("data.source", "imagenet", ["data.source", "shapes", "stl10", "folder", "'imagenet'"]),
-    ("data.root", " ", ["data.root", "directory"]),
-    ("data.image_size", 4, ["data.image_size", "greater than or equal to 8"]),
-    ("data.shapes.train", 0, ["data.shapes.train", "greater than or equal to 1"]),
-    ("improved.lambda_freq", -1, ["improved.lambda_freq", "greater than or equal to 0", "-1"]),
-    ("model.encoder_heads", 5, ["model.encoder_heads (5) must divide encoder_dim (128)"]),
-    ("model.decoder_dim", 66, ["model.decoder_dim", "multiple of 4", "66"]),
-    ("model.encoder_depth", 0, ["model.encoder_depth", "greater than or equal to 1"]),
-    ("model.mlp_ratio", 0, ["model.mlp_ratio", "greater than 0"]),
-    ("pretrain.precision", "fp8", ["pretrain.precision", "'auto', 'fp32', 'bf16' or 'fp16'", "'fp8'"]),
-    ("pretrain.batch_size", 1, ["pretrain.batch_size", "greater than or equal to 2"]),
-    ("pretrain.warmup_epochs", 99.0, ["pretrain.warmup_epochs (99.0) must not exceed epochs"]),
-    ("pretrain.processes", 3, ["the global batch) must be divisible by processes (3)", "pretrain.batch_size ("]),
-    ("pretrain.min_crop_scale", 0, ["pretrain.min_crop_scale", "greater than 0"]),
-    ("pretrain.checkpoint_every", 0, ["pretrain.checkpoint_every", "greater than or equal to 1"]),
-    ("pretrain.init_from", " ", ["pretrain.init_from must be null (from scratch) or a path"]),
-    ("pretrain.init_from", 3, ["pretrain.init_from", "string", "3"]),
-    ("linear_probe.lr", [0.1, 0], ["linear_probe.lr[1]", "greater than 0"]),
-    ("visualize.mask_ratio", 1.5, ["visualize.mask_ratio", "less than 1", "1.5"]),
-    ("visualize.eval_images", 0, ["visualize.eval_images", "greater than or equal to 1"]),
-    # the keys of the new schema
-    ("threads", -1, ["threads", "greater than or equal to 0", "-1"]),
-    ("threads", 1.5, ["threads", "integer", "1.5"]),
-    ("data.verify_md5", "no", ["data.verify_md5", "true or false", "'no'"]),
-    ("data.pretrain_splits", [], ["data.pretrain_splits", "must not be empty"]),
-    ("data.pretrain_splits", "train", ["data.pretrain_splits", "must be a list", "'train'"]),
-    ("data.pretrain_splits", ["unlabeled", "test"], ["data.pretrain_splits[1]", "'unlabeled' or 'train'", "'test'"]),
-    ("data.pretrain_splits", ["train", "train"], ["data.pretrain_splits", "must not repeat", "'train', 'train'"]),
-    ("data.val_fraction", 0, ["data.val_fraction", "greater than 0"]),
-    ("data.val_fraction", 0.6, ["data.val_fraction", "less than or equal to 0.5", "0.6"]),
-    ("linear_probe.pooling", "mean", ["unknown key 'linear_probe.pooling'"]),  # both are always read now
-    ("linear_probe.knn_k", [0], ["linear_probe.knn_k[0]", "greater than or equal to 1"]),
-    ("linear_probe.knn_k", [10, 2.5], ["linear_probe.knn_k[1]", "integer", "2.5"]),
-    ("linear_probe.knn_temperature", [0], ["linear_probe.knn_temperature[0]", "greater than 0"]),
-    ("linear_probe.knn_temperature", DELETE, ["missing key 'linear_probe.knn_temperature'"]),
-    # the readouts' grids (searched on validation for every encoder): non-empty lists, no repeats, in range
-    ("linear_probe.lr", 0.1, ["linear_probe.lr", "must be a list", "0.1"]),
-    ("linear_probe.lr", [], ["linear_probe.lr", "must not be empty"]),
-    ("linear_probe.lr", [0.1, 0.3, 0.1], ["linear_probe.lr", "must not repeat", "0.1, 0.3, 0.1"]),
-    ("linear_probe.weight_decay", [0.0, -1e-4], ["linear_probe.weight_decay[1]", "greater than or equal to 0"]),
-    ("linear_probe.weight_decay", [], ["linear_probe.weight_decay", "must not be empty"]),
-    ("linear_probe.knn_k", [20, 20], ["linear_probe.knn_k", "must not repeat"]),
-    ("linear_probe.knn_temperature", 0.07, ["linear_probe.knn_temperature", "must be a list"]),
-    ("finetune.base_lr", 8e-3, ["finetune.base_lr", "must be a list"]),
-    ("finetune.base_lr", [8e-3, 0], ["finetune.base_lr[1]", "greater than 0"]),
-    ("finetune.base_lr", [], ["finetune.base_lr", "must not be empty"]),
-    ("finetune.layer_decay", [0.75, 0.75], ["finetune.layer_decay", "must not repeat"]),
-    ("finetune.layer_decay", [0], ["finetune.layer_decay[0]", "greater than 0"]),
-    ("finetune.layer_decay", [0.75, 1.5], ["finetune.layer_decay[1]", "less than or equal to 1"]),
-    ("study.overrides", {"finetune.base_lr": [4e-3, -1]}, ["study.overrides", "finetune.base_lr[1]", "greater than 0"]),
-    ("finetune.drop_path", 1.0, ["finetune.drop_path", "less than 1"]),
-    ("finetune.drop_path", -0.1, ["finetune.drop_path", "greater than or equal to 0"]),
-    ("finetune.label_smoothing", 1, ["finetune.label_smoothing", "less than 1"]),
-    ("finetune.checkpoint_every", 0, ["finetune.checkpoint_every", "greater than or equal to 1"]),
-    ("finetune.checkpoint_every", DELETE, ["missing key 'finetune.checkpoint_every'"]),
-    ("finetune.threads", 0, ["unknown key 'finetune.threads'", "layer_decay"]),
-    ("finetune.processes", 3, ["the global batch) must be divisible by processes (3)", "finetune.batch_size ("]),
-    ("finetune.warmup_epochs", 99.0, ["finetune.warmup_epochs (99.0) must not exceed epochs"]),
-    # no infinite or NaN float anywhere (issue 22: `.inf` overflowed, or trained a diverged probe), seeds in range
-    ("model.mlp_ratio", float("inf"), ["model.mlp_ratio", "finite number", "inf"]),
-    ("linear_probe.lr", [float("inf")], ["linear_probe.lr[0]", "finite number"]),
-    ("pretrain.base_lr", float("nan"), ["pretrain.base_lr", "finite number"]),
-    ("finetune.warmup_epochs", float("inf"), ["finetune.warmup_epochs", "finite number"]),
-    ("data.val_fraction", float("nan"), ["data.val_fraction", "finite number"]),
-    ("study.ablations", {"x": {"improved.lambda_freq": float("inf")}}, ["study.ablations.x", "finite number"]),
-    ("seed", 2**63, ["seed", "less than or equal to 4294967295"]),
-    ("seed", -1, ["seed", "greater than or equal to 0"]),
-    ("visualize.mask_seed", 2**64, ["visualize.mask_seed", "less than or equal to 4294967295"]),
-    ("study.seeds", [42, 2**63], ["study.seeds[1]", "less than or equal to 4294967295"]),
-    ("finetune.batch_size", 4000, ["finetune.batch_size (4000) must not exceed data.shapes.train (3000)"]),
-    ("visualize.eval_images", 6000, ["visualize.eval_images (6000) must not exceed data.shapes.test (5000)"]),
-    ("pretrain.batch_size", 12000, ["pretrain.batch_size (12000) must not exceed the 11000 images of "
-                                    "data.pretrain_splits (unlabeled, train)"]),
-    # study
-    ("study.seeds", [42, 43, 42], ["study.seeds", "must not repeat", "42, 43, 42"]),
-    ("study.seeds", [42, "43"], ["study.seeds[1]", "integer", "'43'"]),
-    ("study.seeds", [], ["study.seeds", "must not be empty"]),
-    ("study.ablations", {}, ["study.ablations", "must not be empty"]),
-    ("study.ablations", {"a b": {}}, ["study.ablations", "'a b'", "letters, digits and _"]),
-    ("study.ablations", {"x": {"pretrain.epochs": 5}},
-     ["study.ablations.x", "override 'pretrain.epochs'", "original or improved.<key>"]),
-    ("study.ablations", {"x": {"original.mask_ratio": 1.5}},  # an arm may change the original too
-     ["study.ablations.x: original.mask_ratio", "less than 1", "1.5"]),
-    ("study.ablations", {"x": {"improved.mask_ratio": 1.5}},  # each ablation gets the range checks of improved
-     ["study.ablations.x: improved.mask_ratio", "less than 1", "1.5"]),
-    ("study.ablations", {"x": {"improved.lambda_unif": -1}},
-     ["study.ablations.x: improved.lambda_unif", "greater than or equal to 0"]),
-    ("study.ablations", {"x": {"improved.lambda_freq": "much"}},
-     ["study.ablations.x: improved.lambda_freq", "number", "'much'"]),
-])
+@pytest.mark.parametrize(
+    "path, value, words",
+    [
+        ("pretrain.epoch", 3, ["unknown key 'pretrain.epoch'", "valid keys here", "epochs"]),
+        ("pretrain.threads", 0, ["unknown key 'pretrain.threads'"]),  # moved to the top level
+        ("pretrain.epochs", DELETE, ["missing key 'pretrain.epochs'"]),
+        ("threads", DELETE, ["missing key 'threads'"]),
+        ("data.shapes", None, ["data.shapes", "mapping", "None"]),
+        ("pretrain.epochs", "ten", ["pretrain.epochs", "integer", "'ten' (str)"]),
+        ("pretrain.epochs", 2.5, ["pretrain.epochs", "integer", "2.5"]),
+        ("pretrain.epochs", True, ["pretrain.epochs", "integer", "True (bool)"]),
+        ("pretrain.base_lr", "fast", ["pretrain.base_lr", "number", "'fast'"]),
+        ("improved.lambda_freq", False, ["improved.lambda_freq", "number", "False (bool)"]),
+        ("model.norm_pix_loss", "yes", ["model.norm_pix_loss", "true or false", "'yes'"]),
+        ("model.norm_pix_loss", 1, ["model.norm_pix_loss", "true or false"]),
+        ("improved.mask_ratio", 1.0, ["improved.mask_ratio", "less than 1", "1.0"]),
+        ("original.mask_ratio", 0, ["original.mask_ratio", "greater than 0", "got 0"]),
+        ("improved.mask_ratio_start", -0.1, ["improved.mask_ratio_start", "-0.1"]),
+        ("improved.curriculum_fraction", 1.5, ["improved.curriculum_fraction", "less than or equal to 1"]),
+        ("model.patch_size", 5, ["model.patch_size (5) must divide data.input_size (32)", "such as 2, 4, 8, 16"]),
+        ("data.source", "imagenet", ["data.source", "shapes", "stl10", "folder", "'imagenet'"]),
+        ("data.root", " ", ["data.root", "directory"]),
+        ("data.image_size", 4, ["data.image_size", "greater than or equal to 8"]),
+        ("data.shapes.train", 0, ["data.shapes.train", "greater than or equal to 1"]),
+        ("improved.lambda_freq", -1, ["improved.lambda_freq", "greater than or equal to 0", "-1"]),
+        ("model.encoder_heads", 5, ["model.encoder_heads (5) must divide encoder_dim (128)"]),
+        ("model.decoder_dim", 66, ["model.decoder_dim", "multiple of 4", "66"]),
+        ("model.encoder_depth", 0, ["model.encoder_depth", "greater than or equal to 1"]),
+        ("model.mlp_ratio", 0, ["model.mlp_ratio", "greater than 0"]),
+        ("pretrain.precision", "fp8", ["pretrain.precision", "'auto', 'fp32', 'bf16' or 'fp16'", "'fp8'"]),
+        ("pretrain.batch_size", 1, ["pretrain.batch_size", "greater than or equal to 2"]),
+        ("pretrain.warmup_epochs", 99.0, ["pretrain.warmup_epochs (99.0) must not exceed epochs"]),
+        ("pretrain.processes", 3, ["the global batch) must be divisible by processes (3)", "pretrain.batch_size ("]),
+        ("pretrain.min_crop_scale", 0, ["pretrain.min_crop_scale", "greater than 0"]),
+        ("pretrain.checkpoint_every", 0, ["pretrain.checkpoint_every", "greater than or equal to 1"]),
+        ("pretrain.init_from", " ", ["pretrain.init_from must be null (from scratch) or a path"]),
+        ("pretrain.init_from", 3, ["pretrain.init_from", "string", "3"]),
+        ("linear_probe.lr", [0.1, 0], ["linear_probe.lr[1]", "greater than 0"]),
+        ("visualize.mask_ratio", 1.5, ["visualize.mask_ratio", "less than 1", "1.5"]),
+        ("visualize.eval_images", 0, ["visualize.eval_images", "greater than or equal to 1"]),
+        # the keys of the new schema
+        ("threads", -1, ["threads", "greater than or equal to 0", "-1"]),
+        ("threads", 1.5, ["threads", "integer", "1.5"]),
+        ("data.verify_md5", "no", ["data.verify_md5", "true or false", "'no'"]),
+        ("data.pretrain_splits", [], ["data.pretrain_splits", "must not be empty"]),
+        ("data.pretrain_splits", "train", ["data.pretrain_splits", "must be a list", "'train'"]),
+        (
+            "data.pretrain_splits",
+            ["unlabeled", "test"],
+            ["data.pretrain_splits[1]", "'unlabeled' or 'train'", "'test'"],
+        ),
+        ("data.pretrain_splits", ["train", "train"], ["data.pretrain_splits", "must not repeat", "'train', 'train'"]),
+        ("data.val_fraction", 0, ["data.val_fraction", "greater than 0"]),
+        ("data.val_fraction", 0.6, ["data.val_fraction", "less than or equal to 0.5", "0.6"]),
+        ("linear_probe.pooling", "mean", ["unknown key 'linear_probe.pooling'"]),  # both are always read now
+        ("linear_probe.knn_k", [0], ["linear_probe.knn_k[0]", "greater than or equal to 1"]),
+        ("linear_probe.knn_k", [10, 2.5], ["linear_probe.knn_k[1]", "integer", "2.5"]),
+        ("linear_probe.knn_temperature", [0], ["linear_probe.knn_temperature[0]", "greater than 0"]),
+        ("linear_probe.knn_temperature", DELETE, ["missing key 'linear_probe.knn_temperature'"]),
+        # the readouts' grids (searched on validation for every encoder): non-empty lists, no repeats, in range
+        ("linear_probe.lr", 0.1, ["linear_probe.lr", "must be a list", "0.1"]),
+        ("linear_probe.lr", [], ["linear_probe.lr", "must not be empty"]),
+        ("linear_probe.lr", [0.1, 0.3, 0.1], ["linear_probe.lr", "must not repeat", "0.1, 0.3, 0.1"]),
+        ("linear_probe.weight_decay", [0.0, -1e-4], ["linear_probe.weight_decay[1]", "greater than or equal to 0"]),
+        ("linear_probe.weight_decay", [], ["linear_probe.weight_decay", "must not be empty"]),
+        ("linear_probe.knn_k", [20, 20], ["linear_probe.knn_k", "must not repeat"]),
+        ("linear_probe.knn_temperature", 0.07, ["linear_probe.knn_temperature", "must be a list"]),
+        ("finetune.base_lr", 8e-3, ["finetune.base_lr", "must be a list"]),
+        ("finetune.base_lr", [8e-3, 0], ["finetune.base_lr[1]", "greater than 0"]),
+        ("finetune.base_lr", [], ["finetune.base_lr", "must not be empty"]),
+        ("finetune.layer_decay", [0.75, 0.75], ["finetune.layer_decay", "must not repeat"]),
+        ("finetune.layer_decay", [0], ["finetune.layer_decay[0]", "greater than 0"]),
+        ("finetune.layer_decay", [0.75, 1.5], ["finetune.layer_decay[1]", "less than or equal to 1"]),
+        (
+            "study.overrides",
+            {"finetune.base_lr": [4e-3, -1]},
+            ["study.overrides", "finetune.base_lr[1]", "greater than 0"],
+        ),
+        ("finetune.drop_path", 1.0, ["finetune.drop_path", "less than 1"]),
+        ("finetune.drop_path", -0.1, ["finetune.drop_path", "greater than or equal to 0"]),
+        ("finetune.label_smoothing", 1, ["finetune.label_smoothing", "less than 1"]),
+        ("finetune.checkpoint_every", 0, ["finetune.checkpoint_every", "greater than or equal to 1"]),
+        ("finetune.checkpoint_every", DELETE, ["missing key 'finetune.checkpoint_every'"]),
+        ("finetune.threads", 0, ["unknown key 'finetune.threads'", "layer_decay"]),
+        ("finetune.processes", 3, ["the global batch) must be divisible by processes (3)", "finetune.batch_size ("]),
+        ("finetune.warmup_epochs", 99.0, ["finetune.warmup_epochs (99.0) must not exceed epochs"]),
+        # no infinite or NaN float anywhere (issue 22: `.inf` overflowed, or trained a diverged probe), seeds in range
+        ("model.mlp_ratio", float("inf"), ["model.mlp_ratio", "finite number", "inf"]),
+        ("linear_probe.lr", [float("inf")], ["linear_probe.lr[0]", "finite number"]),
+        ("pretrain.base_lr", float("nan"), ["pretrain.base_lr", "finite number"]),
+        ("finetune.warmup_epochs", float("inf"), ["finetune.warmup_epochs", "finite number"]),
+        ("data.val_fraction", float("nan"), ["data.val_fraction", "finite number"]),
+        ("study.ablations", {"x": {"improved.lambda_freq": float("inf")}}, ["study.ablations.x", "finite number"]),
+        ("seed", 2**63, ["seed", "less than or equal to 4294967295"]),
+        ("seed", -1, ["seed", "greater than or equal to 0"]),
+        ("visualize.mask_seed", 2**64, ["visualize.mask_seed", "less than or equal to 4294967295"]),
+        ("study.seeds", [42, 2**63], ["study.seeds[1]", "less than or equal to 4294967295"]),
+        ("finetune.batch_size", 4000, ["finetune.batch_size (4000) must not exceed data.shapes.train (3000)"]),
+        ("visualize.eval_images", 6000, ["visualize.eval_images (6000) must not exceed data.shapes.test (5000)"]),
+        (
+            "pretrain.batch_size",
+            12000,
+            ["pretrain.batch_size (12000) must not exceed the 11000 images of data.pretrain_splits (unlabeled, train)"],
+        ),
+        # study
+        ("study.seeds", [42, 43, 42], ["study.seeds", "must not repeat", "42, 43, 42"]),
+        ("study.seeds", [42, "43"], ["study.seeds[1]", "integer", "'43'"]),
+        ("study.seeds", [], ["study.seeds", "must not be empty"]),
+        ("study.ablations", {}, ["study.ablations", "must not be empty"]),
+        ("study.ablations", {"a b": {}}, ["study.ablations", "'a b'", "letters, digits and _"]),
+        (
+            "study.ablations",
+            {"x": {"pretrain.epochs": 5}},
+            ["study.ablations.x", "override 'pretrain.epochs'", "original or improved.<key>"],
+        ),
+        (
+            "study.ablations",
+            {"x": {"original.mask_ratio": 1.5}},  # an arm may change the original too
+            ["study.ablations.x: original.mask_ratio", "less than 1", "1.5"],
+        ),
+        (
+            "study.ablations",
+            {"x": {"improved.mask_ratio": 1.5}},  # each ablation gets the range checks of improved
+            ["study.ablations.x: improved.mask_ratio", "less than 1", "1.5"],
+        ),
+        (
+            "study.ablations",
+            {"x": {"improved.lambda_unif": -1}},
+            ["study.ablations.x: improved.lambda_unif", "greater than or equal to 0"],
+        ),
+        (
+            "study.ablations",
+            {"x": {"improved.lambda_freq": "much"}},
+            ["study.ablations.x: improved.lambda_freq", "number", "'much'"],
+        ),
+    ],
+)
 def test_bad_values_name_the_key(path, value, words):
     with pytest.raises(ConfigError) as err:
         parse_params(with_change(path, value))
@@ -167,12 +203,17 @@ def test_the_new_keys_are_read():
     assert p.threads == 3
     assert (p.data.verify_md5, p.data.pretrain_splits, p.data.val_fraction) == (False, ("train",), 0.5)
     assert (p.linear_probe.knn_k, p.linear_probe.knn_temperature) == ((5,), (0.5, 1.0))
-    assert (p.finetune.layer_decay, p.finetune.drop_path, p.finetune.label_smoothing,
-            p.finetune.checkpoint_every) == ((1.0,), 0.0, 0.2, 2)
+    assert (p.finetune.layer_decay, p.finetune.drop_path, p.finetune.label_smoothing, p.finetune.checkpoint_every) == (
+        (1.0,),
+        0.0,
+        0.2,
+        2,
+    )
 
 
 def test_a_study_may_widen_a_readout_grid_for_every_arm():
     from mae_exp.study.results import arm_overrides
+
     p = parse_params(with_change("study.overrides", {"finetune.base_lr": [4e-3, 8e-3]}))
     assert arm_params(p, "all").finetune.base_lr == (4e-3, 8e-3)
     assert "finetune.base_lr=[0.004, 0.008]" in arm_overrides(p, "all-e32")  # `dvc exp run -S` reads it as YAML

@@ -36,10 +36,18 @@ def constructed(gap_at, seeds=(1, 2, 3, 4, 5), noise=0.0) -> pd.DataFrame:
                 row[f"{m}_random"] = 0.1
             rows.append(row)
         f_m = F0 * 32 * RATIO
-        rows.append({"seed": seed, "ablation": "original_flops_matched-e32", "budget": 32, "flops_original": f_m,
-                     "flops_improved": F0 * 32 * RATIO,
-                     **{f"{m}_original": orig(f_m) + noise * rng.standard_normal() for m in METRICS},
-                     **{f"{m}_improved": math.nan for m in METRICS}, **{f"{m}_random": 0.1 for m in METRICS}})
+        rows.append(
+            {
+                "seed": seed,
+                "ablation": "original_flops_matched-e32",
+                "budget": 32,
+                "flops_original": f_m,
+                "flops_improved": F0 * 32 * RATIO,
+                **{f"{m}_original": orig(f_m) + noise * rng.standard_normal() for m in METRICS},
+                **{f"{m}_improved": math.nan for m in METRICS},
+                **{f"{m}_random": 0.1 for m in METRICS},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -88,12 +96,15 @@ def test_curve_points_separate_the_flops_matched_original():
     assert len(c) == len(BUDGETS) + 1 and (c["n"] == 5).all()
 
 
-@pytest.mark.parametrize(("diffs", "verdict"), [
-    ([0.001, -0.002, 0.0015, -0.001, 0.0005], "no difference (equivalent within the margin)"),
-    ([0.05, 0.06, 0.055, 0.045, 0.052], "beyond noise"),
-    ([0.03, -0.02, 0.04, -0.01, 0.02], "inconclusive"),
-    ([0.004, 0.0045, 0.005, 0.0042, 0.0048], "a difference beyond noise, smaller than the margin"),
-])
+@pytest.mark.parametrize(
+    ("diffs", "verdict"),
+    [
+        ([0.001, -0.002, 0.0015, -0.001, 0.0005], "no difference (equivalent within the margin)"),
+        ([0.05, 0.06, 0.055, 0.045, 0.052], "beyond noise"),
+        ([0.03, -0.02, 0.04, -0.01, 0.02], "inconclusive"),
+        ([0.004, 0.0045, 0.005, 0.0042, 0.0048], "a difference beyond noise, smaller than the margin"),
+    ],
+)
 def test_equivalence_reading(diffs, verdict):
     e = curves.equivalence(pd.Series(diffs), margin=0.015)
     assert e["verdict"] == verdict
@@ -113,7 +124,7 @@ def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
 
     import yaml
 
-    from mae_exp.config import parse_params
+    from mae_exp.plumbing.config import parse_params
     from mae_exp.study.report import compute_curves, verdict_line
     from mae_exp.study.stats import primary_differences
     from tests.conftest import REPO

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import torch
 
-from mae_exp.config import load_params
+from conftest import REPO
 from mae_exp.data.prepared import load_meta, load_split
 from mae_exp.data.shapes import SHAPE_CLASSES, render_shapes
 from mae_exp.data.sources import prepare
-from conftest import REPO
+from mae_exp.plumbing.config import load_params
 
 
 def test_shapes_dataset_layout_and_determinism(tmp_path):

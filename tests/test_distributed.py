@@ -19,10 +19,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from test_pipeline import start, wait_for_state
 
 from conftest import BIN, copy_repo, dvc, ran_stages, run, stage_cmd
-from test_pipeline import start, wait_for_state
-from mae_exp.config import ConfigError, parse_params
+from mae_exp.plumbing.config import ConfigError, parse_params
 
 LOSS_RTOL = 1e-5  # per-epoch loss, mse, freq, unif: float reduction order only
 WEIGHT_ATOL = 1e-6  # every weight, except:
@@ -30,9 +30,22 @@ KEY_BIAS_ATOL = 1e-3  # attention key biases: their true gradient is 0 (softmax 
 # every logit of a query), so AdamW moves them by normalised rounding noise, up to lr per step; they have
 # no effect on any output. Measured: 3e-5 after the tiny run's 18 steps (lr 1.9e-4).
 
-STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
-          "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
-          "finetune@improved", "export@original", "export@improved", "visualize", "report"}
+STAGES = {
+    "download",
+    "init_random",
+    "pretrain_original",
+    "pretrain_improved",
+    "linear_probe@random",
+    "linear_probe@original",
+    "linear_probe@improved",
+    "finetune@random",
+    "finetune@original",
+    "finetune@improved",
+    "export@original",
+    "export@improved",
+    "visualize",
+    "report",
+}
 
 
 def set_params(repo: Path, **changes) -> None:
@@ -102,7 +115,9 @@ def test_dvc_repro_with_two_processes_completes(two):
     assert ran_stages(two.output) == STAGES - {"download"}  # ran with the killed pre-training
     assert "pretrain.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/pretrain.py improved" in two.output
     assert "finetune.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/finetune.py original" in two.output
-    assert "lr 1.88e-04, cpu, 1 CPU thread per process, 2 processes" in two.output  # the global batch's lr, threads per process
+    assert (
+        "lr 1.88e-04, cpu, 1 CPU thread per process, 2 processes" in two.output
+    )  # the global batch's lr, threads per process
     assert two.output.count("pretrain improved epoch 3/3") == 1  # rank 0 alone prints
     for name in ("random", "original", "improved"):
         assert 0 <= json.loads((two.repo / "metrics" / f"finetune_{name}" / "metrics.json").read_text())["top1"] <= 1
@@ -140,8 +155,8 @@ def test_ranks_that_drift_apart_are_caught(tmp_path):
     script = tmp_path / "drift.py"
     script.write_text(
         "import sys, torch, torch.distributed as dist\n"
-        "from mae_exp import distributed\n"
-        "from mae_exp.errors import DistributedError\n"
+        "from mae_exp.training import distributed\n"
+        "from mae_exp.plumbing.errors import DistributedError\n"
         "dist.init_process_group('gloo')\n"
         "torch.manual_seed(0)\n"
         "model = torch.nn.Linear(4, 4)\n"
@@ -157,7 +172,8 @@ def test_ranks_that_drift_apart_are_caught(tmp_path):
         "    sys.stdout.write(f'rank {dist.get_rank()} caught: {e}\\n')\n"
         # both ranks leave together: a rank exiting while gloo still talks to it aborts the other
         "dist.barrier()\n"
-        "dist.destroy_process_group()\n")
+        "dist.destroy_process_group()\n"
+    )
     proc = run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(script)], tmp_path)
     assert "rank 0 agrees" in proc.stdout
     assert "rank 1 caught: drifted: the weights of rank 1 differ from rank 0's after training" in proc.stdout
@@ -178,8 +194,7 @@ def assert_one_clear_line(proc, *words) -> None:
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="nccl would start on this machine's GPUs")
 def test_nccl_without_enough_gpus_names_the_param(repo):
     set_params(repo, pretrain__processes=2)
-    proc = run(stage_cmd("pretrain_original"), repo, check=False,
-               extra_env={"MAE_DIST_BACKEND": "nccl"})
+    proc = run(stage_cmd("pretrain_original"), repo, check=False, extra_env={"MAE_DIST_BACKEND": "nccl"})
     assert_one_clear_line(proc, "pretrain.processes", "nccl", "one GPU each")
 
 
@@ -190,15 +205,31 @@ def test_a_backend_that_cannot_start_names_the_param_and_does_not_hang(repo):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = run(stage_cmd("pretrain_original"), repo, check=False, timeout=120, extra_env={
-            "MAE_DIST_BACKEND": "gloo", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
-            "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        proc = run(
+            stage_cmd("pretrain_original"),
+            repo,
+            check=False,
+            timeout=120,
+            extra_env={
+                "MAE_DIST_BACKEND": "gloo",
+                "WORLD_SIZE": "2",
+                "RANK": "0",
+                "LOCAL_RANK": "0",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+        )
     assert_one_clear_line(proc, "pretrain.processes", "gloo backend could not start", str(port))
 
 
 def test_torchrun_world_size_must_match_the_param(repo):
-    proc = run(stage_cmd("finetune@random"), repo, check=False, extra_env={
-        "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"})
+    proc = run(
+        stage_cmd("finetune@random"),
+        repo,
+        check=False,
+        extra_env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+    )
     assert_one_clear_line(proc, "finetune.processes is 1", "torchrun started 2 processes", "finetune.processes: 2")
 
 
@@ -209,6 +240,9 @@ def test_processes_validation_names_the_keys(section):
     with pytest.raises(ConfigError, match=f"{section}.processes must be greater than or equal to 1"):
         parse_params(raw)
     raw[section].update(processes=3, batch_size=32)
-    with pytest.raises(ConfigError, match=rf"{section}.batch_size \(32, the global batch\) must be divisible "
-                                          rf"by processes \(3\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"{section}.batch_size \(32, the global batch\) must be divisible "
+        rf"by processes \(3\)",
+    ):
         parse_params(raw)

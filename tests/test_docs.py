@@ -37,8 +37,13 @@ _DOCS_PATH = re.compile(r"(?<![\w./-])docs/[\w./-]*(?:#[\w-]+)?")
 
 def repository_files(root: Path = REPO) -> list[Path]:
     """The project's files as git sees them: tracked, and untracked but not ignored."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=root, capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     return sorted({root / rel for rel in listed if rel and (root / rel).is_file()})
 
 
@@ -122,8 +127,14 @@ MARKDOWN = [p for p in repository_files() if p.suffix.lower() == ".md"]
 
 def test_the_front_door_and_the_docs_are_there():
     names = {p.relative_to(REPO).as_posix() for p in MARKDOWN}
-    assert {"README.md", "docs/data.md", "docs/team.md", "docs/study.md", "docs/performance.md",
-            "docs/distributed.md"} <= names
+    assert {
+        "README.md",
+        "docs/data.md",
+        "docs/team.md",
+        "docs/study.md",
+        "docs/performance.md",
+        "docs/distributed.md",
+    } <= names
 
 
 @pytest.mark.parametrize("md", MARKDOWN, ids=lambda p: p.relative_to(REPO).as_posix())
@@ -133,8 +144,9 @@ def test_every_relative_link_and_anchor_resolves(md):
 
 def test_every_docs_path_named_in_the_repository_exists():
     # this file's own examples (below) name missing files on purpose
-    scanned = [p for p in repository_files()
-               if p.suffix.lower() in SCANNED_FOR_DOCS_PATHS and p != Path(__file__).resolve()]
+    scanned = [
+        p for p in repository_files() if p.suffix.lower() in SCANNED_FOR_DOCS_PATHS and p != Path(__file__).resolve()
+    ]
     assert any(p.name == "pyproject.toml" for p in scanned)
     assert [problem for p in scanned for problem in broken_docs_paths(p)] == []
 
@@ -159,16 +171,22 @@ def test_broken_links_anchors_and_docs_paths_are_reported(tmp_path):
         "[fine](docs/guide.md#set-up) [fine too](#intro) ![figure](docs) [web](https://example.org/x.md)\n"
         "[gone](docs/gone.md) [no such heading](docs/guide.md#setup) [here neither](#outro)\n"
         "`[in code](docs/nothing.md)`\n\n```\n[in a block](docs/nothing.md)\n```\n"
-        "[ref]: docs/missing.md\n")
+        "[ref]: docs/missing.md\n"
+    )
     problems = broken_links(tmp_path / "README.md", tmp_path)
     assert len(problems) == 4, problems
-    for words in ("docs/gone.md does not exist", "docs/guide.md has no heading with the anchor #setup",
-                  "no heading with the anchor #outro", "docs/missing.md does not exist"):
+    for words in (
+        "docs/gone.md does not exist",
+        "docs/guide.md has no heading with the anchor #setup",
+        "no heading with the anchor #outro",
+        "docs/missing.md does not exist",
+    ):
         assert any(words in p for p in problems), (words, problems)
     assert broken_links(tmp_path / "docs" / "guide.md", tmp_path) == []
 
-    (tmp_path / "settings.toml").write_text("# see docs/guide.md#set-up, docs/guide.md, docs/.\n"
-                                            "# and docs/old.md or docs/guide.md#setup\n")
+    (tmp_path / "settings.toml").write_text(
+        "# see docs/guide.md#set-up, docs/guide.md, docs/.\n# and docs/old.md or docs/guide.md#setup\n"
+    )
     problems = broken_docs_paths(tmp_path / "settings.toml", tmp_path)
     assert [p.split(" names ")[1].split(":")[0] for p in problems] == ["docs/old.md", "docs/guide.md#setup"]
 
@@ -177,7 +195,7 @@ def readme_module_table() -> list[str]:
     """The first column of the README's "module | owns" table: every `name.py` or `package/` named there."""
     lines = (REPO / "README.md").read_text().splitlines()
     start = lines.index("| module | owns |")
-    rows = itertools.takewhile(lambda s: s.startswith("|"), lines[start + 2:])
+    rows = itertools.takewhile(lambda s: s.startswith("|"), lines[start + 2 :])
     return [name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
 
 
@@ -187,6 +205,8 @@ def test_the_readme_module_table_lists_every_module_and_only_modules():
     missing = [name for name in listed if not (src / name).exists()]
     assert not missing, f"README's module table names what src/mae_exp/ lacks: {missing}"
     packages = [name for name in listed if name.endswith("/")]
-    modules = [str(p.relative_to(src)) for p in sorted(src.rglob("*.py")) if p.name not in ("__init__.py", "__main__.py")]
+    modules = [
+        str(p.relative_to(src)) for p in sorted(src.rglob("*.py")) if p.name not in ("__init__.py", "__main__.py")
+    ]
     unlisted = [m for m in modules if m not in listed and not m.startswith(tuple(packages))]
     assert not unlisted, f"modules missing from README's module table: {unlisted}"

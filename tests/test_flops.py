@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from conftest import dvc
-from mae_exp.flops import count_steps, schedule_flops, visible_count
+from mae_exp.training.flops import count_steps, schedule_flops, visible_count
 
 
 def test_a_step_costs_what_a_hand_count_of_the_encoder_says(tiny_model_cfg):
@@ -24,7 +24,7 @@ def test_a_step_costs_what_a_hand_count_of_the_encoder_says(tiny_model_cfg):
     flops = count_steps(m, tiny_model_cfg.data.input_size, tiny_model_cfg.original, b, [4, 8], direct=True)
     t4, t8 = 4 + 1, 8 + 1  # the class token too
     linears = 3 * 2 * b * (t8 - t4) * (depth * 12 * d * d + d * dd)
-    attention = 12 * b * d * depth * (t8 ** 2 - t4 ** 2)
+    attention = 12 * b * d * depth * (t8**2 - t4**2)
     assert flops[8] - flops[4] == linears + attention
 
 

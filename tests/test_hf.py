@@ -13,11 +13,11 @@ import torch
 import yaml
 
 from conftest import copy_repo, dvc
-from mae_exp import hf
-from mae_exp.config import ModelConfig, as_dict, load_params
-from mae_exp.finetune import finetune
-from mae_exp.checkpoints import load_encoder, save_checkpoint
+from mae_exp.evaluation.finetune import finetune
 from mae_exp.model import MaskedAutoencoderViT, ViTEncoder
+from mae_exp.plumbing import hf
+from mae_exp.plumbing.checkpoints import load_encoder, save_checkpoint
+from mae_exp.plumbing.config import ModelConfig, as_dict, load_params
 
 try:
     import transformers
@@ -28,8 +28,17 @@ except ImportError:  # pragma: no cover - depends on the environment
 pytestmark = pytest.mark.skipif(transformers is None, reason="transformers is not installed (pip install -e '.[dev]')")
 
 SIZE = 16
-CFG = ModelConfig(patch_size=4, encoder_dim=32, encoder_depth=2, encoder_heads=2, decoder_dim=16, decoder_depth=2,
-                  decoder_heads=4, mlp_ratio=2.0, norm_pix_loss=True)
+CFG = ModelConfig(
+    patch_size=4,
+    encoder_dim=32,
+    encoder_depth=2,
+    encoder_heads=2,
+    decoder_dim=16,
+    decoder_depth=2,
+    decoder_heads=4,
+    mlp_ratio=2.0,
+    norm_pix_loss=True,
+)
 GRID = (SIZE // CFG.patch_size) ** 2
 
 
@@ -45,8 +54,9 @@ def ours(cfg: ModelConfig = CFG, seed: int = 0) -> MaskedAutoencoderViT:
 
 
 def export(model: MaskedAutoencoderViT, tmp_path, mask_ratio: float = 0.75):
-    checkpoint = save_checkpoint({"model": as_dict(model.cfg), "input_size": SIZE, "model_state": model.state_dict()},
-                                 tmp_path / "checkpoint.pt")
+    checkpoint = save_checkpoint(
+        {"model": as_dict(model.cfg), "input_size": SIZE, "model_state": model.state_dict()}, tmp_path / "checkpoint.pt"
+    )
     return hf.export(checkpoint, tmp_path / "hf", mask_ratio)
 
 
@@ -129,19 +139,26 @@ def mae_state_dict(theirs, cfg: ModelConfig = CFG) -> dict:
     """transformers' weights under facebookresearch/mae's names (models_mae.py: fused qkv, `mlp.fc1`), written
     out here by hand as MAE's `convert_vit_mae_to_pytorch` reads them, independently of hf.py's tables."""
     hub = {hf.hub_name(k): t.detach().clone() for k, t in theirs.state_dict().items()}
-    mae = {"cls_token": hub["vit.embeddings.cls_token"], "pos_embed": hub["vit.embeddings.position_embeddings"],
-           "mask_token": hub["decoder.mask_token"], "decoder_pos_embed": hub["decoder.decoder_pos_embed"]}
+    mae = {
+        "cls_token": hub["vit.embeddings.cls_token"],
+        "pos_embed": hub["vit.embeddings.position_embeddings"],
+        "mask_token": hub["decoder.mask_token"],
+        "decoder_pos_embed": hub["decoder.decoder_pos_embed"],
+    }
     for k in ("weight", "bias"):
         mae[f"patch_embed.proj.{k}"] = hub[f"vit.embeddings.patch_embeddings.projection.{k}"]
         mae[f"norm.{k}"] = hub[f"vit.layernorm.{k}"]
         for m in ("embed", "norm", "pred"):
             mae[f"decoder_{m}.{k}"] = hub[f"decoder.decoder_{m}.{k}"]
-        for blocks, layers, depth in (("blocks", "vit.encoder.layer", cfg.encoder_depth),
-                                      ("decoder_blocks", "decoder.decoder_layers", cfg.decoder_depth)):
+        for blocks, layers, depth in (
+            ("blocks", "vit.encoder.layer", cfg.encoder_depth),
+            ("decoder_blocks", "decoder.decoder_layers", cfg.decoder_depth),
+        ):
             for i in range(depth):
                 src = f"{layers}.{i}"
                 mae[f"{blocks}.{i}.attn.qkv.{k}"] = torch.cat(
-                    [hub[f"{src}.attention.attention.{q}.{k}"] for q in ("query", "key", "value")])
+                    [hub[f"{src}.attention.attention.{q}.{k}"] for q in ("query", "key", "value")]
+                )
                 mae[f"{blocks}.{i}.attn.proj.{k}"] = hub[f"{src}.attention.output.dense.{k}"]
                 mae[f"{blocks}.{i}.norm1.{k}"] = hub[f"{src}.layernorm_before.{k}"]
                 mae[f"{blocks}.{i}.norm2.{k}"] = hub[f"{src}.layernorm_after.{k}"]
@@ -165,6 +182,7 @@ def random_transformers_mae(cfg: ModelConfig = CFG, size: int = SIZE, seed: int 
 
 def test_a_facebookresearch_mae_checkpoint_loads_as_the_model_it_is(tmp_path):
     import argparse
+
     theirs = random_transformers_mae()
     path = tmp_path / "mae_visualize.pth"
     torch.save({"model": mae_state_dict(theirs), "args": argparse.Namespace(model="mae_vit_tiny")}, path)
@@ -217,7 +235,7 @@ def exported(tmp_path_factory):
 def transformers_features(folder, images: torch.Tensor) -> torch.Tensor:
     """What a user gets: every patch (mask_ratio 0) in order (noise = position), mean of the patch tokens."""
     encoder = transformers.ViTMAEModel.from_pretrained(folder, mask_ratio=0.0).eval()
-    noise = torch.arange(encoder.config.image_size ** 2 // encoder.config.patch_size ** 2).float()
+    noise = torch.arange(encoder.config.image_size**2 // encoder.config.patch_size**2).float()
     with torch.no_grad():
         tokens = encoder(pixel_values=images, noise=noise.expand(len(images), -1)).last_hidden_state
     return tokens[:, 1:].mean(dim=1)

@@ -28,27 +28,44 @@ print(sorted(m for m in sys.modules if m in BLOCKED or m.split(".")[0] in BLOCKE
 
 
 def import_without(blocked: list[str], modules: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKED_IMPORT, ",".join(blocked), *modules],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED_IMPORT, ",".join(blocked), *modules],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("blocked, module", [("torch", "mae_exp.model"), ("mae_exp.distributed", "mae_exp.train")])
+@pytest.mark.parametrize(
+    "blocked, module", [("torch", "mae_exp.model"), ("mae_exp.training.distributed", "mae_exp.training.train")]
+)
 def test_the_blocker_blocks(blocked, module):
     proc = import_without([blocked], [module])
     assert proc.returncode == 1 and f"ImportError: blocked for this test: {blocked}" in proc.stderr
 
 
 def test_the_model_imports_no_process_group_code():
-    proc = import_without(["mae_exp.distributed"], ["mae_exp.model", "mae_exp.objectives"])
+    proc = import_without(["mae_exp.training.distributed"], ["mae_exp.model", "mae_exp.objectives"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("modules", [
-    ["mae_exp.report", "mae_exp.files"],
-    ["mae_exp.study.__main__", "mae_exp.study.queue", "mae_exp.study.results", "mae_exp.study.report",
-     "mae_exp.study.figure", "mae_exp.study.stats", "mae_exp.study.metrics"],
-])
+@pytest.mark.parametrize(
+    "modules",
+    [
+        ["mae_exp.evaluation.report", "mae_exp.plumbing.files"],
+        [
+            "mae_exp.study.__main__",
+            "mae_exp.study.queue",
+            "mae_exp.study.results",
+            "mae_exp.study.report",
+            "mae_exp.study.figure",
+            "mae_exp.study.stats",
+            "mae_exp.study.metrics",
+        ],
+    ],
+)
 def test_the_report_and_the_study_import_no_torch(modules):
     proc = import_without(["torch", "torchvision", "dvclive"], modules)
     assert proc.returncode == 0, proc.stderr

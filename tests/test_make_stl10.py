@@ -12,9 +12,9 @@ import torch
 import yaml
 from torchvision.datasets import STL10
 
+from conftest import REPO, copy_repo, dvc, run
 from mae_exp.data.prepared import load_meta, load_split
 from mae_exp.data.shapes import SHAPE_CLASSES, render_shapes
-from conftest import REPO, copy_repo, dvc, run
 
 spec = importlib.util.spec_from_file_location("make_stl10", REPO / "benchmarks" / "make_stl10.py")
 make_stl10 = importlib.util.module_from_spec(spec)
@@ -63,8 +63,18 @@ def test_torchvision_reads_the_generated_archive_as_stl10(tmp_path):
 def test_the_download_stage_prepares_it_only_with_the_md5_switch_off(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     sizes, seed = {"unlabeled": 200, "train": 50, "test": 50}, 3
-    made = run(["python", "benchmarks/make_stl10.py", "--root", "data/raw", "--seed", str(seed),
-                *(f"--{split}={n}" for split, n in sizes.items())], repo)
+    made = run(
+        [
+            "python",
+            "benchmarks/make_stl10.py",
+            "--root",
+            "data/raw",
+            "--seed",
+            str(seed),
+            *(f"--{split}={n}" for split, n in sizes.items()),
+        ],
+        repo,
+    )
     assert "data.verify_md5: false" in made.stdout
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"].update(source="stl10", root="data/raw", image_size=96, input_size=96, verify_md5=True)

@@ -89,7 +89,7 @@ def test_patchify_roundtrip_and_loss_only_on_masked(tiny_model_cfg):
     s = tiny_model_cfg.data.input_size
     imgs = torch.randn(2, 3, s, s)
     patches = model.patchify(imgs)
-    assert patches.shape == (2, model.num_patches, model.patch_size ** 2 * 3)
+    assert patches.shape == (2, model.num_patches, model.patch_size**2 * 3)
     assert torch.equal(model.unpatchify(patches), imgs)
     # a prediction equal to the target on masked patches gives zero loss, whatever the visible ones hold
     target, _, _ = model.target(imgs)
@@ -106,7 +106,7 @@ def test_forward_shapes_and_encoder_sees_only_visible(tiny_model_cfg):
     latent, _, _ = model.forward_encoder(torch.randn(4, 3, s, s), mask_ratio=0.75)
     assert latent.shape[1] == 1 + int(model.num_patches * 0.25)  # cls + visible tokens
     out = model(torch.randn(4, 3, s, s), mask_ratio=0.75)
-    assert out.pred.shape == (4, model.num_patches, model.patch_size ** 2 * 3)
+    assert out.pred.shape == (4, model.num_patches, model.patch_size**2 * 3)
     assert out.loss.shape == () and torch.isfinite(out.loss)
     assert out.latent.shape == latent.shape
     assert (out.mask.sum(dim=1) == model.num_patches - int(model.num_patches * 0.25)).all()
@@ -149,7 +149,7 @@ def test_laplacian_term_ignores_the_decoder_output_on_visible_patches(tiny_model
     mask = torch.zeros(2, model.num_patches)
     mask[:, 1::3] = 1  # masked patches with visible neighbours on every side
     latent = torch.randn(2, 5, tiny_model_cfg.model.encoder_dim)
-    base = torch.randn(2, model.num_patches, model.patch_size ** 2 * 3)
+    base = torch.randn(2, model.num_patches, model.patch_size**2 * 3)
     other = torch.where(mask[..., None] == 1, base, 10 * torch.randn_like(base))  # only visible ones differ
 
     def freq_and_grad(pred):

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from mae_exp.config import VariantConfig
 from mae_exp.objectives import laplacian, masked_laplacian_l1, patch_mask_to_pixels, uniformity
+from mae_exp.plumbing.config import VariantConfig
 from mae_exp.recipes import mask_ratio_at
 
 
@@ -51,10 +51,22 @@ def test_uniformity_gradient_pushes_points_apart():
 
 
 def test_mask_ratio_schedule():
-    original = VariantConfig(mask_ratio=0.75, mask_ratio_start=0.75, curriculum_fraction=0.0,
-                             lambda_freq=0.0, lambda_unif=0.0, steps_factor=1.0)
-    improved = VariantConfig(mask_ratio=0.75, mask_ratio_start=0.5, curriculum_fraction=0.5,
-                             lambda_freq=0.0, lambda_unif=0.0, steps_factor=1.0)
+    original = VariantConfig(
+        mask_ratio=0.75,
+        mask_ratio_start=0.75,
+        curriculum_fraction=0.0,
+        lambda_freq=0.0,
+        lambda_unif=0.0,
+        steps_factor=1.0,
+    )
+    improved = VariantConfig(
+        mask_ratio=0.75,
+        mask_ratio_start=0.5,
+        curriculum_fraction=0.5,
+        lambda_freq=0.0,
+        lambda_unif=0.0,
+        steps_factor=1.0,
+    )
     assert [mask_ratio_at(t, original) for t in (0, 0.3, 1)] == [0.75, 0.75, 0.75]
     assert mask_ratio_at(0.0, improved) == pytest.approx(0.5)
     assert mask_ratio_at(0.25, improved) == pytest.approx(0.625)

@@ -10,9 +10,9 @@ import torch
 from torch._dynamo.utils import counters
 from torchvision.ops import roi_align
 
-from mae_exp.augment import crop_and_flip, crop_and_flip_uint8, draw_crops, random_crop_boxes, to_float
 from mae_exp.model import MaskedAutoencoderViT
 from mae_exp.recipes import pretraining_terms
+from mae_exp.training.augment import crop_and_flip, crop_and_flip_uint8, draw_crops, random_crop_boxes, to_float
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # training runs the same code on a GPU
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run
 from PIL import Image
 
+from conftest import run
 from mae_exp.data.photos10 import FIELDS, MANIFEST, read_manifest, write_manifest
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -119,8 +119,9 @@ def test_rebuild_leaves_an_existing_folder_alone(fake, tmp_path):
 
 def test_rebuild_needs_a_clone_with_train(fake, tmp_path):
     _, manifest, _ = fake
-    done = photos10("--from", tmp_path / "nowhere", "--out", tmp_path / "photos10", "--manifest", manifest,
-                    cwd=tmp_path)
+    done = photos10(
+        "--from", tmp_path / "nowhere", "--out", tmp_path / "photos10", "--manifest", manifest, cwd=tmp_path
+    )
     assert done.returncode == 1 and "has no train/ folder" in done.stderr and "git clone" in done.stderr
 
 
@@ -136,25 +137,32 @@ def test_check_names_every_missing_mismatching_and_extra_file(fake, tmp_path):
     assert done.returncode == 1
     assert "(3 problems)" in done.stderr
     assert f"missing: {out / 'train/cat/0000.jpg'}" in done.stderr
-    assert f"mismatch: {out / 'test/dog/0002.jpg'} has SHA-256 {hashlib.sha256(b'not the image').hexdigest()}" \
-           in done.stderr
+    assert (
+        f"mismatch: {out / 'test/dog/0002.jpg'} has SHA-256 {hashlib.sha256(b'not the image').hexdigest()}"
+        in done.stderr
+    )
     assert f"not in the manifest: {out / 'unlabeled/cat_9999.jpg'}" in done.stderr
 
 
 GOOD = ["train/cat/0000.jpg", "train", "cat", "train/cat/0000.jpg", "0" * 64]
 
 
-@pytest.mark.parametrize("row, says", [
-    (["train/cat/0000.jpg", "test", "cat", "test/cat/0000.jpg", "0" * 64], "never from upstream test/"),
-    (["test/cat/0000.jpg", "test", "cat", "test/cat/0000.jpg", "0" * 64], "never from upstream test/"),
-    (["train/cat/0000.jpg", "val", "cat", "train/cat/0000.jpg", "0" * 64], "split 'val' must be one of"),
-    (["train/../../etc/x", "train", "..", "train/../../etc/x", "0" * 64], "does not follow the layout"),
-    (["unlabeled/0000.jpg", "unlabeled", "cat", "train/cat/0000.jpg", "0" * 64], "does not follow the layout"),
-    (["train/cat/0000.jpg", "train", "cat", "train/cat/0000.jpg", "0" * 63], "not 64 lowercase hex digits"),
-    (["train/cat/0000.jpg", "train", "cat"], "3 fields, expected 5"),
-    (["unlabeled/cat_0000.jpg", "unlabeled", "cat", "train/cat/0000.jpg", "0" * 64],
-     "upstream train/cat/0000.jpg is listed 2 times"),  # one image in two splits
-])
+@pytest.mark.parametrize(
+    "row, says",
+    [
+        (["train/cat/0000.jpg", "test", "cat", "test/cat/0000.jpg", "0" * 64], "never from upstream test/"),
+        (["test/cat/0000.jpg", "test", "cat", "test/cat/0000.jpg", "0" * 64], "never from upstream test/"),
+        (["train/cat/0000.jpg", "val", "cat", "train/cat/0000.jpg", "0" * 64], "split 'val' must be one of"),
+        (["train/../../etc/x", "train", "..", "train/../../etc/x", "0" * 64], "does not follow the layout"),
+        (["unlabeled/0000.jpg", "unlabeled", "cat", "train/cat/0000.jpg", "0" * 64], "does not follow the layout"),
+        (["train/cat/0000.jpg", "train", "cat", "train/cat/0000.jpg", "0" * 63], "not 64 lowercase hex digits"),
+        (["train/cat/0000.jpg", "train", "cat"], "3 fields, expected 5"),
+        (
+            ["unlabeled/cat_0000.jpg", "unlabeled", "cat", "train/cat/0000.jpg", "0" * 64],
+            "upstream train/cat/0000.jpg is listed 2 times",
+        ),  # one image in two splits
+    ],
+)
 def test_a_bad_manifest_row_is_refused_with_its_line(tmp_path, row, says):
     manifest = tmp_path / "bad.csv"
     write_csv(manifest, [GOOD, row])

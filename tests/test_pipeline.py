@@ -22,9 +22,22 @@ from conftest import BIN, copy_repo, dvc, env, git, ran_stages, stage_cmd
 
 pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
 
-STAGES = {"download", "init_random", "pretrain_original", "pretrain_improved", "linear_probe@random",
-          "linear_probe@original", "linear_probe@improved", "finetune@random", "finetune@original",
-          "finetune@improved", "export@original", "export@improved", "visualize", "report"}
+STAGES = {
+    "download",
+    "init_random",
+    "pretrain_original",
+    "pretrain_improved",
+    "linear_probe@random",
+    "linear_probe@original",
+    "linear_probe@improved",
+    "finetune@random",
+    "finetune@original",
+    "finetune@improved",
+    "export@original",
+    "export@improved",
+    "visualize",
+    "report",
+}
 
 
 def metrics(repo: Path, stage: str) -> dict:
@@ -59,14 +72,25 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
     for variant in ("original", "improved"):
         assert vis[variant]["hf_error"] > 0 and vis[variant]["psnr"] > 0 and vis[variant]["mse"] > 0
     comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
-    assert set(comparison) == {"random", "original", "improved", "improved_minus_original", "own_objective",
-                               "improved_ahead_on", "measures_counted", "chosen"}
+    assert set(comparison) == {
+        "random",
+        "original",
+        "improved",
+        "improved_minus_original",
+        "own_objective",
+        "improved_ahead_on",
+        "measures_counted",
+        "chosen",
+    }
     for name in ("random", "original", "improved"):  # each encoder's readout settings, chosen on validation
-        assert comparison["chosen"][name] == {**metrics(repo, f"linear_probe_{name}")["chosen"],
-                                              "finetune": metrics(repo, f"finetune_{name}")["chosen"]}
+        assert comparison["chosen"][name] == {
+            **metrics(repo, f"linear_probe_{name}")["chosen"],
+            "finetune": metrics(repo, f"finetune_{name}")["chosen"],
+        }
     for readout in ("linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1"):
         assert comparison["improved_minus_original"][readout] == pytest.approx(
-            comparison["improved"][readout] - comparison["original"][readout], abs=1e-4)
+            comparison["improved"][readout] - comparison["original"][readout], abs=1e-4
+        )
     assert set(comparison["own_objective"]) == {"mse", "hf_error", "pretrain_mse"}
     assert comparison["measures_counted"] == 6  # 4 readouts, fine-tuning, PSNR: what neither variant trains on
     png = (repo / "plots" / "reconstruction.png").read_bytes()
@@ -90,12 +114,20 @@ def test_dvc_metrics_and_plots_show_both_variants(reproduced):
     repo, _ = reproduced
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo).stdout)
     files = next(iter(shown.values()))["data"]
-    assert {"metrics/pretrain_original/metrics.json", "metrics/pretrain_improved/metrics.json",
-            "metrics/visualize/metrics.json", "metrics/comparison.json"} <= set(files)
+    assert {
+        "metrics/pretrain_original/metrics.json",
+        "metrics/pretrain_improved/metrics.json",
+        "metrics/visualize/metrics.json",
+        "metrics/comparison.json",
+    } <= set(files)
     dvc("plots", "show", "-o", "plots_html", cwd=repo)
     html = (repo / "plots_html" / "index.html").read_text()
-    for title in ("Masked-patch MSE", "Linear probe on the class token, validation top-1",
-                  "Linear probe on the mean of the patch tokens, validation top-1", "reconstruction.png"):
+    for title in (
+        "Masked-patch MSE",
+        "Linear probe on the class token, validation top-1",
+        "Linear probe on the mean of the patch tokens, validation top-1",
+        "reconstruction.png",
+    ):
         assert title in html
     # both variants' curves feed the one overlaid plot
     assert "pretrain_original/plots/metrics/mse.tsv" in html and "pretrain_improved/plots/metrics/mse.tsv" in html
@@ -106,8 +138,14 @@ def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "baseline results", cwd=repo)
     proc = dvc("exp", "run", "-S", "improved.lambda_freq=0.2", cwd=repo)
-    assert ran_stages(proc.stdout + proc.stderr) == {"pretrain_improved", "linear_probe@improved",
-                                                     "finetune@improved", "export@improved", "visualize", "report"}
+    assert ran_stages(proc.stdout + proc.stderr) == {
+        "pretrain_improved",
+        "linear_probe@improved",
+        "finetune@improved",
+        "export@improved",
+        "visualize",
+        "report",
+    }
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
     assert "metrics/pretrain_improved/metrics.json" in diff
     assert "metrics/pretrain_original/metrics.json" not in diff  # untouched: identical numbers
@@ -126,8 +164,13 @@ def test_editing_a_module_makes_exactly_its_importers_stale(reproduced):
     finally:
         augment.write_text(original)
     stale = set(status)
-    assert {"pretrain_original", "pretrain_improved", "finetune@random", "finetune@original",
-            "finetune@improved"} <= stale
+    assert {
+        "pretrain_original",
+        "pretrain_improved",
+        "finetune@random",
+        "finetune@original",
+        "finetune@improved",
+    } <= stale
     assert "download" not in stale and "report" not in stale  # they do not import it
 
 
@@ -157,9 +200,16 @@ def start(cmd: list[str], repo: Path) -> subprocess.Popen:
     """In its own process group, so a signal can reach dvc and the stage it runs alike; with SIGINT's
     default action, as under a terminal: a test suite started in the background (`cmd &` from a script)
     inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
-    return subprocess.Popen(cmd, cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        cmd,
+        cwd=repo,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_state(repo: Path, stage: str, proc: subprocess.Popen, timeout: float = 300) -> int:
@@ -201,8 +251,14 @@ def interrupted_and_clean(tmp_path_factory):
     finetune_killed_at = kill_after_first_checkpoint(killed, "finetune_original", "finetune@original")
     resumed_ft = dvc("repro", "finetune@original", cwd=killed)
     dvc("repro", "finetune@original", cwd=clean)
-    return killed, clean, pretrain_killed_at, resumed.stdout + resumed.stderr, finetune_killed_at, \
-        resumed_ft.stdout + resumed_ft.stderr
+    return (
+        killed,
+        clean,
+        pretrain_killed_at,
+        resumed.stdout + resumed.stderr,
+        finetune_killed_at,
+        resumed_ft.stdout + resumed_ft.stderr,
+    )
 
 
 def test_killed_pretrain_resumes_at_the_right_epoch_and_matches_an_uninterrupted_run(interrupted_and_clean):

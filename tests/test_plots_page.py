@@ -16,9 +16,18 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_repo, dvc, git
-from mae_exp import palette
-from mae_exp.plots_page import (CHROMIUM, RAW_PREFIX, SECTIONS, TEMPLATE, VENDOR, inlined_scripts, look, problems,
-                                template_html)
+from mae_exp.evaluation import palette
+from mae_exp.evaluation.plots_page import (
+    CHROMIUM,
+    RAW_PREFIX,
+    SECTIONS,
+    TEMPLATE,
+    VENDOR,
+    inlined_scripts,
+    look,
+    problems,
+    template_html,
+)
 
 ENCODER_TEMPLATE = REPO / ".dvc" / "plots" / "encoders.json"
 
@@ -49,8 +58,17 @@ def test_the_encoder_template_colours_are_the_palettes():
 
 
 def test_every_encoder_and_study_arm_has_its_own_colour():
-    groups = ["random", "original", "improved: all", "original: original_flops_matched", "improved: curriculum_only",
-              "improved: laplacian_only", "improved: uniformity_only", "improved: a_new_arm", "improved: another"]
+    groups = [
+        "random",
+        "original",
+        "improved: all",
+        "original: original_flops_matched",
+        "improved: curriculum_only",
+        "improved: laplacian_only",
+        "improved: uniformity_only",
+        "improved: a_new_arm",
+        "improved: another",
+    ]
     colours = palette.colours(groups)
     assert len(set(colours.values())) == len(groups)
     assert colours["improved: all"] == palette.ENCODERS["improved"]  # the full recipe is "improved"
@@ -81,13 +99,16 @@ def test_the_page_template_inlines_the_pinned_packages_and_is_configured():
     for p in VENDOR:
         assert hashlib.sha256(scripts[p.name].encode()).hexdigest() == p.sha256, p.name
         assert (REPO / TEMPLATE.parent / "vendor" / f"LICENSE.{p.name}").read_text().startswith("Copyright")
-    assert page == template_html(scripts), "SKELETON changed: run `python -m mae_exp.plots_page template DIR`"
+    assert page == template_html(scripts), (
+        "SKELETON changed: run `python -m mae_exp.evaluation.plots_page template DIR`"
+    )
     assert "<script src=" not in page and "{scripts}" not in page  # nothing loaded, DVC's CDN tags not taken
     config = (REPO / ".dvc" / "config").read_text()
     assert re.search(r"^\[plots\]\n\s+html_template = plots/page\.html$", config, re.MULTILINE)
 
 
 # --- in a real browser -------------------------------------------------------------------------------------
+
 
 def chromium() -> str:
     if Path(CHROMIUM).exists():
@@ -116,8 +137,9 @@ def show(repo: Path, out: Path, *diff: str) -> Path:
 def specs(page_dir: Path) -> dict[str, dict]:
     """The Vega-Lite spec DVC wrote for each plot (div id -> spec)."""
     page = (page_dir / "index.html").read_text(encoding="utf8")
-    found = re.findall(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (.*?);\n\s*vegaEmbed',
-                       page, re.DOTALL)
+    found = re.findall(
+        r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (.*?);\n\s*vegaEmbed', page, re.DOTALL
+    )
     return {plot_id: json.loads(spec) for plot_id, spec in found}
 
 
@@ -128,7 +150,8 @@ def test_the_page_draws_every_plot_offline_in_story_order(built, tmp_path):
     assert problems(seen, page) == []
     raw_files = sorted((built / "metrics").glob("*/plots/metrics/*.tsv"))
     assert set(seen.plots) == set(curated(built)) | {
-        re.sub(r"[^A-Za-z0-9]", "_", str(f.relative_to(built))) for f in raw_files}
+        re.sub(r"[^A-Za-z0-9]", "_", str(f.relative_to(built))) for f in raw_files
+    }
     assert all(state == "ok" for state in seen.plots.values()) and len(seen.svgs) == len(seen.plots)
     assert seen.images == ["static/workspace_plots_comparison.png", "static/workspace_plots_reconstruction.png"]
     # story order: headings in turn, the comparison before every curve, the raw curves in their closed section
@@ -155,8 +178,9 @@ def test_the_check_fails_on_a_broken_plot_a_doubled_image_and_a_network_request(
     spec["plots"].append("plots/comparison.png")  # the stage's plot, declared again at the top level
     (broken / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     html = broken / TEMPLATE
-    html.write_text(html.read_text().replace("<title>", '<script src="https://cdn.jsdelivr.net/npm/vega@5"></script>'
-                                             "<title>", 1))
+    html.write_text(
+        html.read_text().replace("<title>", '<script src="https://cdn.jsdelivr.net/npm/vega@5"></script><title>', 1)
+    )
     page = show(broken, tmp_path / "page")
     found = problems(look(page), page)
     for plot_id in curated(broken):
@@ -180,8 +204,12 @@ def test_plots_diff_against_an_experiment_draws_both_revisions_on_the_curated_pl
         assert {row["rev"] for row in rows} == {head, exp}, plot_id
     # the experiment changed the improved branch only: its curves differ between the revisions, original's not
     mse = drawn["pretrain_mse"]["data"]["values"]
-    by = {(rev, enc): [row["mse"] for row in mse if row["rev"] == rev and f"_{enc}/" in row["filename"]]
-          for rev in (head, exp) for enc in ("original", "improved")}
+    by = {
+        (rev, enc): [row["mse"] for row in mse if row["rev"] == rev and f"_{enc}/" in row["filename"]]
+        for rev in (head, exp)
+        for enc in ("original", "improved")
+    }
     assert by[head, "original"] == by[exp, "original"] and by[head, "improved"] != by[exp, "improved"]
-    assert sorted(seen.images) == sorted(f"static/{rev}_plots_{name}.png" for rev in (head, exp)
-                                         for name in ("comparison", "reconstruction"))
+    assert sorted(seen.images) == sorted(
+        f"static/{rev}_plots_{name}.png" for rev in (head, exp) for name in ("comparison", "reconstruction")
+    )

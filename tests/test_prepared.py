@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mae_exp.data.prepared import ImageRows, PreparedWriter, labeled, load_split, pretraining_set
-from mae_exp.runtime import resident_images, select_rows
 from conftest import REPO
+from mae_exp.data.prepared import ImageRows, PreparedWriter, labeled, load_split, pretraining_set
+from mae_exp.plumbing.runtime import resident_images, select_rows
 
 SIZE = 4
 TRAIN_CLASSES = [0] * 20 + [1] * 7 + [2] * 3 + [3] * 1  # imbalanced; class 3 has a single image
@@ -38,8 +38,9 @@ def write_prepared(out: Path, sizes: dict[str, int], labels: list[int] | None = 
 
 @pytest.fixture
 def prepared(tmp_path) -> Path:
-    return write_prepared(tmp_path / "prepared", {"unlabeled": 8, "train": len(TRAIN_CLASSES), "test": 5},
-                          TRAIN_CLASSES)
+    return write_prepared(
+        tmp_path / "prepared", {"unlabeled": 8, "train": len(TRAIN_CLASSES), "test": 5}, TRAIN_CLASSES
+    )
 
 
 def test_val_is_a_fixed_stratified_share_of_the_stored_train_split(prepared):
@@ -132,8 +133,11 @@ def test_the_data_package_imports_run_one_way():
     imports = {}
     for path in package.glob("*.py"):
         tree = ast.parse(path.read_text())
-        imports[path.stem] = {node.module for node in ast.walk(tree)
-                              if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        imports[path.stem] = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
     assert imports["prepared"] == set()
     for source in ("shapes", "stl10", "folder"):
         assert imports[source] == {"prepared"}, (source, imports[source])

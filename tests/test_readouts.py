@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from conftest import copy_repo, dvc
-from mae_exp.measures import MEASURES, READOUTS
-from mae_exp.optim import warmup_cosine
-from mae_exp.probe import knn_votes, train_grid
-from mae_exp.runtime import batches
-from mae_exp.optim import best, grid
+from mae_exp.evaluation.measures import MEASURES, READOUTS
+from mae_exp.evaluation.probe import knn_votes, train_grid
+from mae_exp.plumbing.runtime import batches
+from mae_exp.training.optim import best, grid, warmup_cosine
 
 # four training features in 2-D; the query (1, 0) has cosine similarity 1, 0, 0.6, -1 to them
 TRAIN_X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]])
@@ -25,11 +24,11 @@ def test_knn_votes_are_exp_of_similarity_over_temperature_summed_per_class():
     # k = 3 keeps similarities 1 (class 0), 0.6 and 0 (class 1); T = 0.5: class 0 gets e^2 = 7.389,
     # class 1 gets e^1.2 + e^0 = 3.320 + 1 = 4.320, class 2 (similarity -1, not among the 3) nothing
     votes = knn_votes(TRAIN_X, TRAIN_Y, torch.tensor([[1.0, 0.0]]), 3, k=3, temperature=0.5)
-    assert votes[0].tolist() == pytest.approx([math.e ** 2, math.e ** 1.2 + 1.0, 0.0], rel=1e-5)
+    assert votes[0].tolist() == pytest.approx([math.e**2, math.e**1.2 + 1.0, 0.0], rel=1e-5)
     assert votes.argmax(1).item() == 0  # the closest neighbour outweighs the two-to-one majority
     # T = 2 flattens the weights: e^0.5 = 1.649 against e^0.3 + 1 = 2.350, the majority wins
     votes = knn_votes(TRAIN_X, TRAIN_Y, torch.tensor([[1.0, 0.0]]), 3, k=3, temperature=2.0)
-    assert votes[0].tolist() == pytest.approx([math.e ** 0.5, math.e ** 0.3 + 1.0, 0.0], rel=1e-5)
+    assert votes[0].tolist() == pytest.approx([math.e**0.5, math.e**0.3 + 1.0, 0.0], rel=1e-5)
     assert votes.argmax(1).item() == 1
 
 
@@ -40,7 +39,7 @@ def test_knn_uses_cosine_similarity_and_at_most_every_training_feature():
     assert votes[1].tolist() == pytest.approx([math.exp(0.8 / 0.07), math.exp(0.96 / 0.07), 0.0], rel=1e-4)
     assert votes.argmax(1).tolist() == [0, 1]
     everyone = knn_votes(TRAIN_X, TRAIN_Y, queries[:1], 3, k=20, temperature=1.0)  # k > 4 training features
-    assert everyone[0].tolist() == pytest.approx([math.e, 1.0 + math.e ** 0.6, math.e ** -1], rel=1e-5)
+    assert everyone[0].tolist() == pytest.approx([math.e, 1.0 + math.e**0.6, math.e**-1], rel=1e-5)
     chunked = knn_votes(TRAIN_X, TRAIN_Y, queries, 3, k=2, temperature=0.07, chunk=1)
     assert torch.equal(chunked, votes)
 
@@ -55,8 +54,10 @@ def probed(tmp_path_factory):
 
 def test_the_probe_stage_writes_every_readout_where_dvc_metrics_show_finds_it(probed):
     repo, out = probed
-    assert ("linear probe random: class token and mean-pooled patches, linear heads (4 settings of lr x weight "
-            "decay) and kNN (4 of k x T), each chosen on validation") in out.stdout + out.stderr
+    assert (
+        "linear probe random: class token and mean-pooled patches, linear heads (4 settings of lr x weight "
+        "decay) and kNN (4 of k x T), each chosen on validation"
+    ) in out.stdout + out.stderr
     path = "metrics/linear_probe_random/metrics.json"
     written = json.loads((repo / path).read_text())
     keys = [f"{r}_{split}top1" for r in READOUTS for split in ("", "val_")]
@@ -76,10 +77,14 @@ def test_the_probe_stage_writes_every_readout_where_dvc_metrics_show_finds_it(pr
 
 # --------------------------------------------------------------------------- the search (issue 31, part 1)
 
+
 def test_the_grid_varies_the_last_axis_fastest_and_the_best_point_is_the_first_highest():
     assert grid(lr=[0.1, 1.0], weight_decay=[0.0, 5e-4]) == [
-        {"lr": 0.1, "weight_decay": 0.0}, {"lr": 0.1, "weight_decay": 5e-4},
-        {"lr": 1.0, "weight_decay": 0.0}, {"lr": 1.0, "weight_decay": 5e-4}]
+        {"lr": 0.1, "weight_decay": 0.0},
+        {"lr": 0.1, "weight_decay": 5e-4},
+        {"lr": 1.0, "weight_decay": 0.0},
+        {"lr": 1.0, "weight_decay": 5e-4},
+    ]
     assert best([0.2, 0.5, 0.1, 0.5]) == 1  # a tie goes to the earlier point, whoever runs it
     assert best([None, 0.0, None]) == 1  # a diverged point (None) never wins, even against 0
     assert best([None, None]) is None
@@ -89,8 +94,9 @@ def assert_chosen_is_the_first_best(summary: dict, readout: str) -> None:
     """`chosen` is the grid point with the highest validation top-1 (ties: the earliest), and the
     `<readout>_val_top1` reported is that point's (readout "finetune": the fine-tuning stage's summary)."""
     tuned = readout == "finetune"
-    search, chosen = (summary["search"], summary["chosen"]) if tuned else (summary["search"][readout],
-                                                                           summary["chosen"][readout])
+    search, chosen = (
+        (summary["search"], summary["chosen"]) if tuned else (summary["search"][readout], summary["chosen"][readout])
+    )
     axes = [axis for axis in search if axis != "val_top1"]
     scores = [v if v is not None else -1.0 for v in search["val_top1"]]
     at = scores.index(max(scores))
@@ -118,12 +124,14 @@ class Spy:
             part = args[1] if name == "labeled" else None
             self.events.append(f"{name}:{part}" if part else name)
             return real(*args, **kwargs)
+
         return called
 
 
 def test_the_probe_chooses_every_readout_on_validation_then_reads_test_once(random_encoder, monkeypatch, tmp_path):
-    from mae_exp import probe
-    from mae_exp.config import load_params
+    from mae_exp.evaluation import probe
+    from mae_exp.plumbing.config import load_params
+
     monkeypatch.chdir(random_encoder)
     p = load_params("params.yaml")
     spy = Spy(monkeypatch, probe, ["labeled", "train_grid", "knn_votes"])
@@ -139,7 +147,7 @@ def test_the_probe_chooses_every_readout_on_validation_then_reads_test_once(rand
     assert spy.events[:test_at].count("train_grid") == 1 and "train_grid" not in spy.events[test_at:]
     assert [len(summary["search"][f"linear_{pool}"]["val_top1"]) for pool in ("cls", "mean")] == [heads] * 2 == [4] * 2
     assert spy.events[:test_at].count("knn_votes") == 2 * knn == 8
-    assert spy.events[test_at + 1:] == ["knn_votes", "knn_votes"]  # the chosen kNN of each pooling, on test
+    assert spy.events[test_at + 1 :] == ["knn_votes", "knn_votes"]  # the chosen kNN of each pooling, on test
     for readout in READOUTS:
         assert_chosen_is_the_first_best(summary, readout)
         assert 0.0 <= summary[f"{readout}_top1"] <= 1.0
@@ -157,6 +165,7 @@ def test_the_grid_trains_each_point_as_a_head_trained_alone():
     """All points in one loop (shared BN, one weight per point, SGD written out) = each point on its own,
     through torch.optim.SGD, from the same start."""
     from torch import nn
+
     gen = torch.Generator().manual_seed(0)
     xs = {"cls": torch.randn(60, 8, generator=gen), "mean": torch.randn(60, 8, generator=gen)}
     y = torch.randint(0, 3, (60,), generator=gen)
@@ -184,8 +193,9 @@ def test_the_grid_trains_each_point_as_a_head_trained_alone():
 
 
 def test_a_diverging_grid_point_loses_the_search_instead_of_stopping_it(random_encoder, monkeypatch, tmp_path):
-    from mae_exp import probe
-    from mae_exp.config import load_params
+    from mae_exp.evaluation import probe
+    from mae_exp.plumbing.config import load_params
+
     monkeypatch.chdir(random_encoder)
     p = load_params("params.yaml")
     p = p.model_copy(update={"linear_probe": p.linear_probe.model_copy(update={"lr": (1e30, 0.1)})})
@@ -195,21 +205,34 @@ def test_a_diverging_grid_point_loses_the_search_instead_of_stopping_it(random_e
         assert summary["chosen"][f"linear_{pool}"]["lr"] == 0.1
 
 
-def test_finetuning_chooses_lr_and_layer_decay_on_validation_then_reads_test_once(random_encoder, monkeypatch,
-                                                                                    tmp_path):
-    from mae_exp import finetune
-    from mae_exp.config import load_params
+def test_finetuning_chooses_lr_and_layer_decay_on_validation_then_reads_test_once(
+    random_encoder, monkeypatch, tmp_path
+):
+    from mae_exp.evaluation import finetune
+    from mae_exp.plumbing.config import load_params
+
     monkeypatch.chdir(random_encoder)
     p = load_params("params.yaml")
-    p = p.model_copy(update={"finetune": p.finetune.model_copy(update={  # long enough for the points to differ
-        "base_lr": (1e-3, 3e-2), "layer_decay": (0.75, 1.0), "epochs": 3, "warmup_epochs": 0.0})})
+    p = p.model_copy(
+        update={
+            "finetune": p.finetune.model_copy(
+                update={  # long enough for the points to differ
+                    "base_lr": (1e-3, 3e-2),
+                    "layer_decay": (0.75, 1.0),
+                    "epochs": 3,
+                    "warmup_epochs": 0.0,
+                }
+            )
+        }
+    )
     spy = Spy(monkeypatch, finetune, ["labeled", "_fit", "evaluate"])
-    summary = finetune.finetune(p, "models/random/encoder.pt", "data/prepared", "random", tmp_path / "live",
-                                tmp_path / "scratch")
+    summary = finetune.finetune(
+        p, "models/random/encoder.pt", "data/prepared", "random", tmp_path / "live", tmp_path / "scratch"
+    )
     assert spy.events.count("labeled:test") == 1
     test_at = spy.events.index("labeled:test")
     assert spy.events[:test_at].count("_fit") == 4 and "_fit" not in spy.events[test_at:]
-    assert spy.events[test_at + 1:] == ["evaluate"]  # the chosen model, once
+    assert spy.events[test_at + 1 :] == ["evaluate"]  # the chosen model, once
     assert summary["search"]["base_lr"] == [1e-3, 1e-3, 3e-2, 3e-2]
     assert summary["search"]["layer_decay"] == [0.75, 1.0, 0.75, 1.0]
     assert len(set(summary["search"]["val_top1"])) > 1  # the points differ: a real search
@@ -223,6 +246,7 @@ def test_finetuning_chooses_lr_and_layer_decay_on_validation_then_reads_test_onc
 def test_every_encoder_gets_the_same_search(tmp_path):
     """Two encoders through `dvc repro`: the same grid points evaluated, each its own choice."""
     from conftest import git
+
     repo = copy_repo(tmp_path / "repo")
     params = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(params.replace("base_lr: [1.0e-3]", "base_lr: [1.0e-3, 3.0e-2]"))

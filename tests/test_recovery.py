@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import BIN, copy_repo, dvc, run
 from test_pipeline import set_param, start
 from test_reliability import error_lines, files_under, stage, stage_with_params
+
+from conftest import BIN, copy_repo, dvc, run
 
 
 def md5(path: Path) -> str:
@@ -32,7 +32,8 @@ PRETRAIN_OUTS = ("models/original/checkpoint.pt", "models/original/encoder.pt")
 
 
 def kill_once_two_states_exist(repo: Path, *flags: str) -> Path:
-    """`dvc repro [flags] pretrain_original`, SIGKILLed (dvc and the stage) once prev.pt is written; the state folder."""
+    """`dvc repro [flags] pretrain_original`, SIGKILLed (dvc and the stage) once prev.pt is written; the state
+    folder."""
     proc = start([str(BIN / "dvc"), "repro", *flags, "pretrain_original"], repo)
     deadline = time.monotonic() + 600
     while not list((repo / "scratch/pretrain_original").glob("*/prev.pt")):
@@ -136,8 +137,9 @@ def test_a_corrupt_cache_object_from_a_plain_pull_gets_commands_that_repair_it(b
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str):
     where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         if os.environ.get("CI"):
             pytest.fail(f"CI must be able to mount a small tmpfs (root): {mounted.stderr.strip()}")
@@ -155,8 +157,11 @@ def test_a_full_disk_under_dvclives_directory_names_the_file(built):
         proc = stage(built, "linear_probe@random")
     assert proc.returncode == 1
     [line] = error_lines(proc)
-    assert re.search(r"no space left on device while writing scratch/live/linear_probe_random/\S+ \(metrics/"
-                     r"linear_probe_random was left as it was\)", line), line
+    assert re.search(
+        r"no space left on device while writing scratch/live/linear_probe_random/\S+ \(metrics/"
+        r"linear_probe_random was left as it was\)",
+        line,
+    ), line
     assert not (built / "metrics/linear_probe_random").exists()
 
 
@@ -167,8 +172,11 @@ def test_a_full_disk_under_downloads_output_names_the_array(built):
         left = list(full.iterdir())
     assert proc.returncode == 1
     [line] = error_lines(proc)
-    assert re.search(r"no space left on device while writing full/prepared\.partial/\w+\.npy "
-                     r"\(full/prepared was left as it was\)", line), line
+    assert re.search(
+        r"no space left on device while writing full/prepared\.partial/\w+\.npy "
+        r"\(full/prepared was left as it was\)",
+        line,
+    ), line
     assert left == []  # the partial dataset removed
 
 
@@ -192,8 +200,12 @@ def test_the_probes_sizes_are_checked_against_its_train_images(built, key):
 
 def test_one_train_image_per_class_is_refused_at_download(built):
     before = files_under(built / "data/prepared")
-    small = {"data__shapes__train": 10, "finetune__batch_size": 2, "linear_probe__batch_size": 2,
-             "linear_probe__knn_k": [2]}  # 10 classes: one image each
+    small = {
+        "data__shapes__train": 10,
+        "finetune__batch_size": 2,
+        "linear_probe__batch_size": 2,
+        "linear_probe__knn_k": [2],
+    }  # 10 classes: one image each
     proc = stage_with_params(built, "download", **small)
     assert proc.returncode == 1
     [line] = error_lines(proc)
@@ -209,8 +221,9 @@ def test_a_duplicate_key_in_params_is_refused_by_a_stage_run_by_hand(built):
     params = (built / "params.yaml").read_text()
     assert "  epochs: 3\n  batch_size: 32\n" in params
     try:
-        (built / "params.yaml").write_text(params.replace("  epochs: 3\n  batch_size: 32\n",
-                                                          "  epochs: 3\n  epochs: 30\n  batch_size: 32\n", 1))
+        (built / "params.yaml").write_text(
+            params.replace("  epochs: 3\n  batch_size: 32\n", "  epochs: 3\n  epochs: 30\n  batch_size: 32\n", 1)
+        )
         proc = stage(built, "init_random")
     finally:
         (built / "params.yaml").write_text(params)

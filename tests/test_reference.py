@@ -10,15 +10,24 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from mae_exp.config import ModelConfig
-from mae_exp.finetune import Classifier
+from mae_exp.evaluation.finetune import Classifier
+from mae_exp.evaluation.probe import accuracy, train_heads
+from mae_exp.evaluation.visualize import masked_psnr
 from mae_exp.model import MaskedAutoencoderViT, ViTEncoder
-from mae_exp.optim import FINETUNE_NO_DECAY, layer_decay, param_groups, warmup_cosine
-from mae_exp.probe import accuracy, train_heads
-from mae_exp.visualize import masked_psnr
+from mae_exp.plumbing.config import ModelConfig
+from mae_exp.training.optim import FINETUNE_NO_DECAY, layer_decay, param_groups, warmup_cosine
 
-SMALL_VIT = ModelConfig(patch_size=4, encoder_dim=16, encoder_depth=3, encoder_heads=2, decoder_dim=8,
-                        decoder_depth=1, decoder_heads=2, mlp_ratio=2.0, norm_pix_loss=True)
+SMALL_VIT = ModelConfig(
+    patch_size=4,
+    encoder_dim=16,
+    encoder_depth=3,
+    encoder_heads=2,
+    decoder_dim=8,
+    decoder_depth=1,
+    decoder_heads=2,
+    mlp_ratio=2.0,
+    norm_pix_loss=True,
+)
 
 
 # --------------------------------------------------------------------------- MAE's util/lr_decay.py, restated
@@ -62,7 +71,7 @@ def test_layer_decay_groups_are_maes():
     assert len(ours) == 10  # 5 layers (embedding, 3 blocks, head) x decay / no decay
 
     by_name = {n: (s, d) for s, d, names in ours for n in names}  # the numbers, at depth 3 and decay 0.75
-    assert by_name["encoder.patch_embed.weight"] == (0.75 ** 4, 0.05) == (0.31640625, 0.05)
+    assert by_name["encoder.patch_embed.weight"] == (0.75**4, 0.05) == (0.31640625, 0.05)
     assert by_name["encoder.cls_token"] == (0.31640625, 0.0)  # a token: no weight decay though not 1-D
     assert by_name["encoder.blocks.0.attn.qkv.weight"] == (0.421875, 0.05)
     assert by_name["encoder.blocks.0.norm1.bias"] == (0.421875, 0.0)
@@ -106,11 +115,18 @@ def mae_adjust_learning_rate(epoch: float, lr: float, min_lr: float, warmup_epoc
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
 
 
-@pytest.mark.parametrize("step, expected", [
-    (0, 5e-5), (9, 5e-4), (19, 1e-3),  # warmup: one step ahead of MAE's (MAE's first step has lr 0)
-    (20, 1e-3), (60, 5e-4), (80, 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75))),
-    (99, 1e-3 * 0.5 * (1 + math.cos(math.pi * 79 / 80))),
-])
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 5e-5),
+        (9, 5e-4),
+        (19, 1e-3),  # warmup: one step ahead of MAE's (MAE's first step has lr 0)
+        (20, 1e-3),
+        (60, 5e-4),
+        (80, 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75))),
+        (99, 1e-3 * 0.5 * (1 + math.cos(math.pi * 79 / 80))),
+    ],
+)
 def test_warmup_cosine_is_maes_schedule_per_step(step, expected):
     """10 epochs of 10 steps, 2 of warmup, peak 1e-3, min_lr 0. MAE sets the lr from the fractional epoch
     step / 10; ours from the step: the same after warmup, and during warmup ours at step s is MAE's at
@@ -138,12 +154,13 @@ def test_masked_psnr_matches_scikit_image():
     ours = masked_psnr(recon, image, pixel_mask)
     for i in range(3):
         keep = pixel_mask[i, 0].bool()
-        reference = peak_signal_noise_ratio(image[i][:, keep].double().numpy(), recon[i][:, keep].double().numpy(),
-                                            data_range=1.0)
+        reference = peak_signal_noise_ratio(
+            image[i][:, keep].double().numpy(), recon[i][:, keep].double().numpy(), data_range=1.0
+        )
         assert ours[i].item() == pytest.approx(reference, abs=1e-4)
     # and one by hand: a uniform error of 0.1 on masked pixels is 20 dB, whatever the visible ones are
     off = image.clone()
-    off[:, :, :8] = (image[:, :, :8] + 0.1)
+    off[:, :, :8] = image[:, :, :8] + 0.1
     off[:, :, 8:] = 0.5
     top_half = torch.zeros(3, 1, 16, 16)
     top_half[:, :, :8] = 1
@@ -163,8 +180,17 @@ def test_the_probe_head_separates_a_linearly_separable_set():
     x = centres[y] + 0.5 * torch.randn(800, 32, generator=gen) + 3.0  # offset: the BN has something to undo
     train, test = slice(0, 600), slice(600, 800)
     losses = []
-    head = train_heads({"x": x[train]}, y[train], 4, epochs=10, batch_size=64, lr=0.1, weight_decay=0.0, seed=0,
-                       on_epoch=lambda epoch, heads, loss: losses.append(loss["x"]))["x"]
+    head = train_heads(
+        {"x": x[train]},
+        y[train],
+        4,
+        epochs=10,
+        batch_size=64,
+        lr=0.1,
+        weight_decay=0.0,
+        seed=0,
+        on_epoch=lambda epoch, heads, loss: losses.append(loss["x"]),
+    )["x"]
     with torch.no_grad():
         assert accuracy(head(x[train]), y[train]) == 1.0
         assert accuracy(head(x[test]), y[test]) >= 0.99

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from conftest import BIN, copy_repo, dvc, run, stage_cmd
 from test_pipeline import set_param, start
 
-from mae_exp.checkpoints import CorruptCheckpoint, load_encoder, load_mae, read_checkpoint
-from mae_exp.config import load_params
+from conftest import BIN, copy_repo, dvc, run, stage_cmd
+from mae_exp.plumbing.checkpoints import CorruptCheckpoint, load_encoder, load_mae, read_checkpoint
+from mae_exp.plumbing.config import load_params
 
 
 def md5(path: Path) -> str:
@@ -63,6 +62,7 @@ def largest_tensor(obj) -> torch.Tensor:
         elif isinstance(x, (list, tuple)):
             for v in x:
                 walk(v)
+
     walk(obj)
     return max(found, key=torch.Tensor.numel)
 
@@ -103,8 +103,12 @@ def test_running_stages_again_gives_the_same_bytes_and_the_same_dvc_lock(built):
 def locked_outputs(repo: Path) -> dict:
     """Each cached output's md5 in dvc.lock (metrics are not cached: they hold wall times)."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])
-            if not o["path"].startswith("metrics/")}
+    return {
+        o["path"]: o["md5"]
+        for s in lock["stages"].values()
+        for o in s.get("outs", [])
+        if not o["path"].startswith("metrics/")
+    }
 
 
 # --------------------------------------------------------------------------- item 1: checked on load
@@ -210,13 +214,17 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("damage, falls_back_to", [
-    ({"last.pt": truncate}, "the previous state"),
-    ({"last.pt": flip_tensor_byte}, "the previous state"),
-    ({"last.pt": lambda p: p.write_bytes(b""), "prev.pt": flip_tensor_byte}, "a fresh start"),
-])
+@pytest.mark.parametrize(
+    "damage, falls_back_to",
+    [
+        ({"last.pt": truncate}, "the previous state"),
+        ({"last.pt": flip_tensor_byte}, "the previous state"),
+        ({"last.pt": lambda p: p.write_bytes(b""), "prev.pt": flip_tensor_byte}, "a fresh start"),
+    ],
+)
 def test_a_damaged_resumable_state_is_set_aside_in_one_line_and_the_run_ends_as_if_uninterrupted(
-        killed_state, damage, falls_back_to):
+    killed_state, damage, falls_back_to
+):
     repo, saved, straight, _, _ = killed_state
     shutil.rmtree(repo / "scratch", ignore_errors=True)
     shutil.copytree(saved, repo / "scratch")
@@ -249,8 +257,9 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_naming_the_file(buil
     kept = built / "kept_random"
     shutil.move(models, kept)
     models.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(models)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(models)], capture_output=True, text=True
+    )
     try:
         if mounted.returncode != 0:
             if os.environ.get("CI"):
@@ -281,8 +290,10 @@ def test_a_remote_with_verify_refuses_a_flipped_byte_that_a_plain_pull_checks_ou
     remote = tmp_path / "nas"
     dvc("remote", "add", "--local", "nas", str(remote), cwd=built)
     dvc("push", "-r", "nas", *BUILT, cwd=built)
-    damaged = {rel: remote_object(remote, built / rel)
-               for rel in ("models/original/checkpoint.pt", "data/prepared/train_images.npy")}
+    damaged = {
+        rel: remote_object(remote, built / rel)
+        for rel in ("models/original/checkpoint.pt", "data/prepared/train_images.npy")
+    }
     for obj in damaged.values():  # bit rot: the bytes change, the read-only mode DVC gave the object stays
         data, mode = bytearray(obj.read_bytes()), obj.stat().st_mode
         data[len(data) // 2] ^= 0x10
@@ -347,15 +358,24 @@ def test_finetune_refuses_a_batch_larger_than_its_train_images_instead_of_cappin
 
 
 def test_a_run_removes_the_states_other_params_left_in_its_scratch(tmp_path, capsys):  # item 5
-    from mae_exp.train import Schedule, Trainer
+    from mae_exp.training.train import Schedule, Trainer
+
     stage_dir = tmp_path / "scratch/pretrain_original"
     for key in ("old_params", "mine"):
         (stage_dir / key).mkdir(parents=True)
         (stage_dir / key / "prev.pt").write_bytes(b"a state")
     model = torch.nn.Linear(2, 2)
-    trainer = Trainer("pretrain original", "pretrain", model, torch.optim.AdamW(model.parameters()),
-                      Schedule(1, 1, 0, 1e-3, 1), torch.device("cpu"), None, stage_dir / "mine/last.pt",
-                      {"order": torch.Generator()})
+    trainer = Trainer(
+        "pretrain original",
+        "pretrain",
+        model,
+        torch.optim.AdamW(model.parameters()),
+        Schedule(1, 1, 0, 1e-3, 1),
+        torch.device("cpu"),
+        None,
+        stage_dir / "mine/last.pt",
+        {"order": torch.Generator()},
+    )
     trainer.begin("1 epoch")
     assert sorted(p.name for p in stage_dir.iterdir()) == ["mine"]
     assert "removed the resumable state of 1 other run(s)" in capsys.readouterr().err  # the console is stderr
@@ -364,13 +384,13 @@ def test_a_run_removes_the_states_other_params_left_in_its_scratch(tmp_path, cap
 
 def test_tune_records_each_runs_validation_curve_and_refuses_a_bad_point_before_any_work(built):
     out = built / "scratch" / "tuning.json"
-    tune = [str(BIN / "python"), "-m", "mae_exp.tune", "finetune", "--encoder", "random", "--out", str(out)]
+    tune = [str(BIN / "python"), "-m", "mae_exp.evaluation.tune", "finetune", "--encoder", "random", "--out", str(out)]
     proc = run([*tune, "--epochs", "0", "2"], built, check=False)
     assert proc.returncode == 2 and "finetune {'epochs': 0}" in proc.stdout + proc.stderr
     assert not out.exists()  # refused before the first run
     run([*tune, "--epochs", "1", "2"], built)
     [record] = json.loads(out.read_text())
-    assert record["command"].startswith("python -m mae_exp.tune finetune --encoder random")
+    assert record["command"].startswith("python -m mae_exp.evaluation.tune finetune --encoder random")
     runs = {r["epochs"]: r for r in record["results"]}
     assert {e: len(r["val_curve"]) for e, r in runs.items()} == {1: 1, 2: 2}  # one point per epoch
     assert all(r["val_curve"][-1] == r["val_top1"] for r in runs.values())  # the curve ends at the result

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from conftest import BIN, copy_repo, dvc, git, run, stage_cmd
 from test_distributed import assert_weights_close, set_params, weights
 from test_study import TOY_PIPELINE, study
+
+from conftest import BIN, copy_repo, dvc, git, run, stage_cmd
 from mae_exp.study import slurm as study_slurm
 from mae_exp.study.queue import Job
 
@@ -33,9 +33,11 @@ def _cluster_answers() -> bool:
 
 
 CLUSTER = _cluster_answers()
-needs_slurm = pytest.mark.skipif(not CLUSTER and os.environ.get("CI") != "true",
-                                 reason="no SLURM cluster here (sbatch missing or sinfo unanswered): "
-                                        "`sudo .ci/slurm-up.sh` starts a single-node one")
+needs_slurm = pytest.mark.skipif(
+    not CLUSTER and os.environ.get("CI") != "true",
+    reason="no SLURM cluster here (sbatch missing or sinfo unanswered): "
+    "`sudo .ci/slurm-up.sh` starts a single-node one",
+)
 
 
 def wait_for_jobs(base: Path, timeout: float = 1200) -> dict:
@@ -62,9 +64,14 @@ def toy_repo(tmp_path, monkeypatch):
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "toy", cwd=repo)
     monkeypatch.chdir(repo)
-    for key, value in {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "test",
-                       "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "test",
-                       "GIT_COMMITTER_EMAIL": "t@example.invalid", "DVC_NO_ANALYTICS": "1"}.items():
+    for key, value in {
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "DVC_NO_ANALYTICS": "1",
+    }.items():
         monkeypatch.setenv(key, value)  # sbatch hands the environment on to the jobs
     return repo
 
@@ -119,25 +126,48 @@ def test_two_srun_tasks_pretrain_as_one_process_does(tmp_path):
     set_params(one, threads=1)
     shutil.copytree(two / "data" / "prepared", one / "data" / "prepared")
     cmd = stage_cmd("pretrain_original")
-    proc = run(["srun", "-n", "2", "--cpus-per-task", "1", "--kill-on-bad-exit=1", *cmd], two, timeout=900,
-               extra_env={"MAE_DIST_BACKEND": "gloo"})
+    proc = run(
+        ["srun", "-n", "2", "--cpus-per-task", "1", "--kill-on-bad-exit=1", *cmd],
+        two,
+        timeout=900,
+        extra_env={"MAE_DIST_BACKEND": "gloo"},
+    )
     out = proc.stdout + proc.stderr
     assert "cpu, 1 CPU thread per process, 2 processes" in out, out
     assert "torchrun" not in out  # no launcher: srun's tasks are the workers
     run(cmd, one, timeout=900)
-    assert [r["epoch"] for r in torch.load(two / "models/original/checkpoint.pt", weights_only=False)["history"]] == [1, 2, 3]
+    assert [r["epoch"] for r in torch.load(two / "models/original/checkpoint.pt", weights_only=False)["history"]] == [
+        1,
+        2,
+        3,
+    ]
     assert_weights_close(weights(two, "original"), weights(one, "original"))
 
 
 def test_slurm_variables_become_torchruns(monkeypatch):
-    from mae_exp import distributed
-    env = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
-           "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "1234"}
+    from mae_exp.training import distributed
+
+    env = {
+        "SLURM_STEP_NUM_TASKS": "4",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "1",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+        "SLURM_STEP_NODELIST": "gpu[07-08]",
+        "SLURM_JOB_ID": "1234",
+    }
     monkeypatch.setattr(distributed, "first_host", lambda nodelist: {"gpu[07-08]": "gpu07"}[nodelist])
     distributed.from_slurm(env)
-    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} == {
-        "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "gpu07",
-        "MASTER_PORT": "21234"}
+    assert {
+        k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    } == {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "gpu07",
+        "MASTER_PORT": "21234",
+    }
     assert distributed.slurm_tasks_per_node("3,2(x2),1") == [3, 2, 2, 1]
     batch = {"SLURM_JOB_ID": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}  # a batch script: no srun step
     distributed.from_slurm(batch)
@@ -149,18 +179,27 @@ def test_slurm_variables_become_torchruns(monkeypatch):
 
 @needs_slurm
 def test_first_host_is_scontrols():
-    from mae_exp import distributed
+    from mae_exp.training import distributed
+
     assert distributed.first_host("node[03-05,07]") == "node03"
 
 
 # --------------------------------------------------------------------------- queue -j N on one machine's GPUs
 
 
-@pytest.mark.parametrize("visible, jobs, want", [
-    ("0,1,2,3", 2, ["0,1", "2,3"]), ("4,5,6", 3, ["4", "5", "6"]), ("0,1,2", 2, ["0", "1"]), ("0,1", 3, ["0", "1", "0"])])
+@pytest.mark.parametrize(
+    "visible, jobs, want",
+    [
+        ("0,1,2,3", 2, ["0,1", "2,3"]),
+        ("4,5,6", 3, ["4", "5", "6"]),
+        ("0,1,2", 2, ["0", "1"]),
+        ("0,1", 3, ["0", "1", "0"]),
+    ],
+)
 def test_each_child_gets_its_own_gpus(tmp_path, monkeypatch, visible, jobs, want):
     """The real runner, each child a real process that writes the CUDA_VISIBLE_DEVICES it got."""
     from mae_exp.study import queue as study_queue
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     seen = tmp_path / "seen"
@@ -168,6 +207,7 @@ def test_each_child_gets_its_own_gpus(tmp_path, monkeypatch, visible, jobs, want
 
     def command(job, names_here, mode):
         return ["sh", "-c", f"sleep 1; echo $CUDA_VISIBLE_DEVICES > {seen / job.name}"]
+
     todo = [Job(f"s{i}-a", i, "a", ()) for i in range(2 * jobs)]
     assert study_queue.run(todo, jobs, 0.1, set(), logs=tmp_path / "logs", command=command) == 0
     got = [(seen / j.name).read_text().strip() for j in todo]
@@ -181,8 +221,13 @@ def test_each_child_gets_its_own_gpus(tmp_path, monkeypatch, visible, jobs, want
 
 def encoder_md5s(lock: dict) -> dict:
     """models/<variant>/encoder.pt -> md5, as dvc.lock records the pre-training outputs."""
-    return {o["path"]: o["md5"] for name, stage in lock["stages"].items() if name.startswith("pretrain_")
-            for o in stage["outs"] if o["path"].endswith("encoder.pt")}
+    return {
+        o["path"]: o["md5"]
+        for name, stage in lock["stages"].items()
+        if name.startswith("pretrain_")
+        for o in stage["outs"]
+        if o["path"].endswith("encoder.pt")
+    }
 
 
 def experiment_lock(repo: Path, name: str) -> dict:
@@ -234,7 +279,9 @@ def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(tmp_path):
     # the preempted pre-training ends with the weights of the uninterrupted one; so do the others
     for name in ("s42-all", *ids):
         assert encoder_md5s(experiment_lock(cluster, name)) == encoder_md5s(experiment_lock(here, name)), name
-    assert encoder_md5s(yaml.safe_load((work / "dvc.lock").read_text())) == encoder_md5s(experiment_lock(here, "s42-all"))
+    assert encoder_md5s(yaml.safe_load((work / "dvc.lock").read_text())) == encoder_md5s(
+        experiment_lock(here, "s42-all")
+    )
 
     proc = study(*study_args, *on_slurm, cwd=cluster)
     assert "nothing new to run" in proc.stdout
@@ -248,6 +295,7 @@ def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(tmp_path):
     # on the cluster's clone the shared cache holds every output: an experiment applies without a remote
     dvc("exp", "apply", "s42-uniformity_only", cwd=cluster)
     assert "Data and pipelines are up to date" in dvc("status", cwd=cluster).stdout
+
 
 @needs_slurm
 @pytest.mark.slow
@@ -270,9 +318,13 @@ def test_jobs_push_to_the_team_remotes_and_a_fresh_clone_pulls_them(toy_repo, tm
     assert (laptop / "a.txt").read_text() == "7" and (laptop / "b.txt").read_text() == "2"
 
 
-@pytest.mark.parametrize("option, words", [({"cpus": 0}, "--cpus must be at least 1, got 0"),
-                                           ({"signal_s": -5}, "--signal-s must be at least 0, got -5")])
+@pytest.mark.parametrize(
+    "option, words",
+    [({"cpus": 0}, "--cpus must be at least 1, got 0"), ({"signal_s": -5}, "--signal-s must be at least 0, got -5")],
+)
 def test_bad_slurm_options_stop_before_anything_is_submitted(tmp_path, option, words):
     with pytest.raises(study_slurm.StudyError, match=words):
-        study_slurm.submit([Job("s1-ok", 1, "ok", ())], study_slurm.SlurmOptions(dir=tmp_path / "jobs", **option), root=tmp_path)
+        study_slurm.submit(
+            [Job("s1-ok", 1, "ok", ())], study_slurm.SlurmOptions(dir=tmp_path / "jobs", **option), root=tmp_path
+        )
     assert not (tmp_path / "jobs").exists()

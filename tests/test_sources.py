@@ -17,11 +17,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from mae_exp.config import ConfigError, load_params, parse_params
-from mae_exp.data.prepared import SourceError, load_meta, load_split, pretraining_set
-from mae_exp.data.folder import prepare_folder
-from mae_exp.data.stl10 import prepare_stl10
 from conftest import REPO, copy_repo, dvc, git, run, stage_cmd
+from mae_exp.data.folder import prepare_folder
+from mae_exp.data.prepared import SourceError, load_meta, load_split, pretraining_set
+from mae_exp.data.stl10 import prepare_stl10
+from mae_exp.plumbing.config import ConfigError, load_params, parse_params
 
 CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 SPLIT_SIZES = {"train": 3, "test": 2, "unlabeled": 4}
@@ -185,7 +185,9 @@ def test_a_damaged_archive_never_replaces_a_good_prepared_dataset(tmp_path, serv
     truncated.parent.mkdir()
     truncated.write_bytes(ARCHIVE[: len(ARCHIVE) * 2 // 3])
     with pytest.raises(SourceError) as err:
-        prepare_stl10(data_cfg(truncated.parent, image_size=96), out, md5=hashlib.md5(truncated.read_bytes()).hexdigest())
+        prepare_stl10(
+            data_cfg(truncated.parent, image_size=96), out, md5=hashlib.md5(truncated.read_bytes()).hexdigest()
+        )
     assert str(truncated) in str(err.value)
     assert load_meta(out)["digest"] == good and not (tmp_path / "prepared.partial").exists()
     assert_stl10_prepared(out)
@@ -212,8 +214,12 @@ def test_verify_md5_false_skips_only_the_check_of_an_archive_in_place(tmp_path, 
     damaged[len(damaged) // 2] ^= 0xFF
     server.payload = bytes(damaged)
     with pytest.raises(SourceError, match="is corrupt"):
-        prepare_stl10(data_cfg(tmp_path / "empty", image_size=96, verify_md5=False), tmp_path / "p2",
-                      url=server.url, md5=ARCHIVE_MD5)
+        prepare_stl10(
+            data_cfg(tmp_path / "empty", image_size=96, verify_md5=False),
+            tmp_path / "p2",
+            url=server.url,
+            md5=ARCHIVE_MD5,
+        )
 
 
 def test_interrupted_download_is_resumed_by_the_next_run_with_a_range_request(tmp_path, server):
@@ -237,8 +243,9 @@ def test_a_broken_transfer_is_retried_within_the_run(tmp_path, server, honour_ra
     server.honour_range = honour_range
     server.cuts = [len(ARCHIVE) // 3, len(ARCHIVE) // 4]  # two breaks, then a whole response
     root = tmp_path / "raw"
-    prepare_stl10(data_cfg(root, image_size=96), tmp_path / "prepared", url=server.url, md5=ARCHIVE_MD5,
-                  retries=2, pause=0)
+    prepare_stl10(
+        data_cfg(root, image_size=96), tmp_path / "prepared", url=server.url, md5=ARCHIVE_MD5, retries=2, pause=0
+    )
     assert len(server.ranges) == 3 and server.ranges[0] is None and server.ranges[1] is not None
     assert (root / "stl10_binary.tar.gz").read_bytes() == ARCHIVE
     assert_stl10_prepared(tmp_path / "prepared")
@@ -262,9 +269,11 @@ def test_offline_through_the_stage_script_one_clear_line_and_no_work(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     url = closed_port_url()
     # the stage exactly as dvc runs it, with the address pointed at a closed port on loopback
-    code = (f"import runpy, mae_exp.data.stl10 as s; s.STL10_URL = {url!r}; "
-            f"import sys; sys.argv = {stage_cmd('download')[1:]!r}; "
-            f"runpy.run_path('stages/download.py', run_name='__main__')")
+    code = (
+        f"import runpy, mae_exp.data.stl10 as s; s.STL10_URL = {url!r}; "
+        f"import sys; sys.argv = {stage_cmd('download')[1:]!r}; "
+        f"runpy.run_path('stages/download.py', run_name='__main__')"
+    )
     proc = run(["python", "-c", code], repo, check=False)
     assert proc.returncode == 1, proc.stderr
     assert url in proc.stderr and "data/raw/stl10_binary.tar.gz" in proc.stderr and "shapes" in proc.stderr
@@ -369,12 +378,19 @@ def test_a_test_class_missing_from_train_is_an_error(tmp_path):
     assert "'horse'" in str(err.value) and str(root / "train") in str(err.value)
 
 
-@pytest.mark.parametrize("breakage, words", [
-    (lambda root: None, ["is not a directory", "train/<class>"]),
-    (lambda root: write_image(root / "train/cat/a.png", RED), ["test is missing"]),
-    (lambda root: [write_image(root / name, RED) for name in ("train/cat/c.png", "train/a.png", "test/cat/b.png")],
-     ["train/a.png is not inside a class folder"]),
-])
+@pytest.mark.parametrize(
+    "breakage, words",
+    [
+        (lambda root: None, ["is not a directory", "train/<class>"]),
+        (lambda root: write_image(root / "train/cat/a.png", RED), ["test is missing"]),
+        (
+            lambda root: [
+                write_image(root / name, RED) for name in ("train/cat/c.png", "train/a.png", "test/cat/b.png")
+            ],
+            ["train/a.png is not inside a class folder"],
+        ),
+    ],
+)
 def test_a_wrong_layout_names_what_is_wrong(tmp_path, breakage, words):
     root = tmp_path / "images"
     breakage(root)

@@ -90,8 +90,8 @@ def test_the_closure_follows_relative_lazy_and_package_imports(tmp_path):
     """The checker itself: on the real package, a few imports it must see."""
     pretrain = closure(REPO / "stages" / "pretrain.py")
     assert "src/mae_exp/model.py" in pretrain  # from .model import ...
-    assert "src/mae_exp/distributed.py" in pretrain  # from . import distributed
-    assert "src/mae_exp/train.py" in pretrain
+    assert "src/mae_exp/training/distributed.py" in pretrain  # from . import distributed
+    assert "src/mae_exp/training/train.py" in pretrain
     assert "stages/pretrain.py" in pretrain
     download = closure(REPO / "stages" / "download.py")
     assert "src/mae_exp/data/__init__.py" in download  # importing data.sources runs the package's __init__
@@ -101,7 +101,7 @@ def test_the_closure_follows_relative_lazy_and_package_imports(tmp_path):
 
 
 def test_a_tool_reads_the_paths_of_the_stage_it_tunes_from_dvc_yaml():
-    from mae_exp.cli import stage_paths
+    from mae_exp.plumbing.cli import stage_paths
 
     for stage in ("finetune", "linear_probe"):
         paths, cmd = stage_paths(stage, "improved", REPO / "dvc.yaml"), stage_cmd(f"{stage}@improved")

@@ -25,8 +25,7 @@ def test_stl10_32_is_the_default_but_for_the_data_and_the_pretraining_epochs():
 def test_stl10_32_runs_end_to_end_on_a_generated_archive(tmp_path):
     repo = copy_repo(tmp_path / "repo", config="configs/stl10_32.yaml")
     sizes = {"unlabeled": 24, "train": 100, "test": 20}  # train: 10 per class, so validation has every class
-    run(["python", "benchmarks/make_stl10.py", "--root", "data/raw", *(f"--{k}={n}" for k, n in sizes.items())],
-        repo)
+    run(["python", "benchmarks/make_stl10.py", "--root", "data/raw", *(f"--{k}={n}" for k, n in sizes.items())], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["verify_md5"] = False  # a generated archive is not the real one
     # only the budget shrinks, to seconds: the data path, the model and every stage are the config's

@@ -22,14 +22,21 @@ import yaml
 from scipy import stats
 
 from conftest import BIN, REPO, copy_repo, dvc, git, run
-from mae_exp.config import ConfigError, arm_params, load_params, parse_params
+from mae_exp.plumbing.config import ConfigError, arm_params, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
+from mae_exp.study.metrics import METRICS
 from mae_exp.study.queue import plan
 from mae_exp.study.report import sentence
-from mae_exp.study.results import (collect_runs, csv_rows, distinct_ablations, experiment_rows, finetune_curves,
-                                   flatten, save_rows)
-from mae_exp.study.metrics import METRICS
+from mae_exp.study.results import (
+    collect_runs,
+    csv_rows,
+    distinct_ablations,
+    experiment_rows,
+    finetune_curves,
+    flatten,
+    save_rows,
+)
 from mae_exp.study.stats import mean_ci, paired_differences, summarize
 
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
@@ -38,10 +45,18 @@ TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
 # --------------------------------------------------------------------------- statistics
 
 
-@pytest.mark.parametrize("level, n, table", [  # Student's t table: t(1 - (1 - level) / 2, n - 1)
-    (0.95, 2, 12.706), (0.95, 3, 4.303), (0.95, 5, 2.776), (0.95, 11, 2.228), (0.90, 6, 2.015),
-    (0.99, 4, 5.841), (0.95, 1001, 1.962),
-])
+@pytest.mark.parametrize(
+    "level, n, table",
+    [  # Student's t table: t(1 - (1 - level) / 2, n - 1)
+        (0.95, 2, 12.706),
+        (0.95, 3, 4.303),
+        (0.95, 5, 2.776),
+        (0.95, 11, 2.228),
+        (0.90, 6, 2.015),
+        (0.99, 4, 5.841),
+        (0.95, 1001, 1.962),
+    ],
+)
 def test_the_interval_uses_the_t_table(level, n, table):
     values = [float(i % 7) for i in range(n)]
     count, mean, sd, lo, hi = mean_ci(values, level)
@@ -55,9 +70,15 @@ def runs_frame(ablation: str, original: dict, diff: dict, seeds=(42, 43, 44), fl
     given: 0.3 on both sides); `flops`: (original, improved) FLOPs of every pre-training."""
     rows = []
     for i, seed in enumerate(seeds):
-        row = {"seed": seed, "ablation": ablation, "name": f"s{seed}-{ablation}",
-               "flops_original": flops[0], "flops_improved": flops[1], "wall_time_s_original": 60.0,
-               "wall_time_s_improved": 66.0}
+        row = {
+            "seed": seed,
+            "ablation": ablation,
+            "name": f"s{seed}-{ablation}",
+            "flops_original": flops[0],
+            "flops_improved": flops[1],
+            "wall_time_s_original": 60.0,
+            "wall_time_s_improved": 66.0,
+        }
         for metric in METRICS:  # a metric not given: no experiment has it
             given = metric in original
             change = diff[metric][i] if metric in diff else 0.0
@@ -68,8 +89,12 @@ def runs_frame(ablation: str, original: dict, diff: dict, seeds=(42, 43, 44), fl
     return pd.DataFrame(rows)
 
 
-ORIGINAL = {"linear_mean_top1": [0.50, 0.52, 0.51], "ft_top1": [0.60, 0.61, 0.59], "hf_error": [0.100, 0.104, 0.098],
-            "psnr": [20.0, 20.5, 19.8]}
+ORIGINAL = {
+    "linear_mean_top1": [0.50, 0.52, 0.51],
+    "ft_top1": [0.60, 0.61, 0.59],
+    "hf_error": [0.100, 0.104, 0.098],
+    "psnr": [20.0, 20.5, 19.8],
+}
 
 
 def by_metric(diffs: pd.DataFrame, ablation: str) -> dict:
@@ -79,8 +104,12 @@ def by_metric(diffs: pd.DataFrame, ablation: str) -> dict:
 def test_a_clear_difference_is_beyond_noise():
     # LP +5, +6, +4 pp: mean 5 pp, sd 1 pp, CI 5 +- 4.303 * 1 / sqrt(3) = [2.52, 7.48] pp
     # HF error -0.010, -0.012, -0.011: lower is better, so an improvement
-    diff = {"linear_mean_top1": [0.05, 0.06, 0.04], "ft_top1": [0.0, 0.0, 0.0], "hf_error": [-0.010, -0.012, -0.011],
-            "psnr": [-0.5, -0.6, -0.4]}
+    diff = {
+        "linear_mean_top1": [0.05, 0.06, 0.04],
+        "ft_top1": [0.0, 0.0, 0.0],
+        "hf_error": [-0.010, -0.012, -0.011],
+        "psnr": [-0.5, -0.6, -0.4],
+    }
     primary = SimpleNamespace(arm="all", reading="flops", metric="linear_mean_top1")  # taken as it is, not corrected
     d = by_metric(paired_differences(runs_frame("all", ORIGINAL, diff), primary=primary), "all")
     lp = d["linear_mean_top1"]
@@ -92,8 +121,10 @@ def test_a_clear_difference_is_beyond_noise():
     text = sentence(lp)
     p = stats.ttest_rel([0.55, 0.58, 0.55], [0.50, 0.52, 0.51]).pvalue
     assert lp["p_value"] == pytest.approx(p) and lp["p_holm"] == lp["p_value"] and lp["primary"]
-    assert text == ("linear probe mean top-1 (test), equal steps and FLOPs [PRIMARY]: all three improvements change "
-                    f"it by +5.0 pp (95% CI +2.5 to +7.5 pp, p = {p:.2g}, 3 seeds): beyond seed-to-seed noise, better.")
+    assert text == (
+        "linear probe mean top-1 (test), equal steps and FLOPs [PRIMARY]: all three improvements change "
+        f"it by +5.0 pp (95% CI +2.5 to +7.5 pp, p = {p:.2g}, 3 seeds): beyond seed-to-seed noise, better."
+    )
     assert not d["hf_error"]["primary"] and d["hf_error"]["p_holm"] > d["hf_error"]["p_value"]
     assert d["hf_error"]["beyond_noise"] and sentence(d["hf_error"]).endswith("better.")
     assert "lower is better" in sentence(d["hf_error"])
@@ -103,8 +134,12 @@ def test_a_clear_difference_is_beyond_noise():
 
 def test_no_difference_stays_within_noise():
     # differences that average to zero: the CI must contain 0
-    diff = {"linear_mean_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, -0.01, 0.0], "hf_error": [0.002, -0.003, 0.001],
-            "psnr": [0.3, -0.2, -0.1]}
+    diff = {
+        "linear_mean_top1": [0.02, -0.03, 0.01],
+        "ft_top1": [0.01, -0.01, 0.0],
+        "hf_error": [0.002, -0.003, 0.001],
+        "psnr": [0.3, -0.2, -0.1],
+    }
     d = by_metric(paired_differences(runs_frame("laplacian_only", ORIGINAL, diff)), "laplacian_only")
     for metric in diff:
         row = d[metric]
@@ -112,13 +147,18 @@ def test_no_difference_stays_within_noise():
         assert row["ci_low"] < 0 < row["ci_high"], metric
         assert not row["beyond_noise"]
         assert sentence(row).endswith("within seed-to-seed noise."), sentence(row)
-    assert sentence(d["linear_mean_top1"]).startswith("linear probe mean top-1 (test), equal steps and FLOPs: the "
-                                                      "Laplacian loss alone changes it by +0.0 pp (95% CI ")
+    assert sentence(d["linear_mean_top1"]).startswith(
+        "linear probe mean top-1 (test), equal steps and FLOPs: the Laplacian loss alone changes it by +0.0 pp (95% CI "
+    )
 
 
 def test_the_paired_interval_is_that_of_scipys_paired_t_test():
-    diff = {"linear_mean_top1": [0.02, -0.03, 0.01], "ft_top1": [0.01, 0.03, 0.02], "hf_error": [0.002, -0.003, 0.001],
-            "psnr": [0.3, -0.2, 0.4]}
+    diff = {
+        "linear_mean_top1": [0.02, -0.03, 0.01],
+        "ft_top1": [0.01, 0.03, 0.02],
+        "hf_error": [0.002, -0.003, 0.001],
+        "psnr": [0.3, -0.2, 0.4],
+    }
     runs = runs_frame("all", ORIGINAL, diff)
     for metric, row in by_metric(paired_differences(runs, level=0.9), "all").items():
         if metric not in diff:  # no experiment has it
@@ -151,8 +191,13 @@ def test_summary_counts_the_original_once_per_seed():
 
 def test_every_comparison_but_the_primary_is_holm_corrected_and_beyond_noise_follows_it():
     from statsmodels.stats.multitest import multipletests
-    diff = {"linear_mean_top1": [0.05, 0.06, 0.04], "ft_top1": [0.03, 0.05, 0.02], "hf_error": [-0.010, -0.012, -0.011],
-            "psnr": [0.3, -0.2, 0.4]}
+
+    diff = {
+        "linear_mean_top1": [0.05, 0.06, 0.04],
+        "ft_top1": [0.03, 0.05, 0.02],
+        "hf_error": [-0.010, -0.012, -0.011],
+        "psnr": [0.3, -0.2, 0.4],
+    }
     runs = pd.concat([runs_frame("all", ORIGINAL, diff), runs_frame("laplacian_only", ORIGINAL, diff)])
     primary = SimpleNamespace(arm="all", reading="steps", metric="ft_top1")
     d = paired_differences(runs, primary=primary)
@@ -196,6 +241,7 @@ def test_an_arm_that_costs_more_is_read_at_equal_steps_and_at_equal_flops():
 
 def test_the_study_csv_marks_the_primary_and_has_raw_and_adjusted_p_values(tmp_path):
     from mae_exp.study.report import csv_frame
+
     runs = runs_frame("all", ORIGINAL, {"linear_mean_top1": [0.05, 0.06, 0.04]})
     diffs = paired_differences(runs, primary=SimpleNamespace(arm="all", reading="flops", metric="ft_top1"))
     frame = csv_frame(summarize(runs), diffs)
@@ -222,12 +268,20 @@ def exp_params(seed: int, ablation: str | None = None, **changes) -> dict:
 
 def exp_metrics(lp_original: float, lp_improved: float) -> dict:
     """The metrics files of one experiment, in the pipeline's layout (one DVCLive directory per stage)."""
-    m = {f"metrics/linear_probe_{e}/metrics.json": {"linear_mean_top1": v, "linear_mean_val_top1": v - 0.01} for e, v in
-         (("random", 0.1), ("original", lp_original), ("improved", lp_improved))}
-    m.update({f"metrics/finetune_{e}/metrics.json": {"top1": 0.2, "val_top1": 0.19}
-              for e in ("random", "original", "improved")})
-    m["metrics/visualize/metrics.json"] = {"original": {"hf_error": 0.1, "psnr": 20.0, "mse": 0.5},
-                                           "improved": {"hf_error": 0.09, "psnr": 20.1, "mse": 0.4}}
+    m = {
+        f"metrics/linear_probe_{e}/metrics.json": {"linear_mean_top1": v, "linear_mean_val_top1": v - 0.01}
+        for e, v in (("random", 0.1), ("original", lp_original), ("improved", lp_improved))
+    }
+    m.update(
+        {
+            f"metrics/finetune_{e}/metrics.json": {"top1": 0.2, "val_top1": 0.19}
+            for e in ("random", "original", "improved")
+        }
+    )
+    m["metrics/visualize/metrics.json"] = {
+        "original": {"hf_error": 0.1, "psnr": 20.0, "mse": 0.5},
+        "improved": {"hf_error": 0.09, "psnr": 20.1, "mse": 0.4},
+    }
     return m
 
 
@@ -236,8 +290,15 @@ def exp_row(name, params: dict, metrics: dict, created, state=None, typ="branch_
     as floats, anything else as str()."""
     files = {"params.yaml": params, **metrics}
     count = Counter(k for d in files.values() for k in flatten(d))
-    row = {"Experiment": name, "rev": f"{abs(hash((name, created))):07x}"[:7], "typ": typ, "Created": created,
-           "parent": None, "State": state, "Executor": None}
+    row = {
+        "Experiment": name,
+        "rev": f"{abs(hash((name, created))):07x}"[:7],
+        "typ": typ,
+        "Created": created,
+        "parent": None,
+        "State": state,
+        "Executor": None,
+    }
     for path, d in files.items():
         for k, v in flatten(d).items():
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -262,11 +323,18 @@ def test_experiments_are_recognised_by_their_params():
     ]
     runs, notes = collect_runs(rows, TINY["study"], current)
     got = {(r["seed"], r["ablation"]): (r["name"], r["linear_mean_top1_improved"]) for r in runs.to_dict("records")}
-    assert got == {(42, "all"): ("s42-all", 0.6), (43, "all"): ("s43-all-again", 0.45),  # the newer one
-                   (42, "laplacian_only"): ("s42-lap", 0.55)}
+    assert got == {
+        (42, "all"): ("s42-all", 0.6),
+        (43, "all"): ("s43-all-again", 0.45),  # the newer one
+        (42, "laplacian_only"): ("s42-lap", 0.55),
+    }
     s42 = runs.iloc[0].to_dict()
-    assert (s42["linear_mean_top1_random"], s42["ft_top1_original"], s42["hf_error_improved"], s42["psnr_original"]) == (
-        0.1, 0.2, 0.09, 20.0)
+    assert (
+        s42["linear_mean_top1_random"],
+        s42["ft_top1_original"],
+        s42["hf_error_improved"],
+        s42["psnr_original"],
+    ) == (0.1, 0.2, 0.09, 20.0)
     assert math.isnan(s42["hf_error_random"])  # no reconstruction from a random encoder
     text = " ".join(notes)
     assert "older duplicate" in text and "s43-all" in text
@@ -314,13 +382,18 @@ def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
     current = load_params(REPO / "configs" / "tiny.yaml")
     runs, notes = collect_runs(experiment_rows(root=repo), TINY["study"], current)
     got = {(r["seed"], r["ablation"]): (r["name"], r["linear_mean_top1_improved"]) for r in runs.to_dict("records")}
-    assert got == {(42, "all"): ("s42-all", 0.6), (43, "all"): ("s43-all-again", 0.45),
-                   (43, "laplacian_only"): ("lap", 0.55)}
+    assert got == {
+        (42, "all"): ("s42-all", 0.6),
+        (43, "all"): ("s43-all-again", 0.45),
+        (43, "laplacian_only"): ("lap", 0.55),
+    }
     assert (runs["ft_top1_random"] == 0.2).all() and (runs["psnr_improved"] == 20.1).all()
     assert (runs["hf_error_original"] == 0.1).all() and (runs["linear_mean_top1_original"] > 0.3).all()
-    assert notes == ["left out 1 experiment: params match no study arm (params.yaml with study.overrides and one "
-                     "of study.ablations)",
-                     "left out 1 older duplicate(s) of a seed and ablation: s43-all"]
+    assert notes == [
+        "left out 1 experiment: params match no study arm (params.yaml with study.overrides and one "
+        "of study.ablations)",
+        "left out 1 older duplicate(s) of a seed and ablation: s43-all",
+    ]
 
     saved = tmp_path / "shown.csv"
     saved.write_text(dvc("exp", "show", "--csv", "--all-commits", cwd=repo).stdout)
@@ -345,8 +418,9 @@ def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
 def test_a_bad_saved_csv_is_one_line(tmp_path):
     proc = study("report", "--from-csv", "missing.csv", cwd=tmp_path, check=False)
     assert proc.returncode == 1
-    assert proc.stdout.strip() == ("error: missing.csv not found: save one with "
-                                   "`dvc exp show --csv --all-commits > missing.csv`")
+    assert proc.stdout.strip() == (
+        "error: missing.csv not found: save one with `dvc exp show --csv --all-commits > missing.csv`"
+    )
     (tmp_path / "table.csv").write_text("a,b\n1,2\n")
     proc = study("report", "--from-csv", "table.csv", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "table.csv is not the output of `dvc exp show --csv`" in proc.stdout
@@ -365,54 +439,90 @@ def with_study(**study) -> dict:
 def test_the_study_section_parses_into_overrides():
     p = parse_params(TINY)
     assert p.study.seeds == (42, 43, 44)
-    assert list(p.study.ablations) == ["all", "original_flops_matched", "curriculum_only", "laplacian_only",
-                                       "uniformity_only"]
+    assert list(p.study.ablations) == [
+        "all",
+        "original_flops_matched",
+        "curriculum_only",
+        "laplacian_only",
+        "uniformity_only",
+    ]
     assert arm_params(p, "original_flops_matched").original.steps_factor == 1.1036
     assert arm_params(p, "original_flops_matched").improved == p.improved  # the full recipe against a longer original
     lap = arm_params(p, "laplacian_only").improved
     assert (lap.mask_ratio_start, lap.curriculum_fraction, lap.lambda_freq, lap.lambda_unif) == (
-        lap.mask_ratio, 0.0, p.improved.lambda_freq, 0.0)
+        lap.mask_ratio,
+        0.0,
+        p.improved.lambda_freq,
+        0.0,
+    )
     assert arm_params(p, "all").improved == p.improved
     distinct_ablations(p)
 
 
-@pytest.mark.parametrize("study, words", [
-    ({"seeds": []}, ["study.seeds", "must not be empty"]),
-    ({"seeds": [42, "x"]}, ["study.seeds[1]", "integer"]),
-    ({"seeds": [42, 42]}, ["study.seeds", "repeat", "42"]),
-    ({"ablations": {"x": {"improved.lamda_freq": 0.0}}}, ["study.ablations.x", "'improved.lamda_freq'",
-                                                          "lambda_freq"]),
-    ({"ablations": {"x": {"pretrain.epochs": 1}}}, ["study.ablations.x", "'pretrain.epochs'"]),
-    ({"overrides": {"finetune.epochs": 0}}, ["study.overrides", "finetune.epochs", "greater than or equal to 1"]),
-    ({"overrides": {"finetune.epocs": 3}}, ["study.overrides", "unknown key", "finetune.epocs"]),
-    ({"overrides": {"seed": 3}}, ["study.overrides", "'seed'"]),
-    ({"primary": {"arm": "nope", "budget": 3, "reading": "flops", "metric": "ft_top1", "margin": 0.01}},
-     ["study.primary.arm", "'nope'"]),
-    ({"primary": {"arm": "all", "budget": 3, "reading": "work", "metric": "ft_top1", "margin": 0.01}},
-     ["study.primary.reading", "'steps'"]),
-    ({"primary": {"arm": "all", "budget": 5, "reading": "flops", "metric": "ft_top1", "margin": 0.01}},
-     ["study.primary.budget", "does not run at 5"]),
-    ({"primary": {"arm": "all", "budget": 3, "reading": "flops", "metric": "ft_top1", "margin": 0}},
-     ["study.primary.margin", "greater than 0"]),
-    ({"budgets": []}, ["study.budgets", "must not be empty"]),
-    ({"overrides": {"pretrain.epochs": 2}}, ["study.overrides", "study.budgets"]),
-    ({"ablations": {"x": {"improved.lambda_freq": "lots"}}}, ["study.ablations.x", "improved.lambda_freq",
-                                                              "a valid number"]),
-    ({"ablations": {"x": {"improved.mask_ratio_start": 1.5}}}, ["study.ablations.x", "improved.mask_ratio_start",
-                                                                "less than 1"]),
-    ({"ablations": {"x": {"improved.lambda_unif": -1}}}, ["study.ablations.x", "improved.lambda_unif",
-                                                       "greater than or equal to 0"]),
-    ({"ablations": {"no spaces": {}}}, ["study.ablations", "'no spaces'"]),
-    ({"ablations": {}}, ["study.ablations", "must not be empty"]),
-    ({"ablations": {"x": [1]}}, ["study.ablations.x", "mapping"]),
-    ({"colour": "red"}, ["unknown key", "study.colour"]),
-])
+@pytest.mark.parametrize(
+    "study, words",
+    [
+        ({"seeds": []}, ["study.seeds", "must not be empty"]),
+        ({"seeds": [42, "x"]}, ["study.seeds[1]", "integer"]),
+        ({"seeds": [42, 42]}, ["study.seeds", "repeat", "42"]),
+        (
+            {"ablations": {"x": {"improved.lamda_freq": 0.0}}},
+            ["study.ablations.x", "'improved.lamda_freq'", "lambda_freq"],
+        ),
+        ({"ablations": {"x": {"pretrain.epochs": 1}}}, ["study.ablations.x", "'pretrain.epochs'"]),
+        ({"overrides": {"finetune.epochs": 0}}, ["study.overrides", "finetune.epochs", "greater than or equal to 1"]),
+        ({"overrides": {"finetune.epocs": 3}}, ["study.overrides", "unknown key", "finetune.epocs"]),
+        ({"overrides": {"seed": 3}}, ["study.overrides", "'seed'"]),
+        (
+            {"primary": {"arm": "nope", "budget": 3, "reading": "flops", "metric": "ft_top1", "margin": 0.01}},
+            ["study.primary.arm", "'nope'"],
+        ),
+        (
+            {"primary": {"arm": "all", "budget": 3, "reading": "work", "metric": "ft_top1", "margin": 0.01}},
+            ["study.primary.reading", "'steps'"],
+        ),
+        (
+            {"primary": {"arm": "all", "budget": 5, "reading": "flops", "metric": "ft_top1", "margin": 0.01}},
+            ["study.primary.budget", "does not run at 5"],
+        ),
+        (
+            {"primary": {"arm": "all", "budget": 3, "reading": "flops", "metric": "ft_top1", "margin": 0}},
+            ["study.primary.margin", "greater than 0"],
+        ),
+        ({"budgets": []}, ["study.budgets", "must not be empty"]),
+        ({"overrides": {"pretrain.epochs": 2}}, ["study.overrides", "study.budgets"]),
+        (
+            {"ablations": {"x": {"improved.lambda_freq": "lots"}}},
+            ["study.ablations.x", "improved.lambda_freq", "a valid number"],
+        ),
+        (
+            {"ablations": {"x": {"improved.mask_ratio_start": 1.5}}},
+            ["study.ablations.x", "improved.mask_ratio_start", "less than 1"],
+        ),
+        (
+            {"ablations": {"x": {"improved.lambda_unif": -1}}},
+            ["study.ablations.x", "improved.lambda_unif", "greater than or equal to 0"],
+        ),
+        ({"ablations": {"no spaces": {}}}, ["study.ablations", "'no spaces'"]),
+        ({"ablations": {}}, ["study.ablations", "must not be empty"]),
+        ({"ablations": {"x": [1]}}, ["study.ablations.x", "mapping"]),
+        ({"colour": "red"}, ["unknown key", "study.colour"]),
+    ],
+)
 def test_bad_study_sections_name_the_key(study, words):
     if "ablations" in study:  # the primary names an arm
-        study = {"primary": {"arm": next(iter(study["ablations"]), "all"), "budget": TINY["study"]["budgets"][0],
-                             "reading": "steps", "metric": "ft_top1", "margin": 0.015}
-                 if isinstance(study["ablations"], dict) and all(re.fullmatch(r"\w+", k) for k in study["ablations"])
-                 else TINY["study"]["primary"], **study}
+        study = {
+            "primary": {
+                "arm": next(iter(study["ablations"]), "all"),
+                "budget": TINY["study"]["budgets"][0],
+                "reading": "steps",
+                "metric": "ft_top1",
+                "margin": 0.015,
+            }
+            if isinstance(study["ablations"], dict) and all(re.fullmatch(r"\w+", k) for k in study["ablations"])
+            else TINY["study"]["primary"],
+            **study,
+        }
     with pytest.raises(ConfigError) as err:
         parse_params(with_study(**study))
     for word in words:
@@ -427,7 +537,9 @@ def test_a_missing_study_section_is_an_error():
 
 
 def test_two_ablations_with_the_same_recipe_are_refused():
-    p = parse_params(with_study(ablations={"all": {}, "same": {"improved.lambda_freq": TINY["improved"]["lambda_freq"]}}))
+    p = parse_params(
+        with_study(ablations={"all": {}, "same": {"improved.lambda_freq": TINY["improved"]["lambda_freq"]}})
+    )
     with pytest.raises(StudyError, match="study.ablations.same gives the same params as study.ablations.all"):
         distinct_ablations(p)
 
@@ -437,8 +549,13 @@ def test_plan_names_and_overrides():
     jobs = plan(p, [1, 2], ["all", "uniformity_only"])
     assert [j.name for j in jobs] == ["s1-all", "s2-all", "s1-uniformity_only", "s2-uniformity_only"]
     assert (jobs[2].seed, jobs[2].ablation) == (1, "uniformity_only")
-    assert jobs[2].overrides == ("seed=1", "pretrain.epochs=3", "improved.mask_ratio_start=0.75",
-                                 "improved.curriculum_fraction=0.0", "improved.lambda_freq=0.0")
+    assert jobs[2].overrides == (
+        "seed=1",
+        "pretrain.epochs=3",
+        "improved.mask_ratio_start=0.75",
+        "improved.curriculum_fraction=0.0",
+        "improved.lambda_freq=0.0",
+    )
     with pytest.raises(StudyError, match="unknown ablation 'nope'"):
         plan(p, None, ["nope"])
     with pytest.raises(StudyError, match="unknown budget 5"):
@@ -448,9 +565,12 @@ def test_plan_names_and_overrides():
 def test_a_curve_study_plans_each_ablation_at_its_budgets():
     """Several budgets: arms are <ablation>-e<budget>; ablation_budgets restricts an arm to some of them."""
     raw = copy.deepcopy(TINY)
-    raw["study"].update(budgets=[1, 2, 4], ablation_budgets={"original_flops_matched": [4]},
-                        ablations={"all": {}, "original_flops_matched": {"original.steps_factor": 1.1}},
-                        primary={**raw["study"]["primary"], "budget": 4, "reading": "flops"})
+    raw["study"].update(
+        budgets=[1, 2, 4],
+        ablation_budgets={"original_flops_matched": [4]},
+        ablations={"all": {}, "original_flops_matched": {"original.steps_factor": 1.1}},
+        primary={**raw["study"]["primary"], "budget": 4, "reading": "flops"},
+    )
     p = parse_params(raw)
     jobs = plan(p, [7], None)
     assert [j.name for j in jobs] == ["s7-all-e1", "s7-all-e2", "s7-all-e4", "s7-original_flops_matched-e4"]
@@ -524,10 +644,13 @@ def test_the_runner_names_failed_experiments_and_their_logs(toy_repo, capsys):
 def test_ctrl_c_stops_the_running_experiment_and_the_same_command_finishes_it(toy_repo):
     """SIGINT to the runner (what Ctrl-C sends it: the experiments have their own process group) stops
     the running experiment within seconds, exit 130; run again, its finished stage comes from the run-cache."""
-    script = ("import sys; from mae_exp.study.queue import Job, run; "
-              "sys.exit(run([Job('s1-slow', 1, 'slow', ('x=5', 'sleep=60'))], jobs=1, poll_s=0.2, names_here=set()))")
-    proc = subprocess.Popen([str(BIN / "python"), "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    script = (
+        "import sys; from mae_exp.study.queue import Job, run; "
+        "sys.exit(run([Job('s1-slow', 1, 'slow', ('x=5', 'sleep=60'))], jobs=1, poll_s=0.2, names_here=set()))"
+    )
+    proc = subprocess.Popen(
+        [str(BIN / "python"), "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     log = toy_repo / "scratch" / "study" / "s1-slow.log"
     deadline = time.monotonic() + 60
     while "Running stage 'b'" not in (log.read_text() if log.is_file() else ""):
@@ -559,7 +682,9 @@ def test_no_start_hands_the_experiments_to_dvcs_queue(tmp_path):
     proc = study("queue", "--seeds", "42", "43", "--ablations", "laplacian_only", "--no-start", cwd=repo)
     assert "2 experiment(s) in DVC's queue: `dvc queue start -j N` runs them" in proc.stdout, proc.stdout
     queued = dvc("queue", "status", cwd=repo).stdout
-    assert re.search(r"s42-laplacian_only\s.*Queued", queued) and re.search(r"s43-laplacian_only\s.*Queued", queued), queued
+    assert re.search(r"s42-laplacian_only\s.*Queued", queued) and re.search(r"s43-laplacian_only\s.*Queued", queued), (
+        queued
+    )
 
 
 @pytest.mark.slow
@@ -567,8 +692,21 @@ def test_queue_and_report_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     # 2 seeds x 2 ablations; -j 2 runs both seeds' `all` together, then both `laplacian_only`, whose
     # original branch the run-cache restores
-    proc = study("queue", "--seeds", "42", "43", "--ablations", "all", "laplacian_only", "-j", "2",
-                 "--poll", "5", cwd=repo, timeout=1500)  # a guard against a hang (the CPU may be shared)
+    proc = study(
+        "queue",
+        "--seeds",
+        "42",
+        "43",
+        "--ablations",
+        "all",
+        "laplacian_only",
+        "-j",
+        "2",
+        "--poll",
+        "5",
+        cwd=repo,
+        timeout=1500,
+    )  # a guard against a hang (the CPU may be shared)
     out = proc.stdout + proc.stderr
     assert "4 of 4 experiments succeeded" in out, out
     names = set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split())
@@ -586,8 +724,11 @@ def test_queue_and_report_end_to_end(tmp_path):
     out = proc.stdout
     assert "Paired difference improved − original" in out
     # the tiny config's numbers mean nothing; whatever they are, one sentence per metric and ablation
-    assert re.search(r"linear probe mean top-1 \(test\), equal steps: all three improvements change it by .*2 seeds.*: "
-                     r"(within seed-to-seed noise|beyond seed-to-seed noise|no difference)", out), out
+    assert re.search(
+        r"linear probe mean top-1 \(test\), equal steps: all three improvements change it by .*2 seeds.*: "
+        r"(within seed-to-seed noise|beyond seed-to-seed noise|no difference)",
+        out,
+    ), out
     csv = pd.read_csv(repo / "metrics" / "study.csv")
     groups = csv[csv["diff_n"].isna()]
     assert set(groups["group"]) == {"random", "original", "improved: all", "improved: laplacian_only"}
@@ -602,7 +743,8 @@ def test_queue_and_report_end_to_end(tmp_path):
     assert (paired["ci_low"] <= paired["diff_mean"]).all() and (paired["diff_mean"] <= paired["ci_high"]).all()
     assert (paired["p_holm"] >= paired["p_value"]).all()
     assert compared.loc[compared["primary"], ["ablation", "reading", "metric"]].values.tolist() == [
-        ["all", "equal steps", "ft_top1"]]  # tiny.yaml's study.primary
+        ["all", "equal steps", "ft_top1"]
+    ]  # tiny.yaml's study.primary
     assert "mse" in set(compared["metric"])
     md = (repo / "metrics" / "study.md").read_text()
     assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only | equal steps and FLOPs | 2 |" in md
@@ -643,19 +785,30 @@ def test_a_compute_curve_study_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["study"].update(
-        seeds=[42, 43], budgets=[1, 2], ablation_budgets={"original_flops_matched": [2]},
+        seeds=[42, 43],
+        budgets=[1, 2],
+        ablation_budgets={"original_flops_matched": [2]},
         ablations={"all": {}, "original_flops_matched": {"original.steps_factor": 1.1036}},
-        primary={"arm": "all", "budget": 2, "reading": "flops", "metric": "linear_cls_top1", "margin": 0.015})
+        primary={"arm": "all", "budget": 2, "reading": "flops", "metric": "linear_cls_top1", "margin": 0.015},
+    )
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git("commit", "-qam", "a curve study", cwd=repo)
     proc = study("queue", "--poll", "5", cwd=repo, timeout=2400)
     assert "6 of 6 experiments succeeded" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split()) == {
-        "s42-all-e1", "s43-all-e1", "s42-all-e2", "s43-all-e2", "s42-original_flops_matched-e2",
-        "s43-original_flops_matched-e2"}
+        "s42-all-e1",
+        "s43-all-e1",
+        "s42-all-e2",
+        "s43-all-e2",
+        "s42-original_flops_matched-e2",
+        "s43-original_flops_matched-e2",
+    }
     out = study("report", cwd=repo).stdout
-    assert re.search(r"Primary \(linear probe cls top-1 \(test\), all-e2, equal flops; margin ±1\.5 pp.*2 seeds\): "
-                     r"(INCONCLUSIVE|BEYOND NOISE|NO DIFFERENCE)", " ".join(out.split())), out
+    assert re.search(
+        r"Primary \(linear probe cls top-1 \(test\), all-e2, equal flops; margin ±1\.5 pp.*2 seeds\): "
+        r"(INCONCLUSIVE|BEYOND NOISE|NO DIFFERENCE)",
+        " ".join(out.split()),
+    ), out
     frame = pd.read_csv(repo / "metrics" / "study_compute.csv")
     curve = frame[(frame["kind"] == "curve") & (frame["metric"] == "linear_cls_top1")]
     assert sorted(curve.loc[curve["group"] == "original", "budget"]) == [1, 2, 2]  # + the FLOPs-matched point

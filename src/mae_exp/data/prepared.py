@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import names_full_disk
+from ..plumbing.errors import names_full_disk
 
 SPLITS = ("unlabeled", "train", "test")
 LABELED = ("train", "test")
@@ -129,11 +129,15 @@ def holdout(labels: np.ndarray, val_fraction: float) -> np.ndarray:
     """validation_mask, refused when it holds out nothing (download checks it too, before any training)."""
     val = validation_mask(labels, val_fraction)
     if not val.any() and np.bincount(labels).max() < 2:  # each class keeps one image for training
-        raise ValueError("every class has a single train image, which training keeps, so no validation image "
-                         "can be held out: add train images")
+        raise ValueError(
+            "every class has a single train image, which training keeps, so no validation image "
+            "can be held out: add train images"
+        )
     if not val.any():
-        raise ValueError(f"data.val_fraction ({val_fraction}) of the {len(val)} train images holds out no "
-                         f"image in any class: raise data.val_fraction or add train images")
+        raise ValueError(
+            f"data.val_fraction ({val_fraction}) of the {len(val)} train images holds out no "
+            f"image in any class: raise data.val_fraction or add train images"
+        )
     return val
 
 
@@ -158,9 +162,11 @@ def pretraining_set(root: str | Path, splits) -> tuple[np.ndarray | ImageRows, s
     sizes = " + ".join(f"{split} {len(a):,}" for split, a in arrays.items())
     held = [a for a in arrays.values() if len(a)]
     if not held:
-        raise ValueError(f"data.pretrain_splits ({', '.join(splits)}) selects no image: {root} holds {sizes}. "
-                         f"Add train to data.pretrain_splits, or add images (a folder dataset: under "
-                         f"<data.root>/unlabeled/) and run `dvc repro download`")
+        raise ValueError(
+            f"data.pretrain_splits ({', '.join(splits)}) selects no image: {root} holds {sizes}. "
+            f"Add train to data.pretrain_splits, or add images (a folder dataset: under "
+            f"<data.root>/unlabeled/) and run `dvc repro download`"
+        )
     images = held[0] if len(held) == 1 else ImageRows(held)
     return images, f"pre-training on {len(images):,} images ({sizes})"
 
@@ -183,14 +189,14 @@ class PreparedWriter:
         self.tmp.mkdir(parents=True)
         self.sizes: dict[str, int] = {}
 
-    def __enter__(self) -> "PreparedWriter":
+    def __enter__(self) -> PreparedWriter:
         return self
 
     def __exit__(self, kind, *_) -> None:
         if kind is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def images(self, split: str, capacity: int, size: int) -> "ImageSink":
+    def images(self, split: str, capacity: int, size: int) -> ImageSink:
         """A sink for up to `capacity` images of `split`; fewer may be written (skipped files)."""
         self.sizes[split] = capacity
         return ImageSink(self, split, capacity, size)
@@ -228,8 +234,9 @@ class ImageSink:
     def __init__(self, writer: PreparedWriter, split: str, capacity: int, size: int):
         self.path = writer.tmp / f"{split}_images.npy"  # as given (relative): the messages name it so
         with writer.full_disk(self.path):
-            array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8,
-                                              shape=(capacity, size, size, 3))  # header + sparse body
+            array = np.lib.format.open_memmap(
+                self.path, mode="w+", dtype=np.uint8, shape=(capacity, size, size, 3)
+            )  # header + sparse body
         self.offset = array.offset
         del array
         self.writer, self.split, self.size, self.capacity = writer, split, size, capacity
@@ -237,7 +244,7 @@ class ImageSink:
         self.file = open(self.path, "r+b")
         self.file.seek(self.offset)
 
-    def __enter__(self) -> "ImageSink":
+    def __enter__(self) -> ImageSink:
         return self
 
     def __exit__(self, kind, *_) -> None:
@@ -263,8 +270,11 @@ class ImageSink:
         if self.count < self.capacity:
             # numpy pads .npy headers so the first dimension can be rewritten in place
             # (GROWTH_AXIS_MAX_DIGITS); the header keeps its length and the body is truncated
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                      "shape": (self.count, self.size, self.size, 3)}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                "fortran_order": False,
+                "shape": (self.count, self.size, self.size, 3),
+            }
             with open(self.path, "r+b") as f:
                 np.lib.format.write_array_header_1_0(f, header)
                 if f.tell() != self.offset:

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import DataConfig
-from ..progress import progress
+from ..plumbing.config import DataConfig
+from ..plumbing.progress import progress
 from .prepared import LABELED, SPLITS, PreparedWriter
 
 SHAPE_CLASSES = ("house", "tree", "mushroom", "snowman", "car", "dumbbell", "lollipop", "table", "fish", "bottle")
@@ -31,8 +31,12 @@ SHAPE_PARTS = {
     "tree": [("R", 0, 0.55, 0.12, 0.4), ("E", 0, -0.25, 0.65, 0.6)],
     "mushroom": [("H", 0, 0.05, 0.9, 0.75), ("R", 0, 0.45, 0.22, 0.42)],
     "snowman": [("E", 0, 0.4, 0.5, 0.5), ("E", 0, -0.45, 0.35, 0.35)],
-    "car": [("R", 0, 0.05, 0.9, 0.3), ("R", -0.05, -0.4, 0.45, 0.2), ("E", -0.55, 0.4, 0.22, 0.22),
-            ("E", 0.55, 0.4, 0.22, 0.22)],
+    "car": [
+        ("R", 0, 0.05, 0.9, 0.3),
+        ("R", -0.05, -0.4, 0.45, 0.2),
+        ("E", -0.55, 0.4, 0.22, 0.22),
+        ("E", 0.55, 0.4, 0.22, 0.22),
+    ],
     "dumbbell": [("E", -0.65, 0, 0.3, 0.3), ("E", 0.65, 0, 0.3, 0.3), ("R", 0, 0, 0.6, 0.09)],
     "lollipop": [("E", 0, -0.45, 0.45, 0.45), ("R", 0, 0.45, 0.06, 0.5)],
     "table": [("R", 0, -0.4, 0.9, 0.1), ("R", -0.72, 0.25, 0.08, 0.55), ("R", 0.72, 0.25, 0.08, 0.55)],
@@ -62,10 +66,15 @@ def pink_noise(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     device = generator.device
     fy = torch.fft.fftfreq(size, device=device)[:, None]
     fx = torch.fft.rfftfreq(size, device=device)[None, :]
-    f = (fx ** 2 + fy ** 2).sqrt().clamp_min(1.0 / size)
+    f = (fx**2 + fy**2).sqrt().clamp_min(1.0 / size)
     shape = (n, size, size // 2 + 1)
-    spectrum = torch.complex(torch.randn(*shape, generator=generator, device=device),
-                             torch.randn(*shape, generator=generator, device=device)) / f
+    spectrum = (
+        torch.complex(
+            torch.randn(*shape, generator=generator, device=device),
+            torch.randn(*shape, generator=generator, device=device),
+        )
+        / f
+    )
     x = torch.fft.irfft2(spectrum, s=(size, size))
     return (x - x.mean(dim=(1, 2), keepdim=True)) / x.std(dim=(1, 2), keepdim=True)
 
@@ -113,9 +122,19 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
         idx = (labels == cls).nonzero().flatten()
         k, sub = len(idx), img[idx]
         for kind, pcx, pcy, a, b in SHAPE_PARTS[SHAPE_CLASSES[cls]]:
-            def jitter(): return 1 + 0.12 * (rand(k, 1, 1) * 2 - 1)  # noqa: B023 (called now) every part's size and place vary a little
-            inside = _part(kind, u[idx], v[idx], pcx + 0.12 * (rand(k, 1, 1) - 0.5),
-                           pcy + 0.12 * (rand(k, 1, 1) - 0.5), a * jitter(), b * jitter()).float()[:, None]
+
+            def jitter():
+                return 1 + 0.12 * (rand(k, 1, 1) * 2 - 1)  # noqa: B023 (called now) every part's size and place vary a little
+
+            inside = _part(
+                kind,
+                u[idx],
+                v[idx],
+                pcx + 0.12 * (rand(k, 1, 1) - 0.5),
+                pcy + 0.12 * (rand(k, 1, 1) - 0.5),
+                a * jitter(),
+                b * jitter(),
+            ).float()[:, None]
             colour = torch.where(one_colour[idx, None, None, None], base[idx], rand(k, 3, 1, 1))
             # keep the object visible: a colour too close to the background is replaced by its opposite
             colour = torch.where((colour - background[idx]).norm(dim=1, keepdim=True) < 0.3, 1 - colour, colour)
@@ -126,8 +145,9 @@ def render_shapes(labels: torch.Tensor, size: int, generator: torch.Generator) -
     return (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def generate_shapes(cfg: DataConfig, seed: int, out: str | Path, chunk: int = 1024,
-                    val_fraction: float | None = None) -> Path:
+def generate_shapes(
+    cfg: DataConfig, seed: int, out: str | Path, chunk: int = 1024, val_fraction: float | None = None
+) -> Path:
     sizes = {"unlabeled": cfg.shapes.unlabeled, "train": cfg.shapes.train, "test": cfg.shapes.test}
     with PreparedWriter(out, val_fraction) as writer, progress() as bar:
         task = bar.add_task("generating shapes", total=sum(sizes.values()))
@@ -142,5 +162,6 @@ def generate_shapes(cfg: DataConfig, seed: int, out: str | Path, chunk: int = 10
                     bar.advance(task, stop - start)
             if split in LABELED:
                 writer.labels(split, labels.numpy())
-        return writer.commit({"source": "shapes", "image_size": cfg.image_size, "classes": list(SHAPE_CLASSES),
-                              "seed": seed})
+        return writer.commit(
+            {"source": "shapes", "image_size": cfg.image_size, "classes": list(SHAPE_CLASSES), "seed": seed}
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import DataConfig
+from ..plumbing.config import DataConfig
 from .cifar10 import prepare_cifar10
 from .folder import prepare_folder
 from .shapes import generate_shapes
@@ -15,8 +15,10 @@ def prepare(cfg: DataConfig, seed: int, out: str | Path) -> Path:
     """Build the prepared dataset for `cfg.source` at `out`; a train split that leaves no validation image
     (data.val_fraction) is refused before anything is written there, not after the pre-training."""
     if cfg.source != "shapes" and Path(cfg.root).exists() and not Path(cfg.root).is_dir():
-        raise ValueError(f"data.root ({cfg.root}) is a file, but data.source: {cfg.source} reads a directory: "
-                         f"point data.root at a directory")
+        raise ValueError(
+            f"data.root ({cfg.root}) is a file, but data.source: {cfg.source} reads a directory: "
+            f"point data.root at a directory"
+        )
     if cfg.source == "shapes":
         return generate_shapes(cfg, seed, out, val_fraction=cfg.val_fraction)
     if cfg.source == "stl10":

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torchvision.datasets import STL10
 from torchvision.datasets.utils import calculate_md5
 
-from ..config import DataConfig
-from ..progress import console, progress
+from ..plumbing.config import DataConfig
+from ..plumbing.progress import console, progress
 from .prepared import PreparedWriter, SourceError
 
 
@@ -57,15 +57,16 @@ def _size(path: Path) -> int:
 
 def _offline_message(url: str, dest: Path, md5: str, reason, part: Path) -> str:
     kept = f" The {_size(part)} bytes received so far stay in {part}; the next run resumes." if _size(part) else ""
-    return (f"cannot download {dest.name} from {url} ({reason}).{kept}\n"
-            f"  If this machine is offline, download it elsewhere and place it at {dest} "
-            f"(MD5 {md5}), then run again.\n"
-            f"  Or use an offline source: data.source: shapes (embedded, generated) or "
-            f"data.source: folder (your own images under data.root).")
+    return (
+        f"cannot download {dest.name} from {url} ({reason}).{kept}\n"
+        f"  If this machine is offline, download it elsewhere and place it at {dest} "
+        f"(MD5 {md5}), then run again.\n"
+        f"  Or use an offline source: data.source: shapes (embedded, generated) or "
+        f"data.source: folder (your own images under data.root)."
+    )
 
 
-def download(url: str, dest: Path, md5: str, *, retries: int = 5, timeout: float = 60.0,
-             pause: float = 1.0) -> Path:
+def download(url: str, dest: Path, md5: str, *, retries: int = 5, timeout: float = 60.0, pause: float = 1.0) -> Path:
     """Fetch `url` to `dest`, verified against `md5`.
 
     Bytes arrive in `<dest>.part`, which survives interruptions: a broken transfer is retried up to
@@ -87,16 +88,20 @@ def download(url: str, dest: Path, md5: str, *, retries: int = 5, timeout: float
             # broke off mid-transfer (a local disk error is not retried: it propagates as it is)
             failures = 1 if _size(part) > before else failures + 1  # progress restarts the count
             if failures > retries:
-                raise SourceError(f"the download of {url} keeps breaking off ({e}); the {_size(part)} bytes "
-                                  f"received are kept in {part}: run again to resume") from None
+                raise SourceError(
+                    f"the download of {url} keeps breaking off ({e}); the {_size(part)} bytes "
+                    f"received are kept in {part}: run again to resume"
+                ) from None
             console.print(f"download interrupted ({e}); resuming from byte {_size(part)}", highlight=False)
-            time.sleep(pause * min(2 ** failures, 30))
+            time.sleep(pause * min(2**failures, 30))
     console.print(f"verifying the MD5 of {part.name}", highlight=False)
     actual = calculate_md5(part)
     if actual != md5:
         part.unlink()  # a resumed file that does not verify cannot be repaired: the next run starts over
-        raise SourceError(f"the download of {url} is corrupt: MD5 {actual}, expected {md5}. "
-                          f"It was deleted; run again to download afresh, or place a verified copy at {dest}.")
+        raise SourceError(
+            f"the download of {url} is corrupt: MD5 {actual}, expected {md5}. "
+            f"It was deleted; run again to download afresh, or place a verified copy at {dest}."
+        )
     part.rename(dest)
     return dest
 
@@ -120,8 +125,9 @@ def _fetch_once(url: str, part: Path, timeout: float) -> None:
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         with open(part, "ab" if have else "wb") as f, progress() as bar:
-            task = bar.add_task(f"downloading {part.name} (MiB)", total=total / MiB if total else None,
-                                completed=have / MiB)
+            task = bar.add_task(
+                f"downloading {part.name} (MiB)", total=total / MiB if total else None, completed=have / MiB
+            )
             while chunk := response.read(MiB):
                 f.write(chunk)
                 bar.advance(task, len(chunk) / MiB)
@@ -135,8 +141,9 @@ def _range_start(content_range: str | None) -> int:
     return int(match.group(1)) if match else -1
 
 
-def fetch_stl10(root: Path, *, verify_md5: bool = True, url: str | None = None, md5: str | None = None,
-                **download_kw) -> Path:
+def fetch_stl10(
+    root: Path, *, verify_md5: bool = True, url: str | None = None, md5: str | None = None, **download_kw
+) -> Path:
     """The archive at `root/stl10_binary.tar.gz`, downloaded (and so verified) if absent. One already in
     place is MD5-checked unless `verify_md5` is false (data.verify_md5: a locally made archive)."""
     url, md5 = url or STL10_URL, md5 or STL10_MD5
@@ -144,14 +151,19 @@ def fetch_stl10(root: Path, *, verify_md5: bool = True, url: str | None = None, 
     if not dest.exists():
         return download(url, dest, md5, **download_kw)
     if not verify_md5:
-        console.print(f"[yellow]skipped the MD5 check of {dest}[/]: data.verify_md5 is false (meant for a "
-                      f"locally made archive such as benchmarks/make_stl10.py writes)", highlight=False)
+        console.print(
+            f"[yellow]skipped the MD5 check of {dest}[/]: data.verify_md5 is false (meant for a "
+            f"locally made archive such as benchmarks/make_stl10.py writes)",
+            highlight=False,
+        )
         return dest
     console.print(f"verifying the MD5 of {dest}", highlight=False)
     actual = calculate_md5(dest)
     if actual != md5:  # someone else's file: never deleted here
-        raise SourceError(f"{dest} is not the STL-10 archive: its MD5 is {actual}, expected {md5}. It is damaged "
-                          f"or incomplete: delete it (the next run downloads {url}) or replace it with a good copy.")
+        raise SourceError(
+            f"{dest} is not the STL-10 archive: its MD5 is {actual}, expected {md5}. It is damaged "
+            f"or incomplete: delete it (the next run downloads {url}) or replace it with a good copy."
+        )
     return dest
 
 
@@ -181,8 +193,14 @@ def _read_exactly(f, n: int, what: str) -> bytes:
     return data
 
 
-def extract_stl10(archive: Path, image_size: int, out: str | Path, chunk: int = 1024,
-                  md5_checked: bool = True, val_fraction: float | None = None) -> Path:
+def extract_stl10(
+    archive: Path,
+    image_size: int,
+    out: str | Path,
+    chunk: int = 1024,
+    md5_checked: bool = True,
+    val_fraction: float | None = None,
+) -> Path:
     """One streaming pass over the .tar.gz: images go straight into the prepared splits."""
     labels: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
@@ -198,8 +216,10 @@ def extract_stl10(archive: Path, image_size: int, out: str | Path, chunk: int = 
                     if name in _STL10_IMAGES:
                         split = _STL10_IMAGES[name]
                         if member.size % _STL10_IMAGE_BYTES:
-                            raise SourceError(f"{where} holds {member.size} bytes, not a whole number of "
-                                              f"3x96x96 images: not an STL-10 archive")
+                            raise SourceError(
+                                f"{where} holds {member.size} bytes, not a whole number of "
+                                f"3x96x96 images: not an STL-10 archive"
+                            )
                         n = counts[split] = member.size // _STL10_IMAGE_BYTES
                         task = bar.add_task(f"extracting {split}", total=n)
                         f = tar.extractfile(member)
@@ -220,8 +240,15 @@ def extract_stl10(archive: Path, image_size: int, out: str | Path, chunk: int = 
         _check_stl10(archive, counts, labels, classes)
         for split, y in labels.items():
             writer.labels(split, y)
-        return writer.commit({"source": "stl10", "image_size": image_size, "classes": classes,
-                              "archive": STL10_ARCHIVE, "md5_checked": md5_checked})
+        return writer.commit(
+            {
+                "source": "stl10",
+                "image_size": image_size,
+                "classes": classes,
+                "archive": STL10_ARCHIVE,
+                "md5_checked": md5_checked,
+            }
+        )
 
 
 def _check_stl10(archive: Path, counts: dict, labels: dict, classes: list[str] | None) -> None:
@@ -229,22 +256,30 @@ def _check_stl10(archive: Path, counts: dict, labels: dict, classes: list[str] |
     missing += [name for name, split in _STL10_LABELS.items() if split not in labels]
     missing += [] if classes else [_STL10_CLASSES]
     if missing:
-        raise SourceError(f"{archive} lacks {', '.join(f'{STL10.base_folder}/{m}' for m in missing)}: "
-                          f"not a complete STL-10 archive")
+        raise SourceError(
+            f"{archive} lacks {', '.join(f'{STL10.base_folder}/{m}' for m in missing)}: not a complete STL-10 archive"
+        )
     for split, y in labels.items():
         if len(y) != counts[split]:
             raise SourceError(f"{archive}: {split} has {counts[split]} images but {len(y)} labels")
         if y.min() < 0 or y.max() >= len(classes):
-            raise SourceError(f"{archive}: {split} labels must lie in 1..{len(classes)} "
-                              f"(one per line of {_STL10_CLASSES}), found {y.min() + 1}..{y.max() + 1}")
+            raise SourceError(
+                f"{archive}: {split} labels must lie in 1..{len(classes)} "
+                f"(one per line of {_STL10_CLASSES}), found {y.min() + 1}..{y.max() + 1}"
+            )
 
 
-def prepare_stl10(cfg: DataConfig, out: str | Path, *, url: str | None = None, md5: str | None = None,
-                  val_fraction: float | None = None, **download_kw) -> Path:
+def prepare_stl10(
+    cfg: DataConfig,
+    out: str | Path,
+    *,
+    url: str | None = None,
+    md5: str | None = None,
+    val_fraction: float | None = None,
+    **download_kw,
+) -> Path:
     """data.source: stl10 -> the archive under data.root (downloaded if absent) -> the prepared splits."""
     root = Path(cfg.root)
     checked = cfg.verify_md5 or not (root / STL10_ARCHIVE).exists()  # a download is always verified
     archive = fetch_stl10(root, verify_md5=cfg.verify_md5, url=url, md5=md5, **download_kw)
     return extract_stl10(archive, cfg.image_size, out, md5_checked=checked, val_fraction=val_fraction)
-
-

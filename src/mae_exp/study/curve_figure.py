@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..files import atomic_write
-from ..palette import ENCODERS as COLOURS
+from ..evaluation.palette import ENCODERS as COLOURS
+from ..plumbing.files import atomic_write
 from .metrics import METRICS
 
 SHOWN = ("linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1", "ft_top1", "psnr")
@@ -33,8 +33,9 @@ def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path:
         for group in ("original", "improved"):
             g = c[c["group"] == group].sort_values("flops")
             ax.plot(g["flops"], g["mean"] * m.scale, "o-", ms=3.5, lw=1.5, color=COLOURS[group], label=group)
-            ax.fill_between(g["flops"], g["ci_low"] * m.scale, g["ci_high"] * m.scale, color=COLOURS[group],
-                            alpha=0.18, lw=0)
+            ax.fill_between(
+                g["flops"], g["ci_low"] * m.scale, g["ci_high"] * m.scale, color=COLOURS[group], alpha=0.18, lw=0
+            )
         floor = c[c["group"] == "random"]
         if len(floor) and floor["mean"].notna().any():
             mean = floor["mean"].mean() * m.scale
@@ -43,8 +44,10 @@ def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path:
             if pd.notna(lo):
                 ax.axhspan(lo, hi, color=COLOURS["random"], alpha=0.12, lw=0)
         ax.set_xscale("log")
-        ax.set_title(f"{m.label.replace(' (test)', '')}\n(test, {'higher' if m.higher_better else 'lower'} "
-                     "is better)", fontsize=8.5)
+        ax.set_title(
+            f"{m.label.replace(' (test)', '')}\n(test, {'higher' if m.higher_better else 'lower'} is better)",
+            fontsize=8.5,
+        )
         ax.set_ylabel(f"{unit}" if unit else "value", fontsize=8)
         ax.tick_params(labelsize=7.5)
         if col == 0:
@@ -56,13 +59,21 @@ def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path:
         ax.axhline(0, color="black", lw=0.8)
         if len(t):
             ax.plot(t["flops"], t["gap"] * m.scale, "o-", ms=3.5, color=COLOURS["improved"])
-            ax.fill_between(t["flops"], t["boot_low"] * m.scale, t["boot_high"] * m.scale, color=COLOURS["improved"],
-                            alpha=0.18, lw=0, label="bootstrap 95% over seeds")
+            ax.fill_between(
+                t["flops"],
+                t["boot_low"] * m.scale,
+                t["boot_high"] * m.scale,
+                color=COLOURS["improved"],
+                alpha=0.18,
+                lw=0,
+                label="bootstrap 95% over seeds",
+            )
         if primary is not None and metric == primary.metric:
             for edge in (-primary.margin, primary.margin):
                 ax.axhline(edge * m.scale, color="black", ls=":", lw=1)
-            ax.set_title("improved − original, equal FLOPs\n(PRIMARY at the largest budget; dotted: margin)",
-                         fontsize=8)
+            ax.set_title(
+                "improved − original, equal FLOPs\n(PRIMARY at the largest budget; dotted: margin)", fontsize=8
+            )
         else:
             ax.set_title("improved − original, equal FLOPs", fontsize=8)
         ax.set_xscale("log")

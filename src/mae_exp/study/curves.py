@@ -42,18 +42,36 @@ def points(runs: pd.DataFrame, original_arms, ablation_of) -> pd.DataFrame:
             if not changes_original:
                 for group in ("random", "improved"):
                     flops = 0.0 if group == "random" else r["flops_improved"]
-                    rows.append(_point(metric, group, r, flops, r.get(f"{metric}_{group}", math.nan),
-                                       ablation_of(r["ablation"])))
-            rows.append(_point(metric, "original", r, r["flops_original"], r.get(f"{metric}_original", math.nan),
-                               ablation_of(r["ablation"])))
+                    rows.append(
+                        _point(
+                            metric, group, r, flops, r.get(f"{metric}_{group}", math.nan), ablation_of(r["ablation"])
+                        )
+                    )
+            rows.append(
+                _point(
+                    metric,
+                    "original",
+                    r,
+                    r["flops_original"],
+                    r.get(f"{metric}_original", math.nan),
+                    ablation_of(r["ablation"]),
+                )
+            )
     frame = pd.DataFrame(rows, columns=["metric", "group", "ablation", "seed", "budget", "flops", "value"])
     # the original of a seed and budget is one run, whatever arm carried it (the run-cache shares it)
     return frame.drop_duplicates(["metric", "group", "seed", "flops", "value"]).reset_index(drop=True)
 
 
 def _point(metric, group, r, flops, value, ablation) -> dict:
-    return {"metric": metric, "group": group, "ablation": ablation, "seed": r["seed"], "budget": r["budget"],
-            "flops": flops, "value": value}
+    return {
+        "metric": metric,
+        "group": group,
+        "ablation": ablation,
+        "seed": r["seed"],
+        "budget": r["budget"],
+        "flops": flops,
+        "value": value,
+    }
 
 
 def curve(pts: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -67,8 +85,18 @@ def curve(pts: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         n = len(v)
         mean = float(v.mean()) if n else math.nan
         half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
-        rows.append({"metric": metric, "group": group, "budget": budget, "flops": float(sub["flops"].mean()),
-                     "n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half})
+        rows.append(
+            {
+                "metric": metric,
+                "group": group,
+                "budget": budget,
+                "flops": float(sub["flops"].mean()),
+                "n": n,
+                "mean": mean,
+                "ci_low": mean - half,
+                "ci_high": mean + half,
+            }
+        )
     return pd.DataFrame(rows, columns=["metric", "group", "budget", "flops", "n", "mean", "ci_low", "ci_high"])
 
 
@@ -86,8 +114,16 @@ def gaps(pts: pd.DataFrame) -> pd.DataFrame:
             slack = math.log1p(FLOPS_TOLERANCE)  # FLOPs within 1% of an end of the curve count as that end
             inside = len(x) >= 1 and x[0] - slack <= at <= x[-1] + slack
             flops = r["value"] - float(np.interp(at, x, y)) if inside else math.nan
-            rows.append({"metric": metric, "seed": seed, "budget": r["budget"], "flops": r["flops"],
-                         "equal_steps": steps, "equal_flops": flops})
+            rows.append(
+                {
+                    "metric": metric,
+                    "seed": seed,
+                    "budget": r["budget"],
+                    "flops": r["flops"],
+                    "equal_steps": steps,
+                    "equal_flops": flops,
+                }
+            )
     return pd.DataFrame(rows, columns=["metric", "seed", "budget", "flops", "equal_steps", "equal_flops"])
 
 
@@ -110,12 +146,23 @@ def gap_table(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             lo, hi = bootstrap_mean(v, level, rng)
             t_lo, t_hi = t_interval(v, level)
             n = int((~np.isnan(v)).sum())
-            rows.append({"metric": metric, "budget": budget, "flops": float(sub["flops"].mean()),
-                         "reading": reading.replace("_", " ").replace("flops", "FLOPs"), "n": n,
-                         "gap": float(np.nanmean(v)) if n else math.nan, "boot_low": lo, "boot_high": hi,
-                         "t_low": t_lo, "t_high": t_hi})
-    return pd.DataFrame(rows, columns=["metric", "budget", "flops", "reading", "n", "gap", "boot_low", "boot_high",
-                                       "t_low", "t_high"])
+            rows.append(
+                {
+                    "metric": metric,
+                    "budget": budget,
+                    "flops": float(sub["flops"].mean()),
+                    "reading": reading.replace("_", " ").replace("flops", "FLOPs"),
+                    "n": n,
+                    "gap": float(np.nanmean(v)) if n else math.nan,
+                    "boot_low": lo,
+                    "boot_high": hi,
+                    "t_low": t_lo,
+                    "t_high": t_hi,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["metric", "budget", "flops", "reading", "n", "gap", "boot_low", "boot_high", "t_low", "t_high"]
+    )
 
 
 def t_interval(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -143,13 +190,30 @@ def trend(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         b_lo, b_hi = bootstrap_mean(v, level, np.random.default_rng(BOOTSTRAP_SEED))
         mean = float(v.mean()) if len(v) else math.nan
         better = 1 if METRICS[metric].higher_better else -1  # a rising MSE gap favours the original
-        word = ("not enough seeds" if not np.isfinite(lo) else
-                "moves in the improved recipe's favour" if better * lo > 0 and better * hi > 0 else
-                "moves in the original's favour" if better * lo < 0 and better * hi < 0 else "stays within noise")
-        rows.append({"metric": metric, "n": len(v), "slope_per_doubling": mean, "ci_low": lo, "ci_high": hi,
-                     "boot_low": b_lo, "boot_high": b_hi, "trend": word})
-    return pd.DataFrame(rows, columns=["metric", "n", "slope_per_doubling", "ci_low", "ci_high", "boot_low",
-                                       "boot_high", "trend"])
+        word = (
+            "not enough seeds"
+            if not np.isfinite(lo)
+            else "moves in the improved recipe's favour"
+            if better * lo > 0 and better * hi > 0
+            else "moves in the original's favour"
+            if better * lo < 0 and better * hi < 0
+            else "stays within noise"
+        )
+        rows.append(
+            {
+                "metric": metric,
+                "n": len(v),
+                "slope_per_doubling": mean,
+                "ci_low": lo,
+                "ci_high": hi,
+                "boot_low": b_lo,
+                "boot_high": b_hi,
+                "trend": word,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["metric", "n", "slope_per_doubling", "ci_low", "ci_high", "boot_low", "boot_high", "trend"]
+    )
 
 
 def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
@@ -163,8 +227,15 @@ def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
     n = len(v)
     out = {"n": n, "mean": float(v.mean()) if n else math.nan, "margin": margin}
     if n < 2:
-        return {**out, "verdict": "not enough seeds", "p_tost": math.nan, "ci90_low": math.nan,
-                "ci90_high": math.nan, "ci95_low": math.nan, "ci95_high": math.nan}
+        return {
+            **out,
+            "verdict": "not enough seeds",
+            "p_tost": math.nan,
+            "ci90_low": math.nan,
+            "ci90_high": math.nan,
+            "ci95_low": math.nan,
+            "ci95_high": math.nan,
+        }
     se = v.std(ddof=1) / math.sqrt(n)
     t90, t95 = stats.t.ppf(1 - alpha, n - 1), stats.t.ppf(1 - alpha / 2, n - 1)
     mean = out["mean"]
@@ -176,11 +247,24 @@ def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
     ci90, ci95 = (mean - t90 * se, mean + t90 * se), (mean - t95 * se, mean + t95 * se)
     equivalent = max(p_lower, p_upper) < alpha
     beyond = ci95[0] > 0 or ci95[1] < 0
-    verdict = ("a difference beyond noise, smaller than the margin" if equivalent and beyond else
-               "no difference (equivalent within the margin)" if equivalent else
-               "beyond noise" if beyond else "inconclusive")
-    return {**out, "verdict": verdict, "p_tost": max(p_lower, p_upper), "ci90_low": ci90[0], "ci90_high": ci90[1],
-            "ci95_low": ci95[0], "ci95_high": ci95[1]}
+    verdict = (
+        "a difference beyond noise, smaller than the margin"
+        if equivalent and beyond
+        else "no difference (equivalent within the margin)"
+        if equivalent
+        else "beyond noise"
+        if beyond
+        else "inconclusive"
+    )
+    return {
+        **out,
+        "verdict": verdict,
+        "p_tost": max(p_lower, p_upper),
+        "ci90_low": ci90[0],
+        "ci90_high": ci90[1],
+        "ci95_low": ci95[0],
+        "ci95_high": ci95[1],
+    }
 
 
 def correlation(runs: pd.DataFrame, a: str, b: str) -> float:

@@ -30,8 +30,10 @@ def remote_settings() -> dict[str, dict[str, tuple[str, str]]]:
         proc = subprocess.run([_dvc(), "config", "--list", f"--{level}"], capture_output=True, text=True)
         if proc.returncode != 0:
             if level == "project" and "not inside a dvc repo" in (proc.stderr + proc.stdout).lower():
-                print("error: not inside a DVC repository: run `python -m mae_exp.study doctor` from the repository root",
-                      file=sys.stderr)
+                print(
+                    "error: not inside a DVC repository: run `python -m mae_exp.study doctor` from the repository root",
+                    file=sys.stderr,
+                )
                 sys.exit(2)
             continue  # a level without a config file
         for line in proc.stdout.splitlines():
@@ -50,9 +52,11 @@ def verify_warnings(remotes: dict[str, dict[str, tuple[str, str]]]) -> list[str]
         if value.lower() in TRUE:
             continue
         url = options.get("url", ("?", ""))[0]
-        lines.append(f"warning: DVC remote {name!r} ({url}) has verify off, so `dvc pull` trusts what it downloads "
-                     f"and a corrupt object reaches DVC's cache unnoticed: run `dvc remote modify --{level} {name} "
-                     f"verify true`")
+        lines.append(
+            f"warning: DVC remote {name!r} ({url}) has verify off, so `dvc pull` trusts what it downloads "
+            f"and a corrupt object reaches DVC's cache unnoticed: run `dvc remote modify --{level} {name} "
+            f"verify true`"
+        )
     return lines
 
 

@@ -6,18 +6,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import palette
-from ..files import atomic_write
+from ..evaluation import palette
+from ..plumbing.files import atomic_write
 from .metrics import METRICS
 
 
-def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, path: str | Path,
-                curves: pd.DataFrame | None = None) -> None:
+def save_figure(
+    summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, path: str | Path, curves: pd.DataFrame | None = None
+) -> None:
     """Top row: each encoder's mean ± std over seeds (bars from 0, dots = single seeds). Middle row: the
     paired difference improved − original per arm and reading (equal steps / equal FLOPs), its 95% CI
     (the primary in bold) and 0. Bottom row (`curves`: results.finetune_curves): fine-tuning validation
     top-1 after each epoch, mean over seeds per encoder, so a reader sees whether it levelled off."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -31,8 +33,14 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
         ax = axes[0, col]
         sub = summary[(summary["metric"] == metric) & (summary["n"] > 0)].set_index("group")
         names = [g for g in groups if g in sub.index]
-        ax.bar(range(len(names)), sub.loc[names, "mean"] * scale, yerr=sub.loc[names, "std"].fillna(0) * scale,
-               capsize=3, color=[colours[g] for g in names], alpha=0.85)
+        ax.bar(
+            range(len(names)),
+            sub.loc[names, "mean"] * scale,
+            yerr=sub.loc[names, "std"].fillna(0) * scale,
+            capsize=3,
+            color=[colours[g] for g in names],
+            alpha=0.85,
+        )
         for i, g in enumerate(names):  # each seed as a dot
             if ": " in g:
                 side, arm = g.split(": ", 1)
@@ -45,8 +53,9 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
                 vals = per_seed[f"{metric}_{g}"]
             vals = vals.dropna() * scale
             ax.scatter([i] * len(vals), vals, s=10, color="black", zorder=3)
-        ax.set_xticks(range(len(names)), [g.replace("improved: ", "") for g in names], rotation=35, ha="right",
-                      fontsize=7)
+        ax.set_xticks(
+            range(len(names)), [g.replace("improved: ", "") for g in names], rotation=35, ha="right", fontsize=7
+        )
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(f"{m.label}{f' ({unit})' if unit else ''}", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -58,11 +67,16 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
             colour = colours.get(f"improved: {row['ablation']}", "black")
             size = 9 if row.get("primary") else 6
             if row["n"] >= 2:
-                ax.errorbar([i], [row["diff_mean"] * scale],
-                            yerr=[[(row["diff_mean"] - row["ci_low"]) * scale],
-                                  [(row["ci_high"] - row["diff_mean"]) * scale]],
-                            fmt="D", color=colour, capsize=4, markersize=size,
-                            markeredgecolor="black" if row.get("primary") else colour)
+                ax.errorbar(
+                    [i],
+                    [row["diff_mean"] * scale],
+                    yerr=[[(row["diff_mean"] - row["ci_low"]) * scale], [(row["ci_high"] - row["diff_mean"]) * scale]],
+                    fmt="D",
+                    color=colour,
+                    capsize=4,
+                    markersize=size,
+                    markeredgecolor="black" if row.get("primary") else colour,
+                )
             else:
                 ax.plot([i], [row["diff_mean"] * scale], "D", color=colour, markersize=size)
         ax.axhline(0, color="black", linewidth=0.8)
@@ -75,9 +89,12 @@ def save_figure(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, 
     counts = runs.groupby("ablation")["seed"].nunique()  # ablations may have different numbers of seeds
     low, high = int(counts.min()), int(counts.max())
     n = f"{low}" if low == high else f"{low}-{high}"
-    fig.suptitle(f"top: mean ± std over {n} seed{'s' if high != 1 else ''} (dots: single seeds); middle: paired "
-                 "difference to the original with its 95% CI, at equal steps / FLOPs; bottom: fine-tuning "
-                 "validation top-1 per epoch", fontsize=10)
+    fig.suptitle(
+        f"top: mean ± std over {n} seed{'s' if high != 1 else ''} (dots: single seeds); middle: paired "
+        "difference to the original with its 95% CI, at equal steps / FLOPs; bottom: fine-tuning "
+        "validation top-1 per epoch",
+        fontsize=10,
+    )
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
@@ -100,8 +117,14 @@ def _curves(axes, curves: pd.DataFrame | None, colours: dict) -> None:
         by_epoch = sub.groupby("epoch")["val_top1"]
         mean, low, high = by_epoch.mean() * 100, by_epoch.min() * 100, by_epoch.max() * 100
         colour = colours.get(group, colours.get(f"improved: {group}", "black"))
-        ax.plot(mean.index, mean.values, marker=markers[i % len(markers)], markersize=4, color=colour,
-                label=f"{group} ({sub['seed'].nunique()} seeds)")
+        ax.plot(
+            mean.index,
+            mean.values,
+            marker=markers[i % len(markers)],
+            markersize=4,
+            color=colour,
+            label=f"{group} ({sub['seed'].nunique()} seeds)",
+        )
         ax.fill_between(mean.index, low.values, high.values, color=colour, alpha=0.12)
     ax.set_xlabel("fine-tuning epoch", fontsize=8)
     ax.set_ylabel("validation top-1 (%)", fontsize=8)

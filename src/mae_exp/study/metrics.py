@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..measures import MEASURES
+from ..evaluation.measures import MEASURES
 
 METRICS = {name: m for name, m in MEASURES.items() if m.study}
 

@@ -21,8 +21,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import StudyError, out
-from .results import (arm_overrides, arms, collect_runs, distinct_ablations, experiment_rows, load_study,
-                      merged, saved_rows)
+from .results import (
+    arm_overrides,
+    arms,
+    collect_runs,
+    distinct_ablations,
+    experiment_rows,
+    load_study,
+    merged,
+    saved_rows,
+)
 
 LOGS = Path("scratch/study")  # one log per experiment, overwritten by its next run (scratch/: git-ignored)
 # DVC's words for a lock another `dvc exp run` holds: the repository's (while it copies the workspace) or
@@ -50,8 +58,9 @@ def plan(params, seeds: list[int] | None, ablations: list[str] | None, budgets: 
             raise StudyError(f"unknown ablation {a!r}; study.ablations in params.yaml has: {', '.join(known)}")
     for b in budgets or []:
         if b not in params.study.budgets:
-            raise StudyError(f"unknown budget {b}; study.budgets in params.yaml has: "
-                             f"{', '.join(map(str, params.study.budgets))}")
+            raise StudyError(
+                f"unknown budget {b}; study.budgets in params.yaml has: {', '.join(map(str, params.study.budgets))}"
+            )
     jobs = []
     for name, arm in arms(params).items():
         if (ablations and arm.ablation not in ablations) or (budgets and arm.budget not in budgets):
@@ -72,7 +81,16 @@ def _dvc() -> str:
 def exp_run(job: Job, names_here: set[str], mode: str) -> list[str]:
     """`dvc exp run --temp` (mode "--temp") or `--queue` of one job; it waits for the repository's lock
     rather than failing at once when another experiment is being set up."""
-    args = [_dvc(), "--wait-for-lock", "exp", "run", mode, "-n", job.name, *(a for o in job.overrides for a in ("-S", o))]
+    args = [
+        _dvc(),
+        "--wait-for-lock",
+        "exp",
+        "run",
+        mode,
+        "-n",
+        job.name,
+        *(a for o in job.overrides for a in ("-S", o)),
+    ]
     return args + (["-f"] if job.name in names_here else [])  # DVC refuses a name done on this commit
 
 
@@ -80,8 +98,9 @@ def experiment_names() -> set[str]:
     """Names of the experiments on the current commit (`dvc exp ls --name-only`)."""
     proc = subprocess.run([_dvc(), "exp", "ls", "--name-only"], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise StudyError(f"`dvc exp ls --name-only` failed (exit {proc.returncode}): "
-                         f"{(proc.stderr or proc.stdout).strip()}")
+        raise StudyError(
+            f"`dvc exp ls --name-only` failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
+        )
     return set(proc.stdout.split())
 
 
@@ -109,8 +128,16 @@ def last_error(log: Path) -> str:
 # --------------------------------------------------------------------------- the command
 
 
-def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: bool = False,
-          poll_s: float = 2.0, slurm=None, budgets=None) -> int:
+def queue(
+    seeds=None,
+    ablations=None,
+    jobs: int = 1,
+    start: bool = True,
+    force: bool = False,
+    poll_s: float = 2.0,
+    slurm=None,
+    budgets=None,
+) -> int:
     """`slurm` (study.slurm.SlurmOptions): submit the experiments as SLURM jobs instead of running them here;
     `budgets`: only these of study.budgets."""
     params, study_raw = load_study("params.yaml")
@@ -118,14 +145,14 @@ def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: 
     done = finished_cells(params, study_raw)  # by params, on any commit: a commit in between loses nothing
     if slurm is not None:  # jobs that pushed elsewhere (`dvc exp pull` brings them here) said so themselves
         from .slurm import job_states
+
         base = slurm.dir if slurm.dir.is_absolute() else Path.cwd() / slurm.dir
         finished = {name for name, s in job_states(base).items() if s["state"] == "done"}
         done.update({(j.seed, j.ablation): j.name for j in todo if j.name in finished})
     waiting = []
     for job in todo:
         if (job.seed, job.ablation) in done and not force:
-            out.print(f"{job.name}: already done ({done[job.seed, job.ablation]}), skipped "
-                      "(--force runs it again)")
+            out.print(f"{job.name}: already done ({done[job.seed, job.ablation]}), skipped (--force runs it again)")
         else:
             waiting.append(job)
     if not waiting:
@@ -133,17 +160,22 @@ def queue(seeds=None, ablations=None, jobs: int = 1, start: bool = True, force: 
         return 0
     if slurm is not None:
         from .slurm import submit
+
         return submit(waiting, slurm, force)
     names_here = experiment_names()
     if not start:
         for job in waiting:
             proc = subprocess.run(exp_run(job, names_here, "--queue"), capture_output=True, text=True)
             if proc.returncode != 0:
-                raise StudyError(f"`dvc exp run --queue -n {job.name}` failed (exit {proc.returncode}): "
-                                 f"{(proc.stderr or proc.stdout).strip()}")
+                raise StudyError(
+                    f"`dvc exp run --queue -n {job.name}` failed (exit {proc.returncode}): "
+                    f"{(proc.stderr or proc.stdout).strip()}"
+                )
             out.print(f"{job.name}: queued ({' '.join(job.overrides)})")
-        out.print(f"{len(waiting)} experiment(s) in DVC's queue: `dvc queue start -j N` runs them, "
-                  "`dvc queue status` and `dvc queue logs NAME` follow them")
+        out.print(
+            f"{len(waiting)} experiment(s) in DVC's queue: `dvc queue start -j N` runs them, "
+            "`dvc queue status` and `dvc queue logs NAME` follow them"
+        )
         return 0
     out.print(f"{len(waiting)} to run with `dvc exp run --temp`, {jobs} at a time; logs in {LOGS}/")
     return run(waiting, jobs, poll_s, names_here)
@@ -156,6 +188,7 @@ def gpu_slots(jobs: int) -> list[str] | None:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         import torch
+
         gpus = [str(i) for i in range(torch.cuda.device_count())]
     else:
         gpus = [g.strip() for g in visible.split(",") if g.strip()]
@@ -165,16 +198,16 @@ def gpu_slots(jobs: int) -> list[str] | None:
         out.print(f"-j {jobs} on {len(gpus)} GPU(s): experiments share GPUs")
         return [gpus[i % len(gpus)] for i in range(jobs)]
     per = len(gpus) // jobs
-    return [",".join(gpus[i * per:(i + 1) * per]) for i in range(jobs)]
+    return [",".join(gpus[i * per : (i + 1) * per]) for i in range(jobs)]
 
 
-def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs: Path = LOGS,
-        command=exp_run) -> int:
+def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs: Path = LOGS, command=exp_run) -> int:
     """Run the jobs, `jobs` at a time, each `dvc exp run --temp` in its own process group (so that Ctrl-C
     reaches this process only, which then stops each experiment once and waits for DVC to clean up), each
     on its own GPU(s) (CUDA_VISIBLE_DEVICES) where there are GPUs; a progress bar and a line per change of
     state. `command(job, names_here, mode)`: the child's command line."""
-    from ..progress import progress
+    from ..plumbing.progress import progress
+
     logs.mkdir(parents=True, exist_ok=True)
     slots = gpu_slots(jobs)
     free = list(range(jobs))  # slot index of each child that may start
@@ -192,13 +225,22 @@ def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs
                     job = waiting.pop(0)
                     tries[job.name] = tries.get(job.name, 0) + 1
                     slot_of[job.name] = free.pop(0)
-                    child_env = None if slots is None else {
-                        **os.environ, "CUDA_VISIBLE_DEVICES": slots[slot_of[job.name]]}
+                    child_env = (
+                        None if slots is None else {**os.environ, "CUDA_VISIBLE_DEVICES": slots[slot_of[job.name]]}
+                    )
                     with (logs / f"{job.name}.log").open("w" if tries[job.name] == 1 else "a") as log:
                         log_start[job.name] = log.tell()
-                        running[job.name] = job, subprocess.Popen(
-                            command(job, names_here, "--temp"), stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, env=child_env)
+                        running[job.name] = (
+                            job,
+                            subprocess.Popen(
+                                command(job, names_here, "--temp"),
+                                stdin=subprocess.DEVNULL,
+                                stdout=log,
+                                stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                                env=child_env,
+                            ),
+                        )
                     on_gpus = "" if slots is None else f" on GPU {slots[slot_of[job.name]]}"
                     bar.console.print(f"{time.strftime('%H:%M:%S')} {job.name}: running{on_gpus}")
                 for name, (job, proc) in list(running.items()):
@@ -206,7 +248,11 @@ def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs
                         continue
                     del running[name]
                     free.append(slot_of.pop(name))
-                    if proc.returncode and tries[name] < LOCK_TRIES and lock_busy(logs / f"{name}.log", log_start[name]):
+                    if (
+                        proc.returncode
+                        and tries[name] < LOCK_TRIES
+                        and lock_busy(logs / f"{name}.log", log_start[name])
+                    ):
                         waiting.insert(0, job)
                         bar.console.print(f"{time.strftime('%H:%M:%S')} {name}: DVC's lock was busy, run again")
                         continue
@@ -214,21 +260,27 @@ def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs
                         failed[name] = proc.returncode
                     state = f"failed (exit {proc.returncode})" if proc.returncode else "success"
                     bar.console.print(f"{time.strftime('%H:%M:%S')} {name}: {state}")
-                bar.update(task, completed=total - len(waiting) - len(running),
-                           running=f"{', '.join(running) or '-'} (failed: {len(failed)})")
+                bar.update(
+                    task,
+                    completed=total - len(waiting) - len(running),
+                    running=f"{', '.join(running) or '-'} (failed: {len(failed)})",
+                )
                 if running:
                     time.sleep(poll_s)
     except KeyboardInterrupt:
         stop(running)
-        out.print(f"stopped; interrupted: {', '.join(running) or 'none'}. The same command runs what is not "
-                  "done (the stages an interrupted experiment finished come from DVC's run-cache); "
-                  "`python -m mae_exp.study report` reads what is done")
+        out.print(
+            f"stopped; interrupted: {', '.join(running) or 'none'}. The same command runs what is not "
+            "done (the stages an interrupted experiment finished come from DVC's run-cache); "
+            "`python -m mae_exp.study report` reads what is done"
+        )
         return 130
     minutes = (time.monotonic() - started) / 60
     out.print(f"{total - len(failed)} of {total} experiments succeeded in {minutes:.1f} min")
     for name, status in failed.items():
-        out.print(f"[bold red]failed:[/] {name} (exit {status}): see {logs / name}.log"
-                  f"{last_error(logs / f'{name}.log')}")
+        out.print(
+            f"[bold red]failed:[/] {name} (exit {status}): see {logs / name}.log{last_error(logs / f'{name}.log')}"
+        )
     return 1 if failed else 0
 
 

@@ -9,12 +9,24 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from ..files import atomic_write
+from ..plumbing.files import atomic_write
 from . import StudyError, out
 from .figure import save_figure
 from .metrics import COSTS, METRICS
-from .results import (SAVED, SAVED_CURVES, arm_name, arms, collect_runs, finetune_curves, load_study, merged,
-                      original_arms, save_rows, saved_curves, saved_rows)
+from .results import (
+    SAVED,
+    SAVED_CURVES,
+    arm_name,
+    arms,
+    collect_runs,
+    finetune_curves,
+    load_study,
+    merged,
+    original_arms,
+    save_rows,
+    saved_curves,
+    saved_rows,
+)
 from .stats import paired_differences, primary_differences, summarize
 
 DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "ablation <name>"
@@ -51,18 +63,24 @@ def sentence(row: dict, level: float = 0.95) -> str:
         return f"{label}: {who}: no finished experiment pair has this metric."
     change = _with_unit(number(row["diff_mean"], metric), metric)
     if n < 2:
-        return (f"{label}: {who} {verb} it by {change} ({seeds}): a confidence interval needs at least "
-                f"2 seeds, so this says nothing about noise.")
+        return (
+            f"{label}: {who} {verb} it by {change} ({seeds}): a confidence interval needs at least "
+            f"2 seeds, so this says nothing about noise."
+        )
     if row["diff_std"] == 0 and row["diff_mean"] == 0:
         return f"{label}: {who} {verb} it by 0 in every one of the {seeds}: no difference."
-    ci = (f"{int(level * 100)}% CI {number(row['ci_low'], metric)} to "
-          f"{_with_unit(number(row['ci_high'], metric), metric)}")
+    ci = (
+        f"{int(level * 100)}% CI {number(row['ci_low'], metric)} to "
+        f"{_with_unit(number(row['ci_high'], metric), metric)}"
+    )
     p = f"p = {row['p_value']:.2g}" + ("" if row.get("primary") else f", Holm-adjusted {row['p_holm']:.2g}")
     if not row["beyond_noise"]:
         return f"{label}: {who} {verb} it by {change} ({ci}, {p}, {seeds}): within seed-to-seed noise."
     better = (row["diff_mean"] > 0) == m.higher_better
-    return (f"{label}: {who} {verb} it by {change} ({ci}, {p}, {seeds}): beyond seed-to-seed noise, "
-            f"{'better' if better else 'worse'}.")
+    return (
+        f"{label}: {who} {verb} it by {change} ({ci}, {p}, {seeds}): beyond seed-to-seed noise, "
+        f"{'better' if better else 'worse'}."
+    )
 
 
 def sentences(diffs: pd.DataFrame) -> list[str]:
@@ -122,16 +140,25 @@ def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, not
     headers, first, second = tables(summary, diffs)
 
     def md(head, rows, left=1):
-        lines = ["| " + " | ".join(head) + " |",
-                 "| " + " | ".join(["---"] * left + ["---:"] * (len(head) - left)) + " |"]
+        lines = [
+            "| " + " | ".join(head) + " |",
+            "| " + " | ".join(["---"] * left + ["---:"] * (len(head) - left)) + " |",
+        ]
         return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
     seeds = ", ".join(str(s) for s in sorted(set(runs["seed"])))
-    lines = [f"Study: {len(runs)} experiments, seeds {seeds}. Accuracy in percentage points (pp), "
-             "mean ± std over seeds (sample std, n − 1); FLOPs: mean per pre-training.", ""]
+    lines = [
+        f"Study: {len(runs)} experiments, seeds {seeds}. Accuracy in percentage points (pp), "
+        "mean ± std over seeds (sample std, n − 1); FLOPs: mean per pre-training.",
+        "",
+    ]
     lines += md(["encoder", "seeds", *headers, "FLOPs"], first)
-    lines += ["", "Paired difference improved − original (same seed), mean [95% CI, Student's t, n − 1 df], "
-                  f"at equal steps and at equal FLOPs; {NOISE}.", ""]
+    lines += [
+        "",
+        "Paired difference improved − original (same seed), mean [95% CI, Student's t, n − 1 df], "
+        f"at equal steps and at equal FLOPs; {NOISE}.",
+        "",
+    ]
     lines += md(["arm", "reading", "seeds", *headers], second, left=2)
     lines += [""] + [f"- {s}" for s in sentences(diffs)]
     if notes:
@@ -143,19 +170,37 @@ def csv_frame(summary: pd.DataFrame, diffs: pd.DataFrame) -> pd.DataFrame:
     """One row per group and metric (raw units: accuracy as a fraction; costs too), then one per comparison
     (arm, reading, metric) with its paired difference, raw and Holm-adjusted p-values and the primary marked."""
     groups = summary.assign(reading="", ablation=summary["ablation"].fillna(""))
-    compared = diffs.rename(columns={"n": "diff_n"}).assign(group=lambda d: "improved: " + d["ablation"] + " − original")
-    columns = ["group", "ablation", "reading", "metric", "n", "mean", "std", "diff_n", "diff_mean", "diff_std",
-               "ci_low", "ci_high", "p_value", "p_holm", "primary", "beyond_noise"]
+    compared = diffs.rename(columns={"n": "diff_n"}).assign(
+        group=lambda d: "improved: " + d["ablation"] + " − original"
+    )
+    columns = [
+        "group",
+        "ablation",
+        "reading",
+        "metric",
+        "n",
+        "mean",
+        "std",
+        "diff_n",
+        "diff_mean",
+        "diff_std",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "p_holm",
+        "primary",
+        "beyond_noise",
+    ]
     return pd.concat([groups, compared], ignore_index=True).reindex(columns=columns)
 
 
 def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> None:
     headers, first, second = tables(summary, diffs)
     seeds = ", ".join(str(s) for s in sorted(set(runs["seed"])))
-    for title, keys, rows in ((f"Study: mean ± std over seeds ({seeds}); accuracy in pp", ["encoder", "seeds"],
-                               first),
-                              (f"Paired difference improved − original, mean [95% CI]; {NOISE}",
-                               ["arm", "reading", "seeds"], second)):
+    for title, keys, rows in (
+        (f"Study: mean ± std over seeds ({seeds}); accuracy in pp", ["encoder", "seeds"], first),
+        (f"Paired difference improved − original, mean [95% CI]; {NOISE}", ["arm", "reading", "seeds"], second),
+    ):
         t = Table(title=title)
         for i, h in enumerate([*keys, *headers] + (["FLOPs"] if rows is first else [])):
             t.add_column(h, justify="left" if i < len(keys) - 1 else "right")
@@ -174,11 +219,15 @@ def verdict_line(primary, e: dict) -> str:
     margin = _with_unit(number(primary.margin, primary.metric, signed=False), primary.metric)
     if e["n"] < 2:
         return f"Primary ({m.label}, {primary.arm}, equal {primary.reading}): {e['n']} seed(s), no reading yet."
-    ci = (f"90% CI {number(e['ci90_low'], primary.metric)} to "
-          f"{_with_unit(number(e['ci90_high'], primary.metric), primary.metric)}")
-    return (f"Primary ({m.label}, {primary.arm}, equal {primary.reading}; margin ±{margin}, fixed before the "
-            f"runs): improved − original {_with_unit(number(e['mean'], primary.metric), primary.metric)} "
-            f"({ci}; TOST p = {e['p_tost']:.2g}; {e['n']} seeds): {e['verdict'].upper()}.")
+    ci = (
+        f"90% CI {number(e['ci90_low'], primary.metric)} to "
+        f"{_with_unit(number(e['ci90_high'], primary.metric), primary.metric)}"
+    )
+    return (
+        f"Primary ({m.label}, {primary.arm}, equal {primary.reading}; margin ±{margin}, fixed before the "
+        f"runs): improved − original {_with_unit(number(e['mean'], primary.metric), primary.metric)} "
+        f"({ci}; TOST p = {e['p_tost']:.2g}; {e['n']} seeds): {e['verdict'].upper()}."
+    )
 
 
 def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, csv_path, png_path) -> list[str]:
@@ -205,19 +254,30 @@ def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, cs
         span = ""
         if len(ends) >= 2:
             first, last = ends.sort_values("budget").iloc[[0, -1]].to_dict("records")
-            span = (f" from {number(first['gap'], r['metric'])} at {first['budget']} epochs to "
-                    f"{_with_unit(number(last['gap'], r['metric']), r['metric'])} at {last['budget']},")
-        lines.append(f"{m.label}: improved − original at equal FLOPs{span} {per} per doubling of pre-training "
-                     f"compute (95% CI {lo} to {hi}, {r['n']} seeds): {r['trend']}.")
+            span = (
+                f" from {number(first['gap'], r['metric'])} at {first['budget']} epochs to "
+                f"{_with_unit(number(last['gap'], r['metric']), r['metric'])} at {last['budget']},"
+            )
+        lines.append(
+            f"{m.label}: improved − original at equal FLOPs{span} {per} per doubling of pre-training "
+            f"compute (95% CI {lo} to {hi}, {r['n']} seeds): {r['trend']}."
+        )
     r = correlation(runs, "mse", "psnr")
     if pd.notna(r):
         lines.append(f"masked MSE and PSNR: r = {r:.2f} over every pre-trained encoder: one finding, read as PSNR.")
     return lines
 
 
-def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="metrics/study.csv",
-           md_path="metrics/study.md", png_path="plots/study.png", curves: bool = True,
-           compute_csv="metrics/study_compute.csv", compute_png="plots/study_compute.png") -> pd.DataFrame:
+def report(
+    rows: list[dict],
+    params_path: str | Path = "params.yaml",
+    csv_path="metrics/study.csv",
+    md_path="metrics/study.md",
+    png_path="plots/study.png",
+    curves: bool = True,
+    compute_csv="metrics/study_compute.csv",
+    compute_png="plots/study_compute.png",
+) -> pd.DataFrame:
     """The report of the study in params.yaml from experiment rows (results.py) and the saved ones (SAVED,
     SAVED_CURVES), which it then updates; returns the runs used. `curves`: read each experiment's
     fine-tuning curve from its commit, else from the saved curves (not for a saved CSV's rows). A study of
@@ -231,16 +291,21 @@ def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="
     rows = merged(rows, saved_rows(root))
     runs, notes = collect_runs(rows, study_raw, current)
     if runs.empty:
-        raise StudyError("no finished experiment of this study was found" +
-                         (f" ({'; '.join(notes)})" if notes else "") +
-                         ": run `python -m mae_exp.study queue` first")
+        raise StudyError(
+            "no finished experiment of this study was found"
+            + (f" ({'; '.join(notes)})" if notes else "")
+            + ": run `python -m mae_exp.study queue` first"
+        )
     originals = original_arms(current)
     summary = summarize(runs, originals)
     diffs = paired_differences(runs, originals, primary)
     if not diffs["primary"].any():
-        notes.append(f"the primary comparison ({primary.arm}, equal {primary.reading}, {primary.metric}) has no "
-                     "finished pair: every comparison is Holm-corrected")
+        notes.append(
+            f"the primary comparison ({primary.arm}, equal {primary.reading}, {primary.metric}) has no "
+            "finished pair: every comparison is Holm-corrected"
+        )
     from .curves import equivalence
+
     headline = [verdict_line(primary, equivalence(primary_differences(runs, primary), primary.margin))]
     if not any(diffs["primary"] & diffs["beyond_noise"]):
         headline.append("Every other comparison is exploratory: the primary is not beyond noise.")
@@ -256,13 +321,17 @@ def report(rows: list[dict], params_path: str | Path = "params.yaml", csv_path="
     atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs).to_csv(tmp, index=False))
     top = "\n\n".join(headline) + "\n\n"
     if trends:
-        top += ("How improved − original at equal FLOPs changes with pre-training compute (data: "
-                f"{compute_csv}, figure: {compute_png}):\n\n" + "\n".join(f"- {t}" for t in trends) + "\n\n")
+        top += (
+            "How improved − original at equal FLOPs changes with pre-training compute (data: "
+            f"{compute_csv}, figure: {compute_png}):\n\n" + "\n".join(f"- {t}" for t in trends) + "\n\n"
+        )
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(top + markdown(summary, diffs, runs, notes)))
     save_figure(summary, diffs, runs, png_path, per_epoch)
     print_report(summary, diffs, runs, notes)
     for h in [*headline, *trends]:
         out.print(f"[bold]{h}[/]" if h.startswith("Primary") else h, soft_wrap=True)
-    out.print(f"[dim]wrote {csv_path}, {md_path}, {png_path}; the experiments read are in {SAVED} and "
-              f"{SAVED_CURVES} (commit them: a clone's report and queue count them)[/]")
+    out.print(
+        f"[dim]wrote {csv_path}, {md_path}, {png_path}; the experiments read are in {SAVED} and "
+        f"{SAVED_CURVES} (commit them: a clone's report and queue count them)[/]"
+    )
     return runs

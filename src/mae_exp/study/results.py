@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from ..config import ENCODERS, ConfigError, as_dict, load_params, parse_params, with_overrides
-from ..files import atomic_write
+from ..plumbing.config import ENCODERS, ConfigError, as_dict, load_params, parse_params, with_overrides
+from ..plumbing.files import atomic_write
 from . import StudyError
 from .metrics import COSTS, METRICS
 
@@ -61,8 +61,7 @@ def csv_rows(path: str | Path) -> list[dict]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not set(DESCRIBING[:4]) <= set(rows[0]):
-        raise StudyError(f"{path} is not the output of `dvc exp show --csv` (no Experiment, rev, typ, Created "
-                         "columns)")
+        raise StudyError(f"{path} is not the output of `dvc exp show --csv` (no Experiment, rev, typ, Created columns)")
 
     def value(column: str, text: str):
         if column in DESCRIBING:
@@ -71,6 +70,7 @@ def csv_rows(path: str | Path) -> list[dict]:
             return float(text)
         except ValueError:
             return text or None
+
     return [{k: value(k, v) for k, v in row.items()} for row in rows]
 
 
@@ -97,6 +97,7 @@ def save_rows(rows: list[dict], revs, path: str | Path) -> None:
             w = csv.DictWriter(f, fieldnames=columns)
             w.writeheader()
             w.writerows({k: "" if r.get(k) is None or r.get(k) in MISSING else r[k] for k in columns} for r in keep)
+
     atomic_write(path, write)
 
 
@@ -165,9 +166,14 @@ class Arm(NamedTuple):
 def arms(params) -> dict[str, Arm]:
     """Every arm of the study, ablation by ablation, budget by budget (study.ablation_budgets restricts some)."""
     study = params.study
-    return {a.name: a for a in (Arm(arm_name(params, ablation, budget), ablation, budget)
-                                for ablation in study.ablations
-                                for budget in study.ablation_budgets.get(ablation, study.budgets))}
+    return {
+        a.name: a
+        for a in (
+            Arm(arm_name(params, ablation, budget), ablation, budget)
+            for ablation in study.ablations
+            for budget in study.ablation_budgets.get(ablation, study.budgets)
+        )
+    }
 
 
 def arm_name(params, ablation: str, budget: int) -> str:
@@ -192,8 +198,9 @@ def identify(row: dict, study_raw: dict, current) -> tuple[int, str] | str:
     for name, arm in arms(current).items():
         if mine == _comparable(with_overrides(current, arm_override_values(current, arm))):
             return p.seed, name
-    return ("params match no study arm (params.yaml with study.overrides, one of study.budgets and one of "
-            "study.ablations)")
+    return (
+        "params match no study arm (params.yaml with study.overrides, one of study.budgets and one of study.ablations)"
+    )
 
 
 def distinct_ablations(params) -> None:
@@ -202,9 +209,11 @@ def distinct_ablations(params) -> None:
     for name, arm in arms(params).items():
         recipe = json.dumps(_comparable(with_overrides(params, arm_override_values(params, arm))), sort_keys=True)
         if recipe in seen:
-            raise StudyError(f"study.ablations.{arm.ablation} gives the same params as "
-                             f"study.ablations.{arms(params)[seen[recipe]].ablation}: the report could not tell "
-                             "them apart")
+            raise StudyError(
+                f"study.ablations.{arm.ablation} gives the same params as "
+                f"study.ablations.{arms(params)[seen[recipe]].ablation}: the report could not tell "
+                "them apart"
+            )
         seen[recipe] = name
 
 
@@ -234,23 +243,40 @@ def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFra
             skipped[who] = skipped.get(who, 0) + 1
             continue
         seed, ablation = who
-        found.append({"seed": seed, "ablation": ablation, "name": row.get("Experiment") or row["rev"],
-                      "rev": row["rev"], "timestamp": row["Created"], **metric_values(row)})
+        found.append(
+            {
+                "seed": seed,
+                "ablation": ablation,
+                "name": row.get("Experiment") or row["rev"],
+                "rev": row["rev"],
+                "timestamp": row["Created"],
+                **metric_values(row),
+            }
+        )
     for why, count in skipped.items():
         notes.append(f"left out {count} experiment{'s' if count > 1 else ''}: {why}")
     design = arms(current)
     for r in found:
         r["budget"] = design[r["ablation"]].budget
-    columns = ["seed", "ablation", "budget", "name", "rev", "timestamp",
-               *(f"{m}_{e}" for m in {**METRICS, **COSTS} for e in ENCODERS)]
+    columns = [
+        "seed",
+        "ablation",
+        "budget",
+        "name",
+        "rev",
+        "timestamp",
+        *(f"{m}_{e}" for m in {**METRICS, **COSTS} for e in ENCODERS),
+    ]
     runs = pd.DataFrame(found, columns=columns)
     if runs.empty:
         return runs, notes
     runs = runs.sort_values("timestamp", ascending=False, kind="stable")
     dupes = runs.duplicated(["seed", "ablation"])
     if dupes.any():
-        notes.append(f"left out {int(dupes.sum())} older duplicate(s) of a seed and ablation: "
-                     f"{', '.join(runs.loc[dupes, 'name'])}")
+        notes.append(
+            f"left out {int(dupes.sum())} older duplicate(s) of a seed and ablation: "
+            f"{', '.join(runs.loc[dupes, 'name'])}"
+        )
     runs = runs[~dupes]
     order = {a: i for i, a in enumerate(design)}
     runs = runs.sort_values(["ablation", "seed"], key=lambda c: c.map(order) if c.name == "ablation" else c)
@@ -260,6 +286,7 @@ def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFra
 def load_study(params_path: str | Path) -> tuple[object, dict]:
     """params.yaml's params and its raw study section (given to every experiment's params when parsing)."""
     import yaml
+
     current = load_params(params_path)
     distinct_ablations(current)
     return current, yaml.safe_load(Path(params_path).read_text())["study"]
@@ -272,8 +299,9 @@ def saved_curves(root: str | Path = ".") -> pd.DataFrame:
     return pd.read_csv(path, dtype={"rev": str}) if path.is_file() else pd.DataFrame(columns=columns)
 
 
-def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = ".",
-                    saved: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def finetune_curves(
+    runs: pd.DataFrame, originals: set[str], root: str | Path = ".", saved: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Fine-tuning validation top-1 after each epoch (DVCLive's val_top1.tsv, read from each experiment's
     commit through dvc.api, else from the `saved` curves), one row per (group, seed, epoch); groups as in
     stats.summarize. Also the curves read, by experiment (rev, encoder, epoch, val_top1), and notes."""
@@ -287,8 +315,11 @@ def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = 
         arm = r["ablation"]
         several = runs["budget"].nunique() > 1  # the original differs per budget, as summarize names it
         plain = f"original-e{r['budget']}" if several else "original"
-        wanted = ([("original", f"original: {arm}")] if arm in originals else
-                  [("random", "random"), ("original", plain), ("improved", f"improved: {arm}")])
+        wanted = (
+            [("original", f"original: {arm}")]
+            if arm in originals
+            else [("random", "random"), ("original", plain), ("improved", f"improved: {arm}")]
+        )
         for encoder, group in wanted:
             if (group, r["seed"]) in seen:
                 continue  # random and original: the same encoder in every arm of a seed
@@ -307,5 +338,8 @@ def finetune_curves(runs: pd.DataFrame, originals: set[str], root: str | Path = 
                 read.append({"rev": r["rev"], "encoder": encoder, "epoch": epoch, "val_top1": value})
     missing = len(wanted_by_seed - seen)
     notes = [f"{missing} fine-tuning curve(s) could not be read from their experiment"] if missing else []
-    return (pd.DataFrame(rows, columns=["group", "seed", "epoch", "val_top1"]),
-            pd.DataFrame(read, columns=["rev", "encoder", "epoch", "val_top1"]), notes)
+    return (
+        pd.DataFrame(rows, columns=["group", "seed", "epoch", "val_top1"]),
+        pd.DataFrame(read, columns=["rev", "encoder", "epoch", "val_top1"]),
+        notes,
+    )

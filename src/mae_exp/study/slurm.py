@@ -47,6 +47,7 @@ CACHE_TYPE = "reflink,hardlink,copy"  # links instead of copies where the filesy
 @dataclass
 class SlurmOptions:
     """sbatch's resources per experiment and where the jobs work."""
+
     dir: Path = Path("scratch/slurm")  # on the shared filesystem
     partition: str | None = None
     gpus: int = 0
@@ -75,8 +76,10 @@ def _run(args: list[str], cwd: Path | str | None = None, what: str | None = None
         raise StudyError(f"`{args[0]}` not found: {what or 'is this a SLURM login node?'}") from None
     if proc.returncode != 0:
         said = (proc.stderr or proc.stdout).strip().splitlines()
-        raise StudyError(f"`{' '.join(Path(args[0]).name if i == 0 else a for i, a in enumerate(args))}` failed "
-                         f"(exit {proc.returncode}){': ' + said[-1] if said else ''}")
+        raise StudyError(
+            f"`{' '.join(Path(args[0]).name if i == 0 else a for i, a in enumerate(args))}` failed "
+            f"(exit {proc.returncode}){': ' + said[-1] if said else ''}"
+        )
     return proc.stdout.strip()
 
 
@@ -153,9 +156,17 @@ def push_url(root: Path, push_to: str | None) -> str:
 
 
 def sbatch_args(name: str, job_dir: Path, opts: SlurmOptions) -> list[str]:
-    args = ["sbatch", "--parsable", f"--job-name=mae-{name}", f"--output={job_dir / 'slurm.log'}",
-            "--open-mode=append", "--requeue", f"--signal=B:USR1@{opts.signal_s}", f"--cpus-per-task={opts.cpus}",
-            f"--chdir={job_dir}"]
+    args = [
+        "sbatch",
+        "--parsable",
+        f"--job-name=mae-{name}",
+        f"--output={job_dir / 'slurm.log'}",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR1@{opts.signal_s}",
+        f"--cpus-per-task={opts.cpus}",
+        f"--chdir={job_dir}",
+    ]
     args += [f"--partition={opts.partition}"] if opts.partition else []
     args += [f"--gpus={opts.gpus}"] if opts.gpus else []
     args += [f"--mem={opts.mem}"] if opts.mem else []
@@ -184,12 +195,22 @@ def submit(jobs, opts: SlurmOptions, force: bool = False, root: Path | None = No
         job_dir.mkdir(parents=True, exist_ok=True)
         if (job_dir / "repo").exists() and read_state(job_dir).get("commit") not in (None, commit):
             shutil.rmtree(job_dir / "repo")  # a workspace of another commit: start afresh
-        spec = {"name": job.name, "overrides": list(job.overrides), "commit": commit, "clone_from": str(root),
-                "push_to": target, "cache": cache, "force": force}
+        spec = {
+            "name": job.name,
+            "overrides": list(job.overrides),
+            "commit": commit,
+            "clone_from": str(root),
+            "push_to": target,
+            "cache": cache,
+            "force": force,
+        }
         replace(job_dir / "job.json", json.dumps(spec, indent=1) + "\n")
-        replace(job_dir / "job.sh", "#!/bin/bash\n# written by `python -m mae_exp.study queue --slurm`: sbatch's "
-                "options are on its command line, what this job runs in job.json\n"
-                f"exec {shlex.quote(sys.executable)} -m mae_exp.study.slurm {shlex.quote(str(job_dir))}\n")
+        replace(
+            job_dir / "job.sh",
+            "#!/bin/bash\n# written by `python -m mae_exp.study queue --slurm`: sbatch's "
+            "options are on its command line, what this job runs in job.json\n"
+            f"exec {shlex.quote(sys.executable)} -m mae_exp.study.slurm {shlex.quote(str(job_dir))}\n",
+        )
         (job_dir / "job.sh").chmod(0o755)
         (job_dir / "slurm_job_id").unlink(missing_ok=True)
         # before sbatch: a job that starts at once writes its own state after this one
@@ -202,8 +223,11 @@ def submit(jobs, opts: SlurmOptions, force: bool = False, root: Path | None = No
         replace(job_dir / "slurm_job_id", job_id + "\n")
         out.print(f"{job.name}: submitted as SLURM job {job_id} ({' '.join(job.overrides)})")
         submitted += 1
-    out.print(f"{submitted} job(s) submitted; `python -m mae_exp.study status --slurm-dir {opts.dir}` follows them, "
-              f"logs in {base}/<name>/slurm.log", soft_wrap=True)
+    out.print(
+        f"{submitted} job(s) submitted; `python -m mae_exp.study status --slurm-dir {opts.dir}` follows them, "
+        f"logs in {base}/<name>/slurm.log",
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -225,8 +249,9 @@ def status(root: Path) -> int:
     for name, s in states.items():
         if s["state"] == "failed":
             why = s.get("reason") or f"exit {s.get('exit')}"
-            out.print(f"[bold red]failed:[/] {name} (SLURM job {s.get('job_id')}, {why}): see {s['log']}",
-                      soft_wrap=True)  # one line, never wrapped
+            out.print(
+                f"[bold red]failed:[/] {name} (SLURM job {s.get('job_id')}, {why}): see {s['log']}", soft_wrap=True
+            )  # one line, never wrapped
     out.print(", ".join(f"{counts[k]} {k}" for k in ("pending", "running", "done", "stopped", "failed") if k in counts))
     return 1 if counts.get("failed") else 0
 
@@ -267,6 +292,7 @@ def job_main(job_dir: Path) -> int:
         if not signals and child and child[0].poll() is None:
             os.killpg(child[0].pid, signal.SIGINT)
         signals.append(signum)
+
     signal.signal(signal.SIGUSR1, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     dvc = _tool("dvc")
@@ -278,8 +304,15 @@ def job_main(job_dir: Path) -> int:
             args += ["-f"] if name in done_here else []
             _say(" ".join(["dvc", *args[1:]]))
             if not signals:
-                child.append(subprocess.Popen(args, cwd=work, start_new_session=True, stdin=subprocess.DEVNULL,
-                                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)))
+                child.append(
+                    subprocess.Popen(
+                        args,
+                        cwd=work,
+                        start_new_session=True,
+                        stdin=subprocess.DEVNULL,
+                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                    )
+                )
                 code = child[0].wait()
             if signals:
                 return stopped(job_dir, signals[0], job_id)
@@ -288,7 +321,9 @@ def job_main(job_dir: Path) -> int:
                 _say(f"{name}: failed (`dvc exp run` exit {code})")
                 return code
         # the outputs go to the DVC remote if the workspace has a default one; the shared cache has them anyway
-        has_remote = subprocess.run([dvc, "remote", "default"], cwd=work, capture_output=True, text=True, check=False).stdout.strip()
+        has_remote = subprocess.run(
+            [dvc, "remote", "default"], cwd=work, capture_output=True, text=True, check=False
+        ).stdout.strip()
         push = [dvc, "exp", "push", *([] if has_remote else ["--no-cache"]), spec["push_to"], name]
         _say(" ".join(["dvc", *push[1:]]))
         _run(push, cwd=work)

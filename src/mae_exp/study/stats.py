@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from statsmodels.stats.multitest import multipletests
 
 from .metrics import COSTS, METRICS
@@ -85,8 +84,9 @@ def baselines(runs: pd.DataFrame, arm: str) -> dict[str, pd.DataFrame]:
     return {"equal steps": own, "equal FLOPs": flops}
 
 
-def paired_differences(runs: pd.DataFrame, original_arms=frozenset(), primary=None,
-                       level: float = 0.95) -> pd.DataFrame:
+def paired_differences(
+    runs: pd.DataFrame, original_arms=frozenset(), primary=None, level: float = 0.95
+) -> pd.DataFrame:
     """Per arm (those that change the original supply baselines only), reading and metric: improved −
     original within each seed, its mean, std and Student-t interval over seeds, the paired t-test's p-value
     (scipy.stats.ttest_rel), the p-value Holm-adjusted over every comparison but the primary (`primary`:
@@ -98,16 +98,29 @@ def paired_differences(runs: pd.DataFrame, original_arms=frozenset(), primary=No
         improved = runs[runs["ablation"] == arm].set_index("seed")
         for reading, base in baselines(runs, arm).items():
             for metric in METRICS:
-                pair = pd.concat([improved[f"{metric}_improved"], base[f"{metric}_original"]], axis=1,
-                                 keys=["i", "o"]).dropna()
+                pair = pd.concat(
+                    [improved[f"{metric}_improved"], base[f"{metric}_original"]], axis=1, keys=["i", "o"]
+                ).dropna()
                 n, mean, sd, lo, hi = mean_ci(pair["i"] - pair["o"], level)
                 p = math.nan
                 if n >= 2:
                     p = 1.0 if sd == 0 and mean == 0 else float(stats.ttest_rel(pair["i"], pair["o"]).pvalue)
-                rows.append({"ablation": arm, "reading": reading, "metric": metric, "n": n, "diff_mean": mean,
-                             "diff_std": sd, "ci_low": lo, "ci_high": hi, "p_value": p})
-    diffs = pd.DataFrame(rows, columns=["ablation", "reading", "metric", "n", "diff_mean", "diff_std", "ci_low",
-                                        "ci_high", "p_value"])
+                rows.append(
+                    {
+                        "ablation": arm,
+                        "reading": reading,
+                        "metric": metric,
+                        "n": n,
+                        "diff_mean": mean,
+                        "diff_std": sd,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "p_value": p,
+                    }
+                )
+    diffs = pd.DataFrame(
+        rows, columns=["ablation", "reading", "metric", "n", "diff_mean", "diff_std", "ci_low", "ci_high", "p_value"]
+    )
     return holm(diffs, primary, 1 - level)
 
 
@@ -116,8 +129,9 @@ def is_primary(diffs: pd.DataFrame, primary) -> pd.Series:
     if primary is None:
         return pd.Series(False, index=diffs.index)
     word = {"steps": "equal steps", "flops": "FLOPs"}[primary.reading]
-    return ((diffs["ablation"] == primary.arm) & (diffs["metric"] == primary.metric)
-            & diffs["reading"].str.contains(word))
+    return (
+        (diffs["ablation"] == primary.arm) & (diffs["metric"] == primary.metric) & diffs["reading"].str.contains(word)
+    )
 
 
 def holm(diffs: pd.DataFrame, primary, alpha: float) -> pd.DataFrame:

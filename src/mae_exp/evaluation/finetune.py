@@ -24,15 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed, hf
-from .augment import crop_and_flip_uint8, draw_crops
-from .config import Params, as_dict, fingerprint
-from .data.prepared import labeled, load_meta
-from .model import ViTEncoder
-from .progress import console
-from .optim import FINETUNE_NO_DECAY, adamw, best, grid, layer_decay, param_groups
-from .runtime import autocast, batches, eval_batch, open_live, resident_images, select_rows, setup
-from .train import Schedule, Trainer
+from ..data.prepared import labeled, load_meta
+from ..model import ViTEncoder
+from ..plumbing import hf
+from ..plumbing.config import Params, as_dict, fingerprint
+from ..plumbing.progress import console
+from ..plumbing.runtime import autocast, batches, eval_batch, open_live, resident_images, select_rows, setup
+from ..training import distributed
+from ..training.augment import crop_and_flip_uint8, draw_crops
+from ..training.optim import FINETUNE_NO_DECAY, adamw, best, grid, layer_decay, param_groups
+from ..training.train import Schedule, Trainer
 
 
 class Classifier(nn.Module):
@@ -52,8 +53,15 @@ class Classifier(nn.Module):
         return self.head(self.fc_norm(self.encoder.features(x, "mean")))
 
 
-def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: str, live_dir: str | Path,
-             scratch: str | Path, test: bool = True) -> dict:
+def finetune(
+    p: Params,
+    encoder_path: str | Path,
+    data_root: str | Path,
+    name: str,
+    live_dir: str | Path,
+    scratch: str | Path,
+    test: bool = True,
+) -> dict:
     """Fine-tune at every point of the grid (finetune.base_lr x finetune.layer_decay, the same for every
     encoder), keep the run with the best validation top-1 (ties: the earliest point), log its curves, then
     (`test`) read the test split once, with that model. Each run trains on train only: validation chooses."""
@@ -62,13 +70,27 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
     train, val = (labeled(data_root, part, p.data.val_fraction) for part in ("train", "val"))
     n = len(train.labels)
     if cfg.batch_size > n:  # refused, as pre-training does, rather than quietly capped
-        raise ValueError(f"finetune.batch_size ({cfg.batch_size}) is larger than the {n} train images left after "
-                         f"data.val_fraction holds out {len(val.labels)}: lower finetune.batch_size")
+        raise ValueError(
+            f"finetune.batch_size ({cfg.batch_size}) is larger than the {n} train images left after "
+            f"data.val_fraction holds out {len(val.labels)}: lower finetune.batch_size"
+        )
     points = grid(base_lr=cfg.base_lr, layer_decay=cfg.layer_decay)
     val_top1, seconds, logged, best_model = [], [], [], None  # per point; only the best model is kept
     for point in points:
-        model, trainer, top1 = _fit(p, point["base_lr"], point["layer_decay"], encoder_path, data_root, name,
-                                    scratch, train, val, device, amp_dtype, len(points) > 1)
+        model, trainer, top1 = _fit(
+            p,
+            point["base_lr"],
+            point["layer_decay"],
+            encoder_path,
+            data_root,
+            name,
+            scratch,
+            train,
+            val,
+            device,
+            amp_dtype,
+            len(points) > 1,
+        )
         trainer.finish()  # its state is not needed again: the model, if best, stays in memory
         val_top1.append(top1)
         seconds.append(trainer.elapsed)
@@ -78,15 +100,23 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
         del model, trainer
     at = best(val_top1)
     chosen = points[at]
-    summary = {"val_top1": round(val_top1[at], 4), "epochs": cfg.epochs, "chosen": chosen,
-               "search": {"base_lr": [pt["base_lr"] for pt in points],
-                          "layer_decay": [pt["layer_decay"] for pt in points],
-                          "val_top1": [round(v, 4) for v in val_top1]},
-               "wall_time_s": round(seconds[at], 1), "search_s": round(sum(seconds), 1)}
+    summary = {
+        "val_top1": round(val_top1[at], 4),
+        "epochs": cfg.epochs,
+        "chosen": chosen,
+        "search": {
+            "base_lr": [pt["base_lr"] for pt in points],
+            "layer_decay": [pt["layer_decay"] for pt in points],
+            "val_top1": [round(v, 4) for v in val_top1],
+        },
+        "wall_time_s": round(seconds[at], 1),
+        "search_s": round(sum(seconds), 1),
+    }
     if test:
         split = labeled(data_root, "test", p.data.val_fraction)  # read once, now that the choice is made
-        summary["top1"] = round(evaluate(best_model, split.images, split.labels, p.data.input_size, device,
-                                         amp_dtype), 4)
+        summary["top1"] = round(
+            evaluate(best_model, split.images, split.labels, p.data.input_size, device, amp_dtype), 4
+        )
         summary["test_images"] = len(split.labels)
     live = open_live(live_dir)
     if live is not None:  # rank 0: the chosen run's curves, as it logged them, and the summary
@@ -97,14 +127,28 @@ def finetune(p: Params, encoder_path: str | Path, data_root: str | Path, name: s
                     live.log_metric(key, value)
         live.summary.update(summary)
         live.end()  # the summary, and DVCLive's own clean-up
-    console.print(f"finetune {name} (base_lr {chosen['base_lr']:g}, layer_decay {chosen['layer_decay']:g}): val "
-                  f"top-1 {summary['val_top1']:.4f}" + (f", test top-1 {summary['top1']:.4f}" if test else ""),
-                  highlight=False)
+    console.print(
+        f"finetune {name} (base_lr {chosen['base_lr']:g}, layer_decay {chosen['layer_decay']:g}): val "
+        f"top-1 {summary['val_top1']:.4f}" + (f", test top-1 {summary['top1']:.4f}" if test else ""),
+        highlight=False,
+    )
     return summary
 
 
-def _fit(p: Params, base_lr: float, decay: float, encoder_path, data_root, name: str, scratch, train, val, device,
-         amp_dtype, label_point: bool) -> tuple[Classifier, Trainer, float]:
+def _fit(
+    p: Params,
+    base_lr: float,
+    decay: float,
+    encoder_path,
+    data_root,
+    name: str,
+    scratch,
+    train,
+    val,
+    device,
+    amp_dtype,
+    label_point: bool,
+) -> tuple[Classifier, Trainer, float]:
     """One fine-tuning run at (base_lr, layer decay): the model, its trainer (the logged rows) and its last
     validation top-1. Resumable, from scratch/<key>/last.pt (the key includes the point)."""
     cfg = p.finetune
@@ -125,18 +169,24 @@ def _fit(p: Params, base_lr: float, decay: float, encoder_path, data_root, name:
     optimizer = adamw(groups, lr, device)
     steps = n // batch_size
     schedule = Schedule(cfg.epochs, steps, int(cfg.warmup_epochs * steps), lr, cfg.checkpoint_every)
-    gens = {"order": torch.Generator().manual_seed(p.seed),
-            "augment": torch.Generator(device=device).manual_seed(p.seed + 1)}
+    gens = {
+        "order": torch.Generator().manual_seed(p.seed),
+        "augment": torch.Generator(device=device).manual_seed(p.seed + 1),
+    }
     settings = {k: v for k, v in as_dict(cfg).items() if k not in ("checkpoint_every", "compile", "processes")}
     settings.update(base_lr=base_lr, layer_decay=decay)  # this run's point, not the whole grid
-    key = fingerprint(p.seed, p.data, p.model, settings, load_meta(data_root).get("digest", ""),
-                      hf.weights_digest(encoder_path))
+    key = fingerprint(
+        p.seed, p.data, p.model, settings, load_meta(data_root).get("digest", ""), hf.weights_digest(encoder_path)
+    )
     state = Path(scratch) / key / "last.pt"
     point = f" (base_lr {base_lr:g}, layer_decay {decay:g})" if label_point else ""
-    trainer = Trainer(f"finetune {name}{point}", "finetune", model, optimizer, schedule, device, amp_dtype, state,
-                      gens, None)  # logged rows are kept (trainer.logged): the chosen run's go to DVCLive
-    trainer.begin(f"{n:,} train / {len(val.labels):,} validation images, {cfg.epochs} epochs of {steps} steps, "
-                  f"lr {lr:.2e}, {distributed.describe(device, p.threads)}")
+    trainer = Trainer(
+        f"finetune {name}{point}", "finetune", model, optimizer, schedule, device, amp_dtype, state, gens, None
+    )  # logged rows are kept (trainer.logged): the chosen run's go to DVCLive
+    trainer.begin(
+        f"{n:,} train / {len(val.labels):,} validation images, {cfg.epochs} epochs of {steps} steps, "
+        f"lr {lr:.2e}, {distributed.describe(device, p.threads)}"
+    )
 
     def step(idx: torch.Tensor, i: int, log: bool):
         boxes, flip = draw_crops(batch_size, cfg.min_crop_scale, gens["augment"], device)  # the global batch's

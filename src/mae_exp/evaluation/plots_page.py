@@ -6,9 +6,9 @@ packages (VENDOR), so the page draws with no network wherever `-o` puts it. Rebu
 SKELETON or a pin:
 
     npm pack vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0 --pack-destination /tmp/vendor
-    python -m mae_exp.plots_page template /tmp/vendor
+    python -m mae_exp.evaluation.plots_page template /tmp/vendor
 
-`python -m mae_exp.plots_page screenshot docs/plots.png` renders `dvc plots show` of the workspace and
+`python -m mae_exp.evaluation.plots_page screenshot docs/plots.png` renders `dvc plots show` of the workspace and
 photographs it. `look` is what tests/test_plots_page.py checks a page with: every plot drawn, no image
 twice, no request beyond the page's own files. See docs/plots.md.
 """
@@ -38,17 +38,29 @@ LICENSES = Path(".dvc/plots/vendor")
 class Package:
     name: str
     version: str
-    file: str    # the UMD build inside the npm tarball
+    file: str  # the UMD build inside the npm tarball
     sha256: str  # of that file as npm ships it
 
 
 VENDOR = [
-    Package("vega", "5.33.1", "package/build/vega.min.js",
-            "463f3db6a40b20e9747b4ed38f37ed0add508838f9141b1cf8366784b07b30c8"),
-    Package("vega-lite", "5.23.0", "package/build/vega-lite.min.js",
-            "58c27358e26f2d319cf62f45bc17a4c8362f08645001df2ec8d341eee4097c7f"),
-    Package("vega-embed", "6.29.0", "package/build/vega-embed.min.js",
-            "12d02acfbe3ec59ef9a37dd4822a2e04e2961b5bbb671bbe661d2221715b99da"),
+    Package(
+        "vega",
+        "5.33.1",
+        "package/build/vega.min.js",
+        "463f3db6a40b20e9747b4ed38f37ed0add508838f9141b1cf8366784b07b30c8",
+    ),
+    Package(
+        "vega-lite",
+        "5.23.0",
+        "package/build/vega-lite.min.js",
+        "58c27358e26f2d319cf62f45bc17a4c8362f08645001df2ec8d341eee4097c7f",
+    ),
+    Package(
+        "vega-embed",
+        "6.29.0",
+        "package/build/vega-embed.min.js",
+        "12d02acfbe3ec59ef9a37dd4822a2e04e2961b5bbb671bbe661d2221715b99da",
+    ),
 ]
 
 # Where the page's story puts each plot, by the id DVC gives its <div> (its name, punctuation -> "_"):
@@ -142,9 +154,14 @@ def template_html(scripts: dict[str, str]) -> str:
     """SKELETON with each package's script (`scripts[name]`) inlined, under a line naming its version."""
     inlined = "\n".join(
         f"<!-- {p.name}@{p.version} (npm, {p.file}; BSD-3-Clause: vendor/LICENSE.{p.name}) -->\n"
-        f"<script>{scripts[p.name]}</script>" for p in VENDOR)
-    return (SKELETON.replace("<!-- VENDOR -->", inlined)
-            .replace("__SECTIONS__", json.dumps(SECTIONS)).replace("__RAW__", RAW_PREFIX))
+        f"<script>{scripts[p.name]}</script>"
+        for p in VENDOR
+    )
+    return (
+        SKELETON.replace("<!-- VENDOR -->", inlined)
+        .replace("__SECTIONS__", json.dumps(SECTIONS))
+        .replace("__RAW__", RAW_PREFIX)
+    )
 
 
 def build_template(tarballs: Path, out: Path = TEMPLATE) -> None:
@@ -163,8 +180,10 @@ def build_template(tarballs: Path, out: Path = TEMPLATE) -> None:
                 (out.parent / "vendor" / f"LICENSE.{p.name}").write_bytes(tar.extractfile("package/LICENSE").read())
         digest = hashlib.sha256(data).hexdigest()
         if digest != p.sha256:
-            raise SystemExit(f"error: {tgz}:{p.file} has sha256 {digest}, not the pinned {p.sha256}: "
-                             "update VENDOR in plots_page.py if you meant to change the version")
+            raise SystemExit(
+                f"error: {tgz}:{p.file} has sha256 {digest}, not the pinned {p.sha256}: "
+                "update VENDOR in plots_page.py if you meant to change the version"
+            )
         script = data.decode()  # byte for byte, so its hash is the pin (its source-map line is inert)
         if "</script" in script.lower():
             raise SystemExit(f"error: {p.name} contains '</script' and cannot be inlined")
@@ -186,9 +205,17 @@ def inlined_scripts(page: str) -> dict[str, str]:
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-default-apps",
-    "--hide-scrollbars", "--mute-audio",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--hide-scrollbars",
+    "--mute-audio",
     # every host but the page's own server resolves to nothing, so a request elsewhere cannot succeed; the
     # net log still records it
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
@@ -197,12 +224,12 @@ CHROMIUM_FLAGS = [
 
 @dataclass
 class Look:
-    dom: str                                         # the document after its scripts ran
+    dom: str  # the document after its scripts ran
     served: list[str] = field(default_factory=list)  # paths the page asked its own server for
     elsewhere: list[str] = field(default_factory=list)  # URLs it asked any other host for
     plots: dict[str, str] = field(default_factory=dict)  # vega plot id -> "ok" / "error" / "" (never ran)
-    svgs: dict[str, int] = field(default_factory=dict)   # vega plot id -> data marks (paths) in its SVG
-    images: list[str] = field(default_factory=list)      # <img> sources in order
+    svgs: dict[str, int] = field(default_factory=dict)  # vega plot id -> data marks (paths) in its SVG
+    images: list[str] = field(default_factory=list)  # <img> sources in order
 
 
 class _Page(html.parser.HTMLParser):
@@ -256,8 +283,11 @@ def _page_requests(netlog: Path) -> list[tuple[str, str]]:
     except json.JSONDecodeError:  # a log cut short at exit lacks its closing brackets
         log = json.loads(text.rstrip(",") + "]}")
     start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    return [(e["params"].get("initiator", ""), e["params"]["url"]) for e in log["events"]
-            if e["type"] == start and "url" in e.get("params", {})]
+    return [
+        (e["params"].get("initiator", ""), e["params"]["url"])
+        for e in log["events"]
+        if e["type"] == start and "url" in e.get("params", {})
+    ]
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -265,8 +295,14 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def look(page_dir: Path, chromium: str = CHROMIUM, screenshot: Path | None = None,
-         width: int = 1280, height: int = 1000, budget_ms: int = 30000) -> Look:
+def look(
+    page_dir: Path,
+    chromium: str = CHROMIUM,
+    screenshot: Path | None = None,
+    width: int = 1280,
+    height: int = 1000,
+    budget_ms: int = 30000,
+) -> Look:
     """Serve `page_dir` on 127.0.0.1, open its index.html in headless Chromium (no other host resolves), and
     report what it drew and every request it made. With `screenshot`, photograph a `width` x `height` window."""
     served: list[str] = []
@@ -286,8 +322,16 @@ def look(page_dir: Path, chromium: str = CHROMIUM, screenshot: Path | None = Non
         with tempfile.TemporaryDirectory() as tmp:
             netlog = Path(tmp) / "net.json"
             shot = [f"--screenshot={screenshot}", f"--window-size={width},{height}"] if screenshot else []
-            cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", f"--log-net-log={netlog}",
-                   f"--virtual-time-budget={budget_ms}", *shot, *([] if screenshot else ["--dump-dom"]), url]
+            cmd = [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={tmp}/profile",
+                f"--log-net-log={netlog}",
+                f"--virtual-time-budget={budget_ms}",
+                *shot,
+                *([] if screenshot else ["--dump-dom"]),
+                url,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
             if proc.returncode != 0:
                 raise RuntimeError(f"chromium exited {proc.returncode}: {proc.stderr[-2000:]}")
@@ -300,8 +344,9 @@ def look(page_dir: Path, chromium: str = CHROMIUM, screenshot: Path | None = Non
     parser.feed(proc.stdout)
     result = parser.look
     result.dom, result.served = proc.stdout, served
-    result.elsewhere = sorted({url for initiator, url in requests
-                               if initiator == own.rstrip("/") and not url.startswith(own)})
+    result.elsewhere = sorted(
+        {url for initiator, url in requests if initiator == own.rstrip("/") and not url.startswith(own)}
+    )
     page = (page_dir / "index.html").read_text(encoding="utf8")
     for plot_id in _vega_ids(page):
         result.plots.setdefault(plot_id, "")
@@ -345,7 +390,7 @@ def screenshot(out: Path, repo: Path = Path("."), chromium: str = CHROMIUM) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mae_exp.plots_page", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mae_exp.evaluation.plots_page", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("template", help=f"write {TEMPLATE} from the npm tarballs in a folder")
     t.add_argument("tarballs", type=Path)

@@ -45,8 +45,10 @@ def names_full_disk(path, left: str = ""):
     except Exception as e:
         if not out_of_space(e):
             raise
-        raise DiskFull(f"no space left on device while writing {path}{left}: free some space, then `dvc repro` "
-                       f"runs the stage again") from None
+        raise DiskFull(
+            f"no space left on device while writing {path}{left}: free some space, then `dvc repro` "
+            f"runs the stage again"
+        ) from None
 
 
 class DistributedError(RuntimeError):

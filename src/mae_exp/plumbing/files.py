@@ -24,8 +24,10 @@ def atomic_write(path: str | Path, write) -> Path:
         os.replace(tmp, path)
     except Exception as e:
         if out_of_space(e):  # torch reports it as "unexpected pos 704 vs 598", the OSError only in the chain
-            raise DiskFull(f"no space left on device while writing {path} (it was left as it was): free some "
-                           f"space, then `dvc repro` resumes from the last good state") from None
+            raise DiskFull(
+                f"no space left on device while writing {path} (it was left as it was): free some "
+                f"space, then `dvc repro` resumes from the last good state"
+            ) from None
         raise
     finally:
         if os.path.exists(tmp):
@@ -41,6 +43,7 @@ def save_torch(obj, path: str | Path) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
+
     return atomic_write(path, write)
 
 

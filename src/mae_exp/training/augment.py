@@ -41,8 +41,13 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return (x * STD.to(x.device)[:, None, None] + MEAN.to(x.device)[:, None, None]).clamp(0, 1)
 
 
-def random_crop_boxes(n: int, min_scale: float, generator: torch.Generator | None = None,
-                      ratio: tuple[float, float] = (3 / 4, 4 / 3), device=None) -> torch.Tensor:
+def random_crop_boxes(
+    n: int,
+    min_scale: float,
+    generator: torch.Generator | None = None,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    device=None,
+) -> torch.Tensor:
     """(n, 4) boxes (cx, cy, w, h) as fractions of the image, like RandomResizedCrop, vectorised.
 
     Area fraction ~ U(min_scale, 1), log aspect ratio ~ U(log 3/4, log 4/3); a box that would not
@@ -69,8 +74,14 @@ def _taps(start: torch.Tensor, step: torch.Tensor, size: int, out: int):
     return first.long(), (first.long() + 1).clamp(max=size - 1), p - first
 
 
-def _lerp_rows(table: torch.Tensor, shape: tuple[int, int, int], first: torch.Tensor, second: torch.Tensor,
-               frac: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def _lerp_rows(
+    table: torch.Tensor,
+    shape: tuple[int, int, int],
+    first: torch.Tensor,
+    second: torch.Tensor,
+    frac: torch.Tensor,
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Rows of B samples x C channels x N, flat in `table` (B*C*N, L), and (B, M) taps into the N rows of
     each sample -> (B, C, M, L): (1 - frac) first row + frac second row, for every sample and channel, in
     one fused kernel (reads two rows, writes one, per output row). With `affine` (scale, shift), each (C,):
@@ -85,20 +96,28 @@ def _lerp_rows(table: torch.Tensor, shape: tuple[int, int, int], first: torch.Te
         rows = torch.cat([rows, torch.full_like(rows[..., :1], b * c * n)], dim=-1)
         weights = torch.cat([weights * scale, shift.expand(b, c, m, 1)], dim=-1)
     taps = rows.shape[-1]
-    out = F.embedding_bag(rows.reshape(-1, taps), table, per_sample_weights=weights.reshape(-1, taps).to(table.dtype),
-                          mode="sum")
+    out = F.embedding_bag(
+        rows.reshape(-1, taps), table, per_sample_weights=weights.reshape(-1, taps).to(table.dtype), mode="sum"
+    )
     return out.view(b, c, m, -1)
 
 
-def _crop_and_flip_columns(columns: torch.Tensor, shape: tuple[int, int, int, int], boxes: torch.Tensor,
-                           flip: torch.Tensor, out_size: int, affine=None) -> torch.Tensor:
+def _crop_and_flip_columns(
+    columns: torch.Tensor,
+    shape: tuple[int, int, int, int],
+    boxes: torch.Tensor,
+    flip: torch.Tensor,
+    out_size: int,
+    affine=None,
+) -> torch.Tensor:
     """The resampling, from the images' columns as rows: `columns` holds (B, C, W, H) = `shape` flat as
     (B*C*W, H) (plus the row of ones `affine` needs), the layout the first pass reads."""
     b, c, w, h = shape
     cx, cy, bw, bh = boxes.to(torch.float32).unbind(1)
     # a mirrored box is read right to left
-    x0, x1, fx = _taps(torch.where(flip, cx + bw / 2, cx - bw / 2) * w, torch.where(flip, -bw, bw) * w / out_size,
-                       w, out_size)
+    x0, x1, fx = _taps(
+        torch.where(flip, cx + bw / 2, cx - bw / 2) * w, torch.where(flip, -bw, bw) * w / out_size, w, out_size
+    )
     y0, y1, fy = _taps((cy - bh / 2) * h, bh * h / out_size, h, out_size)
     cols = _lerp_rows(columns, (b, c, w), x0, x1, fx, affine)  # (B, C, out, H): the output's columns
     rows = cols.transpose(2, 3).reshape(b * c * h, out_size)  # (B, C, H, out) as rows for the second pass
@@ -112,8 +131,9 @@ def crop_and_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, out_
     return _crop_and_flip_columns(x.transpose(2, 3).reshape(b * c * w, h), (b, c, w, h), boxes, flip, out_size)
 
 
-def crop_and_flip_uint8(batch_uint8: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
-                        out_size: int) -> torch.Tensor:
+def crop_and_flip_uint8(
+    batch_uint8: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, out_size: int
+) -> torch.Tensor:
     """crop_and_flip(to_float(batch_uint8), ...) for stored (B, H, W, 3) uint8 images, in fewer passes: one
     strided copy converts them to float in the transposed layout the first pass reads, and the normalisation
     (an affine map per channel, which bilinear weights summing to 1 commute with) is folded into the first
@@ -125,8 +145,9 @@ def crop_and_flip_uint8(batch_uint8: torch.Tensor, boxes: torch.Tensor, flip: to
     return _crop_and_flip_columns(columns, (b, c, w, h), boxes, flip, out_size, affine=(SCALE, SHIFT))
 
 
-def draw_crops(n: int, min_scale: float, generator: torch.Generator | None = None,
-               device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_crops(
+    n: int, min_scale: float, generator: torch.Generator | None = None, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The random part of the random-resized-crop + flip for n images: crop boxes (n, 4) and flips (n,).
     Drawn apart from the resampling so that every process of a distributed run can draw a whole global batch's and
     apply only its own rows."""

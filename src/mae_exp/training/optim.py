@@ -24,6 +24,7 @@ def warmup_cosine(step: int, total: int, warmup: int, peak: float) -> float:
 def layer_decay(depth: int, decay: float):
     """Parameter name -> learning-rate factor, as MAE's `param_groups_lrd` assigns layers: the patch
     embedding and tokens are layer 0, block i is layer i + 1, everything after the blocks is depth + 1."""
+
     def scale(name: str) -> float:
         if name.startswith(("encoder.cls_token", "encoder.patch_embed")):  # pos_embed: a fixed buffer, not here
             layer = 0
@@ -32,14 +33,16 @@ def layer_decay(depth: int, decay: float):
         else:  # the encoder's final norm, fc_norm, the head
             layer = depth + 1
         return decay ** (depth + 1 - layer)
+
     return scale
 
 
 FINETUNE_NO_DECAY = ("encoder.cls_token",)  # MAE's VisionTransformer.no_weight_decay(), less pos_embed (a buffer)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, layer_scale=None, no_decay: tuple[str, ...] = ()
-                 ) -> list[dict]:
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, layer_scale=None, no_decay: tuple[str, ...] = ()
+) -> list[dict]:
     """AdamW groups. No weight decay on 1-D parameters (norms, biases), biases, and the names in `no_decay`.
     Pre-training passes none, as MAE's `main_pretrain.py` (timm's `add_weight_decay`): its cls and mask
     tokens ARE decayed. Fine-tuning passes FINETUNE_NO_DECAY and `layer_scale` (parameter name -> learning-
@@ -62,6 +65,7 @@ def adamw(groups: list[dict], lr: float, device: torch.device) -> torch.optim.Ad
 
 # ---- the readouts' search (issue 31): a grid of settings, each scored on the validation split (data.val_fraction
 # of train), the best chosen before the test split is read; the probe, kNN and fine-tuning share it
+
 
 def grid(**axes) -> list[dict]:
     """Every combination of the axes' values, in a fixed order (the last axis varies fastest)."""

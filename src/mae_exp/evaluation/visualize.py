@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from .augment import to_unit
-from .checkpoints import load_mae
-from .config import VARIANTS, Params
-from .data.prepared import load_split
-from .model import MaskedAutoencoderViT
-from .objectives import masked_laplacian_l1, patch_mask_to_pixels
-from .progress import console, progress
-from .files import atomic_write
-from .runtime import batches, eval_batch, open_live, setup
+from ..data.prepared import load_split
+from ..model import MaskedAutoencoderViT
+from ..objectives import masked_laplacian_l1, patch_mask_to_pixels
+from ..plumbing.checkpoints import load_mae
+from ..plumbing.config import VARIANTS, Params
+from ..plumbing.files import atomic_write
+from ..plumbing.progress import console, progress
+from ..plumbing.runtime import batches, eval_batch, open_live, setup
+from ..training.augment import to_unit
 
 
 @torch.no_grad()
@@ -63,16 +63,19 @@ def masked_psnr(recon: torch.Tensor, image: torch.Tensor, pixel_mask: torch.Tens
     return 10 * torch.log10(1.0 / (se / count).clamp_min(1e-10))
 
 
-def visualize(p: Params, checkpoints: dict[str, str | Path], data_root: str | Path,
-              grid_path: str | Path, live_dir: str | Path) -> dict:
+def visualize(
+    p: Params, checkpoints: dict[str, str | Path], data_root: str | Path, grid_path: str | Path, live_dir: str | Path
+) -> dict:
     cfg = p.visualize
     device, _ = setup("fp32", p.threads, p.seed)
     models = {name: load_mae(checkpoints[name], p).to(device) for name in VARIANTS}
     test = load_split(data_root, "test")
     n_eval = cfg.eval_images
     if n_eval > len(test.images):
-        raise ValueError(f"visualize.eval_images ({n_eval}) asks for more than the {len(test.images)} test "
-                         f"images: lower it to at most {len(test.images)}")
+        raise ValueError(
+            f"visualize.eval_images ({n_eval}) asks for more than the {len(test.images)} test "
+            f"images: lower it to at most {len(test.images)}"
+        )
     grid = models[VARIANTS[0]].grid
     noise = torch.rand(n_eval, grid * grid, generator=torch.Generator().manual_seed(cfg.mask_seed))
 
@@ -105,18 +108,20 @@ def visualize(p: Params, checkpoints: dict[str, str | Path], data_root: str | Pa
     live.end()
     for name in VARIANTS:
         m = metrics[name]
-        console.print(f"{name}: masked MSE {m['mse']:.4f}, masked HF error {m['hf_error']:.4f}, "
-                      f"masked PSNR {m['psnr']:.2f} dB", highlight=False)
+        console.print(
+            f"{name}: masked MSE {m['mse']:.4f}, masked HF error {m['hf_error']:.4f}, masked PSNR {m['psnr']:.2f} dB",
+            highlight=False,
+        )
     return metrics
 
 
 def save_grid(shown: dict[str, torch.Tensor], path: str | Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [("image", "original"), ("masked", "masked"), ("original", "original MAE"),
-               ("improved", "improved MAE")]
+    columns = [("image", "original"), ("masked", "masked"), ("original", "original MAE"), ("improved", "improved MAE")]
     rows = shown["masked"].shape[0]
     fig, axes = plt.subplots(rows, 4, figsize=(4 * 1.6, rows * 1.6), squeeze=False)
     for r in range(rows):

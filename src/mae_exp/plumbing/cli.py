@@ -19,18 +19,29 @@ from .errors import DiskFull, DistributedError, Interrupted, TrainingDiverged, o
 from .progress import console
 
 
-def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[str, ...]] | None = None,
-              paths: tuple[str, ...] = ()) -> None:
+def run_stage(
+    main,
+    argv_names: tuple[str, ...] = (),
+    choices: dict[str, tuple[str, ...]] | None = None,
+    paths: tuple[str, ...] = (),
+) -> None:
     """Parse positional args and `--<path> PATH` for each of `paths` (dvc.yaml's `cmd` passes them, so a
     path is written only there), load params.yaml, call main(params, *args, **paths); exit 2 on bad input.
     (Training stages wrap main in distributed.processes, for `<section>.processes`.)"""
     script = sys.argv[0]
-    args, options = sys.argv[1:1 + len(argv_names)], sys.argv[1 + len(argv_names):]
+    args, options = sys.argv[1 : 1 + len(argv_names)], sys.argv[1 + len(argv_names) :]
     named = dict(zip(options[::2], options[1::2]))
-    if (len(args) != len(argv_names) or any(a.startswith("--") for a in args) or len(options) % 2
-            or sorted(named) != sorted(f"--{p}" for p in paths)):
-        _fail(f"usage: python {script} {' '.join([*(n.upper() for n in argv_names), *(f'--{p} PATH' for p in paths)])}"
-              " (dvc.yaml's cmd gives the paths)", 2)
+    if (
+        len(args) != len(argv_names)
+        or any(a.startswith("--") for a in args)
+        or len(options) % 2
+        or sorted(named) != sorted(f"--{p}" for p in paths)
+    ):
+        _fail(
+            f"usage: python {script} {' '.join([*(n.upper() for n in argv_names), *(f'--{p} PATH' for p in paths)])}"
+            " (dvc.yaml's cmd gives the paths)",
+            2,
+        )
     for name, value in zip(argv_names, args):
         allowed = (choices or {}).get(name)
         if allowed and value not in allowed:
@@ -44,6 +55,7 @@ def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[s
     def on_sigterm(signum, _frame):  # `kill`, `dvc queue kill`: stop as Ctrl-C does, and say so
         stopped_by[0] = signum
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         main(params, *args, **{p: named[f"--{p}"] for p in paths})
@@ -54,20 +66,28 @@ def run_stage(main, argv_names: tuple[str, ...] = (), choices: dict[str, tuple[s
     except Interrupted as e:
         _fail(f"{e} ({signal.Signals(stopped_by[0]).name})", 128 + stopped_by[0], style="yellow", prefix="stopped")
     except KeyboardInterrupt:
-        _fail(f"{script}: interrupted ({signal.Signals(stopped_by[0]).name}) before any result was written; "
-              f"`dvc repro` runs this stage again", 128 + stopped_by[0], style="yellow", prefix="stopped")
+        _fail(
+            f"{script}: interrupted ({signal.Signals(stopped_by[0]).name}) before any result was written; "
+            f"`dvc repro` runs this stage again",
+            128 + stopped_by[0],
+            style="yellow",
+            prefix="stopped",
+        )
     except (FileNotFoundError, ValueError) as e:
         _fail(f"{script}: {e}", 1)
     except OSError as e:
         if not out_of_space(e):
             raise
-        _fail(f"{script}: no space left on device writing {e.filename or 'a file'}: free some space, then "
-              f"`dvc repro` runs the stage again", 1)
+        _fail(
+            f"{script}: no space left on device writing {e.filename or 'a file'}: free some space, then "
+            f"`dvc repro` runs the stage again",
+            1,
+        )
 
 
 def stage_paths(stage: str, item: str = "", dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
     """The `--<name> PATH` options of a stage's cmd in dvc.yaml (`item`: a foreach stage's, e.g. `original`),
-    for tools that read what a stage reads (mae_exp.tune): a path is written only in dvc.yaml."""
+    for tools that read what a stage reads (mae_exp.evaluation.tune): a path is written only in dvc.yaml."""
     spec = yaml.safe_load(Path(dvc_yaml).read_text())["stages"].get(stage)
     if spec is None:
         raise ValueError(f"{dvc_yaml} has no stage {stage!r}: run from the repository root")

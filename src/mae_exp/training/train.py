@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from ..plumbing.checkpoints import CorruptCheckpoint, read_checkpoint, save_checkpoint
+from ..plumbing.errors import Interrupted, TrainingDiverged, diverged
+from ..plumbing.progress import console, progress
+from ..plumbing.runtime import autocast, batches
 from . import distributed
-from .checkpoints import CorruptCheckpoint, read_checkpoint, save_checkpoint
-from .errors import Interrupted, TrainingDiverged, diverged
-from .progress import console, progress
 from .optim import warmup_cosine
-from .runtime import autocast, batches
 
 LOG_EVERY = 10  # steps between reads of the loss on the host
 
@@ -60,9 +60,19 @@ StepFn = Callable[[torch.Tensor, int, bool], "tuple[torch.Tensor, dict]"]
 
 
 class Trainer:
-    def __init__(self, name: str, section: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 schedule: Schedule, device: torch.device, amp_dtype: torch.dtype | None, state_path: Path,
-                 generators: dict[str, torch.Generator], live=None):
+    def __init__(
+        self,
+        name: str,
+        section: str,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        state_path: Path,
+        generators: dict[str, torch.Generator],
+        live=None,
+    ):
         self.name, self.section = name, section  # "pretrain original", "pretrain" (named in messages)
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.device, self.amp_dtype = device, amp_dtype
@@ -80,8 +90,12 @@ class Trainer:
         """Resume from the saved state if there is one, and say so; else print what is about to run."""
         self._drop_other_states()
         if self.restore():
-            console.print(f"[green]resuming {self.name} from epoch {self.start_epoch + 1}/{self.schedule.epochs}[/] "
-                          f"({self.resumed_from})", highlight=False, soft_wrap=True)
+            console.print(
+                f"[green]resuming {self.name} from epoch {self.start_epoch + 1}/{self.schedule.epochs}[/] "
+                f"({self.resumed_from})",
+                highlight=False,
+                soft_wrap=True,
+            )
         else:
             console.print(f"{self.name}: {description}", highlight=False, soft_wrap=True)
 
@@ -94,8 +108,12 @@ class Trainer:
         for d in others:
             shutil.rmtree(d, ignore_errors=True)
         if others:
-            console.print(f"{self.name}: removed the resumable state of {len(others)} other run(s) in "
-                          f"{self.state_path.parent.parent}", highlight=False, soft_wrap=True)
+            console.print(
+                f"{self.name}: removed the resumable state of {len(others)} other run(s) in "
+                f"{self.state_path.parent.parent}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     @property
     def previous_path(self) -> Path:
@@ -113,8 +131,11 @@ class Trainer:
             except CorruptCheckpoint as e:
                 path.replace(path.with_name(path.name + ".corrupt"))  # kept to inspect, out of the way
                 fallback = "the previous state" if path == self.state_path else "a fresh start"
-                console.print(f"[yellow]warning:[/] {e} as {path.name}.corrupt; {self.name} falls back to {fallback}",
-                              highlight=False, soft_wrap=True)
+                console.print(
+                    f"[yellow]warning:[/] {e} as {path.name}.corrupt; {self.name} falls back to {fallback}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         return None
 
     def restore(self) -> bool:
@@ -142,19 +163,28 @@ class Trainer:
     def _save(self, epoch: int) -> None:
         if self.state_path.exists():  # keep one good state behind, in case the newest is damaged later
             self.state_path.replace(self.previous_path)
-        save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "generators": {k: g.get_state() for k, g in self.generators.items()},
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                    "history": self.history, "logged": self.logged, "epoch": epoch, "elapsed": self.elapsed},
-                   self.state_path)
+        save_checkpoint(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "generators": {k: g.get_state() for k, g in self.generators.items()},
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "history": self.history,
+                "logged": self.logged,
+                "epoch": epoch,
+                "elapsed": self.elapsed,
+            },
+            self.state_path,
+        )
         self.saved_epoch = epoch
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, n: int, batch_size: int, step: StepFn,
-            after_epoch: Callable[[int], dict] | None = None) -> list[dict]:
+    def fit(
+        self, n: int, batch_size: int, step: StepFn, after_epoch: Callable[[int], dict] | None = None
+    ) -> list[dict]:
         """Train on `n` items in batches of `batch_size` (the global batch) drawn by the generator
         "order"; `step` computes the loss of one batch, `after_epoch` returns metrics to log (validation)."""
         s = self.schedule
@@ -203,14 +233,19 @@ class Trainer:
     def _read(self, terms: dict, epoch: int, i: int) -> dict:
         """The logged values as floats: the mean over processes, checked finite."""
         names = list(terms)
-        values = distributed.mean(torch.stack([torch.as_tensor(terms[k], device=self.device, dtype=torch.float32)
-                                               for k in names])).tolist()
+        values = distributed.mean(
+            torch.stack([torch.as_tensor(terms[k], device=self.device, dtype=torch.float32) for k in names])
+        ).tolist()
         if any(diverged(v) for v in values):
-            kept = (f"the last checkpoint is kept at {self.state_path}" if self.state_path.exists()
-                    else "no checkpoint was written yet")
+            kept = (
+                f"the last checkpoint is kept at {self.state_path}"
+                if self.state_path.exists()
+                else "no checkpoint was written yet"
+            )
             raise TrainingDiverged(
                 f"{self.name}: the loss became {values[0]} at epoch {epoch + 1}, step {i + 1}; {kept}. Lower "
-                f"{self.section}.base_lr, raise {self.section}.warmup_epochs or use {self.section}.precision: fp32.")
+                f"{self.section}.base_lr, raise {self.section}.warmup_epochs or use {self.section}.precision: fp32."
+            )
         return dict(zip(names, values))
 
     def _log(self, row: dict, record: bool = True) -> None:
@@ -227,19 +262,31 @@ class Trainer:
     def _end_epoch(self, epoch: int, rows: list[dict], extra: dict, images_per_s: float, bar) -> None:
         s = self.schedule
         means = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
-        self.history.append({"epoch": epoch + 1, **means, **extra, "lr": self.optimizer.param_groups[0]["lr"],
-                             "images_per_s": images_per_s})
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                **means,
+                **extra,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "images_per_s": images_per_s,
+            }
+        )
         shown = ", ".join(f"{k} {v:.4g}" for k, v in {**means, **extra}.items())
-        bar.console.print(f"{self.name} epoch {epoch + 1}/{s.epochs}: {shown}, {images_per_s:,.0f} img/s",
-                          highlight=False, soft_wrap=True)
+        bar.console.print(
+            f"{self.name} epoch {epoch + 1}/{s.epochs}: {shown}, {images_per_s:,.0f} img/s",
+            highlight=False,
+            soft_wrap=True,
+        )
         if (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs and distributed.is_rank0():
             self._save(epoch + 1)
 
     def _where(self, epoch: int, i: int) -> str:
         s, last = self.schedule, self.saved_epoch
         resume = f"`dvc repro` resumes it from epoch {last + 1}" if last else "`dvc repro` starts it again"
-        return (f"{self.name}: interrupted at epoch {epoch + 1}/{s.epochs}, step {i + 1}/{s.steps_per_epoch}; "
-                f"{resume} ({'checkpoint ' + str(self.state_path) if last else 'no checkpoint yet'})")
+        return (
+            f"{self.name}: interrupted at epoch {epoch + 1}/{s.epochs}, step {i + 1}/{s.steps_per_epoch}; "
+            f"{resume} ({'checkpoint ' + str(self.state_path) if last else 'no checkpoint yet'})"
+        )
 
     def finish(self) -> None:
         """The run is complete and its declared outputs written: the resumable state is no longer needed."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .config import ENCODERS, VARIANTS
+from ..plumbing.config import ENCODERS, VARIANTS
 
 
 class Measure(NamedTuple):
@@ -37,8 +37,12 @@ FINETUNE = "finetune_{enc}/metrics.json"
 VISUALIZE = "visualize/metrics.json"
 PRETRAIN = "pretrain_{enc}/metrics.json"
 # the probe stage's readouts: cls = the class token, mean = the mean of the patch tokens
-READOUTS = {"linear_cls": "linear probe cls", "linear_mean": "linear probe mean", "knn_cls": "kNN cls",
-            "knn_mean": "kNN mean"}
+READOUTS = {
+    "linear_cls": "linear probe cls",
+    "linear_mean": "linear probe mean",
+    "knn_cls": "kNN cls",
+    "knn_mean": "kNN mean",
+}
 
 
 def _accuracy(label: str, path: str, key: str, study: bool) -> Measure:
@@ -51,19 +55,25 @@ MEASURES: dict[str, Measure] = {
     # masked MSE against normalised pixels: all the original minimises, and the improved loss's first term
     "mse": Measure("masked MSE (test)", "", False, 1.0, 4, VARIANTS, VISUALIZE, "{enc}.mse", VARIANTS, True),
     # the masked Laplacian L1: the improved recipe's own extra term
-    "hf_error": Measure("masked HF error (test)", "", False, 1.0, 4, VARIANTS, VISUALIZE, "{enc}.hf_error",
-                        ("improved",), True),
+    "hf_error": Measure(
+        "masked HF error (test)", "", False, 1.0, 4, VARIANTS, VISUALIZE, "{enc}.hf_error", ("improved",), True
+    ),
     "psnr": Measure("masked PSNR (test)", "dB", True, 1.0, 2, VARIANTS, VISUALIZE, "{enc}.psnr", (), True),
-    **{f"{r}_val_top1": _accuracy(f"{label} top-1 (validation)", PROBE, f"{r}_val_top1", False)
-       for r, label in READOUTS.items()},
+    **{
+        f"{r}_val_top1": _accuracy(f"{label} top-1 (validation)", PROBE, f"{r}_val_top1", False)
+        for r, label in READOUTS.items()
+    },
     "ft_val_top1": _accuracy("fine-tune top-1 (validation)", FINETUNE, "val_top1", False),
-    "pretrain_mse": Measure("masked MSE, last pre-training epoch", "", False, 1.0, 4, VARIANTS, PRETRAIN,
-                            "final.mse", VARIANTS, False),
-    "pretrain_wall_s": Measure("pre-training wall time", "s", False, 1.0, 0, VARIANTS, PRETRAIN, "wall_time_s",
-                               (), False),
+    "pretrain_mse": Measure(
+        "masked MSE, last pre-training epoch", "", False, 1.0, 4, VARIANTS, PRETRAIN, "final.mse", VARIANTS, False
+    ),
+    "pretrain_wall_s": Measure(
+        "pre-training wall time", "s", False, 1.0, 0, VARIANTS, PRETRAIN, "wall_time_s", (), False
+    ),
     "pretrain_flops": Measure("pre-training FLOPs", "", False, 1.0, 0, VARIANTS, PRETRAIN, "flops", (), False),
-    "pretrain_images_per_s": Measure("pre-training images/s", "", True, 1.0, 0, VARIANTS, PRETRAIN,
-                                     "images_per_s", (), False),
+    "pretrain_images_per_s": Measure(
+        "pre-training images/s", "", True, 1.0, 0, VARIANTS, PRETRAIN, "images_per_s", (), False
+    ),
 }
 
 

@@ -28,24 +28,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import load_encoder
-from .config import Params
-from .data.prepared import labeled, load_meta
-from .distributed import describe
-from .errors import TrainingDiverged, diverged
-from .model import ViTEncoder
-from .progress import console, progress
-from .optim import best, grid, warmup_cosine
-from .runtime import autocast, batches, eval_batch, open_live, setup
-
+from ..data.prepared import labeled, load_meta
+from ..model import ViTEncoder
+from ..plumbing.checkpoints import load_encoder
+from ..plumbing.config import Params
+from ..plumbing.errors import TrainingDiverged, diverged
+from ..plumbing.progress import console, progress
+from ..plumbing.runtime import autocast, batches, eval_batch, open_live, setup
+from ..training.distributed import describe
+from ..training.optim import best, grid, warmup_cosine
 
 POOLINGS = ("cls", "mean")
 READOUT_NAMES = ("linear_cls", "linear_mean", "knn_cls", "knn_mean")  # measures.READOUTS' keys
 
 
 @torch.no_grad()
-def extract_features(encoder: ViTEncoder, images, input_size: int, device, amp_dtype, label: str,
-                     batch_size: int = 256) -> dict[str, torch.Tensor]:
+def extract_features(
+    encoder: ViTEncoder, images, input_size: int, device, amp_dtype, label: str, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
     """All patches, no masking: {"cls": the class token, "mean": the mean of the patch tokens}, one pass."""
     encoder.eval()
     feats = {pooling: [] for pooling in POOLINGS}
@@ -64,8 +64,15 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def knn_votes(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, num_classes: int, k: int,
-              temperature: float, chunk: int = 1024) -> torch.Tensor:
+def knn_votes(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    x: torch.Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Weighted kNN (DINO, solo-learn): cosine similarity to every training feature; the k most similar
     vote for their class with weight exp(similarity / temperature). Returns the votes, (len(x), classes):
     the prediction is the class with the largest sum."""
@@ -106,9 +113,16 @@ class GridHeads(nn.Module):
         return head.eval()
 
 
-def train_grid(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, epochs: int, batch_size: int,
-               points: list[tuple[float, float]], seed: int, on_epoch=None
-               ) -> tuple[dict[str, GridHeads], dict[tuple[int, str], str]]:
+def train_grid(
+    xs: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    points: list[tuple[float, float]],
+    seed: int,
+    on_epoch=None,
+) -> tuple[dict[str, GridHeads], dict[tuple[int, str], str]]:
     """A BN + linear head for every feature set and every (lr, weight decay) point, all trained in one loop on
     the same batches: SGD with momentum 0.9 (torch.optim.SGD's update, written out so that each point has its
     own lr and weight decay), warmup + cosine. No two heads share a parameter, so one backward of the summed
@@ -135,8 +149,11 @@ def train_grid(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, e
             losses = {}
             for name, head in heads.items():
                 logits = head(xs[name][idx])  # (points, batch, classes)
-                losses[name] = F.cross_entropy(logits.flatten(0, 1), y[idx].repeat(len(points)),
-                                               reduction="none").view(len(points), -1).mean(dim=1)
+                losses[name] = (
+                    F.cross_entropy(logits.flatten(0, 1), y[idx].repeat(len(points)), reduction="none")
+                    .view(len(points), -1)
+                    .mean(dim=1)
+                )
             for head in heads.values():
                 head.zero_grad(set_to_none=True)
             sum(loss.sum() for loss in losses.values()).backward()
@@ -157,9 +174,11 @@ def train_grid(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, e
         for name, per_point in train_losses.items():
             for i, train_loss in enumerate(per_point.tolist()):
                 if diverged(train_loss, 100 * math.log(num_classes)) and (i, name) not in failed:
-                    failed[(i, name)] = (f"linear probe ({name} head): the training loss became {train_loss:.3g} in "
-                                         f"epoch {epoch + 1} (from about {math.log(num_classes):.2f}); lower "
-                                         f"linear_probe.lr (now {points[i][0]:g})")
+                    failed[(i, name)] = (
+                        f"linear probe ({name} head): the training loss became {train_loss:.3g} in "
+                        f"epoch {epoch + 1} (from about {math.log(num_classes):.2f}); lower "
+                        f"linear_probe.lr (now {points[i][0]:g})"
+                    )
         if len(failed) == len(points) * len(heads):
             break
         if on_epoch:
@@ -168,17 +187,31 @@ def train_grid(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, e
     return heads, failed
 
 
-def train_heads(xs: dict[str, torch.Tensor], y: torch.Tensor, num_classes: int, epochs: int, batch_size: int,
-                lr: float, weight_decay: float, seed: int, on_epoch=None) -> dict[str, nn.Module]:
+def train_heads(
+    xs: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    on_epoch=None,
+) -> dict[str, nn.Module]:
     """One BN (no affine) + linear head per feature set at one (lr, weight decay), trained in one loop on the
     same batches (train_grid with one point). `on_epoch(epoch, heads, train_losses)` after each epoch. A
     head whose loss diverges stops the run (TrainingDiverged)."""
-    def each_epoch(epoch: int, heads: dict[str, GridHeads], train_losses: dict[str, torch.Tensor]) -> None:
-        on_epoch(epoch, {name: head.point(0) for name, head in heads.items()},
-                 {name: loss[0].item() for name, loss in train_losses.items()})
 
-    heads, failed = train_grid(xs, y, num_classes, epochs, batch_size, [(lr, weight_decay)], seed,
-                                 each_epoch if on_epoch else None)
+    def each_epoch(epoch: int, heads: dict[str, GridHeads], train_losses: dict[str, torch.Tensor]) -> None:
+        on_epoch(
+            epoch,
+            {name: head.point(0) for name, head in heads.items()},
+            {name: loss[0].item() for name, loss in train_losses.items()},
+        )
+
+    heads, failed = train_grid(
+        xs, y, num_classes, epochs, batch_size, [(lr, weight_decay)], seed, each_epoch if on_epoch else None
+    )
     if failed:
         raise TrainingDiverged(next(iter(failed.values())))
     return {name: head.point(0) for name, head in heads.items()}
@@ -199,19 +232,26 @@ def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, nam
     encoder = load_encoder(encoder_path, p).to(device)
     head_points = grid(lr=cfg.lr, weight_decay=cfg.weight_decay)
     knn_points = grid(k=cfg.knn_k, temperature=cfg.knn_temperature)
-    console.print(f"linear probe {name}: class token and mean-pooled patches, linear heads ({len(head_points)} "
-                  f"settings of lr x weight decay) and kNN ({len(knn_points)} of k x T), each chosen on "
-                  f"validation, {describe(device, p.threads)}", highlight=False)
+    console.print(
+        f"linear probe {name}: class token and mean-pooled patches, linear heads ({len(head_points)} "
+        f"settings of lr x weight decay) and kNN ({len(knn_points)} of k x T), each chosen on "
+        f"validation, {describe(device, p.threads)}",
+        highlight=False,
+    )
     t0 = time.perf_counter()
     classes = len(load_meta(data_root)["classes"])
     splits = {part: labeled(data_root, part, p.data.val_fraction) for part in ("train", "val")}
     n = len(splits["train"].labels)
     for key, value in (("batch_size", cfg.batch_size), ("knn_k", max(cfg.knn_k))):  # refused, as finetune's batch is
         if value > n:
-            raise ValueError(f"linear_probe.{key} ({value}) is larger than the {n} train images left after "
-                             f"data.val_fraction holds out {len(splits['val'].labels)}: lower linear_probe.{key}")
-    feats = {part: extract_features(encoder, s.images, p.data.input_size, device, amp_dtype, part)
-             for part, s in splits.items()}
+            raise ValueError(
+                f"linear_probe.{key} ({value}) is larger than the {n} train images left after "
+                f"data.val_fraction holds out {len(splits['val'].labels)}: lower linear_probe.{key}"
+            )
+    feats = {
+        part: extract_features(encoder, s.images, p.data.input_size, device, amp_dtype, part)
+        for part, s in splits.items()
+    }
     labels = {part: torch.from_numpy(s.labels).to(device) for part, s in splits.items()}
     t_features = time.perf_counter() - t0
 
@@ -222,25 +262,48 @@ def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, nam
     curves = []  # per epoch: {pooling: (train losses, train top-1s, val top-1s), one value per grid point}
 
     def record(epoch: int, trained: dict[str, GridHeads], train_losses: dict[str, torch.Tensor]) -> None:
-        curves.append({pool: (train_losses[pool].tolist(), accuracies(head(feats["train"][pool]), labels["train"]),
-                              accuracies(head(feats["val"][pool]), labels["val"])) for pool, head in trained.items()})
+        curves.append(
+            {
+                pool: (
+                    train_losses[pool].tolist(),
+                    accuracies(head(feats["train"][pool]), labels["train"]),
+                    accuracies(head(feats["val"][pool]), labels["val"]),
+                )
+                for pool, head in trained.items()
+            }
+        )
 
-    heads, failed = train_grid(feats["train"], labels["train"], classes, cfg.epochs, cfg.batch_size,
-                                 [(pt["lr"], pt["weight_decay"]) for pt in head_points], p.seed, record)
+    heads, failed = train_grid(
+        feats["train"],
+        labels["train"],
+        classes,
+        cfg.epochs,
+        cfg.batch_size,
+        [(pt["lr"], pt["weight_decay"]) for pt in head_points],
+        p.seed,
+        record,
+    )
     val = {}  # readout -> validation top-1 at each of its grid points (None: diverged)
     for pool in POOLINGS:
-        val[f"linear_{pool}"] = [None if (i, pool) in failed else round(curves[-1][pool][2][i], 4)
-                                 for i in range(len(head_points))]
+        val[f"linear_{pool}"] = [
+            None if (i, pool) in failed else round(curves[-1][pool][2][i], 4) for i in range(len(head_points))
+        ]
         val[f"knn_{pool}"] = [round(knn_top1(pool, feats["val"][pool], labels["val"], **pt), 4) for pt in knn_points]
     at = {readout: best(scores) for readout, scores in val.items()}  # the chosen point of each readout
     for pool in POOLINGS:
         if at[f"linear_{pool}"] is None:  # every lr diverged: the stage stops, as with one lr
-            raise TrainingDiverged(failed[(0, pool)] + (", and so did every other grid point"
-                                                          if len(head_points) > 1 else ""))
+            raise TrainingDiverged(
+                failed[(0, pool)] + (", and so did every other grid point" if len(head_points) > 1 else "")
+            )
     points = {readout: head_points if readout.startswith("linear") else knn_points for readout in READOUT_NAMES}
     chosen = {readout: points[readout][at[readout]] for readout in READOUT_NAMES}
-    search = {readout: {**{axis: [pt[axis] for pt in points[readout]] for axis in points[readout][0]},
-                        "val_top1": val[readout]} for readout in READOUT_NAMES}
+    search = {
+        readout: {
+            **{axis: [pt[axis] for pt in points[readout]] for axis in points[readout][0]},
+            "val_top1": val[readout],
+        }
+        for readout in READOUT_NAMES
+    }
     t_search = time.perf_counter() - t0 - t_features
 
     live = open_live(live_dir)
@@ -258,15 +321,28 @@ def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, nam
     y_test = torch.from_numpy(test.labels).to(device)
     with torch.no_grad():
         for pool in POOLINGS:
-            summary[f"linear_{pool}_top1"] = round(accuracy(heads[pool].point(at[f"linear_{pool}"])(x_test[pool]), y_test), 4)
+            summary[f"linear_{pool}_top1"] = round(
+                accuracy(heads[pool].point(at[f"linear_{pool}"])(x_test[pool]), y_test), 4
+            )
             summary[f"knn_{pool}_top1"] = round(knn_top1(pool, x_test[pool], y_test, **chosen[f"knn_{pool}"]), 4)
     live.summary.update(summary)
-    live.summary.update({"chosen": chosen, "search": search, "epochs": cfg.epochs, "test_images": len(test.labels),
-                         "search_s": round(t_search, 1), "wall_time_s": round(time.perf_counter() - t0, 1)})
+    live.summary.update(
+        {
+            "chosen": chosen,
+            "search": search,
+            "epochs": cfg.epochs,
+            "test_images": len(test.labels),
+            "search_s": round(t_search, 1),
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+        }
+    )
     live.end()
     for readout in READOUT_NAMES:
         setting = ", ".join(f"{k} {v:g}" for k, v in chosen[readout].items())
-        console.print(f"{name} {readout} ({setting}): val top-1 {summary[f'{readout}_val_top1']:.4f}, test top-1 "
-                      f"{summary[f'{readout}_top1']:.4f}", highlight=False)
+        console.print(
+            f"{name} {readout} ({setting}): val top-1 {summary[f'{readout}_val_top1']:.4f}, test top-1 "
+            f"{summary[f'{readout}_top1']:.4f}",
+            highlight=False,
+        )
     console.print(f"({len(test.labels):,} test images)", highlight=False)
     return dict(live.summary)

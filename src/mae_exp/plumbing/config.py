@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 Variant = Literal["original", "improved"]
@@ -33,8 +41,11 @@ class ConfigError(ValueError):
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 # YAML 1.1 reads 1.5e-4 (no dot) as a string: take it as the number it spells. An int is taken too, a bool not.
 # Every float of params.yaml is a Number, and none may be .inf or .nan (an infinite lr or mlp_ratio trains nothing).
-Number = Annotated[float, BeforeValidator(lambda v: float(v) if isinstance(v, str) and _FLOAT.fullmatch(v) else v),
-                   Field(allow_inf_nan=False)]
+Number = Annotated[
+    float,
+    BeforeValidator(lambda v: float(v) if isinstance(v, str) and _FLOAT.fullmatch(v) else v),
+    Field(allow_inf_nan=False),
+]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # derived seeds (seed * 1000 + split, seed + 1) stay in 64 bits
 Count = Annotated[int, Field(ge=1)]
 Batch = Annotated[int, Field(ge=2)]
@@ -86,8 +97,10 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _valid(self):
         _check(self.root.strip() != "", "root must name a directory (the download stage depends on it)")
-        _check(self.source != "cifar10" or "train" in self.pretrain_splits,
-               "pretrain_splits must include train for source cifar10, which has no unlabeled images")
+        _check(
+            self.source != "cifar10" or "train" in self.pretrain_splits,
+            "pretrain_splits must include train for source cifar10, which has no unlabeled images",
+        )
         return self
 
 
@@ -126,11 +139,15 @@ class TrainingConfig(Section):
 
     @model_validator(mode="after")
     def _valid(self):
-        _check(self.warmup_epochs <= self.epochs,
-               f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
-        _check(self.batch_size % self.processes == 0,
-               f"batch_size ({self.batch_size}, the global batch) must be divisible by processes "
-               f"({self.processes}): every process takes an equal share")
+        _check(
+            self.warmup_epochs <= self.epochs,
+            f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})",
+        )
+        _check(
+            self.batch_size % self.processes == 0,
+            f"batch_size ({self.batch_size}, the global batch) must be divisible by processes "
+            f"({self.processes}): every process takes an equal share",
+        )
         return self
 
 
@@ -143,8 +160,10 @@ class PretrainConfig(TrainingConfig):
 
     @model_validator(mode="after")
     def _init_from(self):
-        _check(self.init_from is None or self.init_from.strip() != "",
-               "init_from must be null (from scratch) or a path to a transformers folder or checkpoint file")
+        _check(
+            self.init_from is None or self.init_from.strip() != "",
+            "init_from must be null (from scratch) or a path to a transformers folder or checkpoint file",
+        )
         return self
 
 
@@ -220,15 +239,21 @@ class StudyConfig(Section):
     @model_validator(mode="after")
     def _valid(self):
         for name, overrides in self.ablations.items():  # names become experiment names
-            _check(re.fullmatch(r"[A-Za-z0-9_]+", name) is not None,
-                   f"ablations: name {name!r} must use only letters, digits and _")
+            _check(
+                re.fullmatch(r"[A-Za-z0-9_]+", name) is not None,
+                f"ablations: name {name!r} must use only letters, digits and _",
+            )
             for key in overrides:
-                _check(key.split(".")[0] in ARM_SECTIONS and key.count(".") == 1,
-                       f"ablations.{name}: override {key!r} must be {' or '.join(ARM_SECTIONS)}.<key>")
+                _check(
+                    key.split(".")[0] in ARM_SECTIONS and key.count(".") == 1,
+                    f"ablations.{name}: override {key!r} must be {' or '.join(ARM_SECTIONS)}.<key>",
+                )
         for key in self.overrides:
-            _check(key.split(".")[0] not in ("seed", "study") and key != "pretrain.epochs",
-                   f"overrides: {key!r} may not be overridden study-wide (seeds come from study.seeds, "
-                   "pre-training epochs from study.budgets)")
+            _check(
+                key.split(".")[0] not in ("seed", "study") and key != "pretrain.epochs",
+                f"overrides: {key!r} may not be overridden study-wide (seeds come from study.seeds, "
+                "pre-training epochs from study.budgets)",
+            )
         return self
 
 
@@ -254,26 +279,36 @@ class Params(Section):
     def _valid(self):
         size, patch = self.data.input_size, self.model.patch_size
         hint = ", ".join(str(d) for d in range(2, size // 2 + 1) if size % d == 0) or "1"
-        _check(size % patch == 0, f"model.patch_size ({patch}) must divide data.input_size ({size}); "
-                                  f"pick a patch size such as {hint}")
+        _check(
+            size % patch == 0,
+            f"model.patch_size ({patch}) must divide data.input_size ({size}); pick a patch size such as {hint}",
+        )
         if self.data.source == "shapes":  # split sizes known now: refuse before pre-training, not after it
             train, test = self.data.shapes.train, self.data.shapes.test
-            _check(self.finetune.batch_size <= train, f"finetune.batch_size ({self.finetune.batch_size}) must "
-                                                      f"not exceed data.shapes.train ({train})")
+            _check(
+                self.finetune.batch_size <= train,
+                f"finetune.batch_size ({self.finetune.batch_size}) must not exceed data.shapes.train ({train})",
+            )
             for key in ("batch_size", "knn_k"):
                 value = getattr(self.linear_probe, key)
                 value = max(value) if isinstance(value, tuple) else value  # knn_k is a grid: its largest
                 _check(value <= train, f"linear_probe.{key} ({value}) must not exceed data.shapes.train ({train})")
-            _check(self.visualize.eval_images <= test, f"visualize.eval_images ({self.visualize.eval_images}) "
-                                                       f"must not exceed data.shapes.test ({test})")
+            _check(
+                self.visualize.eval_images <= test,
+                f"visualize.eval_images ({self.visualize.eval_images}) must not exceed data.shapes.test ({test})",
+            )
             pretraining = sum(getattr(self.data.shapes, split) for split in self.data.pretrain_splits)
-            _check(self.pretrain.batch_size <= pretraining,
-                   f"pretrain.batch_size ({self.pretrain.batch_size}) must not exceed the {pretraining} images of "
-                   f"data.pretrain_splits ({', '.join(self.data.pretrain_splits)})")
+            _check(
+                self.pretrain.batch_size <= pretraining,
+                f"pretrain.batch_size ({self.pretrain.batch_size}) must not exceed the {pretraining} images of "
+                f"data.pretrain_splits ({', '.join(self.data.pretrain_splits)})",
+            )
         # Only per-section checks here: inside an experiment the sections already carry the overrides, so
         # checks that compare arms (two giving the same params) belong to mae_exp.study.
-        for where, overrides in [("overrides", self.study.overrides),
-                                 *((f"ablations.{n}", o) for n, o in self.study.ablations.items())]:
+        for where, overrides in [
+            ("overrides", self.study.overrides),
+            *((f"ablations.{n}", o) for n, o in self.study.ablations.items()),
+        ]:
             for section, values in _by_section(overrides).items():
                 model = type(self).model_fields.get(section)
                 if model is None or not isinstance(getattr(self, section), BaseModel):
@@ -284,20 +319,29 @@ class Params(Section):
                     raise ValueError(f"study.{where}: {_describe(e, type(getattr(self, section)), section)}") from None
         study = self.study
         arms = study.ablations
-        _check(study.primary.arm in arms,
-               f"study.primary.arm: {study.primary.arm!r} is not in study.ablations ({', '.join(arms)})")
+        _check(
+            study.primary.arm in arms,
+            f"study.primary.arm: {study.primary.arm!r} is not in study.ablations ({', '.join(arms)})",
+        )
         for budget in study.budgets:  # each budget is pretrain.epochs for some experiments: valid as one
             try:
                 PretrainConfig.model_validate(_merged(self.pretrain.model_dump(), {"epochs": budget}))
             except ValidationError as e:
-                raise ValueError(f"study.budgets: {budget} epochs: {_describe(e, PretrainConfig, 'pretrain')}") from None
+                raise ValueError(
+                    f"study.budgets: {budget} epochs: {_describe(e, PretrainConfig, 'pretrain')}"
+                ) from None
         for name, budgets in study.ablation_budgets.items():
             _check(name in arms, f"study.ablation_budgets: {name!r} is not in study.ablations ({', '.join(arms)})")
-            _check(set(budgets) <= set(study.budgets), f"study.ablation_budgets.{name}: "
-                   f"{sorted(set(budgets) - set(study.budgets))} not in study.budgets ({list(study.budgets)})")
-        _check(study.primary.budget in study.ablation_budgets.get(study.primary.arm, study.budgets),
-               f"study.primary.budget: {study.primary.arm!r} does not run at {study.primary.budget} epochs "
-               f"(study.budgets, study.ablation_budgets)")
+            _check(
+                set(budgets) <= set(study.budgets),
+                f"study.ablation_budgets.{name}: "
+                f"{sorted(set(budgets) - set(study.budgets))} not in study.budgets ({list(study.budgets)})",
+            )
+        _check(
+            study.primary.budget in study.ablation_budgets.get(study.primary.arm, study.budgets),
+            f"study.primary.budget: {study.primary.arm!r} does not run at {study.primary.budget} epochs "
+            f"(study.budgets, study.ablation_budgets)",
+        )
         return self
 
 
@@ -332,8 +376,13 @@ def with_overrides(p: Params, overrides: dict) -> Params:
     return parse_params(_merged(p.model_dump(), overrides))
 
 
-_YAML_WORDS = {"bool_type": "must be true or false", "tuple_type": "must be a list", "too_short": "must not be empty",
-               "model_type": "must be a mapping of keys to values", "dict_type": "must be a mapping of keys to values"}
+_YAML_WORDS = {
+    "bool_type": "must be true or false",
+    "tuple_type": "must be a list",
+    "too_short": "must not be empty",
+    "model_type": "must be a mapping of keys to values",
+    "dict_type": "must be a mapping of keys to values",
+}
 
 
 def _describe(err: ValidationError, model: type[BaseModel], where: str = "") -> str:
@@ -373,8 +422,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise ConfigError(f"key {key!r} appears twice in one section (line {key_node.start_mark.line + 1}): "
-                                  f"keep one")
+                raise ConfigError(
+                    f"key {key!r} appears twice in one section (line {key_node.start_mark.line + 1}): keep one"
+                )
             seen.add(key)
         return super().construct_mapping(node, deep)
 

@@ -22,13 +22,19 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ModelConfig, VariantConfig
-from .model import MaskedAutoencoderViT, visible_count
-from .recipes import mask_ratio_at, pretraining_terms
+from ..model import MaskedAutoencoderViT, visible_count
+from ..plumbing.config import ModelConfig, VariantConfig
+from ..recipes import mask_ratio_at, pretraining_terms
 
 
-def count_steps(model_cfg: ModelConfig, input_size: int, variant: VariantConfig, batch_size: int,
-                visible: list[int], direct: bool = False) -> dict[int, int]:
+def count_steps(
+    model_cfg: ModelConfig,
+    input_size: int,
+    variant: VariantConfig,
+    batch_size: int,
+    visible: list[int],
+    direct: bool = False,
+) -> dict[int, int]:
     """visible count -> FLOPs of one training step (forward + backward, the variant's loss terms) at
     `batch_size`: counted at batches 2 and 4 and extrapolated (or, `direct`, counted at batch_size)."""
     num_patches = (input_size // model_cfg.patch_size) ** 2
@@ -64,11 +70,13 @@ def _quadratic(points: dict[int, int]):
                     term *= Fraction(x - xj, xi - xj)
             total += term
         return round(total)
+
     return at
 
 
-def schedule_flops(model_cfg: ModelConfig, input_size: int, variant: VariantConfig, batch_size: int,
-                   total_steps: int) -> float:
+def schedule_flops(
+    model_cfg: ModelConfig, input_size: int, variant: VariantConfig, batch_size: int, total_steps: int
+) -> float:
     """FLOPs of `total_steps` steps at the variant's mask-ratio schedule (as pretrain.py steps through it)."""
     num_patches = (input_size // model_cfg.patch_size) ** 2
     steps = Counter(visible_count(num_patches, mask_ratio_at(i / total_steps, variant)) for i in range(total_steps))
@@ -92,11 +100,16 @@ def pretraining_flops(p, variant_name: str, images: int) -> float:
     return schedule_flops(p.model, p.data.input_size, p.variant(variant_name), p.pretrain.batch_size, steps)
 
 
-if __name__ == "__main__":  # python -m mae_exp.flops PARAMS IMAGES: both variants, and the factor that equalises them
+if (
+    __name__ == "__main__"
+):  # python -m mae_exp.training.flops PARAMS IMAGES: both variants, and the factor that equalises them
     import sys
 
-    from .config import load_params
+    from ..plumbing.config import load_params
+
     params, n = load_params(sys.argv[1]), int(sys.argv[2])
     original, improved = (pretraining_flops(params, v, n) for v in ("original", "improved"))
-    print(f"original {original:.4g} FLOPs, improved {improved:.4g} FLOPs; original.steps_factor "
-          f"{params.original.steps_factor * improved / original:.4f} gives the original the improved recipe's FLOPs")
+    print(
+        f"original {original:.4g} FLOPs, improved {improved:.4g} FLOPs; original.steps_factor "
+        f"{params.original.steps_factor * improved / original:.4f} gives the original the improved recipe's FLOPs"
+    )

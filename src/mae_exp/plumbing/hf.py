@@ -20,30 +20,38 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .augment import MEAN, STD
+from ..model import MaskedAutoencoderViT, ViTEncoder, sincos_2d
+from ..training.augment import MEAN, STD
 from . import checkpoints
 from .checkpoints import read_checkpoint, restore_hint
 from .config import ModelConfig
 from .files import atomic_write, save_json
-from .model import MaskedAutoencoderViT, ViTEncoder, sincos_2d
 from .progress import console
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FIXED = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")  # sin-cos tables, not learned
 # per block: our name -> the hub's (the fused qkv is split into three)
-_BLOCK_HF = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-             "mlp.0": "intermediate.dense", "mlp.2": "output.dense"}
+_BLOCK_HF = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.output.dense",
+    "mlp.0": "intermediate.dense",
+    "mlp.2": "output.dense",
+}
 _QKV_HF = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
 # transformers 5 spellings -> the hub's, applied in order to every name read from a folder: 5.x models name
 # tensors `vit.layers.N.attention.q_proj`...; 5.x save_pretrained writes the hub's names, except the decoder's
 # blocks, as `decoder.decoder_encoder.layer.N` (5.24; it reads them back), hence the second rule.
-_HF5_TO_HUB = [(r"^vit\.layers\.", "vit.encoder.layer."),
-               (r"^decoder\.decoder_encoder\.layer\.", "decoder.decoder_layers."),
-               (r"\.attention\.q_proj\.", ".attention.attention.query."),
-               (r"\.attention\.k_proj\.", ".attention.attention.key."),
-               (r"\.attention\.v_proj\.", ".attention.attention.value."),
-               (r"\.attention\.o_proj\.", ".attention.output.dense."),
-               (r"\.mlp\.fc1\.", ".intermediate.dense."), (r"\.mlp\.fc2\.", ".output.dense.")]
+_HF5_TO_HUB = [
+    (r"^vit\.layers\.", "vit.encoder.layer."),
+    (r"^decoder\.decoder_encoder\.layer\.", "decoder.decoder_layers."),
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+]
 
 
 class WeightsMismatch(ValueError):
@@ -52,23 +60,44 @@ class WeightsMismatch(ValueError):
 
 def hf_config(cfg: ModelConfig, image_size: int, mask_ratio: float) -> dict:
     """transformers' ViTMAEConfig for these sizes, as config.json holds it."""
-    return {"architectures": ["ViTMAEForPreTraining"], "model_type": "vit_mae",
-            "image_size": image_size, "patch_size": cfg.patch_size, "num_channels": 3,
-            "hidden_size": cfg.encoder_dim, "num_hidden_layers": cfg.encoder_depth,
-            "num_attention_heads": cfg.encoder_heads, "intermediate_size": int(cfg.encoder_dim * cfg.mlp_ratio),
-            "decoder_hidden_size": cfg.decoder_dim, "decoder_num_hidden_layers": cfg.decoder_depth,
-            "decoder_num_attention_heads": cfg.decoder_heads,
-            "decoder_intermediate_size": int(cfg.decoder_dim * cfg.mlp_ratio),
-            "hidden_act": "gelu", "qkv_bias": True, "layer_norm_eps": 1e-6, "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
-            "mask_ratio": mask_ratio, "norm_pix_loss": cfg.norm_pix_loss}
+    return {
+        "architectures": ["ViTMAEForPreTraining"],
+        "model_type": "vit_mae",
+        "image_size": image_size,
+        "patch_size": cfg.patch_size,
+        "num_channels": 3,
+        "hidden_size": cfg.encoder_dim,
+        "num_hidden_layers": cfg.encoder_depth,
+        "num_attention_heads": cfg.encoder_heads,
+        "intermediate_size": int(cfg.encoder_dim * cfg.mlp_ratio),
+        "decoder_hidden_size": cfg.decoder_dim,
+        "decoder_num_hidden_layers": cfg.decoder_depth,
+        "decoder_num_attention_heads": cfg.decoder_heads,
+        "decoder_intermediate_size": int(cfg.decoder_dim * cfg.mlp_ratio),
+        "hidden_act": "gelu",
+        "qkv_bias": True,
+        "layer_norm_eps": 1e-6,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "mask_ratio": mask_ratio,
+        "norm_pix_loss": cfg.norm_pix_loss,
+    }
 
 
 def preprocessor_config(image_size: int) -> dict:
     """What the model was fed: images resized to image_size, scaled to [0, 1], ImageNet-normalised."""
-    return {"image_processor_type": "ViTImageProcessor", "do_resize": True,
-            "size": {"height": image_size, "width": image_size}, "resample": 2, "do_rescale": True,
-            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": MEAN.tolist(), "image_std": STD.tolist()}
+    return {
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": MEAN.tolist(),
+        "image_std": STD.tolist(),
+    }
 
 
 def _hub_names(cfg: ModelConfig) -> dict[str, str | tuple[str, ...]]:
@@ -76,7 +105,8 @@ def _hub_names(cfg: ModelConfig) -> dict[str, str | tuple[str, ...]]:
     names: dict[str, str | tuple[str, ...]] = {
         "encoder.cls_token": "vit.embeddings.cls_token",
         "encoder.patch_embed.weight": "vit.embeddings.patch_embeddings.projection.weight",
-        "encoder.patch_embed.bias": "vit.embeddings.patch_embeddings.projection.bias"}
+        "encoder.patch_embed.bias": "vit.embeddings.patch_embeddings.projection.bias",
+    }
 
     def blocks(ours: str, hub: str, depth: int) -> None:
         for i in range(depth):
@@ -84,6 +114,7 @@ def _hub_names(cfg: ModelConfig) -> dict[str, str | tuple[str, ...]]:
                 names[f"{ours}.{i}.attn.qkv.{kind}"] = tuple(f"{hub}.{i}.{q}.{kind}" for q in _QKV_HF)
                 for a, b in _BLOCK_HF.items():
                     names[f"{ours}.{i}.{a}.{kind}"] = f"{hub}.{i}.{b}.{kind}"
+
     blocks("encoder.blocks", "vit.encoder.layer", cfg.encoder_depth)
     names |= {f"encoder.norm.{k}": f"vit.layernorm.{k}" for k in ("weight", "bias")}
     names["mask_token"] = "decoder.mask_token"
@@ -155,8 +186,10 @@ def weights_in(saved, path: Path, cfg: ModelConfig) -> tuple[dict[str, torch.Ten
         return {f"encoder.{k}": v for k, v in saved["encoder_state"].items()}, "this project's"
     if isinstance(saved.get("model"), dict):
         return _from_mae(saved["model"], cfg, path), "facebookresearch/mae"
-    raise WeightsMismatch(f"{path}: not a checkpoint this project reads (no `model` state dict as "
-                          f"facebookresearch/mae saves, no `model_state` / `encoder_state`)")
+    raise WeightsMismatch(
+        f"{path}: not a checkpoint this project reads (no `model` state dict as "
+        f"facebookresearch/mae saves, no `model_state` / `encoder_state`)"
+    )
 
 
 def hub_name(name: str) -> str:
@@ -172,8 +205,9 @@ def _read_folder(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not (path / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{path}: no {WEIGHTS}; export one with `dvc repro export@<variant>` or "
-                                f"`save_pretrained` in transformers")
+        raise FileNotFoundError(
+            f"{path}: no {WEIGHTS}; export one with `dvc repro export@<variant>` or `save_pretrained` in transformers"
+        )
     return {hub_name(name): t for name, t in load_file(path / WEIGHTS).items()}
 
 
@@ -198,8 +232,10 @@ def _from_mae(mae: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> d
 def _no_leftovers(rest: dict, source: Path) -> None:
     if rest:
         first = next(iter(rest))
-        raise WeightsMismatch(f"{source}: tensor {first} {tuple(rest[first].shape)} has no place in the model "
-                              f"params.yaml describes (model.*: a deeper model, or another architecture)")
+        raise WeightsMismatch(
+            f"{source}: tensor {first} {tuple(rest[first].shape)} has no place in the model "
+            f"params.yaml describes (model.*: a deeper model, or another architecture)"
+        )
 
 
 def weights_digest(path: str | Path) -> str:
@@ -235,24 +271,34 @@ def init_from(module: nn.Module, path: str | Path, cfg: ModelConfig, saved: dict
     tables = {k: weights.pop(k) for k in (*TABLES, "pos_embed") if k in weights}
     target = module.state_dict()
     if extra := [k for k in weights if k not in target]:
-        raise WeightsMismatch(f"{path}: tensor {extra[0]} {tuple(weights[extra[0]].shape)} has no place in the "
-                              f"model params.yaml describes (model.*)")
+        raise WeightsMismatch(
+            f"{path}: tensor {extra[0]} {tuple(weights[extra[0]].shape)} has no place in the "
+            f"model params.yaml describes (model.*)"
+        )
     for name, t in target.items():
         if name not in weights and (name.startswith("encoder.") or decoder_given or not whole):
-            raise WeightsMismatch(f"{path}: no tensor for {name} {tuple(t.shape)}: the file's model is smaller "
-                                  f"than the one params.yaml describes (model.*)")
+            raise WeightsMismatch(
+                f"{path}: no tensor for {name} {tuple(t.shape)}: the file's model is smaller "
+                f"than the one params.yaml describes (model.*)"
+            )
         if name in weights and weights[name].shape != t.shape:
-            raise WeightsMismatch(f"{path}: {name} is {tuple(weights[name].shape)} there but {tuple(t.shape)} here: "
-                                  f"set model.* in params.yaml to the file's sizes")
+            raise WeightsMismatch(
+                f"{path}: {name} is {tuple(weights[name].shape)} there but {tuple(t.shape)} here: "
+                f"set model.* in params.yaml to the file's sizes"
+            )
     buffers = dict(module.named_buffers())
     for name, table in tables.items():
         ours = buffers[name]
         if table.shape != ours.shape:
-            raise WeightsMismatch(f"{path}: position table {name} is {tuple(table.shape)} there but "
-                                  f"{tuple(ours.shape)} here: another grid (data.input_size / model.patch_size)")
+            raise WeightsMismatch(
+                f"{path}: position table {name} is {tuple(table.shape)} there but "
+                f"{tuple(ours.shape)} here: another grid (data.input_size / model.patch_size)"
+            )
         if (table.float() - ours).abs().max() > 1e-4:
-            raise WeightsMismatch(f"{path}: position table {name} is not MAE's 2-D sin-cos table (columns first) "
-                                  f"that this model uses: the weights were trained with other positions")
+            raise WeightsMismatch(
+                f"{path}: position table {name} is not MAE's 2-D sin-cos table (columns first) "
+                f"that this model uses: the weights were trained with other positions"
+            )
     module.load_state_dict({**target, **{k: v.to(target[k].dtype) for k, v in weights.items()}})
     part = "encoder and decoder" if decoder_given and whole else "encoder" + (" (decoder kept)" if whole else "")
     return f"{part} from {kind} weights in {path}"

@@ -1,15 +1,16 @@
 """Choose evaluation hyper-parameters on the validation split, never on test.
 
-    python -m mae_exp.tune linear_probe --encoder original --lr 0.01 0.03 0.1 0.3
-    python -m mae_exp.tune finetune --encoder original --base-lr 2e-3 4e-3 --layer-decay 0.65 0.75 --epochs 6 10
+    python -m mae_exp.evaluation.tune linear_probe --encoder original --lr 0.01 0.03 0.1 0.3
+    python -m mae_exp.evaluation.tune finetune --encoder original --base-lr 2e-3 4e-3 \
+        --layer-decay 0.65 0.75 --epochs 6 10
 
 Runs on the encoder and the prepared data that the stage being tuned reads (its paths in dvc.yaml, after
 `dvc repro`), with params.yaml for everything not in the grid; every run trains on the train part and is
 scored on the validation part (data.val_fraction of the labeled train split). The test split is never read.
 Prints a table, best first, and appends the results to metrics/tuning.json (committed: the record of what
 was tried and what was chosen).
-Tune on the original MAE's encoder (the default): the choice then favours neither the recipe under test
-nor the baseline.
+The pipeline's stages already search their grids (params.yaml) for every encoder alike; this explores a
+grid by hand, on any one encoder (`--encoder`, default the original), to choose what the grids hold.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from .cli import stage_paths
-from .config import ConfigError, load_params
-from .progress import console
+from ..plumbing.cli import stage_paths
+from ..plumbing.config import ConfigError, load_params
+from ..plumbing.progress import console
 
 
 def grid(**axes) -> list[dict]:
@@ -51,43 +52,55 @@ def only(value):
 
 def tune_linear_probe(p, encoder: str, points: list[dict], paths: dict[str, str], scratch: Path) -> list[dict]:
     """Both poolings' heads at every point (they train together), one row each."""
-    from .data.prepared import labeled, load_meta
-    from .checkpoints import load_encoder
+    from ..data.prepared import labeled, load_meta
+    from ..plumbing.checkpoints import load_encoder
+    from ..plumbing.runtime import setup
     from .probe import accuracy, extract_features, train_heads
-    from .runtime import setup
+
     device, amp_dtype = setup("auto", p.threads, p.seed)
     model = load_encoder(paths["encoder"], p).to(device)
     parts = {part: labeled(paths["data"], part, p.data.val_fraction) for part in ("train", "val")}
     classes = len(load_meta(paths["data"])["classes"])
-    x = {part: extract_features(model, s.images, p.data.input_size, device, amp_dtype, part)
-         for part, s in parts.items()}
+    x = {
+        part: extract_features(model, s.images, p.data.input_size, device, amp_dtype, part) for part, s in parts.items()
+    }
     y = {part: torch.from_numpy(s.labels).to(device) for part, s in parts.items()}
     rows = []
     for point in points:
         cfg = p.linear_probe.model_copy(update=point)
-        heads = train_heads(x["train"], y["train"], classes, cfg.epochs, cfg.batch_size, only(cfg.lr),
-                            only(cfg.weight_decay), p.seed)
+        heads = train_heads(
+            x["train"], y["train"], classes, cfg.epochs, cfg.batch_size, only(cfg.lr), only(cfg.weight_decay), p.seed
+        )
         with torch.no_grad():
-            rows += [{**point, "pooling": pool, "val_top1": accuracy(head(x["val"][pool]), y["val"])}
-                     for pool, head in heads.items()]
+            rows += [
+                {**point, "pooling": pool, "val_top1": accuracy(head(x["val"][pool]), y["val"])}
+                for pool, head in heads.items()
+            ]
     return rows
 
 
 def tune_finetune(p, encoder: str, points: list[dict], paths: dict[str, str], scratch: Path) -> list[dict]:
     from .finetune import finetune
+
     rows = []
     for point in points:
         q = p.model_copy(update={"finetune": p.finetune.model_copy(update=one_point_grids(p.finetune, point))})
         t0 = time.perf_counter()
         result = finetune(q, paths["encoder"], paths["data"], encoder, scratch / "live", scratch, test=False)
         curve = (scratch / "live" / "plots" / "metrics" / "val_top1.tsv").read_text().splitlines()[1:]  # DVCLive's
-        rows.append({**point, "val_top1": result["val_top1"], "seconds": round(time.perf_counter() - t0, 1),
-                     "val_curve": [round(float(line.split("\t")[1]), 4) for line in curve]})  # levelled off?
+        rows.append(
+            {
+                **point,
+                "val_top1": result["val_top1"],
+                "seconds": round(time.perf_counter() - t0, 1),
+                "val_curve": [round(float(line.split("\t")[1]), 4) for line in curve],
+            }
+        )  # levelled off?
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mae_exp.tune", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mae_exp.evaluation.tune", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="stage", required=True)
     lp = sub.add_parser("linear_probe", help="probe lr, epochs, weight decay on cached features (both poolings)")
     lp.add_argument("--lr", type=float, nargs="+")
@@ -112,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     skip = {"stage", "encoder", "out", "scratch"}
     current = getattr(p, a.stage)
     # an axis that params.yaml gives as a grid of several values and the command leaves out: one run per value
-    axes = {k: v if v is not None else list(getattr(current, k)) for k, v in vars(a).items()
-            if k not in skip and (v is not None or len(grid_of(current, k)) > 1)}
+    axes = {
+        k: v if v is not None else list(getattr(current, k))
+        for k, v in vars(a).items()
+        if k not in skip and (v is not None or len(grid_of(current, k)) > 1)
+    }
     points = grid(**axes) if axes else [{}]
     for point in points:  # every point must make a valid params section, checked before any work
         try:
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     run = tune_linear_probe if a.stage == "linear_probe" else tune_finetune
     rows = sorted(run(p, a.encoder, points, paths, Path(a.scratch)), key=lambda r: -r["val_top1"])
     from rich.table import Table
+
     table = Table(title=f"{a.stage} on the validation split ({a.encoder} encoder), best first")
     shown = [k for k in rows[0] if k != "val_curve"]
     for key in shown:
@@ -140,9 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     out = Path(a.out)
     record = json.loads(out.read_text()) if out.exists() else []
-    command = "python -m mae_exp.tune " + " ".join(argv if argv is not None else sys.argv[1:])
-    record.append({"stage": a.stage, "encoder": a.encoder, "seed": p.seed, "command": command,
-                   "fixed": current.model_dump(), "results": rows})
+    command = "python -m mae_exp.evaluation.tune " + " ".join(argv if argv is not None else sys.argv[1:])
+    record.append(
+        {
+            "stage": a.stage,
+            "encoder": a.encoder,
+            "seed": p.seed,
+            "command": command,
+            "fixed": current.model_dump(),
+            "results": rows,
+        }
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
     console.print(f"appended to {out}")

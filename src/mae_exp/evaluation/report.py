@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from .config import ENCODERS
-from .files import atomic_write, save_json
+from ..plumbing.config import ENCODERS
+from ..plumbing.files import atomic_write, save_json
+from ..plumbing.progress import console
 from .measures import FINETUNE, MEASURES, PROBE, Measure, counted, whose
 from .palette import ENCODERS as COLOURS
-from .progress import console
 
 
 def _read(path: Path) -> dict:
@@ -34,16 +34,27 @@ def _get(d: dict, dotted: str):
 
 def collect(metrics_dir: str | Path) -> pd.DataFrame:
     """One row per encoder, one column per measure; a missing stage or key leaves NaN rather than failing."""
-    rows = {name: {col: (_get(_read(Path(m.file(name, str(metrics_dir)))), m.key.format(enc=name))
-                         if name in m.encoders else None) for col, m in MEASURES.items()} for name in ENCODERS}
+    rows = {
+        name: {
+            col: (
+                _get(_read(Path(m.file(name, str(metrics_dir)))), m.key.format(enc=name))
+                if name in m.encoders
+                else None
+            )
+            for col, m in MEASURES.items()
+        }
+        for name in ENCODERS
+    }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("encoder").astype(float)
 
 
 def chosen_settings(metrics_dir: str | Path) -> dict[str, dict]:
     """Each encoder's readout settings, as its probe and fine-tuning stages chose them on validation (the
     same grids for every encoder): {encoder: {"linear_cls": {"lr": .., "weight_decay": ..}, ..., "finetune": {..}}}."""
+
     def file(path: str, name: str) -> Path:
         return Path(metrics_dir) / path.format(enc=name)  # measures' paths are relative to metrics/
+
     out = {}
     for name in ENCODERS:
         settings = dict(_read(file(PROBE, name)).get("chosen", {}))
@@ -81,8 +92,10 @@ def report(metrics_dir: str | Path, json_path: str | Path, figure_path: str | Pa
 
 def summary(wins: list[str], compared: list[str]) -> str:
     own = ", ".join(MEASURES[c].label for c, m in MEASURES.items() if m.study and m.objective)
-    return (f"improved is ahead of original on {len(wins)} of {len(compared)} test-set measures that neither "
-            f"trains on (one seed; the study says what is beyond noise); own-objective rows left out: {own}")
+    return (
+        f"improved is ahead of original on {len(wins)} of {len(compared)} test-set measures that neither "
+        f"trains on (one seed; the study says what is beyond noise); own-objective rows left out: {own}"
+    )
 
 
 def _clean(d: dict) -> dict:
@@ -116,8 +129,12 @@ def print_table(table: pd.DataFrame, delta: pd.Series) -> None:
         if m.objective:  # a win on one's own objective is no evidence: not coloured as one
             colour = "dim"
         objective = f"own objective: {whose(m)}" if m.objective else ("neither" if m.study or m.unit == "pp" else "")
-        t.add_row(m.label, *(fmt(table.loc[name, col], m) for name in table.index),
-                  f"[{colour}]{fmt(d, m, signed=True)}[/]", objective)
+        t.add_row(
+            m.label,
+            *(fmt(table.loc[name, col], m) for name in table.index),
+            f"[{colour}]{fmt(d, m, signed=True)}[/]",
+            objective,
+        )
     console.print(t)
 
 
@@ -131,13 +148,15 @@ def print_settings(chosen: dict[str, dict]) -> None:
     for readout in readouts:
         t.add_column(readout)
     for name, settings in chosen.items():
-        t.add_row(name, *(", ".join(f"{k} {v:g}" for k, v in settings[r].items()) if r in settings else "–"
-                          for r in readouts))
+        t.add_row(
+            name, *(", ".join(f"{k} {v:g}" for k, v in settings[r].items()) if r in settings else "–" for r in readouts)
+        )
     console.print(t)
 
 
 def save_figure(table: pd.DataFrame, path: str | Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -152,10 +171,13 @@ def save_figure(table: pd.DataFrame, path: str | Path) -> None:
         bars = ax.bar(values.index, values.values * m.scale, color=[COLOURS[n] for n in values.index])
         ax.bar_label(bars, labels=[fmt(v, m) for v in values.values], fontsize=7)
         whose_line = f"own objective: {whose(m)}" if m.objective else ""
-        ax.set_title(f"{m.label}\n{'higher' if m.higher_better else 'lower'} is better"
-                     f"{chr(10) + whose_line if whose_line else ''}", fontsize=7)
+        ax.set_title(
+            f"{m.label}\n{'higher' if m.higher_better else 'lower'} is better"
+            f"{chr(10) + whose_line if whose_line else ''}",
+            fontsize=7,
+        )
         ax.tick_params(labelsize=7)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))

@@ -14,15 +14,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
 
+from ..model import MaskedAutoencoderViT, ViTEncoder
 from .config import ModelConfig, Params
 from .files import save_torch
-from .model import MaskedAutoencoderViT, ViTEncoder
 
 DIGEST = "sha256"  # the key under which a checkpoint stores the digest of everything else in it
 
@@ -51,6 +51,7 @@ def content_digest(obj) -> str:
                 feed(v)
         else:
             h.update(f"V{type(x).__name__}:{x!r}".encode())
+
     feed(obj)
     return h.hexdigest()
 
@@ -112,8 +113,9 @@ def verified(saved, path: str | Path, fix: Fix) -> dict:
     saved = dict(saved)
     recorded = saved.pop(DIGEST)
     if content_digest(saved) != recorded:
-        raise CorruptCheckpoint(f"{path} is corrupt: its content does not match the digest written with it: "
-                                f"{_said(fix)}")
+        raise CorruptCheckpoint(
+            f"{path} is corrupt: its content does not match the digest written with it: {_said(fix)}"
+        )
     return saved
 
 
@@ -141,8 +143,9 @@ def cached_copy(path: str | Path) -> Path | None:
     recorded = next((o.get("md5") for o in outs if Path(o["path"]) == path), None)
     dvc = Path(sys.executable).with_name("dvc")
     try:
-        cache = subprocess.run([str(dvc) if dvc.exists() else "dvc", "cache", "dir"], capture_output=True,
-                               text=True, timeout=60).stdout.strip()
+        cache = subprocess.run(
+            [str(dvc) if dvc.exists() else "dvc", "cache", "dir"], capture_output=True, text=True, timeout=60
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         cache = ""
     if not recorded or not cache:
@@ -160,8 +163,10 @@ def restore_hint(path: str | Path) -> str:
     if cached is not None and not cached.is_file():
         return f"`dvc pull {path.as_posix()}` fetches it from the DVC remote, {repro}"
     if cached is not None and _file_md5(cached) != cached.parent.name + cached.name:  # a pull without `verify`
-        return (f"DVC's cached copy is corrupt too: `rm -f {cached.as_posix()}` drops it, then {repro} "
-                f"(or `dvc pull {path.as_posix()}` from a remote that holds a good copy)")
+        return (
+            f"DVC's cached copy is corrupt too: `rm -f {cached.as_posix()}` drops it, then {repro} "
+            f"(or `dvc pull {path.as_posix()}` from a remote that holds a good copy)"
+        )
     return f"`dvc checkout --force {path.as_posix()}` restores the copy DVC cached, {repro}"
 
 
@@ -174,8 +179,10 @@ def _read_model(path: str | Path, p: Params, state_key: str, saved: dict | None 
         raise CorruptCheckpoint(f"{path} holds no {state_key} (keys: {', '.join(saved)}): {restore_hint(path)}")
     cfg = ModelConfig(**saved["model"])
     if cfg != p.model or saved["input_size"] != p.data.input_size:
-        raise ValueError(f"{path} was trained with model {cfg} at {saved['input_size']} px, but params.yaml "
-                         f"asks for {p.model} at {p.data.input_size} px: run `dvc repro` to retrain it")
+        raise ValueError(
+            f"{path} was trained with model {cfg} at {saved['input_size']} px, but params.yaml "
+            f"asks for {p.model} at {p.data.input_size} px: run `dvc repro` to retrain it"
+        )
     return saved, cfg
 
 

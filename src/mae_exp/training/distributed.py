@@ -28,8 +28,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from .errors import DistributedError
-from .progress import console
+from ..plumbing.errors import DistributedError
+from ..plumbing.progress import console
 
 # Longest wait of a collective (and of joining the group) before a rank gives up: a rank that died or a
 # rendezvous that never completes ends the run instead of hanging it. Rank 0 reading a checkpoint while
@@ -77,12 +77,16 @@ def slurm_tasks_per_node(spec: str) -> list[int]:
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list ("gpu[03-05,07]" -> "gpu03"), as `scontrol show hostnames` expands it."""
     import subprocess
+
     try:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               check=True).stdout.split()
+        hosts = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError) as e:
-        raise DistributedError(f"srun started this task, but `scontrol show hostnames {nodelist}` failed ({e}); "
-                               "set MASTER_ADDR to the first node's host name") from None
+        raise DistributedError(
+            f"srun started this task, but `scontrol show hostnames {nodelist}` failed ({e}); "
+            "set MASTER_ADDR to the first node's host name"
+        ) from None
     return hosts[0]
 
 
@@ -141,23 +145,27 @@ def launch(processes: int, key: str, threads: int) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads or (os.cpu_count() or 1) // processes)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # failures: one line, below
     argv = ["--standalone", "--nproc-per-node", str(processes), sys.argv[0], *sys.argv[1:]]
-    console.print(f"{key}: {processes} -> torchrun {' '.join(argv)} ({backend()}, "
-                  f"{os.environ['OMP_NUM_THREADS']} CPU thread(s) per process)", highlight=False)
+    console.print(
+        f"{key}: {processes} -> torchrun {' '.join(argv)} ({backend()}, "
+        f"{os.environ['OMP_NUM_THREADS']} CPU thread(s) per process)",
+        highlight=False,
+    )
     try:
         torchrun.run(torchrun.parse_args(argv))
     except ChildFailedError as e:
         failed_rank, failure = e.get_first_failure()
         code = failure.exitcode
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        console.print(f"[bold red]error:[/] {key}: worker rank {failed_rank} of {processes} {how}",
-                      highlight=False)
+        console.print(f"[bold red]error:[/] {key}: worker rank {failed_rank} of {processes} {how}", highlight=False)
         return 128 - code if code < 0 else code
     except SignalException as e:  # this process was stopped (Ctrl-C, dvc killed); the workers were too
         console.print(f"[bold red]error:[/] {key}: stopped by {e.sigval.name}", highlight=False)
         return 128 + int(e.sigval)
     except Exception as e:  # the rendezvous or the agent itself failed
-        raise DistributedError(f"{key}: {processes} processes asked for, but torchrun could not start them "
-                               f"({_first_line(e)}); set {key}: 1 to run in one process") from None
+        raise DistributedError(
+            f"{key}: {processes} processes asked for, but torchrun could not start them "
+            f"({_first_line(e)}); set {key}: 1 to run in one process"
+        ) from None
     return 0
 
 
@@ -165,12 +173,14 @@ def processes(section: str, main):
     """Stage entry for a training stage: main(params, *args, **paths) in `<section>.processes` processes. Started as
     `python stages/...` with N > 1, this process launches N workers of the same command under torchrun and
     exits with their status; a worker (or N = 1) joins the process group around main."""
+
     def run(params, *args, **paths):
         n, key = getattr(params, section).processes, f"{section}.processes"
         if n > 1 and not under_torchrun():
             sys.exit(launch(n, key, params.threads))
         with session(n, key):
             return main(params, *args, **paths)
+
     return run
 
 
@@ -186,8 +196,10 @@ def session(processes: int, key: str):
         console.quiet = True  # rank 0 alone prints
     world = int(os.environ["WORLD_SIZE"])
     if world != processes:
-        raise DistributedError(f"{key} is {processes}, but torchrun started {world} processes (WORLD_SIZE); "
-                               f"set {key}: {world}, the number of processes over all nodes")
+        raise DistributedError(
+            f"{key} is {processes}, but torchrun started {world} processes (WORLD_SIZE); "
+            f"set {key}: {world}, the number of processes over all nodes"
+        )
     name = backend()
     _check_gpus(local_world_size(), processes, key, "start one process per GPU (torchrun --nproc-per-node)")
     if torch.cuda.is_available():
@@ -199,7 +211,8 @@ def session(processes: int, key: str):
         raise DistributedError(
             f"{key}: {processes} processes asked for, but the {name} backend could not start "
             f"({_first_line(e)}); set {key}: 1, or fix the rendezvous (torchrun's --rdzv-endpoint / "
-            f"MASTER_ADDR:MASTER_PORT must be reachable and free)") from None
+            f"MASTER_ADDR:MASTER_PORT must be reachable and free)"
+        ) from None
     try:
         yield
     finally:
@@ -213,6 +226,7 @@ def _die_with_launcher() -> None:
     if sys.platform != "linux":
         return
     import ctypes
+
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the launcher died before the request was in place
@@ -226,8 +240,10 @@ def _check_gpus(per_node: int, processes: int, key: str, fix: str) -> None:
     if per_node > gpus:
         raise DistributedError(
             f"{key}: {processes} processes on the nccl backend need one GPU each, {per_node} on this machine, "
-            f"which has {gpus}; " + (fix if gpus else f"set {key}: 1 on a machine without GPUs")
-            + (f", or unset {BACKEND_ENV} (nccl) to use gloo" if BACKEND_ENV in os.environ else ""))
+            f"which has {gpus}; "
+            + (fix if gpus else f"set {key}: 1 on a machine without GPUs")
+            + (f", or unset {BACKEND_ENV} (nccl) to use gloo" if BACKEND_ENV in os.environ else "")
+        )
 
 
 def _first_line(e: BaseException) -> str:
@@ -291,7 +307,7 @@ class _GatherRows(torch.autograd.Function):
     def backward(ctx, grad):
         grad = grad.contiguous()
         dist.all_reduce(grad)
-        return grad[rank() * ctx.rows:(rank() + 1) * ctx.rows]
+        return grad[rank() * ctx.rows : (rank() + 1) * ctx.rows]
 
 
 def check_same_weights(model: torch.nn.Module, what: str) -> None:
@@ -313,4 +329,3 @@ def from_rank0(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0, device=device() if backend() == "nccl" else None)
     return box[0]
-

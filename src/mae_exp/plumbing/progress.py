@@ -28,7 +28,12 @@ class EtaColumn(ProgressColumn):
 
 def progress(**fields) -> Progress:
     """A rich Progress; extra `fields` (e.g. loss) are shown after the bar when a task sets them."""
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), EtaColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        EtaColumn(),
+    ]
     columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
     return Progress(*columns, console=console, transient=False)

@@ -18,17 +18,18 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, hf
+from ..data.prepared import load_meta, pretraining_set
+from ..model import MaskedAutoencoderViT
+from ..plumbing import hf
+from ..plumbing.checkpoints import save_checkpoint
+from ..plumbing.config import Params, as_dict, fingerprint
+from ..plumbing.progress import console
+from ..plumbing.runtime import open_live, resident_images, select_rows, setup
+from ..recipes import mask_ratio_at, pretraining_terms
+from . import distributed
 from .augment import crop_and_flip_uint8, draw_crops
-from .checkpoints import save_checkpoint
-from .config import Params, as_dict, fingerprint
-from .data.prepared import load_meta, pretraining_set
 from .flops import pretraining_steps, schedule_flops
-from .model import MaskedAutoencoderViT
 from .optim import adamw, param_groups
-from .progress import console
-from .recipes import mask_ratio_at, pretraining_terms
-from .runtime import open_live, resident_images, select_rows, setup
 from .train import Schedule, Trainer
 
 
@@ -60,8 +61,7 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
 
     model = MaskedAutoencoderViT(p.model, p.data.input_size).to(device)
     if cfg.init_from:  # instead of the seed's initialisation
-        console.print(f"pretrain {variant_name}: {hf.init_from(model, cfg.init_from, p.model)}",
-                      highlight=False)
+        console.print(f"pretrain {variant_name}: {hf.init_from(model, cfg.init_from, p.model)}", highlight=False)
     if cfg.compile:
         model.compile_blocks()  # in place: parameter names, and so checkpoints, stay as in eager mode
     net = distributed.wrap(model)  # DDP over the processes; the model itself with one
@@ -70,19 +70,39 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
     optimizer = adamw(param_groups(model, cfg.weight_decay), lr, device)
     steps = n // cfg.batch_size
     total = pretraining_steps(p, variant_name, n)  # steps_factor stretches the schedule; the last epoch may be partial
-    schedule = Schedule(math.ceil(total / steps), steps, int(cfg.warmup_epochs * steps * variant.steps_factor), lr,
-                        cfg.checkpoint_every, total_steps=total)
+    schedule = Schedule(
+        math.ceil(total / steps),
+        steps,
+        int(cfg.warmup_epochs * steps * variant.steps_factor),
+        lr,
+        cfg.checkpoint_every,
+        total_steps=total,
+    )
     flops = schedule_flops(p.model, p.data.input_size, variant, cfg.batch_size, total)  # own inputs and rng
     # Both generators are saved in checkpoints, so a resumed run draws what the uninterrupted one would:
     # the epoch order on the CPU; crops, flips and masks on the device. Every process draws the same
     # numbers, for the whole global batch, and takes its rows.
-    gens = {"order": torch.Generator().manual_seed(p.seed),
-            "augment": torch.Generator(device=device).manual_seed(p.seed + 1)}
+    gens = {
+        "order": torch.Generator().manual_seed(p.seed),
+        "augment": torch.Generator(device=device).manual_seed(p.seed + 1),
+    }
     state = Path(out.scratch) / run_key(p, variant_name, meta.get("digest", "")) / "last.pt"
-    trainer = Trainer(f"pretrain {variant_name}", "pretrain", model, optimizer, schedule, device, amp_dtype,
-                      state, gens, open_live(out.live))
-    trainer.begin(f"{described}, {total} steps ({steps} an epoch), {flops:.3g} FLOPs, lr {lr:.2e}, "
-                  f"{distributed.describe(device, p.threads)}")
+    trainer = Trainer(
+        f"pretrain {variant_name}",
+        "pretrain",
+        model,
+        optimizer,
+        schedule,
+        device,
+        amp_dtype,
+        state,
+        gens,
+        open_live(out.live),
+    )
+    trainer.begin(
+        f"{described}, {total} steps ({steps} an epoch), {flops:.3g} FLOPs, lr {lr:.2e}, "
+        f"{distributed.describe(device, p.threads)}"
+    )
 
     def step(idx: torch.Tensor, i: int, log: bool):
         ratio = mask_ratio_at(i / schedule.total, variant)
@@ -94,13 +114,23 @@ def pretrain(p: Params, variant_name: str, data_root: str | Path, out: Outputs) 
 
     history = trainer.fit(n, cfg.batch_size, step)
     final = history[-1]
-    summary = {"final": {k: final[k] for k in ("loss", "mse", "freq", "unif")}, "epochs": cfg.epochs, "steps": total,
-               "images": n, "flops": flops, "wall_time_s": round(trainer.elapsed, 1),
-               "images_per_s": round(total * cfg.batch_size / trainer.elapsed, 1),
-               "resumed_at_epoch": trainer.start_epoch}
+    summary = {
+        "final": {k: final[k] for k in ("loss", "mse", "freq", "unif")},
+        "epochs": cfg.epochs,
+        "steps": total,
+        "images": n,
+        "flops": flops,
+        "wall_time_s": round(trainer.elapsed, 1),
+        "images_per_s": round(total * cfg.batch_size / trainer.elapsed, 1),
+        "resumed_at_epoch": trainer.start_epoch,
+    }
     if distributed.is_rank0():
-        config = {"model": as_dict(p.model), "input_size": p.data.input_size, "variant": variant_name,
-                  "classes": meta["classes"]}
+        config = {
+            "model": as_dict(p.model),
+            "input_size": p.data.input_size,
+            "variant": variant_name,
+            "classes": meta["classes"],
+        }
         learned = [{k: v for k, v in row.items() if k != "images_per_s"} for row in history]  # no timing: same
         save_checkpoint({**config, "model_state": model.state_dict(), "history": learned}, out.checkpoint)  # bytes
         save_checkpoint({**config, "encoder_state": model.encoder.state_dict()}, out.encoder)
@@ -115,6 +145,13 @@ def init_random(p: Params, encoder_path: str | Path, data_root: str | Path) -> P
     """The encoder every pre-training starts from (same seed), saved untrained: the probe's baseline."""
     torch.manual_seed(p.seed)
     model = MaskedAutoencoderViT(p.model, p.data.input_size)
-    return save_checkpoint({"model": as_dict(p.model), "input_size": p.data.input_size, "variant": "random",
-                       "classes": load_meta(data_root)["classes"], "encoder_state": model.encoder.state_dict()},
-                      encoder_path)
+    return save_checkpoint(
+        {
+            "model": as_dict(p.model),
+            "input_size": p.data.input_size,
+            "variant": "random",
+            "classes": load_meta(data_root)["classes"],
+            "encoder_state": model.encoder.state_dict(),
+        },
+        encoder_path,
+    )

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .augment import resize, to_float
+from ..training import distributed
+from ..training.augment import resize, to_float
 from .errors import names_full_disk
 
 
@@ -75,7 +75,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, d
     """Index tensors covering range(n) in a random order (or in order without a generator)."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
-    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
 def select_rows(images, idx: torch.Tensor, device: torch.device) -> torch.Tensor:

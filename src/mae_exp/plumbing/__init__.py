@@ -1,0 +1,1 @@
+"""What every stage stands on: params, the stage runner, checkpoints, files, errors, devices, interop."""

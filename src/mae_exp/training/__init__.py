@@ -1,0 +1,1 @@
+"""Pre-training and fine-tuning's machinery: the loop, the optimiser, augmentation, FLOPs, processes."""
