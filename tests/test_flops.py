@@ -50,6 +50,7 @@ def test_counting_draws_nothing_from_the_training_run_s_generators(tiny_model_cf
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.slow
 def test_steps_factor_trains_more_steps_at_the_same_schedule_shape_and_counts_their_flops(repo):
     dvc("repro", "pretrain_original", cwd=repo)
     plain = json.loads((repo / "metrics/pretrain_original/metrics.json").read_text())

@@ -241,6 +241,7 @@ def transformers_features(folder, images: torch.Tensor) -> torch.Tensor:
     return tokens[:, 1:].mean(dim=1)
 
 
+@pytest.mark.slow
 def test_dvc_repro_leaves_a_folder_transformers_loads_as_this_encoder(exported):
     folder = exported / "models" / "improved" / "hf"
     lock = yaml.safe_load((exported / "dvc.lock").read_text())["stages"]["export@improved"]
@@ -277,6 +278,7 @@ def test_finetuning_starts_from_a_checkpoint_written_here(exported, tmp_path, mo
     assert 0.0 <= summary["top1"] <= 1.0 and summary["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_pretraining_starts_from_pretrain_init_from(exported):
     params = exported / "params.yaml"
     original = params.read_text()

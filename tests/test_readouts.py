@@ -52,6 +52,7 @@ def probed(tmp_path_factory):
     return repo, dvc("repro", "linear_probe@random", cwd=repo)
 
 
+@pytest.mark.slow
 def test_the_probe_stage_writes_every_readout_where_dvc_metrics_show_finds_it(probed):
     repo, out = probed
     assert (

@@ -235,6 +235,7 @@ def test_a_duplicate_key_in_params_is_refused_by_a_stage_run_by_hand(built):
 # --------------------------------------------------------------------------- item 6: verify
 
 
+@pytest.mark.slow
 def test_doctor_warns_of_a_remote_without_verify_and_its_fix_silences_it(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     doctor = [str(BIN / "python"), "-m", "mae_exp.study", "doctor"]

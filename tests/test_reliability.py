@@ -91,6 +91,7 @@ def built(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- item 4: deterministic bytes
 
 
+@pytest.mark.slow
 def test_running_stages_again_gives_the_same_bytes_and_the_same_dvc_lock(built):
     outs = ["models/random/encoder.pt", "models/original/checkpoint.pt", "models/original/encoder.pt"]
     before, lock = {o: md5(built / o) for o in outs}, locked_outputs(built)
@@ -203,6 +204,7 @@ def killed_state(tmp_path_factory):
     return repo, root / "saved", straight, finished, files_under(repo / "metrics/pretrain_original")
 
 
+@pytest.mark.slow
 def test_a_killed_stage_leaves_the_last_finished_runs_metrics_whole(killed_state):  # item 5
     repo, saved, _, finished, after_kill = killed_state
     assert "metrics.json" in finished and "plots/metrics/mse.tsv" in finished
@@ -286,6 +288,7 @@ def remote_object(remote: Path, file: Path) -> Path:
     return remote / "files" / "md5" / digest[:2] / digest[2:]
 
 
+@pytest.mark.slow
 def test_a_remote_with_verify_refuses_a_flipped_byte_that_a_plain_pull_checks_out(built, tmp_path):
     remote = tmp_path / "nas"
     dvc("remote", "add", "--local", "nas", str(remote), cwd=built)
@@ -382,6 +385,7 @@ def test_a_run_removes_the_states_other_params_left_in_its_scratch(tmp_path, cap
     assert (stage_dir / "mine/prev.pt.corrupt").exists()  # its own unreadable state: set aside, not used
 
 
+@pytest.mark.slow
 def test_tune_records_each_runs_validation_curve_and_refuses_a_bad_point_before_any_work(built):
     out = built / "scratch" / "tuning.json"
     tune = [str(BIN / "python"), "-m", "mae_exp.evaluation.tune", "finetune", "--encoder", "random", "--out", str(out)]

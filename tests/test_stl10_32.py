@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from conftest import REPO, copy_repo, dvc, run
@@ -22,6 +23,7 @@ def test_stl10_32_is_the_default_but_for_the_data_and_the_pretraining_epochs():
             assert stl[section] == default[section], section
 
 
+@pytest.mark.slow
 def test_stl10_32_runs_end_to_end_on_a_generated_archive(tmp_path):
     repo = copy_repo(tmp_path / "repo", config="configs/stl10_32.yaml")
     sizes = {"unlabeled": 24, "train": 100, "test": 20}  # train: 10 per class, so validation has every class
