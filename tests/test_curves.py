@@ -124,10 +124,10 @@ def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
 
     import yaml
 
+    from conftest import REPO
     from mae_exp.plumbing.config import parse_params
     from mae_exp.study.report import compute_curves, verdict_line
     from mae_exp.study.stats import primary_differences
-    from tests.conftest import REPO
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw = copy.deepcopy(raw)
