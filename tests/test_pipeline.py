@@ -156,7 +156,7 @@ def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced
 def test_editing_a_module_makes_exactly_its_importers_stale(reproduced):
     """The bug dvc.yaml's hand-written deps had: fine-tuning did not depend on augment.py, which it runs."""
     repo, _ = reproduced
-    augment = repo / "src" / "mae_exp" / "augment.py"
+    augment = repo / "src" / "mae_exp" / "training" / "augment.py"
     original = augment.read_text()
     try:
         augment.write_text(original + "\n# edited\n")
