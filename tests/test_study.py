@@ -390,8 +390,8 @@ def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
     assert (runs["ft_top1_random"] == 0.2).all() and (runs["psnr_improved"] == 20.1).all()
     assert (runs["hf_error_original"] == 0.1).all() and (runs["linear_mean_top1_original"] > 0.3).all()
     assert notes == [
-        "left out 1 experiment: params match no study arm (params.yaml with study.overrides and one "
-        "of study.ablations)",
+        "left out 1 experiment: params match no study arm (params.yaml with study.overrides, one of "
+        "study.budgets and one of study.ablations)",
         "left out 1 older duplicate(s) of a seed and ablation: s43-all",
     ]
 
