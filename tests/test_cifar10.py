@@ -230,7 +230,8 @@ def test_the_download_stage_prepares_a_local_archive_through_dvc(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     (repo / "data/raw/cifar-10-python.tar.gz").write_bytes(ARCHIVE)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(source="cifar10", root="data/raw", image_size=32, verify_md5=True)
+    # 35 train images, 3 or 4 a class: a validation share of 0.5 holds some out (download refuses none held out)
+    params["data"].update(source="cifar10", root="data/raw", image_size=32, verify_md5=True, val_fraction=0.5)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     proc = dvc("repro", "download", cwd=repo, check=False)  # not the real archive: refused, nothing prepared
     assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr

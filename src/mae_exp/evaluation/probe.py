@@ -237,6 +237,7 @@ def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, nam
         f"settings of lr x weight decay) and kNN ({len(knn_points)} of k x T), each chosen on "
         f"validation, {describe(device, p.threads)}",
         highlight=False,
+        soft_wrap=True,  # one line in a log, whatever the console's width
     )
     t0 = time.perf_counter()
     classes = len(load_meta(data_root)["classes"])

@@ -254,8 +254,9 @@ def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, cs
         span = ""
         if len(ends) >= 2:
             first, last = ends.sort_values("budget").iloc[[0, -1]].to_dict("records")
+            epochs = f"epoch{'s' * (first['budget'] != 1)}"
             span = (
-                f" from {number(first['gap'], r['metric'])} at {first['budget']} epochs to "
+                f" from {number(first['gap'], r['metric'])} at {first['budget']} {epochs} to "
                 f"{_with_unit(number(last['gap'], r['metric']), r['metric'])} at {last['budget']},"
             )
         lines.append(
