@@ -96,3 +96,22 @@ def tiny_model_cfg():
     from mae_exp.plumbing.config import load_params
 
     return load_params(REPO / "configs" / "tiny.yaml")
+
+
+# every stage `dvc repro` of a fresh copy runs, as dvc.yaml expands them
+STAGES = {
+    "download",
+    "init_random",
+    "pretrain_original",
+    "pretrain_improved",
+    "linear_probe@random",
+    "linear_probe@original",
+    "linear_probe@improved",
+    "finetune@random",
+    "finetune@original",
+    "finetune@improved",
+    "export@original",
+    "export@improved",
+    "visualize",
+    "report",
+}

@@ -21,7 +21,7 @@ import torch
 import yaml
 from test_pipeline import start, wait_for_state
 
-from conftest import BIN, copy_repo, dvc, ran_stages, run, stage_cmd
+from conftest import BIN, STAGES, copy_repo, dvc, ran_stages, run, stage_cmd
 from mae_exp.plumbing.config import ConfigError, parse_params
 
 LOSS_RTOL = 1e-5  # per-epoch loss, mse, freq, unif: float reduction order only
@@ -29,23 +29,6 @@ WEIGHT_ATOL = 1e-6  # every weight, except:
 KEY_BIAS_ATOL = 1e-3  # attention key biases: their true gradient is 0 (softmax ignores a constant added to
 # every logit of a query), so AdamW moves them by normalised rounding noise, up to lr per step; they have
 # no effect on any output. Measured: 3e-5 after the tiny run's 18 steps (lr 1.9e-4).
-
-STAGES = {
-    "download",
-    "init_random",
-    "pretrain_original",
-    "pretrain_improved",
-    "linear_probe@random",
-    "linear_probe@original",
-    "linear_probe@improved",
-    "finetune@random",
-    "finetune@original",
-    "finetune@improved",
-    "export@original",
-    "export@improved",
-    "visualize",
-    "report",
-}
 
 
 def set_params(repo: Path, **changes) -> None:

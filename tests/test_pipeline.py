@@ -18,26 +18,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, copy_repo, dvc, env, git, ran_stages, stage_cmd
+from conftest import BIN, STAGES, copy_repo, dvc, env, git, ran_stages, stage_cmd
 
 pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
-
-STAGES = {
-    "download",
-    "init_random",
-    "pretrain_original",
-    "pretrain_improved",
-    "linear_probe@random",
-    "linear_probe@original",
-    "linear_probe@improved",
-    "finetune@random",
-    "finetune@original",
-    "finetune@improved",
-    "export@original",
-    "export@improved",
-    "visualize",
-    "report",
-}
 
 
 def metrics(repo: Path, stage: str) -> dict:
