@@ -2,7 +2,8 @@
 # A single-node SLURM cluster on this machine for the tests (tests/test_slurm.py): munge, slurmctld and
 # slurmd from Debian 12's packages (SLURM 22.05), as root, with a minimal slurm.conf: this host, its CPUs,
 # one partition `debug`, requeue allowed. No cgroups (proctrack/linuxproc, task/none): it runs in a
-# container. Idempotent: a running cluster that answers `sinfo` is left alone.
+# container. Idempotent: a cluster whose node is up and runs a job is left alone; one whose daemon died or whose
+# node went down is started again (tests/test_slurm.py runs this script again before its first job, under CI).
 set -euo pipefail
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -11,14 +12,15 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! comm
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         slurmctld slurmd slurm-client munge
 fi
-if timeout 10 sinfo -h >/dev/null 2>&1; then
-    echo "slurm: already up"; exit 0
+runs_a_job() { timeout 90 srun --immediate=60 -n 1 -J slurm-up-check true >/dev/null 2>&1; }
+if timeout 10 sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)' && runs_a_job; then
+    echo "slurm: already up, and it runs a job"; exit 0
 fi
 host="$(hostname -s)"
 cpus="$(nproc)"
 mem_mb="$(awk '/MemTotal/ {print int($2 / 1024 / 2)}' /proc/meminfo)"  # half of it: leave the rest to the host
 $sudo mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /var/lib/munge /var/log/munge
-$sudo tee /etc/slurm/slurm.conf >/dev/null <<CONF
+[ -s /etc/slurm/slurm.conf ] || $sudo tee /etc/slurm/slurm.conf >/dev/null <<CONF
 ClusterName=ci
 SlurmctldHost=${host}(127.0.0.1)
 SlurmUser=root
@@ -60,11 +62,17 @@ fi
 pgrep -x slurmctld >/dev/null || $sudo /usr/sbin/slurmctld
 pgrep -x slurmd >/dev/null || $sudo /usr/sbin/slurmd
 for _ in $(seq 60); do
-    if sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
-        echo "slurm: up ($(sinfo -h -o '%P %D %c %t'))"; exit 0
+    state="$(sinfo -h -o '%t' 2>/dev/null || true)"
+    # a node marked down or drained (its slurmd was gone a while) is handed back to the scheduler
+    case "$state" in down* | drain* | drng*) $sudo scontrol update NodeName="$host" State=RESUME 2>/dev/null || true ;; esac
+    if grep -qE '^(idle|mix|alloc)' <<<"$state"; then
+        if runs_a_job; then echo "slurm: up, and it runs a job ($(sinfo -h -o '%P %D %c %t'))"; exit 0; fi
+        echo "slurm: the node is up but a one-second job did not run within 60 s" >&2
+        break
     fi
     sleep 1
 done
-echo "slurm: did not come up; see /var/log/slurm/slurmctld.log and slurmd.log" >&2
-sinfo >&2 || true
+echo "slurm: not usable; what it says:" >&2
+{ sinfo -R; squeue; scontrol show node; } >&2 2>&1 || true
+$sudo tail -n 25 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
 exit 1
