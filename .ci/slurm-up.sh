@@ -17,17 +17,22 @@ if timeout 10 sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)' && run
     echo "slurm: already up, and it runs a job"; exit 0
 fi
 host="$(hostname -s)"
+# this host's name resolves here, not through a DNS server that a machine without network may never answer
+grep -qw -- "$host" /etc/hosts || echo "127.0.0.1 $host" | $sudo tee -a /etc/hosts >/dev/null
 cpus="$(nproc)"
 mem_mb="$(awk '/MemTotal/ {print int($2 / 1024 / 2)}' /proc/meminfo)"  # half of it: leave the rest to the host
 $sudo mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /var/lib/munge /var/log/munge
-[ -s /etc/slurm/slurm.conf ] || $sudo tee /etc/slurm/slurm.conf >/dev/null <<CONF
+# written when missing or when it is this script's own (ClusterName=ci): a real cluster's is left alone
+conf_is_ours() { [ ! -s /etc/slurm/slurm.conf ] || grep -qx 'ClusterName=ci' /etc/slurm/slurm.conf; }
+conf_is_ours && $sudo tee /etc/slurm/slurm.conf >/dev/null <<CONF
 ClusterName=ci
 SlurmctldHost=${host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-# a requeued job waits cred_expire + 1 s before it may start again (default 120): short, for the tests
-AuthInfo=cred_expire=10
+# cred_expire (how long a job's launch credential lives; a requeued job also waits it out) stays at its
+# default, 120 s: a shorter one fails the launch of a job whose user or host lookups are slow, and SLURM then
+# requeues that job held, pending for ever
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
@@ -66,7 +71,10 @@ for _ in $(seq 60); do
     # a node marked down or drained (its slurmd was gone a while) is handed back to the scheduler
     case "$state" in down* | drain* | drng*) $sudo scontrol update NodeName="$host" State=RESUME 2>/dev/null || true ;; esac
     if grep -qE '^(idle|mix|alloc)' <<<"$state"; then
-        if runs_a_job; then echo "slurm: up, and it runs a job ($(sinfo -h -o '%P %D %c %t'))"; exit 0; fi
+        began=$SECONDS
+        if runs_a_job; then
+            echo "slurm: up, and it runs a job in $((SECONDS - began)) s ($(sinfo -h -o '%P %D %c %t'))"; exit 0
+        fi
         echo "slurm: the node is up but a one-second job did not run within 60 s" >&2
         break
     fi

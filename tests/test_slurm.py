@@ -64,7 +64,7 @@ def cluster_report(base: Path | None = None) -> str:
     return "\n".join(parts)
 
 
-def wait_for_jobs(base: Path, timeout: float = 600, start_within: float = 180) -> dict:
+def wait_for_jobs(base: Path, timeout: float = 600, start_within: float = 300) -> dict:
     """Poll the jobs' states until none is pending or running. Fails, with what the cluster says, once
     `timeout` has passed or once `start_within` seconds have passed with jobs waiting and none running:
     on this one-node cluster a job that cannot start then (node down, launch failed and held) never will."""
