@@ -4,6 +4,7 @@
 # one partition `debug`, requeue allowed. No cgroups (proctrack/linuxproc, task/none): it runs in a
 # container. Idempotent: a cluster whose node is up and runs a job is left alone; one whose daemon died or whose
 # node went down is started again (tests/test_slurm.py runs this script again before its first job, under CI).
+# Exit 0: it runs a job; 3: its node is up but no job runs here (what the cluster says is printed); 1: no cluster.
 set -euo pipefail
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -12,7 +13,8 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! comm
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         slurmctld slurmd slurm-client munge
 fi
-runs_a_job() { timeout 90 srun --immediate=60 -n 1 -J slurm-up-check true >/dev/null 2>&1; }
+srun_said="$(mktemp)"
+runs_a_job() { timeout 90 srun --immediate=60 -n 1 -J slurm-up-check true >"$srun_said" 2>&1; }
 if timeout 10 sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)' && runs_a_job; then
     echo "slurm: already up, and it runs a job"; exit 0
 fi
@@ -64,23 +66,35 @@ $sudo chmod 0700 /etc/munge /var/log/munge; $sudo chmod 0400 /etc/munge/munge.ke
 if ! pgrep -x munged >/dev/null; then
     if [ -z "$sudo" ]; then runuser -u munge -- /usr/sbin/munged; else sudo -u munge /usr/sbin/munged; fi
 fi
-pgrep -x slurmctld >/dev/null || $sudo /usr/sbin/slurmctld
-pgrep -x slurmd >/dev/null || $sudo /usr/sbin/slurmd
-for _ in $(seq 60); do
-    state="$(sinfo -h -o '%t' 2>/dev/null || true)"
-    # a node marked down or drained (its slurmd was gone a while) is handed back to the scheduler
-    case "$state" in down* | drain* | drng*) $sudo scontrol update NodeName="$host" State=RESUME 2>/dev/null || true ;; esac
-    if grep -qE '^(idle|mix|alloc)' <<<"$state"; then
+node_up=0
+for attempt in 1 2; do
+    pgrep -x slurmctld >/dev/null || $sudo /usr/sbin/slurmctld
+    pgrep -x slurmd >/dev/null || $sudo /usr/sbin/slurmd
+    for _ in $(seq 60); do
+        state="$(sinfo -h -o '%t' 2>/dev/null || true)"
+        # a node marked down or drained (its slurmd was gone a while) is handed back to the scheduler
+        case "$state" in down* | drain* | drng*) $sudo scontrol update NodeName="$host" State=RESUME 2>/dev/null || true ;; esac
+        if grep -qE '^(idle|mix|alloc)' <<<"$state"; then node_up=1; break; fi
+        sleep 1
+    done
+    if [ "$node_up" = 1 ]; then
         began=$SECONDS
         if runs_a_job; then
             echo "slurm: up, and it runs a job in $((SECONDS - began)) s ($(sinfo -h -o '%P %D %c %t'))"; exit 0
         fi
-        echo "slurm: the node is up but a one-second job did not run within 60 s" >&2
-        break
+        echo "slurm: the node is up but a one-second job did not run within 60 s (try $attempt of 2)" >&2
+        cat "$srun_said" >&2
     fi
-    sleep 1
+    [ "$attempt" = 2 ] && break
+    # once more from a clean start: jobs whose launch failed released, both daemons restarted
+    for job in $(squeue -h -t PD -o '%i %r' 2>/dev/null | awk '/launch failed/ {print $1}'); do
+        $sudo scontrol release "$job" || true
+    done
+    $sudo pkill -x slurmd || true; $sudo pkill -x slurmctld || true; sleep 3
 done
 echo "slurm: not usable; what it says:" >&2
-{ sinfo -R; squeue; scontrol show node; } >&2 2>&1 || true
+{ sinfo -R; squeue -o '%i %j %T %M %r'; scontrol show node; } >&2 2>&1 || true
 $sudo tail -n 25 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
+# 3: the daemons answer and the node is up, yet no job runs on this machine; 1: no cluster at all
+[ "$node_up" = 1 ] && exit 3
 exit 1
