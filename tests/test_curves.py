@@ -146,3 +146,20 @@ def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
     assert len(d) == 5 and d.mean() == pytest.approx(0.05, abs=0.005)
     line = verdict_line(primary, curves.equivalence(d, primary.margin))
     assert "BEYOND NOISE" in line and "margin ±1.5 pp" in line
+
+
+def test_one_seed_gives_a_slope_and_says_it_has_no_interval(tmp_path):
+    """A study one seed in (as a session leaves it): each readout's line gives the slope and says plainly
+    that one seed has no interval, never `+nan to +nan`."""
+    from conftest import REPO
+    from mae_exp.plumbing.config import load_params
+    from mae_exp.study.report import compute_curves
+
+    p = load_params(REPO / "params.yaml")
+    runs = constructed(lambda b: 0.01 * math.log2(b), seeds=(1,))
+    primary = p.study.primary.model_copy(update={"arm": "all-e32"})
+    lines = compute_curves(runs, p, {"original_flops_matched-e32"}, primary, tmp_path / "c.csv", tmp_path / "c.png")
+    per_readout = [line for line in lines if "per doubling" in line]
+    assert len(per_readout) == len(METRICS)
+    assert all("(1 seed, no interval): not enough seeds." in line for line in per_readout), per_readout
+    assert not any("nan" in line for line in lines), lines

@@ -259,9 +259,13 @@ def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, cs
                 f" from {number(first['gap'], r['metric'])} at {first['budget']} {epochs} to "
                 f"{_with_unit(number(last['gap'], r['metric']), r['metric'])} at {last['budget']},"
             )
+        n = int(r["n"])
+        interval = (
+            f"95% CI {lo} to {hi}, {n} seeds" if pd.notna(r["ci_low"]) else f"{n} seed{'s' * (n != 1)}, no interval"
+        )
         lines.append(
             f"{m.label}: improved − original at equal FLOPs{span} {per} per doubling of pre-training "
-            f"compute (95% CI {lo} to {hi}, {r['n']} seeds): {r['trend']}."
+            f"compute ({interval}): {r['trend']}."
         )
     r = correlation(runs, "mse", "psnr")
     if pd.notna(r):
@@ -308,7 +312,9 @@ def report(
     from .curves import equivalence
 
     headline = [verdict_line(primary, equivalence(primary_differences(runs, primary), primary.margin))]
-    if not any(diffs["primary"] & diffs["beyond_noise"]):
+    if not diffs["primary"].any():
+        headline.append("Every other comparison is exploratory: the primary has no reading yet.")
+    elif not any(diffs["primary"] & diffs["beyond_noise"]):
         headline.append("Every other comparison is exploratory: the primary is not beyond noise.")
     trends = []
     if len(current.study.budgets) > 1:
