@@ -14,6 +14,7 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! comm
         slurmctld slurmd slurm-client munge
 fi
 srun_said="$(mktemp)"
+trap 'rm -f "$srun_said"' EXIT
 runs_a_job() { timeout 90 srun --immediate=60 -n 1 -J slurm-up-check true >"$srun_said" 2>&1; }
 if timeout 10 sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)' && runs_a_job; then
     echo "slurm: already up, and it runs a job"; exit 0
