@@ -91,6 +91,31 @@ def repo(tmp_path: Path) -> Path:
     return copy_repo(tmp_path / "repo")
 
 
+BUILT = ("download", "init_random", "pretrain_original")  # the stages `tiny_built` has run
+
+
+def copy_built(built: Path, dest: Path) -> Path:
+    """A copy of a built scratch repository (git, DVC cache, outputs), for a test free to damage it."""
+    shutil.copytree(built, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_downloaded(tmp_path_factory) -> Path:
+    """A tiny-config scratch repository after `dvc repro download`, built once a session: take a copy."""
+    repo = copy_repo(tmp_path_factory.mktemp("downloaded") / "repo")
+    dvc("repro", "download", cwd=repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_built(tiny_downloaded: Path, tmp_path_factory) -> Path:
+    """`tiny_downloaded` then init_random and pretrain_original, built once a session: take a copy."""
+    repo = copy_built(tiny_downloaded, tmp_path_factory.mktemp("built") / "repo")
+    dvc("repro", *BUILT, cwd=repo)
+    return repo
+
+
 @pytest.fixture(scope="session")
 def tiny_model_cfg():
     from mae_exp.plumbing.config import load_params

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import copy_repo, dvc
+from conftest import copy_built, dvc
 from mae_exp.evaluation.finetune import finetune
 from mae_exp.model import MaskedAutoencoderViT, ViTEncoder
 from mae_exp.plumbing import hf
@@ -225,9 +225,9 @@ def test_a_mismatch_names_the_first_tensor_that_does_not_fit(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tiny_downloaded, tmp_path_factory):
     """A scratch repository after `dvc repro export@improved`: data, the improved pre-training, its export."""
-    repo = copy_repo(tmp_path_factory.mktemp("hf") / "repo")
+    repo = copy_built(tiny_downloaded, tmp_path_factory.mktemp("hf") / "repo")
     dvc("repro", "export@improved", cwd=repo)
     return repo
 

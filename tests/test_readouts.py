@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import copy_repo, dvc
+from conftest import copy_built, copy_repo, dvc
 from mae_exp.evaluation.measures import MEASURES, READOUTS
 from mae_exp.evaluation.probe import knn_votes, train_grid
 from mae_exp.plumbing.runtime import batches
@@ -45,10 +45,10 @@ def test_knn_uses_cosine_similarity_and_at_most_every_training_feature():
 
 
 @pytest.fixture(scope="module")
-def probed(tmp_path_factory):
+def probed(tiny_downloaded, tmp_path_factory):
     """A tiny-config copy after `dvc repro linear_probe@random`: the data prepared, the random encoder
     written (no pre-training), its probe stage run; and that run's output."""
-    repo = copy_repo(tmp_path_factory.mktemp("probed") / "repo")
+    repo = copy_built(tiny_downloaded, tmp_path_factory.mktemp("probed") / "repo")
     return repo, dvc("repro", "linear_probe@random", cwd=repo)
 
 

@@ -19,7 +19,7 @@ import yaml
 from test_pipeline import set_param, start
 from test_reliability import error_lines, files_under, stage, stage_with_params
 
-from conftest import BIN, copy_repo, dvc, run
+from conftest import BIN, BUILT, copy_built, copy_repo, dvc, run
 
 
 def md5(path: Path) -> str:
@@ -81,14 +81,11 @@ def test_killed_resumed_and_fallen_back_runs_write_the_bytes_of_an_uninterrupted
 
 # --------------------------------------------------------------------------- shared: a built scratch repo
 
-BUILT = ("download", "init_random", "pretrain_original")
-
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("built") / "repo")
-    dvc("repro", *BUILT, cwd=repo)
-    return repo
+def built(tiny_built, tmp_path_factory) -> Path:
+    """download, init_random and pretrain_original run by `dvc repro`: this module's copy of `tiny_built`."""
+    return copy_built(tiny_built, tmp_path_factory.mktemp("built") / "repo")
 
 
 def backticked(line: str) -> list[str]:

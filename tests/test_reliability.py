@@ -17,7 +17,7 @@ import torch
 import yaml
 from test_pipeline import set_param, start
 
-from conftest import BIN, copy_repo, dvc, run, stage_cmd
+from conftest import BIN, BUILT, copy_built, dvc, run, stage_cmd
 from mae_exp.plumbing.checkpoints import CorruptCheckpoint, load_encoder, load_mae, read_checkpoint
 from mae_exp.plumbing.config import load_params
 
@@ -77,15 +77,10 @@ def flip_tensor_byte(path: Path) -> None:
     path.write_bytes(data)
 
 
-BUILT = ("download", "init_random", "pretrain_original")
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    """download, init_random and pretrain_original, run by `dvc repro` in a scratch repo."""
-    repo = copy_repo(tmp_path_factory.mktemp("built") / "repo")
-    dvc("repro", *BUILT, cwd=repo)
-    return repo
+def built(tiny_built, tmp_path_factory) -> Path:
+    """download, init_random and pretrain_original run by `dvc repro`: this module's copy of `tiny_built`."""
+    return copy_built(tiny_built, tmp_path_factory.mktemp("built") / "repo")
 
 
 # --------------------------------------------------------------------------- item 4: deterministic bytes
@@ -181,11 +176,11 @@ def files_under(directory: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def killed_state(tmp_path_factory):
+def killed_state(tiny_downloaded, tmp_path_factory):
     """pretrain_original run straight through (its weights and metrics), then run again and SIGKILLed once
     it has saved two resumable states (last.pt and prev.pt): that scratch/, and the metrics after the kill."""
     root = tmp_path_factory.mktemp("state")
-    repo = copy_repo(root / "repo")
+    repo = copy_built(tiny_downloaded, root / "repo")
     set_param(repo, "pretrain.epochs", 4)  # states after epochs 1, 2, 3: two epochs to catch last.pt + prev.pt
     dvc("repro", "download", cwd=repo)
     assert stage(repo, "pretrain_original").returncode == 0
