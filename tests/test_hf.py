@@ -232,6 +232,12 @@ def exported(tiny_downloaded, tmp_path_factory):
     return repo
 
 
+@pytest.fixture(scope="module")
+def downloaded(tiny_downloaded, tmp_path_factory):
+    """A scratch repository after `dvc repro download`: the prepared data fine-tuning reads."""
+    return copy_built(tiny_downloaded, tmp_path_factory.mktemp("hf_data") / "repo")
+
+
 def transformers_features(folder, images: torch.Tensor) -> torch.Tensor:
     """What a user gets: every patch (mask_ratio 0) in order (noise = position), mean of the patch tokens."""
     encoder = transformers.ViTMAEModel.from_pretrained(folder, mask_ratio=0.0).eval()
@@ -259,8 +265,8 @@ def test_dvc_repro_leaves_a_folder_transformers_loads_as_this_encoder(exported):
 
 
 @pytest.mark.parametrize("fmt", ["transformers", "facebookresearch/mae"])
-def test_finetuning_starts_from_a_checkpoint_written_here(exported, tmp_path, monkeypatch, fmt):
-    p = load_params(exported / "params.yaml")
+def test_finetuning_starts_from_a_checkpoint_written_here(downloaded, tmp_path, monkeypatch, fmt):
+    p = load_params(downloaded / "params.yaml")
     theirs = random_transformers_mae(p.model, p.data.input_size)
     theirs.save_pretrained(tmp_path / "theirs")
     if fmt == "transformers":
@@ -273,7 +279,7 @@ def test_finetuning_starts_from_a_checkpoint_written_here(exported, tmp_path, mo
         start = hf.load_any_encoder(path, p).eval().features(images, "mean")  # what finetune builds on
     close(start, transformers_features(tmp_path / "theirs", images))
 
-    monkeypatch.chdir(exported)
+    monkeypatch.chdir(downloaded)
     summary = finetune(p, path, "data/prepared", "external", tmp_path / "live", tmp_path / "scratch")
     assert 0.0 <= summary["top1"] <= 1.0 and summary["epochs"] == 1
 
