@@ -163,3 +163,32 @@ def test_one_seed_gives_a_slope_and_says_it_has_no_interval(tmp_path):
     assert len(per_readout) == len(METRICS)
     assert all("(1 seed, no interval): not enough seeds." in line for line in per_readout), per_readout
     assert not any("nan" in line for line in lines), lines
+
+
+def test_one_seed_primary_gives_its_value_and_unpaired_readings_leave_the_table():
+    """One seed: the primary's line gives the difference it has and says it has no interval; an arm and
+    reading with no finished pair (equal FLOPs below the largest budget) is one line, not a row of dashes."""
+    from conftest import REPO
+    from mae_exp.plumbing.config import load_params
+    from mae_exp.study.report import markdown, verdict_line
+    from mae_exp.study.stats import paired_differences, primary_differences, summarize
+
+    p = load_params(REPO / "params.yaml")
+    runs = constructed(lambda b: 0.01, seeds=(1,))
+    runs = runs.assign(flops_random=math.nan, **{f"wall_time_s_{e}": 60.0 for e in ("original", "improved", "random")})
+    primary = p.study.primary.model_copy(update={"arm": "all-e32"})
+    line = verdict_line(primary, curves.equivalence(primary_differences(runs, primary), primary.margin))
+    assert "1 seed, improved − original +1.0 pp; no interval and no reading yet" in line, line
+    assert "nan" not in line
+
+    originals = {"original_flops_matched-e32"}
+    diffs = paired_differences(runs, originals, primary)
+    text = markdown(summarize(runs, originals), diffs, runs, [])
+    rows = [r for r in text.splitlines() if r.startswith("| all-e")]
+    assert {tuple(c.strip() for c in r.split("|")[1:3]) for r in rows} == {
+        *((f"all-e{b}", "equal steps") for b in BUDGETS),
+        ("all-e32", "equal FLOPs"),
+    }
+    unpaired = [r for r in text.splitlines() if r.startswith("No finished pair")]
+    assert unpaired == [r for r in unpaired if "all-e4 at equal FLOPs" in r and "all-e32" not in r] != []
+    assert "no finished experiment pair" not in text

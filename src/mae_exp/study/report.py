@@ -137,6 +137,9 @@ def tables(summary: pd.DataFrame, diffs: pd.DataFrame) -> tuple[list[str], list[
 
 
 def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> str:
+    paired = diffs.groupby(["ablation", "reading"], sort=False)["n"].transform("max") > 0
+    unpaired = list(dict.fromkeys(f"{a} at {r}" for a, r in zip(diffs["ablation"][~paired], diffs["reading"][~paired])))
+    diffs = diffs[paired]  # an arm and reading with no finished pair says nothing: one line below, not a row
     headers, first, second = tables(summary, diffs)
 
     def md(head, rows, left=1):
@@ -160,6 +163,13 @@ def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, not
         "",
     ]
     lines += md(["arm", "reading", "seeds", *headers], second, left=2)
+    if unpaired:
+        lines += [
+            "",
+            f"No finished pair, so not in the table: {', '.join(unpaired)}"
+            " (in a study of several budgets, equal FLOPs at a budget without a FLOPs-matched arm is read off"
+            " the original's compute curve, above).",
+        ]
     lines += [""] + [f"- {s}" for s in sentences(diffs)]
     if notes:
         lines += [""] + [f"Note: {n}." for n in notes]
@@ -217,6 +227,12 @@ def verdict_line(primary, e: dict) -> str:
     """The primary's equivalence reading in one sentence (curves.equivalence)."""
     m = METRICS[primary.metric]
     margin = _with_unit(number(primary.margin, primary.metric, signed=False), primary.metric)
+    if e["n"] == 1:  # a value, but no interval: no verdict either way
+        return (
+            f"Primary ({m.label}, {primary.arm}, equal {primary.reading}): 1 seed, improved − original "
+            f"{_with_unit(number(e['mean'], primary.metric), primary.metric)}; no interval and no reading yet "
+            "(a verdict needs at least 2 seeds)."
+        )
     if e["n"] < 2:
         return f"Primary ({m.label}, {primary.arm}, equal {primary.reading}): {e['n']} seed(s), no reading yet."
     ci = (
