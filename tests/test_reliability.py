@@ -215,8 +215,13 @@ def truncate(path: Path) -> None:
     "damage, falls_back_to",
     [
         ({"last.pt": truncate}, "the previous state"),
-        ({"last.pt": flip_tensor_byte}, "the previous state"),
-        ({"last.pt": lambda p: p.write_bytes(b""), "prev.pt": flip_tensor_byte}, "a fresh start"),
+        # the fast tier keeps one damage (a truncated last.pt); the slow tier adds a flipped byte and a fresh start
+        pytest.param({"last.pt": flip_tensor_byte}, "the previous state", marks=pytest.mark.slow),
+        pytest.param(
+            {"last.pt": lambda p: p.write_bytes(b""), "prev.pt": flip_tensor_byte},
+            "a fresh start",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_a_damaged_resumable_state_is_set_aside_in_one_line_and_the_run_ends_as_if_uninterrupted(
