@@ -170,7 +170,7 @@ def test_one_seed_primary_gives_its_value_and_unpaired_readings_leave_the_table(
     reading with no finished pair (equal FLOPs below the largest budget) is one line, not a row of dashes."""
     from conftest import REPO
     from mae_exp.plumbing.config import load_params
-    from mae_exp.study.report import markdown, verdict_line
+    from mae_exp.study.report import headline_lines, markdown, verdict_line
     from mae_exp.study.stats import paired_differences, primary_differences, summarize
 
     p = load_params(REPO / "params.yaml")
@@ -178,11 +178,15 @@ def test_one_seed_primary_gives_its_value_and_unpaired_readings_leave_the_table(
     runs = runs.assign(flops_random=math.nan, **{f"wall_time_s_{e}": 60.0 for e in ("original", "improved", "random")})
     primary = p.study.primary.model_copy(update={"arm": "all-e32"})
     line = verdict_line(primary, curves.equivalence(primary_differences(runs, primary), primary.margin))
-    assert "1 seed, improved − original +1.0 pp; no interval and no reading yet" in line, line
+    assert "equal FLOPs): 1 seed, improved − original +1.0 pp; no interval and no reading yet" in line, line
     assert "nan" not in line
 
     originals = {"original_flops_matched-e32"}
     diffs = paired_differences(runs, originals, primary)
+    assert headline_lines(primary, runs, diffs) == [
+        line,
+        "Every other comparison is exploratory: the primary has no reading yet.",
+    ]
     text = markdown(summarize(runs, originals), diffs, runs, [])
     rows = [r for r in text.splitlines() if r.startswith("| all-e")]
     assert {tuple(c.strip() for c in r.split("|")[1:3]) for r in rows} == {

@@ -805,7 +805,7 @@ def test_a_compute_curve_study_end_to_end(tmp_path):
     }
     out = study("report", cwd=repo).stdout
     assert re.search(
-        r"Primary \(linear probe cls top-1 \(test\), all-e2, equal flops; margin ±1\.5 pp.*2 seeds\): "
+        r"Primary \(linear probe cls top-1 \(test\), all-e2, equal FLOPs; margin ±1\.5 pp.*2 seeds\): "
         r"(INCONCLUSIVE|BEYOND NOISE|NO DIFFERENCE|A DIFFERENCE BEYOND NOISE, SMALLER THAN THE MARGIN)",
         " ".join(out.split()),
     ), out

@@ -35,6 +35,7 @@ DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "a
     "laplacian_only": ("the Laplacian loss alone", "changes"),
     "uniformity_only": ("the uniformity loss alone", "changes"),
 }
+READING_WORDS = {"steps": "steps", "flops": "FLOPs"}
 NOISE = "* = beyond noise: paired t-test p < 0.05 after Holm's correction (the primary: uncorrected)"
 
 
@@ -223,24 +224,37 @@ def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame,
         out.print(f"[dim]note: {n}[/]")
 
 
+def headline_lines(primary, runs: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
+    """The primary's equivalence reading, and what that makes of every other comparison."""
+    from .curves import equivalence
+
+    reading = equivalence(primary_differences(runs, primary), primary.margin)
+    lines = [verdict_line(primary, reading)]
+    if reading["n"] < 2:  # one seed has a value but no interval: it is neither beyond noise nor within it
+        lines.append("Every other comparison is exploratory: the primary has no reading yet.")
+    elif not any(diffs["primary"] & diffs["beyond_noise"]):
+        lines.append("Every other comparison is exploratory: the primary is not beyond noise.")
+    return lines
+
+
 def verdict_line(primary, e: dict) -> str:
     """The primary's equivalence reading in one sentence (curves.equivalence)."""
     m = METRICS[primary.metric]
     margin = _with_unit(number(primary.margin, primary.metric, signed=False), primary.metric)
+    what = f"Primary ({m.label}, {primary.arm}, equal {READING_WORDS[primary.reading]}"
     if e["n"] == 1:  # a value, but no interval: no verdict either way
         return (
-            f"Primary ({m.label}, {primary.arm}, equal {primary.reading}): 1 seed, improved − original "
-            f"{_with_unit(number(e['mean'], primary.metric), primary.metric)}; no interval and no reading yet "
-            "(a verdict needs at least 2 seeds)."
+            f"{what}): 1 seed, improved − original {_with_unit(number(e['mean'], primary.metric), primary.metric)}; "
+            "no interval and no reading yet (a verdict needs at least 2 seeds)."
         )
     if e["n"] < 2:
-        return f"Primary ({m.label}, {primary.arm}, equal {primary.reading}): {e['n']} seed(s), no reading yet."
+        return f"{what}): {e['n']} seeds, no reading yet."
     ci = (
         f"90% CI {number(e['ci90_low'], primary.metric)} to "
         f"{_with_unit(number(e['ci90_high'], primary.metric), primary.metric)}"
     )
     return (
-        f"Primary ({m.label}, {primary.arm}, equal {primary.reading}; margin ±{margin}, fixed before the "
+        f"{what}; margin ±{margin}, fixed before the "
         f"runs): improved − original {_with_unit(number(e['mean'], primary.metric), primary.metric)} "
         f"({ci}; TOST p = {e['p_tost']:.2g}; {e['n']} seeds): {e['verdict'].upper()}."
     )
@@ -322,16 +336,10 @@ def report(
     diffs = paired_differences(runs, originals, primary)
     if not diffs["primary"].any():
         notes.append(
-            f"the primary comparison ({primary.arm}, equal {primary.reading}, {primary.metric}) has no "
+            f"the primary comparison ({primary.arm}, equal {READING_WORDS[primary.reading]}, {primary.metric}) has no "
             "finished pair: every comparison is Holm-corrected"
         )
-    from .curves import equivalence
-
-    headline = [verdict_line(primary, equivalence(primary_differences(runs, primary), primary.margin))]
-    if not diffs["primary"].any():
-        headline.append("Every other comparison is exploratory: the primary has no reading yet.")
-    elif not any(diffs["primary"] & diffs["beyond_noise"]):
-        headline.append("Every other comparison is exploratory: the primary is not beyond noise.")
+    headline = headline_lines(primary, runs, diffs)
     trends = []
     if len(current.study.budgets) > 1:
         trends = compute_curves(runs, current, originals, primary, compute_csv, compute_png)
