@@ -748,7 +748,8 @@ def test_queue_and_report_end_to_end(tmp_path):
     assert "mse" in set(compared["metric"])
     md = (repo / "metrics" / "study.md").read_text()
     assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only | equal steps and FLOPs | 2 |" in md
-    assert md.count("\n- ") == 3 * len(METRICS)  # one sentence per comparison
+    assert md.count("\n- ") == 2 * len(METRICS)  # one sentence per comparison with a finished pair
+    assert "No finished pair, so not in the table: all at equal FLOPs" in md  # one line, not 8 sentences
     assert "could not be read" not in md  # every experiment's fine-tuning curve came from its commit
     assert (repo / "plots" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
