@@ -182,7 +182,6 @@ def killed_state(tiny_downloaded, tmp_path_factory):
     root = tmp_path_factory.mktemp("state")
     repo = copy_built(tiny_downloaded, root / "repo")
     set_param(repo, "pretrain.epochs", 4)  # states after epochs 1, 2, 3: two epochs to catch last.pt + prev.pt
-    dvc("repro", "download", cwd=repo)
     assert stage(repo, "pretrain_original").returncode == 0
     straight = torch.load(repo / "models/original/checkpoint.pt", weights_only=False)["model_state"]
     finished = files_under(repo / "metrics/pretrain_original")

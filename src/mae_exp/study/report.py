@@ -137,10 +137,22 @@ def tables(summary: pd.DataFrame, diffs: pd.DataFrame) -> tuple[list[str], list[
     return headers, first, second
 
 
-def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> str:
+def split_unpaired(diffs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The comparisons with a finished pair, and the names ("<arm> at <reading>") of those without one: an arm
+    and reading with no pair says nothing, so the report names it once instead of a row and a sentence each."""
     paired = diffs.groupby(["ablation", "reading"], sort=False)["n"].transform("max") > 0
-    unpaired = list(dict.fromkeys(f"{a} at {r}" for a, r in zip(diffs["ablation"][~paired], diffs["reading"][~paired])))
-    diffs = diffs[paired]  # an arm and reading with no finished pair says nothing: one line below, not a row
+    unpaired = dict.fromkeys(f"{a} at {r}" for a, r in zip(diffs["ablation"][~paired], diffs["reading"][~paired]))
+    return diffs[paired], list(unpaired)
+
+
+UNPAIRED = (
+    "No finished pair, so not in the table: {} (in a study of several budgets, equal FLOPs at a budget without a "
+    "FLOPs-matched arm is read off the original's compute curve, above)."
+)
+
+
+def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> str:
+    diffs, unpaired = split_unpaired(diffs)
     headers, first, second = tables(summary, diffs)
 
     def md(head, rows, left=1):
@@ -165,12 +177,7 @@ def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, not
     ]
     lines += md(["arm", "reading", "seeds", *headers], second, left=2)
     if unpaired:
-        lines += [
-            "",
-            f"No finished pair, so not in the table: {', '.join(unpaired)}"
-            " (in a study of several budgets, equal FLOPs at a budget without a FLOPs-matched arm is read off"
-            " the original's compute curve, above).",
-        ]
+        lines += ["", UNPAIRED.format(", ".join(unpaired))]
     lines += [""] + [f"- {s}" for s in sentences(diffs)]
     if notes:
         lines += [""] + [f"Note: {n}." for n in notes]
@@ -206,6 +213,7 @@ def csv_frame(summary: pd.DataFrame, diffs: pd.DataFrame) -> pd.DataFrame:
 
 
 def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> None:
+    diffs, unpaired = split_unpaired(diffs)
     headers, first, second = tables(summary, diffs)
     seeds = ", ".join(str(s) for s in sorted(set(runs["seed"])))
     for title, keys, rows in (
@@ -218,6 +226,8 @@ def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame,
         for r in rows:
             t.add_row(*r)
         out.print(t)
+    if unpaired:
+        out.print(UNPAIRED.format(", ".join(unpaired)), soft_wrap=True)
     for s in sentences(diffs):
         out.print(f"- {s}", soft_wrap=True)
     for n in notes:
