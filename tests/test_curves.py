@@ -196,3 +196,30 @@ def test_one_seed_primary_gives_its_value_and_unpaired_readings_leave_the_table(
     unpaired = [r for r in text.splitlines() if r.startswith("No finished pair")]
     assert unpaired == [r for r in unpaired if "all-e4 at equal FLOPs" in r and "all-e32" not in r] != []
     assert "no finished experiment pair" not in text
+
+
+def test_the_gap_panels_band_is_the_verdicts_interval_and_each_point_names_its_seeds():
+    """With 2 seeds the bootstrap over seeds is no wider than their range; the band drawn is the Student-t
+    interval the verdicts use, the bootstrap its dashed pair, and each point says how many seeds it has."""
+    from mae_exp.study.curve_figure import SHOWN, compute_figure
+
+    runs = constructed(lambda b: 0.02, seeds=(1, 2), noise=0.01)
+    pts, g = analyse(runs)
+    table = curves.gap_table(g)
+    fig = compute_figure(curves.curve(pts), table, None)
+    col = SHOWN.index("knn_mean_top1")
+    ax = fig.axes[len(SHOWN) + col]  # the bottom row follows the top row
+    t = table.query("metric == 'knn_mean_top1' and reading == 'equal FLOPs'").sort_values("flops")
+    [band] = ax.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    scale = METRICS["knn_mean_top1"].scale
+    assert ys.min() == pytest.approx(t["t_low"].min() * scale) and ys.max() == pytest.approx(t["t_high"].max() * scale)
+    assert (t["t_high"] - t["t_low"] > t["boot_high"] - t["boot_low"]).all()  # so the band is the wider one
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert [list(line.get_ydata()) for line in dashed] == [
+        pytest.approx(list(t[e] * scale)) for e in ("boot_low", "boot_high")
+    ]
+    assert [a.get_text() for a in ax.texts] == ["n=2"] * len(t)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -14,9 +14,19 @@ SHOWN = ("linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1",
 
 
 def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path: str | Path) -> None:
+    fig = compute_figure(curve, table, primary)
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary):
     """Top row: each readout's mean over seeds against pre-training FLOPs (log axis), 95% Student-t bands,
     the random encoder as the floor. Bottom row: improved − original at equal FLOPs (interpolated on the
-    original's curve) with its bootstrap band over seeds, 0, and on the primary's panel its margin."""
+    original's curve), 0, and on the primary's panel its margin. Its band is the Student-t interval the
+    verdicts use; the bootstrap over seeds is the dashed pair inside it (with few seeds it is no wider than
+    the seeds' range, which is why it decides nothing); each point says how many seeds it rests on."""
     import matplotlib
     import matplotlib.ticker
 
@@ -61,13 +71,19 @@ def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path:
             ax.plot(t["flops"], t["gap"] * m.scale, "o-", ms=3.5, color=COLOURS["improved"])
             ax.fill_between(
                 t["flops"],
-                t["boot_low"] * m.scale,
-                t["boot_high"] * m.scale,
+                t["t_low"] * m.scale,
+                t["t_high"] * m.scale,
                 color=COLOURS["improved"],
                 alpha=0.18,
                 lw=0,
-                label="bootstrap 95% over seeds",
+                label="95% Student-t over seeds",
             )
+            for edge, label in (("boot_low", "bootstrap 95% over seeds"), ("boot_high", None)):
+                ax.plot(t["flops"], t[edge] * m.scale, ls="--", lw=0.8, color=COLOURS["improved"], label=label)
+            for x, y, n in zip(t["flops"], t["gap"] * m.scale, t["n"]):
+                ax.annotate(f"n={n}", (x, y), xytext=(3, 4), textcoords="offset points", fontsize=6.5)
+            if col == 0:
+                ax.legend(fontsize=6.5, loc="best", frameon=False)
         if primary is not None and metric == primary.metric:
             for edge in (-primary.margin, primary.margin):
                 ax.axhline(edge * m.scale, color="black", ls=":", lw=1)
@@ -82,5 +98,4 @@ def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path:
         ax.set_ylabel("pp" if m.unit == "pp" else (unit or "difference"), fontsize=8)
         ax.tick_params(labelsize=7.5)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    return fig
