@@ -316,11 +316,8 @@ def experiment_lock(repo: Path, name: str) -> dict:
 
 
 def with_budget(repo: Path, epochs: int) -> Path:
-    """The copy's study at one budget of `epochs` (tiny's is 3), committed."""
-    params = repo / "params.yaml"
-    text = params.read_text()
-    assert "budgets: [3]" in text and "budget: 3," in text, "configs/tiny.yaml's study section changed"
-    params.write_text(text.replace("budgets: [3]", f"budgets: [{epochs}]").replace("budget: 3,", f"budget: {epochs},"))
+    """The copy's study at one budget of `epochs` (tiny's is 3), its primary read there, committed."""
+    set_params(repo, study__budgets=[epochs], study__primary__budget=epochs)
     git("commit", "-q", "-am", f"study at {epochs} epochs", cwd=repo)
     return repo
 
