@@ -201,6 +201,13 @@ def gpu_slots(jobs: int) -> list[str] | None:
     return [",".join(gpus[i * per : (i + 1) * per]) for i in range(jobs)]
 
 
+def sigint_default() -> None:
+    """preexec_fn of an experiment: SIGINT at its default. A runner started in the background (`cmd &`
+    in a script, a batch job) inherits SIGINT ignored, and so would each experiment: the SIGINT that
+    `stop` sends would not reach DVC or its stage, which would run on until killed."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs: Path = LOGS, command=exp_run) -> int:
     """Run the jobs, `jobs` at a time, each `dvc exp run --temp` in its own process group (so that Ctrl-C
     reaches this process only, which then stops each experiment once and waits for DVC to clean up), each
@@ -238,6 +245,7 @@ def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs
                                 stdout=log,
                                 stderr=subprocess.STDOUT,
                                 start_new_session=True,
+                                preexec_fn=sigint_default,
                                 env=child_env,
                             ),
                         )

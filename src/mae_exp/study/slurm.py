@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import StudyError, out
+from .queue import sigint_default
 
 STATES = ("submitted", "running", "requeued", "stopped", "done", "failed")
 WAITING = ("submitted", "running", "requeued")  # the job has not reported an end (yet)
@@ -310,7 +311,7 @@ def job_main(job_dir: Path) -> int:
                         cwd=work,
                         start_new_session=True,
                         stdin=subprocess.DEVNULL,
-                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                        preexec_fn=sigint_default,
                     )
                 )
                 code = child[0].wait()
