@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from conftest import REPO, dvc, run, stage_cmd
+from conftest import REPO, copy_repo, dvc, run, stage_cmd
 from mae_exp.plumbing.config import (
     ConfigError,
     ModelConfig,
@@ -251,7 +251,8 @@ def test_yaml_and_file_errors_are_one_line(tmp_path):
         load_params(bad)
 
 
-def test_a_bad_param_stops_the_stage_before_any_work(repo):
+def test_a_bad_param_stops_the_stage_before_any_work(tmp_path):
+    repo = copy_repo(tmp_path / "repo", cache="own")  # download must run (and stop), not be restored
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["improved"]["mask_ratio"] = 1.2
     (repo / "params.yaml").write_text(yaml.safe_dump(params))

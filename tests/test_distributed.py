@@ -50,7 +50,7 @@ def two(tmp_path_factory):
     `dvc repro`, which resumes it. Every training stage checks at its end that both ranks hold the same
     weights (distributed.check_same_weights), so a completed run is that check passed."""
     root = tmp_path_factory.mktemp("two")
-    repo = copy_repo(root / "repo")
+    repo = copy_repo(root / "repo", cache="own")  # every stage after download must run with 2 processes
     set_params(repo, pretrain__processes=2, finetune__processes=2, data__shapes__unlabeled=2000)
     dvc("repro", "download", cwd=repo)
     proc = start([str(BIN / "dvc"), "repro", "pretrain_original"], repo)

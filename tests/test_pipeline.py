@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, STAGES, copy_repo, dvc, env, git, ran_stages, stage_cmd
+from conftest import BIN, STAGES, copy_built, copy_repo, dvc, env, git, ran_stages, stage_cmd
 
 pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
 
@@ -28,10 +28,10 @@ def metrics(repo: Path, stage: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    proc = dvc("repro", cwd=repo)
-    return repo, proc.stdout + proc.stderr
+def reproduced(tiny_reproduced, tmp_path_factory):
+    """This module's copy of the session's whole tiny `dvc repro` (a fresh copy, its own cache), and its output."""
+    built, output = tiny_reproduced
+    return copy_built(built, tmp_path_factory.mktemp("e2e") / "repo"), output
 
 
 def test_repro_runs_every_stage_and_writes_metrics(reproduced):
@@ -220,14 +220,22 @@ def scratch_states(repo: Path, stage: str) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def interrupted_and_clean(tmp_path_factory):
+def slow_downloaded(tmp_path_factory) -> Path:
+    """A copy with `slow_enough`'s sizes, committed, after `dvc repro download`, with its own cache: the
+    interruption tests take a copy, each then running and resuming its stages with nothing to restore."""
+    repo = copy_repo(tmp_path_factory.mktemp("slow") / "repo", cache="own")
+    slow_enough(repo)
+    git("commit", "-qam", "slow enough", cwd=repo)
+    dvc("repro", "download", cwd=repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def interrupted_and_clean(slow_downloaded, tmp_path_factory):
     """Two copies on the same data: one SIGKILLed during pre-training and during fine-tuning and resumed,
     one run straight through."""
     root = tmp_path_factory.mktemp("resume")
-    killed, clean = copy_repo(root / "killed"), copy_repo(root / "clean")
-    for repo in (killed, clean):
-        slow_enough(repo)
-    dvc("repro", "download", cwd=killed)
+    killed, clean = copy_built(slow_downloaded, root / "killed"), copy_built(slow_downloaded, root / "clean")
     pretrain_killed_at = kill_after_first_checkpoint(killed, "pretrain_original", "pretrain_original")
     assert not (killed / "models" / "original" / "encoder.pt").exists()
     resumed = dvc("repro", "pretrain_original", cwd=killed)
@@ -271,10 +279,8 @@ def test_killed_finetune_resumes_and_matches_an_uninterrupted_run(interrupted_an
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_stage_says_where_it_stopped_in_one_line(tmp_path, sig, code):
-    repo = copy_repo(tmp_path / "repo")
-    slow_enough(repo)
-    dvc("repro", "download", cwd=repo)
+def test_an_interrupted_stage_says_where_it_stopped_in_one_line(slow_downloaded, tmp_path, sig, code):
+    repo = copy_built(slow_downloaded, tmp_path / "repo")
     proc = start([str(BIN / "python"), *stage_cmd("pretrain_improved")[1:]], repo)
     epoch = wait_for_state(repo, "pretrain_improved", proc)
     proc.send_signal(sig)
@@ -285,9 +291,8 @@ def test_an_interrupted_stage_says_where_it_stopped_in_one_line(tmp_path, sig, c
     assert f"`dvc repro` resumes it from epoch {epoch + 1}" in line and sig.name in line
 
 
-def test_changed_params_start_over_instead_of_resuming(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
-    slow_enough(repo)
+def test_changed_params_start_over_instead_of_resuming(slow_downloaded, tmp_path):
+    repo = copy_built(slow_downloaded, tmp_path / "repo")
     kill_after_first_checkpoint(repo, "pretrain_original", "pretrain_original")
     assert len(scratch_states(repo, "pretrain_original")) == 1
     set_param(repo, "pretrain.base_lr", 3e-3)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, copy_repo, dvc, git
+from conftest import REPO, copy_built, copy_repo, dvc, git
 from mae_exp.evaluation import palette
 from mae_exp.evaluation.plots_page import (
     CHROMIUM,
@@ -120,10 +120,10 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tiny_reproduced, tmp_path_factory):
+    """This module's copy of the session's whole tiny `dvc repro`, its results committed."""
     chromium()
-    repo = copy_repo(tmp_path_factory.mktemp("page") / "repo")
-    dvc("repro", cwd=repo)
+    repo = copy_built(tiny_reproduced[0], tmp_path_factory.mktemp("page") / "repo")
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "results", cwd=repo)
     return repo

@@ -53,10 +53,9 @@ def outputs(repo: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_killed_resumed_and_fallen_back_runs_write_the_bytes_of_an_uninterrupted_run(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
+def test_killed_resumed_and_fallen_back_runs_write_the_bytes_of_an_uninterrupted_run(tiny_downloaded, tmp_path):
+    repo = copy_built(tiny_downloaded, tmp_path / "repo")  # its own cache: no pre-training to restore
     set_param(repo, "pretrain.epochs", 4)  # states after epochs 1, 2, 3
-    dvc("repro", "download", cwd=repo)
 
     kill_once_two_states_exist(repo)  # first run: nothing in the run-cache yet
     proc = dvc("repro", "pretrain_original", cwd=repo)

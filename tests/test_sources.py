@@ -413,9 +413,9 @@ def test_skip_bad_files_is_a_validated_param():
 # --------------------------------------------------------------------------- dvc
 
 
-def folder_repo(tmp_path: Path, root) -> Path:
+def folder_repo(tmp_path: Path, root, cache: str = "shared") -> Path:
     """A scratch repository whose params say data.source: folder, data.root: `root`."""
-    repo = copy_repo(tmp_path / "repo")
+    repo = copy_repo(tmp_path / "repo", cache=cache)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     # val_fraction 0.5: make_folder's 3 cat + 2 dog train images then leave a validation split, which download checks
     params["data"].update(source="folder", root=str(root), val_fraction=0.5)
@@ -448,7 +448,7 @@ def test_download_stage_tracks_the_folder_content_but_not_the_stl10_archive(tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("committed", [False, True])
 def test_a_folder_inside_the_repo_that_git_would_commit_stops_with_the_command_that_fixes_it(tmp_path, committed):
-    repo = folder_repo(tmp_path, "data/images")
+    repo = folder_repo(tmp_path, "data/images", cache="own")  # the stage must run (and stop), not be restored
     make_folder(repo / "data/images")
     if committed:  # the images were already committed to git: dvc add needs them out of git's index first
         git("add", "data/images", cwd=repo)

@@ -707,45 +707,54 @@ def test_no_start_hands_the_experiments_to_dvcs_queue(tmp_path):
 
 
 @pytest.mark.slow
-def test_queue_and_report_end_to_end(tmp_path):
+def test_a_study_end_to_end(tiny_reproduced, tmp_path):
+    """`queue` + `report` through the real `dvc exp run --temp`, on a copy whose DVC cache is the session's
+    shared one. Two seeds, two budgets (1 epoch and the tiny config's own 3): `all` at both, the original at the
+    improved recipe's FLOPs (`original_flops_matched`) and `laplacian_only` at 3, 8 experiments. s42-all-e3 has
+    the tiny config's params, so every stage of it comes from the run-cache of the session's whole `dvc repro`;
+    the later arms take the branch they share with an earlier one from the run-cache too."""
     repo = copy_repo(tmp_path / "repo")
-    # 2 seeds x 2 ablations; -j 2 runs both seeds' `all` together, then both `laplacian_only`, whose
-    # original branch the run-cache restores
-    proc = study(
-        "queue",
-        "--seeds",
-        "42",
-        "43",
-        "--ablations",
-        "all",
-        "laplacian_only",
-        "-j",
-        "2",
-        "--poll",
-        "5",
-        cwd=repo,
-        timeout=1500,
-    )  # a guard against a hang (the CPU may be shared)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["study"].update(
+        seeds=[42, 43],
+        budgets=[1, 3],
+        ablation_budgets={"original_flops_matched": [3], "laplacian_only": [3]},
+        ablations={
+            name: params["study"]["ablations"][name] for name in ("all", "original_flops_matched", "laplacian_only")
+        },
+        primary={"arm": "all", "budget": 3, "reading": "flops", "metric": "linear_cls_top1", "margin": 0.015},
+    )
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git("commit", "-qam", "a study of two budgets", cwd=repo)
+    arms = ["all", "laplacian_only", "original_flops_matched"]
+    # -j 2: both seeds of an arm together; a guard against a hang (the CPU may be shared)
+    proc = study("queue", "-j", "2", "--poll", "1", cwd=repo, timeout=1800)
     out = proc.stdout + proc.stderr
-    assert "4 of 4 experiments succeeded" in out, out
-    names = set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split())
-    assert names == {"s42-all", "s43-all", "s42-laplacian_only", "s43-laplacian_only"}
-    logs = (repo / "scratch" / "study" / "s43-laplacian_only.log").read_text()
+    assert "8 of 8 experiments succeeded" in out, out
+    names = {f"s{seed}-{arm}" for seed in (42, 43) for arm in ("all-e1", "all-e3", *(f"{a}-e3" for a in arms[1:]))}
+    assert set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split()) == names
+    restored = (repo / "scratch" / "study" / "s42-all-e3.log").read_text()
+    assert "Running stage" not in restored and "Stage 'pretrain_improved' is cached - skipping run" in restored
+    logs = (repo / "scratch" / "study" / "s43-laplacian_only-e3.log").read_text()
     assert "Stage 'pretrain_original' is cached - skipping run" in logs
     assert "Running stage 'pretrain_improved'" in logs
 
     # again: nothing new is queued, and existing names are no error
-    proc = study("queue", "--seeds", "42", "43", "--ablations", "all", "laplacian_only", cwd=repo)
-    assert "s42-all: already done (s42-all), skipped" in proc.stdout
+    proc = study("queue", cwd=repo)
+    assert "s42-all-e3: already done (s42-all-e3), skipped" in proc.stdout
     assert "nothing new to run" in proc.stdout
 
-    proc = study("report", cwd=repo)
-    out = proc.stdout
+    out = study("report", cwd=repo).stdout
     assert "Paired difference improved − original" in out
-    # the tiny config's numbers mean nothing; whatever they are, one sentence per metric and ablation
     assert re.search(
-        r"linear probe mean top-1 \(test\), equal steps: all three improvements change it by .*2 seeds.*: "
-        r"(within seed-to-seed noise|beyond seed-to-seed noise|no difference)",
+        r"Primary \(linear probe cls top-1 \(test\), all-e3, equal FLOPs; margin ±1\.5 pp.*2 seeds\): "
+        r"(INCONCLUSIVE|BEYOND NOISE|NO DIFFERENCE|A DIFFERENCE BEYOND NOISE, SMALLER THAN THE MARGIN)",
+        " ".join(out.split()),
+    ), out
+    # the tiny config's numbers mean nothing; whatever they are, one sentence per metric and comparison
+    assert re.search(
+        r"linear probe mean top-1 \(test\), equal steps and FLOPs: the Laplacian loss alone at 3 pre-training "
+        r"epochs changes it by .*2 seeds.*: (within seed-to-seed noise|beyond seed-to-seed noise|no difference)",
         out,
     ), out
     csv = pd.read_csv(repo / "metrics" / "study.csv")
@@ -753,24 +762,38 @@ def test_queue_and_report_end_to_end(tmp_path):
     assert set(groups["group"]) == {"random", "original", "improved: all", "improved: laplacian_only"}
     assert (groups["n"] == 2).all()
     compared = csv[csv["diff_n"].notna()].fillna({"reading": ""})
-    # the curriculum costs FLOPs: `all` is read at equal steps, and at equal FLOPs (no original_flops_matched
-    # experiment here: no pair); the Laplacian alone costs what the original does: one reading
+    # the curriculum costs FLOPs: `all` is read at equal steps and at equal FLOPs (against the FLOPs-matched
+    # original at 3 epochs; at 1 epoch no experiment pairs it); the Laplacian alone costs what the original does
     readings = set(zip(compared["ablation"], compared["reading"]))
-    assert readings == {("all", "equal steps"), ("all", "equal FLOPs"), ("laplacian_only", "equal steps and FLOPs")}
-    paired = compared[compared["reading"] != "equal FLOPs"]
-    assert len(paired) == 2 * len(METRICS) and (paired["diff_n"] == 2).all()
+    assert readings == {
+        ("all-e1", "equal steps"),
+        ("all-e1", "equal FLOPs"),
+        ("all-e3", "equal steps"),
+        ("all-e3", "equal FLOPs"),
+        ("laplacian_only-e3", "equal steps and FLOPs"),
+    }, readings
+    paired = compared[compared["diff_n"] == 2]
+    assert len(paired) == 4 * len(METRICS)  # every reading but all-e1 at equal FLOPs has both seeds' pairs
     assert (paired["ci_low"] <= paired["diff_mean"]).all() and (paired["diff_mean"] <= paired["ci_high"]).all()
     assert (paired["p_holm"] >= paired["p_value"]).all()
     assert compared.loc[compared["primary"], ["ablation", "reading", "metric"]].values.tolist() == [
-        ["all", "equal steps", "ft_top1"]
-    ]  # tiny.yaml's study.primary
+        ["all-e3", "equal FLOPs", "linear_cls_top1"]
+    ]
     assert "mse" in set(compared["metric"])
     md = (repo / "metrics" / "study.md").read_text()
-    assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only | equal steps and FLOPs | 2 |" in md
-    assert md.count("\n- ") == 2 * len(METRICS)  # one sentence per comparison with a finished pair
-    assert "No finished pair, so not in the table: all at equal FLOPs" in md  # one line, not 8 sentences
+    assert md.startswith("Primary (") and "per doubling of pre-training compute" in md
+    assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only-e3 | equal steps and FLOPs | 2 |" in md
+    assert md.count("\n- ") == 4 * len(METRICS)  # one sentence per comparison with a finished pair
+    assert "No finished pair, so not in the table: all-e1 at equal FLOPs" in md  # one line, not 8 sentences
     assert "could not be read" not in md  # every experiment's fine-tuning curve came from its commit
-    assert (repo / "plots" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("study.png", "study_compute.png"):
+        assert (repo / "plots" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    frame = pd.read_csv(repo / "metrics" / "study_compute.csv")
+    curve = frame[(frame["kind"] == "curve") & (frame["metric"] == "linear_cls_top1")]
+    assert sorted(curve.loc[curve["group"] == "original", "budget"]) == [1, 3, 3]  # + the FLOPs-matched point
+    gap = frame[(frame["kind"] == "gap") & (frame["reading"] == "equal FLOPs")]
+    assert (gap["n"] == 2).all() and len(gap) == 2 * len(METRICS)  # both budgets read off the original's curve
+    assert len(frame[frame["kind"] == "trend"]) == len(METRICS)
 
     # a saved `dvc exp show --csv` gives the same report
     saved = tmp_path / "shown.csv"
@@ -787,54 +810,12 @@ def test_queue_and_report_end_to_end(tmp_path):
     assert dvc("exp", "ls", "--name-only", cwd=clone).stdout.split() == []
     study("report", cwd=clone)
     assert (clone / "metrics" / "study.md").read_text() == md
-    proc = study("queue", "--seeds", "42", "43", "--ablations", "all", "laplacian_only", cwd=clone)
-    assert "nothing new to run" in proc.stdout and "s43-laplacian_only: already done" in proc.stdout
+    proc = study("queue", cwd=clone)
+    assert "nothing new to run" in proc.stdout and "s43-laplacian_only-e3: already done" in proc.stdout
 
     # the study section is no stage's param: editing it leaves the pipeline up to date
-    dvc("exp", "apply", "s42-all", cwd=repo)
+    dvc("exp", "apply", "s42-all-e3", cwd=repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["study"]["seeds"] = [1, 2, 3, 4, 5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Data and pipelines are up to date" in dvc("status", cwd=repo).stdout
-
-
-@pytest.mark.slow
-def test_a_compute_curve_study_end_to_end(tmp_path):
-    """Two budgets, the original also at the improved recipe's FLOPs of the larger one, two seeds: the queue
-    runs the six experiments, the report reads the primary with its equivalence reading and the curves."""
-    repo = copy_repo(tmp_path / "repo")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["study"].update(
-        seeds=[42, 43],
-        budgets=[1, 2],
-        ablation_budgets={"original_flops_matched": [2]},
-        ablations={"all": {}, "original_flops_matched": {"original.steps_factor": 1.1036}},
-        primary={"arm": "all", "budget": 2, "reading": "flops", "metric": "linear_cls_top1", "margin": 0.015},
-    )
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git("commit", "-qam", "a curve study", cwd=repo)
-    proc = study("queue", "--poll", "5", cwd=repo, timeout=2400)
-    assert "6 of 6 experiments succeeded" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    assert set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split()) == {
-        "s42-all-e1",
-        "s43-all-e1",
-        "s42-all-e2",
-        "s43-all-e2",
-        "s42-original_flops_matched-e2",
-        "s43-original_flops_matched-e2",
-    }
-    out = study("report", cwd=repo).stdout
-    assert re.search(
-        r"Primary \(linear probe cls top-1 \(test\), all-e2, equal FLOPs; margin ±1\.5 pp.*2 seeds\): "
-        r"(INCONCLUSIVE|BEYOND NOISE|NO DIFFERENCE|A DIFFERENCE BEYOND NOISE, SMALLER THAN THE MARGIN)",
-        " ".join(out.split()),
-    ), out
-    frame = pd.read_csv(repo / "metrics" / "study_compute.csv")
-    curve = frame[(frame["kind"] == "curve") & (frame["metric"] == "linear_cls_top1")]
-    assert sorted(curve.loc[curve["group"] == "original", "budget"]) == [1, 2, 2]  # + the FLOPs-matched point
-    gap = frame[(frame["kind"] == "gap") & (frame["reading"] == "equal FLOPs")]
-    assert (gap["n"] == 2).all() and len(gap) == 2 * len(METRICS)  # both budgets read off the original's curve
-    assert len(frame[frame["kind"] == "trend"]) == len(METRICS)
-    assert (repo / "plots" / "study_compute.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    md = (repo / "metrics" / "study.md").read_text()
-    assert md.startswith("Primary (") and "per doubling of pre-training compute" in md

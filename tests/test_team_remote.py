@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, copy_repo, dvc, env, git, ran_stages
+from conftest import BIN, copy_built, dvc, env, git, ran_stages
 
 pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
 
@@ -229,11 +229,11 @@ class Published:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory) -> Published:
-    """A runs the tiny pipeline, commits, pushes to the shared-filesystem remote and to a git remote."""
+def published(tiny_reproduced, tmp_path_factory) -> Published:
+    """A has run the tiny pipeline (a copy of the session's whole `dvc repro`, its own cache and run-cache),
+    commits, pushes to the shared-filesystem remote and to a git remote."""
     root = tmp_path_factory.mktemp("team")
-    a = copy_repo(root / "a")
-    dvc("repro", cwd=a)
+    a = copy_built(tiny_reproduced[0], root / "a")
     store, nas = root / "ssh-store", root / "nas"
     store.mkdir()
     nas.mkdir()
