@@ -197,7 +197,7 @@ def tiny_model_cfg():
     return load_params(REPO / "configs" / "tiny.yaml")
 
 
-# The files that take longest, first (measured, slowest first): with 2 workers each taking a file at a time
+# The files that take longest, first (measured, slowest first): with the workers each taking a file at a time
 # (`--dist loadfile --no-loadscope-reorder` in pyproject.toml), a long file started last would run alone
 # at the end. The rest keep their order.
 LONGEST_FIRST = (

@@ -759,7 +759,15 @@ def test_a_study_end_to_end(tiny_reproduced, tmp_path):
     ), out
     csv = pd.read_csv(repo / "metrics" / "study.csv")
     groups = csv[csv["diff_n"].isna()]
-    assert set(groups["group"]) == {"random", "original", "improved: all", "improved: laplacian_only"}
+    assert set(groups["group"]) == {  # with several budgets, each group at its budget
+        "random",
+        "original-e1",
+        "original-e3",
+        "original: original_flops_matched-e3",
+        "improved: all-e1",
+        "improved: all-e3",
+        "improved: laplacian_only-e3",
+    }
     assert (groups["n"] == 2).all()
     compared = csv[csv["diff_n"].notna()].fillna({"reading": ""})
     # the curriculum costs FLOPs: `all` is read at equal steps and at equal FLOPs (against the FLOPs-matched
@@ -782,7 +790,7 @@ def test_a_study_end_to_end(tiny_reproduced, tmp_path):
     assert "mse" in set(compared["metric"])
     md = (repo / "metrics" / "study.md").read_text()
     assert md.startswith("Primary (") and "per doubling of pre-training compute" in md
-    assert "| improved: laplacian_only | 2 |" in md and "| laplacian_only-e3 | equal steps and FLOPs | 2 |" in md
+    assert "| improved: laplacian_only-e3 | 2 |" in md and "| laplacian_only-e3 | equal steps and FLOPs | 2 |" in md
     assert md.count("\n- ") == 4 * len(METRICS)  # one sentence per comparison with a finished pair
     assert "No finished pair, so not in the table: all-e1 at equal FLOPs" in md  # one line, not 8 sentences
     assert "could not be read" not in md  # every experiment's fine-tuning curve came from its commit
