@@ -757,6 +757,11 @@ def test_a_study_end_to_end(tiny_reproduced, tmp_path):
         r"epochs changes it by .*2 seeds.*: (within seed-to-seed noise|beyond seed-to-seed noise|no difference)",
         out,
     ), out
+    assert re.search(
+        r"linear probe mean top-1 \(test\), equal steps: all three improvements at 3 pre-training epochs change "
+        r"it by .*2 seeds.*: (within seed-to-seed noise|beyond seed-to-seed noise|no difference)",
+        out,
+    ), out
     csv = pd.read_csv(repo / "metrics" / "study.csv")
     groups = csv[csv["diff_n"].isna()]
     assert set(groups["group"]) == {  # with several budgets, each group at its budget
@@ -791,7 +796,8 @@ def test_a_study_end_to_end(tiny_reproduced, tmp_path):
     md = (repo / "metrics" / "study.md").read_text()
     assert md.startswith("Primary (") and "per doubling of pre-training compute" in md
     assert "| improved: laplacian_only-e3 | 2 |" in md and "| laplacian_only-e3 | equal steps and FLOPs | 2 |" in md
-    assert md.count("\n- ") == 4 * len(METRICS)  # one sentence per comparison with a finished pair
+    sentences = re.findall(r"^- .*, equal (?:steps|FLOPs)", md, re.MULTILINE)  # not the trends' lines
+    assert len(sentences) == 4 * len(METRICS)  # one sentence per comparison with a finished pair
     assert "No finished pair, so not in the table: all-e1 at equal FLOPs" in md  # one line, not 8 sentences
     assert "could not be read" not in md  # every experiment's fine-tuning curve came from its commit
     for figure in ("study.png", "study_compute.png"):
