@@ -112,6 +112,51 @@ def test_equivalence_reading(diffs, verdict):
     assert inside == verdict.startswith(("no difference", "a difference beyond noise, smaller"))
 
 
+def _prose(text: str) -> str:
+    """Text with its line breaks and runs of spaces made one space, so that a wrapped quotation reads whole."""
+    return " ".join(text.split())
+
+
+def test_the_verdict_rule_is_written_once_and_quoted_verbatim():
+    """One verdict rule: curves.VERDICT_RULE names every verdict equivalence() gives, and params.yaml's study
+    comment, docs/study.md, the report's headline and the committed metrics/study.md quote it word for word
+    (issue 42: params.yaml once said a 90% interval across a margin edge reads "inconclusive", the code
+    "beyond noise" whenever the 95% interval excludes 0)."""
+    from conftest import REPO
+    from mae_exp.plumbing.config import load_params
+    from mae_exp.study.report import headline_lines
+    from mae_exp.study.stats import paired_differences
+
+    rule = curves.VERDICT_RULE
+    cases = ([0.001, -0.002, 0.0015, -0.001, 0.0005], [0.05, 0.06, 0.055, 0.045, 0.052])
+    cases += ([0.03, -0.02, 0.04, -0.01, 0.02], [0.004, 0.0045, 0.005, 0.0042, 0.0048])
+    verdicts = {curves.equivalence(pd.Series(d), margin=0.015)["verdict"] for d in cases}
+    assert len(verdicts) == 4 and all(f'"{v}"' in rule for v in verdicts), (verdicts, rule)
+
+    params = (REPO / "params.yaml").read_text()
+    study = params[params.index("\nstudy:") :]
+    comment = _prose(" ".join(line.split("#", 1)[1] for line in study.splitlines() if "#" in line))
+    assert rule in comment, "params.yaml's study comment no longer quotes curves.VERDICT_RULE verbatim"
+    assert "across an edge" not in params
+    assert rule in _prose((REPO / "docs" / "study.md").read_text()), "docs/study.md does not quote VERDICT_RULE"
+    assert f"Verdict rule: {rule}" in (REPO / "metrics" / "study.md").read_text().splitlines()
+
+    p = load_params(REPO / "params.yaml")
+    runs = constructed(lambda b: 0.01, noise=0.002)
+    primary = p.study.primary.model_copy(update={"arm": "all-e32"})
+    lines = headline_lines(primary, runs, paired_differences(runs, {"original_flops_matched-e32"}, primary))
+    assert lines[1] == f"Verdict rule: {rule}"
+
+
+def test_the_report_labels_the_slopes_exploratory():
+    """The slopes per doubling are in no Holm family: the report's section on them says they are exploratory."""
+    from conftest import REPO
+    from mae_exp.study.report import TRENDS_HEADER
+
+    assert "exploratory" in TRENDS_HEADER and "no multiplicity family" in TRENDS_HEADER
+    assert any(line.startswith(TRENDS_HEADER) for line in (REPO / "metrics" / "study.md").read_text().splitlines())
+
+
 def test_correlation_finds_one_finding():
     runs = constructed(lambda b: 0.0, noise=0.01)
     runs["psnr_original"] = -10 * runs["mse_original"]
@@ -185,6 +230,7 @@ def test_one_seed_primary_gives_its_value_and_unpaired_readings_leave_the_table(
     diffs = paired_differences(runs, originals, primary)
     assert headline_lines(primary, runs, diffs) == [
         line,
+        f"Verdict rule: {curves.VERDICT_RULE}",
         "Every other comparison is exploratory: the primary has no reading yet.",
     ]
     text = markdown(summarize(runs, originals), diffs, runs, [])

@@ -216,12 +216,22 @@ def trend(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     )
 
 
-def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
-    """Two one-sided paired t-tests (TOST) of improved − original against ±margin, and the verdict.
+# The one verdict rule of the primary, as equivalence() applies it (alpha = 0.05). The report prints it under
+# the verdict; params.yaml's study comment and docs/study.md quote it verbatim (tests/test_curves.py checks).
+VERDICT_RULE = (
+    '"no difference (equivalent within the margin)" when the 90% interval of the paired difference lies '
+    'inside -margin to +margin (two one-sided t-tests, TOST p < 0.05); "beyond noise" when its 95% interval '
+    "excludes 0 (paired t-test p < 0.05), wherever the 90% interval lies against the margin; "
+    '"a difference beyond noise, smaller than the margin" when both hold; "inconclusive" otherwise.'
+)
 
-    "no difference": the 1 − 2·alpha interval lies inside ±margin (TOST p < alpha); "beyond noise": the
-    1 − alpha interval excludes 0 (a difference smaller than the margin is said to be both); otherwise
-    "inconclusive": the data allow a difference as large as the margin and allow none.
+
+def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
+    """Two one-sided paired t-tests (TOST) of improved − original against ±margin, and the verdict by
+    VERDICT_RULE (at alpha = 0.05): "no difference" when the 1 − 2·alpha interval lies inside ±margin,
+    "beyond noise" when the 1 − alpha interval excludes 0 whatever the 1 − 2·alpha interval does at the
+    margin, both when both hold, otherwise "inconclusive" (the data allow a difference as large as the
+    margin and allow none). `p_t` is the paired t-test's two-sided p-value (the 1 − alpha interval's test).
     """
     v = pd.Series(diff, dtype=float).dropna().to_numpy()
     n = len(v)
@@ -231,6 +241,7 @@ def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
             **out,
             "verdict": "not enough seeds",
             "p_tost": math.nan,
+            "p_t": math.nan,
             "ci90_low": math.nan,
             "ci90_high": math.nan,
             "ci95_low": math.nan,
@@ -244,6 +255,7 @@ def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
     else:
         p_lower = float(stats.t.sf((mean + margin) / se, n - 1))  # H0: diff <= -margin
         p_upper = float(stats.t.cdf((mean - margin) / se, n - 1))  # H0: diff >= +margin
+    p_t = (0.0 if mean else 1.0) if se == 0 else float(2 * stats.t.sf(abs(mean) / se, n - 1))
     ci90, ci95 = (mean - t90 * se, mean + t90 * se), (mean - t95 * se, mean + t95 * se)
     equivalent = max(p_lower, p_upper) < alpha
     beyond = ci95[0] > 0 or ci95[1] < 0
@@ -260,6 +272,7 @@ def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
         **out,
         "verdict": verdict,
         "p_tost": max(p_lower, p_upper),
+        "p_t": p_t,
         "ci90_low": ci90[0],
         "ci90_high": ci90[1],
         "ci95_low": ci95[0],

@@ -37,6 +37,10 @@ DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "a
 }
 READING_WORDS = {"steps": "steps", "flops": "FLOPs"}
 NOISE = "* = beyond noise: paired t-test p < 0.05 after Holm's correction (the primary: uncorrected)"
+TRENDS_HEADER = (  # the slopes per doubling are in no Holm family: what the next study tests, not findings
+    "How improved − original at equal FLOPs changes with pre-training compute, exploratory: the slopes are in "
+    "no multiplicity family (not Holm-corrected), so none is a finding"
+)
 
 
 def number(value: float, metric: str, signed: bool = True) -> str:
@@ -235,11 +239,12 @@ def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame,
 
 
 def headline_lines(primary, runs: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
-    """The primary's equivalence reading, and what that makes of every other comparison."""
-    from .curves import equivalence
+    """The primary's equivalence reading, the rule it was read by (curves.VERDICT_RULE, verbatim), and what
+    that makes of every other comparison."""
+    from .curves import VERDICT_RULE, equivalence
 
     reading = equivalence(primary_differences(runs, primary), primary.margin)
-    lines = [verdict_line(primary, reading)]
+    lines = [verdict_line(primary, reading), f"Verdict rule: {VERDICT_RULE}"]
     if reading["n"] < 2:  # one seed has a value but no interval: it is neither beyond noise nor within it
         lines.append("Every other comparison is exploratory: the primary has no reading yet.")
     elif not any(diffs["primary"] & diffs["beyond_noise"]):
@@ -259,14 +264,16 @@ def verdict_line(primary, e: dict) -> str:
         )
     if e["n"] < 2:
         return f"{what}): {e['n']} seeds, no reading yet."
-    ci = (
-        f"90% CI {number(e['ci90_low'], primary.metric)} to "
-        f"{_with_unit(number(e['ci90_high'], primary.metric), primary.metric)}"
+    ci95, ci90 = (
+        f"{level}% CI {number(e[f'ci{level}_low'], primary.metric)} to "
+        f"{_with_unit(number(e[f'ci{level}_high'], primary.metric), primary.metric)}"
+        for level in (95, 90)
     )
     return (
         f"{what}; margin ±{margin}, fixed before the "
         f"runs): improved − original {_with_unit(number(e['mean'], primary.metric), primary.metric)} "
-        f"({ci}; TOST p = {e['p_tost']:.2g}; {e['n']} seeds): {e['verdict'].upper()}."
+        f"({ci95}, paired t p = {e['p_t']:.2g}; {ci90}, TOST p = {e['p_tost']:.2g}; {e['n']} seeds): "
+        f"{e['verdict'].upper()}."
     )
 
 
@@ -363,13 +370,14 @@ def report(
     top = "\n\n".join(headline) + "\n\n"
     if trends:
         top += (
-            "How improved − original at equal FLOPs changes with pre-training compute (data: "
-            f"{compute_csv}, figure: {compute_png}):\n\n" + "\n".join(f"- {t}" for t in trends) + "\n\n"
+            f"{TRENDS_HEADER} (data: {compute_csv}, figure: {compute_png}):\n\n"
+            + "\n".join(f"- {t}" for t in trends)
+            + "\n\n"
         )
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(top + markdown(summary, diffs, runs, notes)))
     save_figure(summary, diffs, runs, png_path, per_epoch)
     print_report(summary, diffs, runs, notes)
-    for h in [*headline, *trends]:
+    for h in [*headline, *([f"{TRENDS_HEADER}:"] if trends else []), *trends]:
         out.print(f"[bold]{h}[/]" if h.startswith("Primary") else h, soft_wrap=True)
     out.print(
         f"[dim]wrote {csv_path}, {md_path}, {png_path}; the experiments read are in {SAVED} and "
