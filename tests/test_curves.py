@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from mae_exp.study import curves
 from mae_exp.study.metrics import METRICS
@@ -132,6 +133,8 @@ def test_the_verdict_rule_is_written_once_and_quoted_verbatim():
     cases += ([0.03, -0.02, 0.04, -0.01, 0.02], [0.004, 0.0045, 0.005, 0.0042, 0.0048])
     verdicts = {curves.equivalence(pd.Series(d), margin=0.015)["verdict"] for d in cases}
     assert len(verdicts) == 4 and all(f'"{v}"' in rule for v in verdicts), (verdicts, rule)
+    for d in cases:  # the p-value the verdict line prints beside the 95% interval is the paired t-test's
+        assert curves.equivalence(pd.Series(d), 0.015)["p_t"] == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
 
     params = (REPO / "params.yaml").read_text()
     study = params[params.index("\nstudy:") :]

@@ -12,7 +12,8 @@ every FLOPs the improved recipe spent. Then, per seed and budget:
 Bands are percentile bootstraps over seeds (resampling whole seeds, so a seed's points stay together); the
 verdicts use Student-t intervals, which the bootstrap undercuts at 5 seeds. How the gap changes with compute
 is the slope of the gap on log2 FLOPs per seed, averaged over seeds.
-The primary gets an equivalence reading (two one-sided t-tests against study.primary.margin).
+The primary gets an equivalence reading (two one-sided t-tests against study.primary.margin) and one verdict
+by VERDICT_RULE, the rule's only written form (params.yaml and docs/study.md quote it).
 Pure functions of the runs table (results.collect_runs), tested on constructed curves with a known answer.
 """
 
