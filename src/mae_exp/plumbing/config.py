@@ -220,8 +220,8 @@ class PrimaryConfig(Section):
     budget: Count  # the point of the compute curve it is read at: one of study.budgets (pretrain.epochs)
     reading: Literal["steps", "flops"]  # against the original at equal steps, or at equal FLOPs
     metric: str  # a metric id of mae_exp.study.metrics.METRICS (checked by the study)
-    # equivalence margin, in the metric's stored units (0.015 = 1.5 pp): "no difference" only when the 90%
-    # interval lies inside +-margin (two one-sided tests), "inconclusive" when it lies across an edge
+    # equivalence margin, in the metric's stored units (0.015 = 1.5 pp); the verdict it enters is the one rule
+    # written in mae_exp.study.curves.VERDICT_RULE
     margin: Positive
 
 
