@@ -805,6 +805,8 @@ def test_a_study_end_to_end(tiny_reproduced, tmp_path):
     frame = pd.read_csv(repo / "metrics" / "study_compute.csv")
     curve = frame[(frame["kind"] == "curve") & (frame["metric"] == "linear_cls_top1")]
     assert sorted(curve.loc[curve["group"] == "original", "budget"]) == [1, 3, 3]  # + the FLOPs-matched point
+    improved = frame[(frame["kind"] == "curve") & (frame["group"] == "improved")]
+    assert (improved["n"] == 2).all()  # the primary's recipe alone: laplacian_only's runs are not pooled into it
     gap = frame[(frame["kind"] == "gap") & (frame["reading"] == "equal FLOPs")]
     assert (gap["n"] == 2).all() and len(gap) == 2 * len(METRICS)  # both budgets read off the original's curve
     assert len(frame[frame["kind"] == "trend"]) == len(METRICS)

@@ -284,7 +284,10 @@ def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, cs
     from .curves import correlation, curve, gap_table, gaps, points, trend
 
     design = arms(current)
-    pts = points(runs, originals, lambda arm: design[arm].ablation)
+    # the curves are the primary's recipe against the original: a single-change arm (laplacian_only, ...) is
+    # another recipe, and pooling its runs into the improved curve would average two recipes at a budget
+    curve_arms = {a for a, arm in design.items() if arm.ablation == primary.arm} | set(originals)
+    pts = points(runs[runs["ablation"].isin(curve_arms)], originals, lambda arm: design[arm].ablation)
     g = gaps(pts)
     c, table, tr = curve(pts), gap_table(g), trend(g)
     frame = pd.concat([c.assign(kind="curve"), table.assign(kind="gap"), tr.assign(kind="trend")], ignore_index=True)
