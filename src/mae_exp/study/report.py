@@ -286,7 +286,8 @@ def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, cs
     design = arms(current)
     # the curves are the primary's recipe against the original: a single-change arm (laplacian_only, ...) is
     # another recipe, and pooling its runs into the improved curve would average two recipes at a budget
-    curve_arms = {a for a, arm in design.items() if arm.ablation == primary.arm} | set(originals)
+    recipe = design[primary.arm].ablation if primary.arm in design else primary.arm  # "all-e32" -> "all"
+    curve_arms = {a for a, arm in design.items() if arm.ablation == recipe} | set(originals)
     pts = points(runs[runs["ablation"].isin(curve_arms)], originals, lambda arm: design[arm].ablation)
     g = gaps(pts)
     c, table, tr = curve(pts), gap_table(g), trend(g)
