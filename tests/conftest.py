@@ -202,8 +202,8 @@ def tiny_model_cfg():
 # at the end. The rest keep their order.
 LONGEST_FIRST = (
     "test_study.py",
-    "test_pipeline.py",  # second: it builds `tiny_reproduced` at once, before the ends of test_study and test_slurm
     "test_slurm.py",
+    "test_pipeline.py",
     "test_distributed.py",
     "test_recovery.py",
     "test_reliability.py",

@@ -323,7 +323,7 @@ def with_budget(repo: Path, epochs: int) -> Path:
 
 @needs_slurm
 @pytest.mark.slow
-def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(cluster_runs_jobs, tiny_reproduced, tmp_path):
+def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(cluster_runs_jobs, tiny_built, tmp_path):
     """Two experiments as SLURM jobs against the same study run here with -j 1 (while the preempted job waits
     to be requeued). The first is submitted alone and preempted mid pre-training by the signal sbatch's
     --signal sends before a time limit; then the whole study is submitted, which adds only the other. Each
@@ -332,12 +332,13 @@ def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(cluster_runs
     the second submission, a run-cache hit on the cluster. At tiny's 3 epochs an epoch takes 0.4 s on a
     quiet CI machine, so the resumable state lived under a second and the test could miss it (CI failed so
     at stop 37): 12 epochs leave seconds between the first checkpoint and the end. The cluster's copy has
-    its own cache, a copy of the session's whole tiny build's (3 epochs): the stages no budget changes
-    (download, init_random, the random encoder's readouts) are restored, the 12-epoch ones under test run."""
+    its own cache, a copy of `tiny_built`'s (3 epochs): download and init_random, which no budget changes,
+    are restored; the 12-epoch stages under test run. (Not `tiny_reproduced`'s: test_study's end-to-end study
+    builds it at about the same time, and this worker would wait on its lock.)"""
     epochs = 12
     study_args = ["queue", "--seeds", "42", "--ablations", "all", "laplacian_only"]
     cluster = copy_repo(tmp_path / "cluster", cache="own")
-    shutil.copytree(tiny_reproduced[0] / ".dvc" / "cache", cluster / ".dvc" / "cache")  # tiny's 3 epochs: see above
+    shutil.copytree(tiny_built / ".dvc" / "cache", cluster / ".dvc" / "cache")  # tiny's 3 epochs: see above
     with_budget(cluster, epochs)
     on_slurm = ["--slurm", "--cpus", "2", "--signal-s", "60"]
     proc = study("queue", "--seeds", "42", "--ablations", "all", *on_slurm, cwd=cluster)
