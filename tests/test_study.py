@@ -21,7 +21,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import BIN, REPO, copy_repo, dvc, git, run
+from conftest import BIN, REPO, copy_repo, dvc, git, ran_stages, run
 from mae_exp.plumbing.config import ConfigError, arm_params, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
@@ -734,7 +734,10 @@ def test_a_study_end_to_end(tiny_reproduced, tmp_path):
     names = {f"s{seed}-{arm}" for seed in (42, 43) for arm in ("all-e1", "all-e3", *(f"{a}-e3" for a in arms[1:]))}
     assert set(dvc("exp", "ls", "--name-only", cwd=repo).stdout.split()) == names
     restored = (repo / "scratch" / "study" / "s42-all-e3.log").read_text()
-    assert "Running stage" not in restored and "Stage 'pretrain_improved' is cached - skipping run" in restored
+    # every stage that trains or reads an encoder is restored; `report` may run: its deps are the metrics files,
+    # which hold wall times, and the run-cache holds two runs of some stages (tiny_built's, tiny_reproduced's)
+    assert ran_stages(restored) <= {"report"}, restored
+    assert "Stage 'pretrain_improved' is cached - skipping run" in restored
     logs = (repo / "scratch" / "study" / "s43-laplacian_only-e3.log").read_text()
     assert "Stage 'pretrain_original' is cached - skipping run" in logs
     assert "Running stage 'pretrain_improved'" in logs
