@@ -38,6 +38,8 @@ VISUALIZE = "visualize/metrics.json"
 PRETRAIN = "pretrain_{enc}/metrics.json"
 # the probe stage's readouts: cls = the class token, mean = the mean of the patch tokens
 READOUTS = {
+    "logreg_cls": "logistic probe cls",
+    "logreg_mean": "logistic probe mean",
     "linear_cls": "linear probe cls",
     "linear_mean": "linear probe mean",
     "knn_cls": "kNN cls",
@@ -89,3 +91,20 @@ def whose(m: Measure) -> str:
 def counted(m: Measure) -> bool:
     """Whether a win on it counts as evidence: a test-set measure that neither variant trains on."""
     return m.study and not m.objective
+
+
+def grid_edges(search: dict, chosen: dict) -> dict[str, str]:
+    """{axis: "lowest" | "highest"} for each axis of a searched grid (`search`: axis -> the value at every point,
+    as the stages write it) whose chosen value is its grid's smallest or largest: the best setting may lie beyond
+    it, and the readout understates that encoder. An axis of one value was not searched; a smallest value of 0
+    (no weight decay) is a natural bound, not an edge."""
+    marks = {}
+    for axis, value in chosen.items():
+        values = sorted(set(search.get(axis, ())))
+        if len(values) < 2 or value not in values:
+            continue
+        if value == values[-1]:
+            marks[axis] = "highest"
+        elif value == values[0] and value != 0:
+            marks[axis] = "lowest"
+    return marks

@@ -1,7 +1,10 @@
-"""Readouts of a frozen encoder: linear probes and weighted kNN, on the class token and on mean-pooled patches.
+"""Readouts of a frozen encoder: logistic and BN + linear probes and weighted kNN, on the class token and on
+mean-pooled patches.
 
 One feature pass per split gives both poolings (the [cls] token, as MAE's linear probe reads it, and the
-mean of the patch tokens), then four readouts of them:
+mean of the patch tokens), then three readouts of each:
+- logistic probe: multinomial logistic regression on standardised features, fitted to convergence by
+  L-BFGS (a convex problem: no learning rate, no epochs, one optimum per L2 strength);
 - linear probe, as in facebookresearch/mae `main_linprobe.py`: BatchNorm1d(affine=False) then a linear
   layer initialised with std 0.01, SGD with momentum (LARS there; one linear layer here), warmup + cosine,
   weight decay as the grid gives it. Both poolings' heads, at every (lr, weight decay) of the grid, train
@@ -10,12 +13,14 @@ mean of the patch tokens), then four readouts of them:
   training features vote for their class with weight exp(similarity / temperature).
 Features are extracted once and cached (the encoder is frozen; MAE crops and flips every epoch).
 
-The labeled train split is split into train and validation (data.val_fraction): heads and kNN see only
-train. Each readout's settings are searched on validation, the same grids (params.yaml linear_probe: lr x
-weight_decay for each pooling's head, knn_k x knn_temperature for each pooling's kNN) for every encoder, so
-no encoder reads out at another's best setting. The head kept is the one trained at the chosen point, on
-train only (MAE's protocol: validation chooses, it does not train), and the test split is read once, after
-every choice is made. The features are cached, so the search costs head training only (`search_s`).
+Each readout's setting is chosen by k-fold cross-validation (linear_probe.folds, stratified, drawn from the
+seed) on the whole labeled train split, validation included: every grid point is fitted on k - 1 folds and
+scored on the one left out, k times, so every train image scores every point once (`cv_top1`: thousands of
+images, not the 300 of one validation split). Ties go to the point nearest the middle of the grid. The
+chosen setting is then refitted on the whole labeled train split and the test split is read once, after
+every choice is made; each readout's test predictions are saved (`--predictions`, one array per readout).
+`<readout>_val_top1` is the chosen setting's out-of-fold top-1 on the validation images alone: the images
+fine-tuning is scored on, by models that never saw them. The same grids for every encoder.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,13 +39,15 @@ from ..model import ViTEncoder
 from ..plumbing.checkpoints import load_encoder
 from ..plumbing.config import Params
 from ..plumbing.errors import TrainingDiverged, diverged
+from ..plumbing.files import atomic_write
 from ..plumbing.progress import console, progress
 from ..plumbing.runtime import autocast, batches, eval_batch, open_live, setup
 from ..training.distributed import describe
 from ..training.optim import best, grid, warmup_cosine
+from .measures import READOUTS, grid_edges
 
 POOLINGS = ("cls", "mean")
-READOUT_NAMES = ("linear_cls", "linear_mean", "knn_cls", "knn_mean")  # measures.READOUTS' keys
+READOUT_NAMES = tuple(READOUTS)  # logreg_, linear_, knn_ x cls, mean
 
 
 @torch.no_grad()
@@ -222,115 +230,272 @@ def accuracies(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
     return (logits.argmax(dim=-1) == labels).float().mean(dim=1).tolist()
 
 
-def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, name: str, live_dir: str | Path) -> dict:
-    """Every readout of one encoder, each at the setting of its grid that scores best on validation; DVCLive
-    logs the chosen heads' curves and a flat summary: `{linear,knn}_{cls,mean}_{val_,}top1` (validation,
-    test; see measures.READOUTS), `chosen` (each readout's setting) and `search` (every grid point's
-    validation top-1). The same grids for every encoder; the test split is read once, after choosing."""
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold number of every image: each class's images shuffled (from the seed), then dealt round-robin, so
+    every fold holds each class's share to within one image."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    start = 0  # where the next class's deal starts, so that small classes do not all fill fold 0
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        fold[rows] = (start + np.arange(len(rows))) % folds
+        start = (start + len(rows)) % folds
+    return fold
+
+
+class Standardise:
+    """Features minus the fitting set's mean, over its standard deviation (the logistic probe's input)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.mean, self.std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, start: torch.Tensor | None = None, tol: float = 1e-5
+) -> tuple[torch.Tensor, float]:
+    """Multinomial logistic regression, mean cross-entropy + l2/2 |W|^2 (the bias not penalised), fitted by
+    L-BFGS with a strong-Wolfe line search in float64 until the largest gradient entry is below `tol` (a
+    strictly convex problem: one optimum, whatever the start; `start` only saves iterations). The loss and its
+    gradient are written out (autograd's bookkeeping cost as much as the arithmetic at this size). Returns the
+    (dim + 1, classes) weights, bias in the last row, and the largest gradient entry left."""
+    x = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64, device=x.device)], dim=1)
+    target = F.one_hot(y, num_classes).double()
+    penalised = torch.ones(x.shape[1], 1, dtype=torch.float64, device=x.device)
+    penalised[-1] = 0.0
+    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, device=x.device) if start is None else start.clone()
+    w.grad = torch.zeros_like(w)
+    opt = torch.optim.LBFGS(
+        [w],
+        lr=1.0,
+        max_iter=5000,
+        tolerance_grad=tol,
+        tolerance_change=1e-15,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    @torch.no_grad()
+    def closure() -> torch.Tensor:
+        logits = x @ w
+        log_norm = logits.logsumexp(dim=1, keepdim=True)
+        w.grad = x.T @ ((logits - log_norm).exp() - target) / len(x) + l2 * penalised * w
+        return (log_norm.squeeze(1) - (logits * target).sum(1)).mean() + 0.5 * l2 * (penalised * w * w).sum()
+
+    for _ in range(4):  # LBFGS stops at max_iter or a flat step; another call starts a fresh memory
+        opt.step(closure)
+        closure()
+        if w.grad.abs().max().item() < tol:
+            break
+    return w.detach(), w.grad.abs().max().item()
+
+
+def logistic_logits(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return x.double() @ w[:-1] + w[-1]
+
+
+@torch.no_grad()
+def knn_predictions(train_x, train_y, x, num_classes: int, points: list[dict]) -> torch.Tensor:
+    """Predicted class of every row of x at every (k, temperature) point: (points, len(x))."""
+    return torch.stack([knn_votes(train_x, train_y, x, num_classes, **pt).argmax(dim=1) for pt in points])
+
+
+def cross_validate(
+    feats: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    fold: torch.Tensor,
+    classes: int,
+    cfg,
+    points: dict[str, list[dict]],
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]], dict[tuple[int, str], str]]:
+    """Every readout at every grid point, fitted on all folds but one and scored on that one, for each fold.
+    Returns, per readout, the out-of-fold prediction of every image at every point (points, n); per pooling,
+    the BN + linear heads' out-of-fold predictions after every epoch (a list, one (points, n) array an epoch);
+    and {(point, pooling): message} for a head that diverged in any fold (its score is then None)."""
+    n = len(y)
+    oof = {r: np.zeros((len(points[r]), n), dtype=np.int64) for r in READOUT_NAMES}
+    per_epoch = {
+        pool: [np.zeros((len(points[f"linear_{pool}"]), n), dtype=np.int16) for _ in range(cfg.epochs)]
+        for pool in POOLINGS
+    }
+    failed: dict[tuple[int, str], str] = {}
+    folds = int(fold.max().item()) + 1
+    with progress() as bar:
+        for f in bar.track(range(folds), description=f"{folds}-fold cross-validation"):
+            held, fit = (fold == f).nonzero().squeeze(1), (fold != f).nonzero().squeeze(1)
+            held_np = held.cpu().numpy()
+            for pool in POOLINGS:
+                x_fit, x_held = feats[pool][fit], feats[pool][held]
+                scale = Standardise(x_fit)
+                w = None  # the path from the strongest L2 down, each fit started at the previous optimum
+                order = sorted(range(len(points[f"logreg_{pool}"])), key=lambda i: -points[f"logreg_{pool}"][i]["l2"])
+                for i in order:
+                    w, _ = fit_logistic(scale(x_fit), y[fit], classes, points[f"logreg_{pool}"][i]["l2"], w)
+                    oof[f"logreg_{pool}"][i, held_np] = logistic_logits(w, scale(x_held)).argmax(1).cpu().numpy()
+                oof[f"knn_{pool}"][:, held_np] = (
+                    knn_predictions(x_fit, y[fit], x_held, classes, points[f"knn_{pool}"]).cpu().numpy()
+                )
+
+            def record(epoch: int, heads: dict[str, GridHeads], _losses, held=held, held_np=held_np) -> None:
+                for pool, head in heads.items():
+                    per_epoch[pool][epoch][:, held_np] = head(feats[pool][held]).argmax(-1).cpu().numpy()
+
+            _, diverged_here = train_grid(
+                {pool: feats[pool][fit] for pool in POOLINGS},
+                y[fit],
+                classes,
+                cfg.epochs,
+                cfg.batch_size,
+                [(pt["lr"], pt["weight_decay"]) for pt in points["linear_cls"]],
+                seed + f,
+                record,
+            )
+            for (i, pool), message in diverged_here.items():
+                failed.setdefault((i, pool), message)
+    for pool in POOLINGS:  # the heads as trained (a fold whose every point diverged stopped early: all None)
+        oof[f"linear_{pool}"] = per_epoch[pool][-1]
+    return oof, per_epoch, failed
+
+
+def save_predictions(path: str | Path, predictions: dict[str, np.ndarray], labels: np.ndarray) -> None:
+    """Each readout's predicted class of every test image, and the labels, in one .npz (atomically)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, labels=labels.astype(np.int16), **{k: v.astype(np.int16) for k, v in predictions.items()})
+
+    atomic_write(path, write)
+
+
+def linear_probe(
+    p: Params,
+    encoder_path: str | Path,
+    data_root: str | Path,
+    name: str,
+    live_dir: str | Path,
+    predictions_path: str | Path | None = None,
+) -> dict:
+    """Every readout of one encoder, each at the setting of its grid that cross-validation scores best; DVCLive
+    logs the chosen BN + linear heads' curves and a flat summary: `<readout>_{top1,val_top1,cv_top1}` (test,
+    validation images out of fold, every train image out of fold; see measures.READOUTS), `chosen` (each
+    readout's setting) and `search` (every grid point's `cv_top1`; measures.grid_edges marks a choice at an
+    edge of its grid). The same grids for every encoder; the test split is read once, after choosing."""
     cfg = p.linear_probe
     device, amp_dtype = setup("auto", p.threads, p.seed)
     encoder = load_encoder(encoder_path, p).to(device)
-    head_points = grid(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    knn_points = grid(k=cfg.knn_k, temperature=cfg.knn_temperature)
+    points = {}
+    for pool in POOLINGS:
+        points[f"logreg_{pool}"] = grid(l2=cfg.logreg_l2)
+        points[f"linear_{pool}"] = grid(lr=cfg.lr, weight_decay=cfg.weight_decay)
+        points[f"knn_{pool}"] = grid(k=cfg.knn_k, temperature=cfg.knn_temperature)
     console.print(
-        f"linear probe {name}: class token and mean-pooled patches, linear heads ({len(head_points)} "
-        f"settings of lr x weight decay) and kNN ({len(knn_points)} of k x T), each chosen on "
-        f"validation, {describe(device, p.threads)}",
+        f"linear probe {name}: class token and mean-pooled patches, logistic probes ({len(cfg.logreg_l2)} L2 "
+        f"strengths), BN + linear heads ({len(points['linear_cls'])} settings of lr x weight decay) and kNN "
+        f"({len(points['knn_cls'])} of k x T), each chosen by {cfg.folds}-fold cross-validation on the labeled "
+        f"train split, {describe(device, p.threads)}",
         highlight=False,
         soft_wrap=True,  # one line in a log, whatever the console's width
     )
     t0 = time.perf_counter()
     classes = len(load_meta(data_root)["classes"])
     splits = {part: labeled(data_root, part, p.data.val_fraction) for part in ("train", "val")}
-    n = len(splits["train"].labels)
+    labels_np = np.concatenate([splits["train"].labels, splits["val"].labels])
+    is_val = np.concatenate([np.zeros(len(splits["train"].labels), bool), np.ones(len(splits["val"].labels), bool)])
+    fold = stratified_folds(labels_np, cfg.folds, p.seed)
+    fitted = len(labels_np) - np.bincount(fold).max()  # the fewest images a cross-validation fit sees
     for key, value in (("batch_size", cfg.batch_size), ("knn_k", max(cfg.knn_k))):  # refused, as finetune's batch is
-        if value > n:
+        if value > fitted:
             raise ValueError(
-                f"linear_probe.{key} ({value}) is larger than the {n} train images left after "
-                f"data.val_fraction holds out {len(splits['val'].labels)}: lower linear_probe.{key}"
+                f"linear_probe.{key} ({value}) is larger than the {fitted} images a cross-validation fit trains "
+                f"on ({len(labels_np)} labeled train images, linear_probe.folds {cfg.folds}): lower "
+                f"linear_probe.{key}"
             )
-    feats = {
+    parts = {
         part: extract_features(encoder, s.images, p.data.input_size, device, amp_dtype, part)
         for part, s in splits.items()
     }
-    labels = {part: torch.from_numpy(s.labels).to(device) for part, s in splits.items()}
+    feats = {pool: torch.cat([parts["train"][pool], parts["val"][pool]]) for pool in POOLINGS}
+    y = torch.from_numpy(labels_np).to(device)
     t_features = time.perf_counter() - t0
 
-    def knn_top1(pooling: str, x: torch.Tensor, y: torch.Tensor, k: int, temperature: float) -> float:
-        return accuracy(knn_votes(feats["train"][pooling], labels["train"], x, classes, k, temperature), y)
-
-    # every grid point, scored on validation; heads and kNN see train only (MAE: train, validation to choose)
-    curves = []  # per epoch: {pooling: (train losses, train top-1s, val top-1s), one value per grid point}
-
-    def record(epoch: int, trained: dict[str, GridHeads], train_losses: dict[str, torch.Tensor]) -> None:
-        curves.append(
-            {
-                pool: (
-                    train_losses[pool].tolist(),
-                    accuracies(head(feats["train"][pool]), labels["train"]),
-                    accuracies(head(feats["val"][pool]), labels["val"]),
-                )
-                for pool, head in trained.items()
-            }
-        )
-
-    heads, failed = train_grid(
-        feats["train"],
-        labels["train"],
-        classes,
-        cfg.epochs,
-        cfg.batch_size,
-        [(pt["lr"], pt["weight_decay"]) for pt in head_points],
-        p.seed,
-        record,
-    )
-    val = {}  # readout -> validation top-1 at each of its grid points (None: diverged)
-    for pool in POOLINGS:
-        val[f"linear_{pool}"] = [
-            None if (i, pool) in failed else round(curves[-1][pool][2][i], 4) for i in range(len(head_points))
+    oof, per_epoch, failed = cross_validate(feats, y, torch.from_numpy(fold).to(device), classes, cfg, points, p.seed)
+    correct = {r: oof[r] == labels_np for r in READOUT_NAMES}  # (points, n)
+    cv = {
+        r: [
+            None if (i, r.split("_")[1]) in failed and r.startswith("linear") else round(float(c.mean()), 4)
+            for i, c in enumerate(correct[r])
         ]
-        val[f"knn_{pool}"] = [round(knn_top1(pool, feats["val"][pool], labels["val"], **pt), 4) for pt in knn_points]
-    at = {readout: best(scores) for readout, scores in val.items()}  # the chosen point of each readout
+        for r in READOUT_NAMES
+    }
+    at = {r: best(cv[r], points[r]) for r in READOUT_NAMES}
     for pool in POOLINGS:
         if at[f"linear_{pool}"] is None:  # every lr diverged: the stage stops, as with one lr
             raise TrainingDiverged(
-                failed[(0, pool)] + (", and so did every other grid point" if len(head_points) > 1 else "")
+                failed[(0, pool)] + (", and so did every other grid point" if len(points[f"linear_{pool}"]) > 1 else "")
             )
-    points = {readout: head_points if readout.startswith("linear") else knn_points for readout in READOUT_NAMES}
-    chosen = {readout: points[readout][at[readout]] for readout in READOUT_NAMES}
+    chosen = {r: points[r][at[r]] for r in READOUT_NAMES}
     search = {
-        readout: {
-            **{axis: [pt[axis] for pt in points[readout]] for axis in points[readout][0]},
-            "val_top1": val[readout],
-        }
-        for readout in READOUT_NAMES
+        r: {**{axis: [pt[axis] for pt in points[r]] for axis in points[r][0]}, "cv_top1": cv[r]} for r in READOUT_NAMES
     }
+    edges = {r: grid_edges(search[r], chosen[r]) for r in READOUT_NAMES}
+    summary = {}
+    for r in READOUT_NAMES:
+        summary[f"{r}_cv_top1"] = cv[r][at[r]]
+        summary[f"{r}_val_top1"] = round(float(correct[r][at[r]][is_val].mean()), 4)
     t_search = time.perf_counter() - t0 - t_features
 
+    # the chosen settings refitted on every labeled train image, then the test split, read once
+    scale = {pool: Standardise(feats[pool]) for pool in POOLINGS}
+    logistic = {
+        pool: fit_logistic(scale[pool](feats[pool]), y, classes, chosen[f"logreg_{pool}"]["l2"])[0] for pool in POOLINGS
+    }
+    refit_curves = []  # per epoch: {pooling: (train loss, train top-1)} of the refitted heads
+
+    def record(epoch: int, trained: dict[str, GridHeads], losses: dict[str, torch.Tensor]) -> None:
+        refit_curves.append(
+            {pool: (losses[pool].tolist(), accuracies(head(feats[pool]), y)) for pool, head in trained.items()}
+        )
+
+    head_points = [(chosen[f"linear_{pool}"]["lr"], chosen[f"linear_{pool}"]["weight_decay"]) for pool in POOLINGS]
+    heads, refit_failed = train_grid(feats, y, classes, cfg.epochs, cfg.batch_size, head_points, p.seed, record)
+    for pool in POOLINGS:
+        if (POOLINGS.index(pool), pool) in refit_failed:
+            raise TrainingDiverged(refit_failed[(POOLINGS.index(pool), pool)] + " (refitted on every train image)")
+
     live = open_live(live_dir)
-    for epoch in range(cfg.epochs):  # the chosen heads' curves, as one run would have logged them
+    val_rows = np.flatnonzero(is_val)
+    for epoch in range(len(refit_curves)):  # the refitted heads' curves, and the chosen point's out-of-fold ones
         live.step = epoch + 1
-        for pool in POOLINGS:
-            loss, train_top1, val_top1 = (values[at[f"linear_{pool}"]] for values in curves[epoch][pool])
+        for i, pool in enumerate(POOLINGS):
+            loss, train_top1 = (values[i] for values in refit_curves[epoch][pool])
+            held = per_epoch[pool][epoch][at[f"linear_{pool}"]]
             live.log_metric(f"linear_{pool}_train_loss", loss)
             live.log_metric(f"linear_{pool}_train_top1", train_top1)
-            live.log_metric(f"linear_{pool}_val_top1", val_top1)
-    summary = {f"{readout}_val_top1": val[readout][at[readout]] for readout in READOUT_NAMES}
+            live.log_metric(f"linear_{pool}_val_top1", float((held[val_rows] == labels_np[val_rows]).mean()))
 
     test = labeled(data_root, "test", p.data.val_fraction)  # read once, now that every choice is made
     x_test = extract_features(encoder, test.images, p.data.input_size, device, amp_dtype, "test")
-    y_test = torch.from_numpy(test.labels).to(device)
+    predictions = {}
     with torch.no_grad():
-        for pool in POOLINGS:
-            summary[f"linear_{pool}_top1"] = round(
-                accuracy(heads[pool].point(at[f"linear_{pool}"])(x_test[pool]), y_test), 4
-            )
-            summary[f"knn_{pool}_top1"] = round(knn_top1(pool, x_test[pool], y_test, **chosen[f"knn_{pool}"]), 4)
+        for i, pool in enumerate(POOLINGS):
+            x = x_test[pool]
+            predictions[f"logreg_{pool}"] = logistic_logits(logistic[pool], scale[pool](x)).argmax(1)
+            predictions[f"linear_{pool}"] = heads[pool].point(i)(x).argmax(1)
+            predictions[f"knn_{pool}"] = knn_predictions(feats[pool], y, x, classes, [chosen[f"knn_{pool}"]])[0]
+    predictions = {r: predictions[r].cpu().numpy() for r in READOUT_NAMES}
+    for r in READOUT_NAMES:
+        summary[f"{r}_top1"] = round(float((predictions[r] == test.labels).mean()), 4)
+    if predictions_path is not None:
+        save_predictions(predictions_path, predictions, test.labels)
     live.summary.update(summary)
     live.summary.update(
         {
             "chosen": chosen,
             "search": search,
+            "folds": cfg.folds,
             "epochs": cfg.epochs,
             "test_images": len(test.labels),
             "search_s": round(t_search, 1),
@@ -338,12 +503,19 @@ def linear_probe(p: Params, encoder_path: str | Path, data_root: str | Path, nam
         }
     )
     live.end()
-    for readout in READOUT_NAMES:
-        setting = ", ".join(f"{k} {v:g}" for k, v in chosen[readout].items())
+    for r in READOUT_NAMES:
+        setting = ", ".join(
+            f"{k} {v:g}" + (f" (grid's {edges[r][k]})" if k in edges[r] else "") for k, v in chosen[r].items()
+        )
         console.print(
-            f"{name} {readout} ({setting}): val top-1 {summary[f'{readout}_val_top1']:.4f}, test top-1 "
-            f"{summary[f'{readout}_top1']:.4f}",
+            f"{name} {r} ({setting}): cross-validated top-1 {summary[f'{r}_cv_top1']:.4f}, test top-1 "
+            f"{summary[f'{r}_top1']:.4f}",
             highlight=False,
         )
-    console.print(f"({len(test.labels):,} test images)", highlight=False)
+    at_edge = sum(bool(marks) for marks in edges.values())
+    console.print(
+        f"({len(test.labels):,} test images; {at_edge} of {len(READOUT_NAMES)} chosen settings at an edge of "
+        "their grid)",
+        highlight=False,
+    )
     return dict(live.summary)

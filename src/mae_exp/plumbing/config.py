@@ -8,6 +8,7 @@ has a default: params.yaml is the single source of every knob.
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -187,9 +188,12 @@ class VariantConfig(Section):
 
 
 class LinearProbeConfig(Section):
-    """Grids, searched on validation for every encoder alike (optim.grid, optim.best): each pooling's head gets its own
-    best (lr, weight_decay), each pooling's kNN its own best (k, temperature)."""
+    """Grids, searched by k-fold cross-validation on the labeled train split (validation included) for every encoder
+    alike (optim.grid, optim.best): each pooling's logistic probe its own L2, each pooling's BN + linear head its own
+    (lr, weight_decay), each pooling's kNN its own (k, temperature)."""
 
+    folds: Annotated[int, Field(ge=2)]  # k of the k-fold cross-validation that chooses every readout's setting
+    logreg_l2: _list_of(Positive)  # L2 strength of the logistic probe (loss = mean cross-entropy + l2/2 |W|^2)
     epochs: Count
     batch_size: Batch
     lr: _list_of(Positive)
@@ -289,10 +293,15 @@ class Params(Section):
                 self.finetune.batch_size <= train,
                 f"finetune.batch_size ({self.finetune.batch_size}) must not exceed data.shapes.train ({train})",
             )
+            fitted = train - math.ceil(train / self.linear_probe.folds)  # what the smallest cross-validation fit sees
             for key in ("batch_size", "knn_k"):
                 value = getattr(self.linear_probe, key)
                 value = max(value) if isinstance(value, tuple) else value  # knn_k is a grid: its largest
-                _check(value <= train, f"linear_probe.{key} ({value}) must not exceed data.shapes.train ({train})")
+                _check(
+                    value <= fitted,
+                    f"linear_probe.{key} ({value}) must not exceed the {fitted} images a cross-validation fold "
+                    f"trains on (data.shapes.train {train}, linear_probe.folds {self.linear_probe.folds})",
+                )
             _check(
                 self.visualize.eval_images <= test,
                 f"visualize.eval_images ({self.visualize.eval_images}) must not exceed data.shapes.test ({test})",

@@ -73,8 +73,24 @@ def grid(**axes) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
 
 
-def best(scores: list[float | None]) -> int | None:
-    """Index of the highest validation score; a tie goes to the earliest point in grid order (so the choice
-    is the same whoever runs it); None scores (a diverged run) never win. None when every score is None."""
-    valid = [(score, -i) for i, score in enumerate(scores) if score is not None]
-    return -max(valid)[1] if valid else None
+def best(scores: list[float | None], points: list[dict] | None = None) -> int | None:
+    """Index of the highest score; None scores (a diverged run) never win; None when every score is None. A tie
+    goes to the tied point nearest the middle of its grid (`points`: each axis's values ranked, the distances
+    from their middle summed), then to the earliest: a first-point rule would push every tie to an edge."""
+    valid = [i for i, score in enumerate(scores) if score is not None]
+    if not valid:
+        return None
+    top = max(scores[i] for i in valid)
+    tied = [i for i in valid if scores[i] == top]
+    if points is None or len(tied) == 1:
+        return tied[0]
+
+    def off_middle(i: int) -> float:
+        distance = 0.0
+        for axis, value in points[i].items():
+            values = sorted({pt[axis] for pt in points})
+            if len(values) > 1:
+                distance += abs(values.index(value) - (len(values) - 1) / 2) / (len(values) - 1)
+        return distance
+
+    return min(tied, key=lambda i: (off_middle(i), i))
