@@ -6,13 +6,13 @@ from mae_exp.plumbing.config import ENCODERS
 from mae_exp.training import distributed
 
 
-def main(params, name, encoder, data, live, scratch):
-    finetune(params, encoder, data, name, live, scratch)
+def main(params, name, encoder, data, live, scratch, predictions):
+    finetune(params, encoder, data, name, live, scratch, predictions_path=predictions)
 
 
 run_stage(
     distributed.processes("finetune", main),
     ("encoder",),
     {"encoder": ENCODERS},
-    paths=("encoder", "data", "live", "scratch"),
+    paths=("encoder", "data", "live", "scratch", "predictions"),
 )

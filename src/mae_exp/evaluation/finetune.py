@@ -11,7 +11,8 @@ fp16, the NaN guard, resumable state in scratch/finetune_<encoder>/<key>/last.pt
 accuracy (data.val_fraction of the train split) is logged every epoch. The lr and layer decay are
 searched, the same grid (finetune.base_lr x finetune.layer_decay) for every encoder: one run per point,
 on train; the run with the best validation top-1 is kept (its curves go to DVCLive), and the test split is
-read once, at the end, with it. A stopped grid resumes its current point; finished points run again.
+read once, at the end, with it (its predicted class of every test image saved, `predictions_path`). A stopped
+grid resumes its current point; finished points run again.
 With `finetune.processes` > 1 each process takes its rows of every global batch and its share of every
 evaluation; rank 0 alone writes.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +30,7 @@ from ..data.prepared import labeled, load_meta
 from ..model import ViTEncoder
 from ..plumbing import hf
 from ..plumbing.config import Params, as_dict, fingerprint
+from ..plumbing.files import save_predictions
 from ..plumbing.progress import console
 from ..plumbing.runtime import autocast, batches, eval_batch, open_live, resident_images, select_rows, setup
 from ..training import distributed
@@ -61,6 +64,7 @@ def finetune(
     live_dir: str | Path,
     scratch: str | Path,
     test: bool = True,
+    predictions_path: str | Path | None = None,
 ) -> dict:
     """Fine-tune at every point of the grid (finetune.base_lr x finetune.layer_decay, the same for every
     encoder), keep the run with the best validation top-1 (ties: the earliest point), log its curves, then
@@ -114,10 +118,11 @@ def finetune(
     }
     if test:
         split = labeled(data_root, "test", p.data.val_fraction)  # read once, now that the choice is made
-        summary["top1"] = round(
-            evaluate(best_model, split.images, split.labels, p.data.input_size, device, amp_dtype), 4
-        )
+        predicted = predict(best_model, split.images, p.data.input_size, device, amp_dtype)
+        summary["top1"] = round(float((predicted == split.labels).mean()), 4)
         summary["test_images"] = len(split.labels)
+        if predictions_path is not None and distributed.rank() == 0:
+            save_predictions(predictions_path, {"finetune": predicted}, split.labels)
     live = open_live(live_dir)
     if live is not None:  # rank 0: the chosen run's curves, as it logged them, and the summary
         for row in logged[at]:
@@ -200,6 +205,17 @@ def _fit(
 
     history = trainer.fit(n, batch_size, step, validate)
     return model, trainer, history[-1]["val_top1"]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images, input_size: int, device, amp_dtype, batch_size: int = 256) -> np.ndarray:
+    """The predicted class of every image (each process classifies them all: the test split is read once)."""
+    model.eval()
+    out = []
+    for idx in batches(len(images), batch_size, drop_last=False):
+        with autocast(device, amp_dtype):
+            out.append(model(eval_batch(images, idx, input_size, device)).argmax(dim=1).cpu())
+    return torch.cat(out).numpy()
 
 
 @torch.no_grad()

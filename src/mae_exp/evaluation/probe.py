@@ -39,7 +39,7 @@ from ..model import ViTEncoder
 from ..plumbing.checkpoints import load_encoder
 from ..plumbing.config import Params
 from ..plumbing.errors import TrainingDiverged, diverged
-from ..plumbing.files import atomic_write
+from ..plumbing.files import save_predictions
 from ..plumbing.progress import console, progress
 from ..plumbing.runtime import autocast, batches, eval_batch, open_live, setup
 from ..training.distributed import describe
@@ -296,6 +296,19 @@ def logistic_logits(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x.double() @ w[:-1] + w[-1]
 
 
+def logistic_predictions(x_fit, y_fit, x, num_classes: int, l2s: list[float]) -> torch.Tensor:
+    """Predicted class of every row of x by the logistic probe fitted on (x_fit, y_fit) (standardised by
+    x_fit's statistics) at every L2 strength: (len(l2s), len(x)). Fitted from the strongest L2 down, each fit
+    starting at the previous optimum (the same optima, in fewer iterations)."""
+    scale = Standardise(x_fit)
+    predictions = torch.empty(len(l2s), len(x), dtype=torch.long)
+    w = None
+    for i in sorted(range(len(l2s)), key=lambda i: -l2s[i]):
+        w, _ = fit_logistic(scale(x_fit), y_fit, num_classes, l2s[i], w)
+        predictions[i] = logistic_logits(w, scale(x)).argmax(dim=1).cpu()
+    return predictions
+
+
 @torch.no_grad()
 def knn_predictions(train_x, train_y, x, num_classes: int, points: list[dict]) -> torch.Tensor:
     """Predicted class of every row of x at every (k, temperature) point: (points, len(x))."""
@@ -329,12 +342,9 @@ def cross_validate(
             held_np = held.cpu().numpy()
             for pool in POOLINGS:
                 x_fit, x_held = feats[pool][fit], feats[pool][held]
-                scale = Standardise(x_fit)
-                w = None  # the path from the strongest L2 down, each fit started at the previous optimum
-                order = sorted(range(len(points[f"logreg_{pool}"])), key=lambda i: -points[f"logreg_{pool}"][i]["l2"])
-                for i in order:
-                    w, _ = fit_logistic(scale(x_fit), y[fit], classes, points[f"logreg_{pool}"][i]["l2"], w)
-                    oof[f"logreg_{pool}"][i, held_np] = logistic_logits(w, scale(x_held)).argmax(1).cpu().numpy()
+                oof[f"logreg_{pool}"][:, held_np] = logistic_predictions(
+                    x_fit, y[fit], x_held, classes, [pt["l2"] for pt in points[f"logreg_{pool}"]]
+                ).numpy()
                 oof[f"knn_{pool}"][:, held_np] = (
                     knn_predictions(x_fit, y[fit], x_held, classes, points[f"knn_{pool}"]).cpu().numpy()
                 )
@@ -358,16 +368,6 @@ def cross_validate(
     for pool in POOLINGS:  # the heads as trained (a fold whose every point diverged stopped early: all None)
         oof[f"linear_{pool}"] = per_epoch[pool][-1]
     return oof, per_epoch, failed
-
-
-def save_predictions(path: str | Path, predictions: dict[str, np.ndarray], labels: np.ndarray) -> None:
-    """Each readout's predicted class of every test image, and the labels, in one .npz (atomically)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, labels=labels.astype(np.int16), **{k: v.astype(np.int16) for k, v in predictions.items()})
-
-    atomic_write(path, write)
 
 
 def linear_probe(

@@ -49,3 +49,17 @@ def save_torch(obj, path: str | Path) -> Path:
 
 def save_json(obj, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_predictions(path: str | Path, predictions: dict, labels) -> Path:
+    """A readout stage's predicted class of every test image, one int16 array per readout, and the labels, in
+    one .npz: what the report resamples test images from, and the accuracy it reported, recomputable."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f, labels=np.asarray(labels, np.int16), **{k: np.asarray(v, np.int16) for k, v in predictions.items()}
+            )
+
+    return atomic_write(path, write)
