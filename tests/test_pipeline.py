@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from conftest import BIN, STAGES, copy_built, copy_repo, dvc, env, git, ran_stages, stage_cmd
+from mae_exp.evaluation.measures import READOUTS
 
 pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
 
@@ -70,7 +71,7 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
             **metrics(repo, f"linear_probe_{name}")["chosen"],
             "finetune": metrics(repo, f"finetune_{name}")["chosen"],
         }
-    for readout in ("linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1"):
+    for readout in [f"{r}_top1" for r in READOUTS]:
         assert comparison["improved_minus_original"][readout] == pytest.approx(
             comparison["improved"][readout] - comparison["original"][readout], abs=1e-4
         )

@@ -267,6 +267,20 @@ def test_the_probe_chooses_every_readout_by_cross_validation_then_reads_test_onc
     assert float(curve[-1].split("\t")[-1]) == pytest.approx(summary["linear_mean_val_top1"], abs=1e-4)
 
 
+def test_a_probe_larger_than_a_fold_is_refused_before_any_feature(random_encoder, monkeypatch, tmp_path):
+    """A folder or STL-10 dataset's sizes are known only at the stage (shapes' are checked with the params)."""
+    from mae_exp.evaluation import probe
+    from mae_exp.plumbing.config import load_params
+
+    monkeypatch.chdir(random_encoder)
+    p = load_params("params.yaml")
+    p = p.model_copy(update={"linear_probe": p.linear_probe.model_copy(update={"knn_k": (5, 85)})})
+    spy = Spy(monkeypatch, probe, ["extract_features"])
+    with pytest.raises(ValueError, match=r"linear_probe.knn_k \(85\) is larger than the 80 images a cross-validation"):
+        probe.linear_probe(p, "models/random/encoder.pt", "data/prepared", "random", tmp_path / "live")
+    assert spy.events == []
+
+
 def test_the_grid_trains_each_point_as_a_head_trained_alone():
     """All points in one loop (shared BN, one weight per point, SGD written out) = each point on its own,
     through torch.optim.SGD, from the same start."""

@@ -180,18 +180,18 @@ def test_a_full_disk_under_downloads_output_names_the_array(built):
 
 
 @pytest.mark.parametrize("key", ["batch_size", "knn_k"])
-def test_the_probes_sizes_are_checked_against_its_train_images(built, key):
-    # <= data.shapes.train (100), > the 90 left after validation: the probe refuses it before any feature
-    value = {"batch_size": 95, "knn_k": [5, 95]}[key]  # knn_k is a grid: its largest point counts
-    proc = stage_with_params(built, "linear_probe@random", **{f"linear_probe__{key}": value})
-    assert proc.returncode == 1
-    [line] = error_lines(proc)
-    assert f"linear_probe.{key} (95) is larger than the 90 train images" in line
-    # > data.shapes.train: refused with the params, as finetune.batch_size is
-    proc = stage_with_params(built, "init_random", **{f"linear_probe__{key}": 1000 if key == "batch_size" else [1000]})
-    assert proc.returncode == 2
-    [line] = error_lines(proc)
-    assert f"linear_probe.{key} (1000) must not exceed data.shapes.train (100)" in line
+def test_the_probes_sizes_are_checked_against_what_a_cross_validation_fit_trains_on(built, key):
+    # <= data.shapes.train (100), > the 80 a 5-fold fit trains on: refused with the params, before any work
+    for value in (90, 1000):
+        proc = stage_with_params(
+            built, "init_random", **{f"linear_probe__{key}": value if key == "batch_size" else [5, value]}
+        )
+        assert proc.returncode == 2
+        [line] = error_lines(proc)
+        assert (
+            f"linear_probe.{key} ({value}) must not exceed the 80 images a cross-validation fold trains on "
+            "(data.shapes.train 100, linear_probe.folds 5)"
+        ) in line
 
 
 def test_one_train_image_per_class_is_refused_at_download(built):

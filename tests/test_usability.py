@@ -100,8 +100,9 @@ def test_every_stage_says_how_many_threads_it_uses(tmp_path):
     text = out.stdout + out.stderr
     assert "download: data.source shapes, 1 CPU thread" in text
     assert (
-        "linear probe random: class token and mean-pooled patches, linear heads (4 settings of lr x weight "
-        "decay) and kNN (4 of k x T), each chosen on validation, cpu, 1 CPU thread"
+        "linear probe random: class token and mean-pooled patches, logistic probes (2 L2 strengths), BN + linear "
+        "heads (4 settings of lr x weight decay) and kNN (4 of k x T), each chosen by 5-fold cross-validation on "
+        "the labeled train split, cpu, 1 CPU thread"
     ) in text
     proc = run(stage_cmd("pretrain_original"), repo)
     assert "lr 1.88e-04, cpu, 1 CPU thread\n" in proc.stdout + proc.stderr
