@@ -65,6 +65,8 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
         "improved_ahead_on",
         "measures_counted",
         "chosen",
+        "edges",
+        "settings_at_edge",
     }
     for name in ("random", "original", "improved"):  # each encoder's readout settings, chosen on validation
         assert comparison["chosen"][name] == {

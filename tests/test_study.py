@@ -25,6 +25,7 @@ from conftest import BIN, REPO, copy_repo, dvc, git, ran_stages, run
 from mae_exp.plumbing.config import ConfigError, arm_params, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
+from mae_exp.study.edges import choices, edge_counts, summary_warning, unsearched, warning_lines
 from mae_exp.study.metrics import METRICS
 from mae_exp.study.queue import plan
 from mae_exp.study.report import sentence
@@ -425,6 +426,97 @@ def test_a_bad_saved_csv_is_one_line(tmp_path):
     proc = study("report", "--from-csv", "table.csv", cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "table.csv is not the output of `dvc exp show --csv`" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- settings at the edge of their grid
+
+EDGE_GRIDS = {  # the probe's grids in these experiments' params: 4 lrs, 3 ks, 3 temperatures
+    "linear_probe__lr": [0.03, 0.1, 0.3, 1.0],
+    "linear_probe__knn_k": [10, 20, 50],
+    "linear_probe__knn_temperature": [0.03, 0.07, 0.2],
+}
+
+
+def chosen_row(name: str, seed: int, created: str, lr: dict | None = None, k: dict | None = None) -> dict:
+    """An experiment whose probes chose `lr` (linear_cls) and `k` (knn_cls) for the encoders named, every other
+    choice inside its grid with no weight decay (a natural bound, not an edge); fine-tuning from its one-point
+    grid; no logistic probe (an experiment from before it)."""
+    metrics = exp_metrics(0.5, 0.6)
+    for e in ("random", "original", "improved"):
+        metrics[f"metrics/linear_probe_{e}/metrics.json"]["chosen"] = {
+            "linear_cls": {"lr": (lr or {}).get(e, 0.1), "weight_decay": 0.0},
+            "knn_cls": {"k": (k or {}).get(e, 20), "temperature": 0.07},
+        }
+        metrics[f"metrics/finetune_{e}/metrics.json"]["chosen"] = {"base_lr": 1e-3, "layer_decay": 0.75}
+    return exp_row(name, exp_params(seed, **EDGE_GRIDS), metrics, created)
+
+
+def test_choices_at_an_edge_are_counted_per_readout_and_encoder_and_over_ten_percent_is_flagged(tmp_path):
+    # ten experiments: the original's linear_cls at the grid's highest lr in 2 (20%: flagged), its knn_cls at
+    # the highest k in 1 (10%: not more than 10%), every other choice inside its grid
+    rows = [
+        chosen_row(
+            f"s{seed}",
+            seed,
+            f"2026-01-01T10:0{seed}:00",
+            lr={"original": 1.0} if seed < 2 else None,
+            k={"original": 50} if seed == 0 else None,
+        )
+        for seed in range(10)
+    ]
+    chosen = choices(rows)
+    assert set(chosen["readout"]) == {"linear_cls", "knn_cls", "finetune"}  # no logistic probe then: skipped
+    counts = edge_counts(chosen).set_index(["readout", "encoder"])
+    columns = ["searched", "at_edge", "share", "sides", "over_limit"]
+    assert counts.loc[("linear_cls", "original"), columns].tolist() == [10, 2, 0.2, "lr highest 2", True]
+    assert counts.loc[("linear_cls", "all"), columns].tolist() == [30, 2, 0.0667, "lr highest 2", False]
+    assert counts.loc[("linear_cls", "improved"), columns].tolist() == [10, 0, 0.0, "", False]  # 0 weight decay
+    assert counts.loc[("knn_cls", "original"), columns].tolist() == [10, 1, 0.1, "k highest 1", False]
+    assert unsearched(chosen) == ["finetune"] and "finetune" not in counts.index.get_level_values("readout")
+    assert warning_lines(counts.reset_index()) == [
+        "linear_cls chose an edge of its grid in 7% of encoders (2 of 30; random 0%, original 20%, improved 0%), "
+        "over 10% for original: its grid must be widened before its numbers are read (lr highest 2)"
+    ]
+    assert summary_warning(counts.reset_index(), "linear_cls_top1") == (
+        "1 readout chose an edge of its grid more than 10% of the time (linear_cls 7%, original's 20%): widen its "
+        "grid before reading its numbers; the primary's readout, linear_cls, is it (see \"Settings at the edge of "
+        'their grid")'
+    )
+    # the same from the saved `dvc exp show --csv` rows: the grids parsed from their text ("[0.03, 0.1, 0.3, 1.0]")
+    save_rows(rows, [r["rev"] for r in rows], tmp_path / "saved.csv")
+    assert edge_counts(choices(csv_rows(tmp_path / "saved.csv"))).equals(edge_counts(chosen))
+
+
+def test_the_report_warns_of_a_readout_at_an_edge_beside_the_verdict(tmp_path):
+    from mae_exp.study.report import report
+
+    raw = copy.deepcopy(TINY)
+    raw["linear_probe"].update({key.split("__")[1]: grid for key, grid in EDGE_GRIDS.items()})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    rows = [  # the improved's linear_cls at the grid's lowest lr in one of three seeds: 1 of 9 encoders, 11%
+        chosen_row(f"s{seed}-all", seed, f"2026-01-01T10:0{i}:00", lr={"improved": 0.03} if seed == 42 else None)
+        for i, seed in enumerate((42, 43, 44))
+    ]
+    out = {name: tmp_path / name for name in ("study.csv", "study.md", "study.png", "study_edges.csv")}
+    report(
+        rows,
+        tmp_path / "params.yaml",
+        *(out[n] for n in ("study.csv", "study.md", "study.png")),
+        curves=False,
+        edges_csv=out["study_edges.csv"],
+    )
+    md = out["study.md"].read_text()
+    warning = (
+        "**Warning:** 1 readout chose an edge of its grid more than 10% of the time (linear_cls 11%): widen its "
+        'grid before reading its numbers (see "Settings at the edge of their grid").'
+    )
+    assert md.startswith("Primary (") and warning in md and md.index(warning) < md.index("| encoder | seeds |")
+    assert "**Settings at the edge of their grid**" in md
+    assert "| linear_cls | 0 of 3 (0%) | 0 of 3 (0%) | 1 of 3 (33%) ⚠ | 1 of 9 (11%) ⚠ | lr lowest 1 |" in md
+    assert "| knn_cls | 0 of 3 (0%) | 0 of 3 (0%) | 0 of 3 (0%) | 0 of 9 (0%) | – |" in md
+    assert "- **Warning:** linear_cls chose an edge of its grid in 11% of encoders (1 of 9;" in md
+    saved = pd.read_csv(out["study_edges.csv"]).set_index(["readout", "encoder"])
+    assert saved.loc[("linear_cls", "improved"), ["searched", "at_edge", "over_limit"]].tolist() == [3, 1, True]
 
 
 # --------------------------------------------------------------------------- the study section

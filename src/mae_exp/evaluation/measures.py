@@ -108,3 +108,10 @@ def grid_edges(search: dict, chosen: dict) -> dict[str, str]:
         elif value == values[0] and value != 0:
             marks[axis] = "lowest"
     return marks
+
+
+def searched(search: dict, chosen: dict) -> bool:
+    """Whether the chosen setting was searched for: some axis of it has at least 2 values in its grid. A
+    one-point grid (fine-tuning's may be) has no edge to sit at, so it is not counted among the settings that
+    might."""
+    return any(len(set(search.get(axis, ()))) >= 2 for axis in chosen)

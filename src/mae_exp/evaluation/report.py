@@ -4,7 +4,9 @@ Every row comes from the one registry of measures (measures.py): each readout of
 fine-tuning, the three reconstruction measures under identical masks (visualize), and each pre-training's
 cost. A reconstruction measure that a variant trains on is marked with whose objective it is, and the
 summary line counts only measures that neither variant trains on: winning on your own loss is expected.
-Beside them, each encoder's readout settings as its own validation search chose them (`chosen`).
+Beside them, each encoder's readout settings as its own search chose them (`chosen`: cross-validation for the
+probe's readouts, validation for fine-tuning), each one at an edge of its grid marked (`edges`) and counted
+(`settings_at_edge`): there the best setting may lie beyond the grid, and the readout understates that encoder.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from rich.table import Table
 from ..plumbing.config import ENCODERS
 from ..plumbing.files import atomic_write, save_json
 from ..plumbing.progress import console
-from .measures import FINETUNE, MEASURES, PROBE, Measure, counted, whose
+from .measures import FINETUNE, MEASURES, PROBE, Measure, counted, grid_edges, searched, whose
 from .palette import ENCODERS as COLOURS
 
 
@@ -48,21 +50,63 @@ def collect(metrics_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("encoder").astype(float)
 
 
-def chosen_settings(metrics_dir: str | Path) -> dict[str, dict]:
-    """Each encoder's readout settings, as its probe and fine-tuning stages chose them on validation (the
-    same grids for every encoder): {encoder: {"linear_cls": {"lr": .., "weight_decay": ..}, ..., "finetune": {..}}}."""
+def _stage_file(metrics_dir: str | Path, path: str, name: str) -> Path:
+    return Path(metrics_dir) / path.format(enc=name)  # measures' paths are relative to metrics/
 
-    def file(path: str, name: str) -> Path:
-        return Path(metrics_dir) / path.format(enc=name)  # measures' paths are relative to metrics/
 
+def _per_encoder(metrics_dir: str | Path, key: str) -> dict[str, dict]:
+    """{encoder: {readout: file[key][readout], ..., "finetune": file[key]}} from its probe and fine-tuning files."""
     out = {}
     for name in ENCODERS:
-        settings = dict(_read(file(PROBE, name)).get("chosen", {}))
-        if "chosen" in (ft := _read(file(FINETUNE, name))):
-            settings["finetune"] = ft["chosen"]
-        if settings:
-            out[name] = settings
+        values = dict(_read(_stage_file(metrics_dir, PROBE, name)).get(key, {}))
+        if key in (ft := _read(_stage_file(metrics_dir, FINETUNE, name))):
+            values["finetune"] = ft[key]
+        if values:
+            out[name] = values
     return out
+
+
+def chosen_settings(metrics_dir: str | Path) -> dict[str, dict]:
+    """Each encoder's readout settings, as its probe (cross-validation) and fine-tuning (validation) stages chose
+    them (the same grids for every encoder): {encoder: {"linear_cls": {"lr": .., "weight_decay": ..}, ...,
+    "finetune": {..}}}."""
+    return _per_encoder(metrics_dir, "chosen")
+
+
+def searched_grids(metrics_dir: str | Path) -> dict[str, dict]:
+    """Each encoder's grids, as its stages wrote them (`search`), shaped as chosen_settings: {encoder: {readout:
+    {axis: [the value at every grid point], ...}}}."""
+    return _per_encoder(metrics_dir, "search")
+
+
+def settings_at_edge(chosen: dict[str, dict], grids: dict[str, dict]) -> tuple[dict[str, dict], int]:
+    """({encoder: {readout: {axis: "lowest" | "highest"}}} for every chosen setting at an edge of its grid
+    (measures.grid_edges), and how many chosen settings were searched for (measures.searched): the count's
+    denominator."""
+    edges: dict[str, dict] = {}
+    of = 0
+    for name, settings in chosen.items():
+        for readout, setting in settings.items():
+            search = grids.get(name, {}).get(readout, {})
+            of += searched(search, setting)
+            if marks := grid_edges(search, setting):
+                edges.setdefault(name, {})[readout] = marks
+    return edges, of
+
+
+def edge_count(edges: dict[str, dict]) -> int:
+    """How many chosen settings have an axis at an edge of their grid."""
+    return sum(len(readouts) for readouts in edges.values())
+
+
+def edge_line(count: int, of: int, unsearched: int = 0) -> str:
+    """The count of chosen settings at an edge, in words; with what it means when there are any."""
+    line = f"{count} of {of} chosen settings sit at an edge of their grid"
+    if unsearched:
+        line += f" ({unsearched} from a one-point grid, not searched, left out)"
+    if count:
+        line += ": the best setting may lie beyond it, so that readout understates its encoder (widen the grid)"
+    return line
 
 
 def ahead(delta: pd.Series) -> tuple[list[str], list[str]]:
@@ -81,10 +125,15 @@ def report(metrics_dir: str | Path, json_path: str | Path, figure_path: str | Pa
     out["own_objective"] = {col: whose(m) for col, m in MEASURES.items() if m.objective}
     out["improved_ahead_on"] = len(wins)  # of `measures_counted`: test-set measures neither variant trains on
     out["measures_counted"] = len(compared)
-    out["chosen"] = chosen_settings(metrics_dir)  # each encoder's readout settings, chosen on validation
+    out["chosen"] = chosen_settings(metrics_dir)  # by cross-validation (probe) and on validation (fine-tuning)
+    out["edges"], of = settings_at_edge(out["chosen"], searched_grids(metrics_dir))
+    out["settings_at_edge"] = {"count": edge_count(out["edges"]), "of": of}
     save_json(out, json_path)
     print_table(table, delta)
-    print_settings(out["chosen"])
+    print_settings(out["chosen"], out["edges"])
+    unsearched = sum(len(settings) for settings in out["chosen"].values()) - of
+    line = edge_line(out["settings_at_edge"]["count"], of, unsearched)
+    console.print(f"[bold yellow]warning:[/] {line}" if out["edges"] else line, highlight=False)
     console.print(summary(wins, compared), highlight=False)
     save_figure(table, figure_path)
     return out
@@ -138,19 +187,32 @@ def print_table(table: pd.DataFrame, delta: pd.Series) -> None:
     console.print(t)
 
 
-def print_settings(chosen: dict[str, dict]) -> None:
-    """One row per encoder, one column per readout: the setting its validation search chose."""
+EDGE_MARKS = {"highest": "↑edge", "lowest": "↓edge"}
+
+
+def setting_text(setting: dict, marks: dict[str, str]) -> str:
+    """A chosen setting as the table shows it, each value at an edge of its grid marked in red: "lr 3 ↑edge"."""
+    return ", ".join(
+        f"[red]{k} {v:g} {EDGE_MARKS[marks[k]]}[/]" if k in marks else f"{k} {v:g}" for k, v in setting.items()
+    )
+
+
+def print_settings(chosen: dict[str, dict], edges: dict[str, dict]) -> None:
+    """One row per encoder, one column per readout: the setting its search chose, marked where at an edge."""
     readouts = list(dict.fromkeys(r for settings in chosen.values() for r in settings))
     if not readouts:
         return
-    t = Table(title="Readout settings chosen on validation (the same grid for every encoder)")
+    t = Table(
+        title="Readout settings chosen by cross-validation (probe) and on validation (fine-tuning), the same grid "
+        "for every encoder",
+        caption="↑edge / ↓edge: the grid's highest / lowest value, the best setting may lie beyond it",
+    )
     t.add_column("encoder")
     for readout in readouts:
         t.add_column(readout)
     for name, settings in chosen.items():
-        t.add_row(
-            name, *(", ".join(f"{k} {v:g}" for k, v in settings[r].items()) if r in settings else "–" for r in readouts)
-        )
+        marks = edges.get(name, {})
+        t.add_row(name, *(setting_text(settings[r], marks.get(r, {})) if r in settings else "–" for r in readouts))
     console.print(t)
 
 

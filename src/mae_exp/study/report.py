@@ -1,6 +1,8 @@
 """The study report: one sentence per comparison (arm, reading, metric), two tables (console and
 metrics/study.md), metrics/study.csv, and the figure (figure.py). "Beyond noise" is the paired t-test's
-p-value after Holm's correction over every comparison but study.primary (stats.py)."""
+p-value after Holm's correction over every comparison but study.primary (stats.py). Readout settings chosen
+at an edge of their grid are counted per readout and encoder (edges.py, metrics/study_edges.csv), and a
+readout over edges.EDGE_LIMIT is a warning beside the verdict."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pandas as pd
 from rich.table import Table
 
 from ..plumbing.files import atomic_write
-from . import StudyError, out
+from . import StudyError, edges, out
 from .figure import save_figure
 from .metrics import COSTS, METRICS
 from .results import (
@@ -238,6 +240,23 @@ def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame,
         out.print(f"[dim]note: {n}[/]")
 
 
+def print_edges(counts: pd.DataFrame, never_searched: list[str]) -> None:
+    """The console's table of settings at an edge of their grid (edges.table), flagged readouts in red."""
+    if counts.empty:
+        return
+    headers, rows = edges.table(counts)
+    t = Table(title=f"{edges.EDGES_HEADER}: chosen at the grid's highest or lowest value, per experiment")
+    for i, h in enumerate(headers):
+        t.add_column(h, justify="right" if 0 < i < len(headers) - 1 else "left")
+    for r in rows:
+        t.add_row(*(f"[red]{c}[/]" if "⚠" in c else c for c in r))
+    out.print(t)
+    if never_searched:
+        out.print(f"not searched (a one-point grid in every experiment): {', '.join(never_searched)}")
+    for w in edges.warning_lines(counts):
+        out.print(f"[bold red]warning:[/] {w}", soft_wrap=True)
+
+
 def headline_lines(primary, runs: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
     """The primary's equivalence reading, the rule it was read by (curves.VERDICT_RULE, verbatim), and what
     that makes of every other comparison."""
@@ -333,11 +352,13 @@ def report(
     curves: bool = True,
     compute_csv="metrics/study_compute.csv",
     compute_png="plots/study_compute.png",
+    edges_csv="metrics/study_edges.csv",
 ) -> pd.DataFrame:
     """The report of the study in params.yaml from experiment rows (results.py) and the saved ones (SAVED,
     SAVED_CURVES), which it then updates; returns the runs used. `curves`: read each experiment's
     fine-tuning curve from its commit, else from the saved curves (not for a saved CSV's rows). A study of
-    several budgets also gets its compute curves (compute_csv, compute_png)."""
+    several budgets also gets its compute curves (compute_csv, compute_png). `edges_csv`: per readout and
+    encoder, how many chosen settings sit at an edge of their grid."""
     root = Path(params_path).parent
     current, study_raw = load_study(params_path)
     primary = current.study.primary
@@ -361,6 +382,10 @@ def report(
             "finished pair: every comparison is Holm-corrected"
         )
     headline = headline_lines(primary, runs, diffs)
+    studied = set(runs["rev"])
+    chosen = edges.choices([r for r in rows if r["rev"] in studied])
+    edge_counts, never_searched = edges.edge_counts(chosen), edges.unsearched(chosen)
+    edge_warning = edges.summary_warning(edge_counts, primary.metric)
     trends = []
     if len(current.study.budgets) > 1:
         trends = compute_curves(runs, current, originals, primary, compute_csv, compute_png)
@@ -371,20 +396,26 @@ def report(
         atomic_write(root / SAVED_CURVES, lambda tmp: read.to_csv(tmp, index=False))
     save_rows(rows, runs["rev"], root / SAVED)
     atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs).to_csv(tmp, index=False))
-    top = "\n\n".join(headline) + "\n\n"
+    atomic_write(edges_csv, lambda tmp: edge_counts.to_csv(tmp, index=False))
+    top = "\n\n".join(headline + ([f"**Warning:** {edge_warning}."] if edge_warning else [])) + "\n\n"
     if trends:
         top += (
             f"{TRENDS_HEADER} (data: {compute_csv}, figure: {compute_png}):\n\n"
             + "\n".join(f"- {t}" for t in trends)
             + "\n\n"
         )
-    atomic_write(md_path, lambda tmp: Path(tmp).write_text(top + markdown(summary, diffs, runs, notes)))
+    edges_md = edges.markdown_lines(edge_counts, never_searched)
+    text = top + markdown(summary, diffs, runs, notes) + ("\n" + "\n".join(edges_md) + "\n" if edges_md else "")
+    atomic_write(md_path, lambda tmp: Path(tmp).write_text(text))
     save_figure(summary, diffs, runs, png_path, per_epoch)
     print_report(summary, diffs, runs, notes)
+    print_edges(edge_counts, never_searched)
     for h in [*headline, *([f"{TRENDS_HEADER}:"] if trends else []), *trends]:
         out.print(f"[bold]{h}[/]" if h.startswith("Primary") else h, soft_wrap=True)
+    if edge_warning:  # last, beside the verdict: readouts that understate the encoders
+        out.print(f"[bold red]warning:[/] {edge_warning}", soft_wrap=True)
     out.print(
-        f"[dim]wrote {csv_path}, {md_path}, {png_path}; the experiments read are in {SAVED} and "
+        f"[dim]wrote {csv_path}, {md_path}, {png_path}, {edges_csv}; the experiments read are in {SAVED} and "
         f"{SAVED_CURVES} (commit them: a clone's report and queue count them)[/]"
     )
     return runs

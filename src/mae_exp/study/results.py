@@ -127,7 +127,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _literal(value):
+def literal(value):
     """An exp_show param value back to what params.yaml had (42.0 -> 42, "True" -> True, "[1, 2]" -> [1, 2])."""
     if isinstance(value, float):
         return int(value) if value.is_integer() else value
@@ -147,7 +147,7 @@ def params_of(row: dict, current) -> dict:
         node = raw
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = _literal(cell(row, "params.yaml", key))
+        node[leaf] = literal(cell(row, "params.yaml", key))
     return raw
 
 
