@@ -10,7 +10,7 @@ import yaml
 from rich.progress import Progress
 
 from conftest import copy_repo, dvc, run, stage_cmd
-from mae_exp.evaluation.measures import MEASURES
+from mae_exp.evaluation.measures import MEASURES, READOUTS
 from mae_exp.evaluation.report import ahead, print_table, summary
 from mae_exp.evaluation.visualize import grid_indices
 from mae_exp.plumbing.progress import EtaColumn
@@ -61,7 +61,7 @@ def test_the_report_compares_like_with_like_in_readable_units(capsys):
     assert "750" in out and "750.2000" not in out and "381" in out and "381.2400" not in out
     assert "1.25e+13" in out and "1.4e+13" in out  # FLOPs beside wall time, readable
     assert "masked MSE" in out and "loss" not in out  # the term both variants minimise, not their totals
-    for readout in ("linear probe cls", "linear probe mean", "kNN cls", "kNN mean"):
+    for readout in READOUTS.values():
         assert f"{readout} top-1 (test)" in out and f"{readout} top-1 (validation)" in out
 
 
@@ -76,7 +76,7 @@ def test_a_win_on_its_own_objective_is_labelled_and_not_counted(capsys):
     delta = table.loc["improved"] - table.loc["original"]
     wins, compared = ahead(delta)
     assert wins == [] and "mse" not in compared and "hf_error" not in compared
-    assert compared == ["linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1", "ft_top1", "psnr"]
+    assert compared == [f"{r}_top1" for r in READOUTS] + ["ft_top1", "psnr"]
     print_table(table, delta)
     lines = capsys.readouterr().err.splitlines()
     rows = {line.split("│")[1].strip(): line for line in lines if line.count("│") > 2}  # label -> its row
@@ -84,10 +84,10 @@ def test_a_win_on_its_own_objective_is_labelled_and_not_counted(capsys):
     assert "own objective: original's; improved's first term" in rows["masked MSE (test)"]
     assert "neither" in rows["masked PSNR (test)"] and "own objective" not in rows["masked PSNR (test)"]
     text = summary(wins, compared)
-    assert text.startswith("improved is ahead of original on 0 of 6 test-set measures that neither trains on")
+    assert text.startswith("improved is ahead of original on 0 of 8 test-set measures that neither trains on")
     assert text.endswith("own-objective rows left out: masked MSE (test), masked HF error (test)")
     wins, compared = ahead(report_table().loc["improved"] - report_table().loc["original"])
-    assert len(wins) == len(compared) == 6  # 0.41 against 0.4 everywhere: ahead on every counted measure
+    assert len(wins) == len(compared) == 8  # 0.41 against 0.4 everywhere: ahead on every counted measure
 
 
 @pytest.mark.slow
