@@ -40,6 +40,9 @@ def test_knn_votes_are_exp_of_similarity_over_temperature_summed_per_class():
     votes = knn_votes(TRAIN_X, TRAIN_Y, torch.tensor([[1.0, 0.0]]), 3, k=3, temperature=2.0)
     assert votes[0].tolist() == pytest.approx([math.e**0.5, math.e**0.3 + 1.0, 0.0], rel=1e-5)
     assert votes.argmax(1).item() == 1
+    # T = 0.01 weighs a similarity of 1 by e^100, past float32's largest number: the votes are float64
+    votes = knn_votes(TRAIN_X, TRAIN_Y, torch.tensor([[1.0, 0.0]]), 3, k=3, temperature=0.01)
+    assert torch.isfinite(votes).all() and votes[0, 0].item() == pytest.approx(math.exp(100), rel=1e-9)
 
 
 def test_knn_uses_cosine_similarity_and_at_most_every_training_feature():

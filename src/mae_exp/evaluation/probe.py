@@ -89,8 +89,8 @@ def knn_votes(
     votes = []
     for part in F.normalize(x, dim=1).split(chunk):
         sim, idx = (part @ train_x.T).topk(k, dim=1)
-        v = torch.zeros(len(part), num_classes, device=x.device, dtype=sim.dtype)
-        votes.append(v.scatter_add_(1, train_y[idx], (sim / temperature).exp()))
+        v = torch.zeros(len(part), num_classes, device=x.device, dtype=torch.float64)
+        votes.append(v.scatter_add_(1, train_y[idx], (sim.double() / temperature).exp()))  # float64: T 0.01 fits
     return torch.cat(votes)
 
 
@@ -279,8 +279,8 @@ def fit_logistic(
     opt = torch.optim.LBFGS(
         [v],
         lr=1.0,
-        max_iter=2000,
-        tolerance_grad=tol / root.max().item(),  # |grad W| <= |M^-1| |grad V|
+        max_iter=500,
+        tolerance_grad=tol / 3,  # in V; the stop below checks W (|grad W| <= |M^-1| |grad V|)
         tolerance_change=1e-15,
         history_size=20,
         line_search_fn="strong_wolfe",
@@ -294,7 +294,7 @@ def fit_logistic(
         v.grad = torch.cat([x_pre.T @ residual + l2 * penalty @ v[:-1], residual.sum(0, keepdim=True)])
         return (log_norm.squeeze(1) - (logits * target).sum(1)).mean() + 0.5 * l2 * (v[:-1] * (penalty @ v[:-1])).sum()
 
-    for _ in range(4):  # LBFGS stops at max_iter or a flat step; another call starts a fresh memory
+    for _ in range(10):  # LBFGS stops at max_iter, a flat step or its own tolerance; another call starts afresh
         opt.step(closure)
         w = torch.cat([to_w @ v[:-1], v[-1:]]).detach()
         logits = x @ w[:-1] + w[-1]
