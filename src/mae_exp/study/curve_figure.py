@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..evaluation.measures import READOUTS
 from ..evaluation.palette import ENCODERS as COLOURS
 from ..plumbing.files import atomic_write
 from .metrics import METRICS
 
-SHOWN = ("linear_cls_top1", "linear_mean_top1", "knn_cls_top1", "knn_mean_top1", "ft_top1", "psnr")
+# every readout, fine-tuning and PSNR; a study without some (the logistic probe came with issue 42) shows the rest
+SHOWN = (*(f"{r}_top1" for r in READOUTS), "ft_top1", "psnr")
 
 
 def save_compute_figure(curve: pd.DataFrame, table: pd.DataFrame, primary, path: str | Path) -> None:
