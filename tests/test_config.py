@@ -219,6 +219,27 @@ def test_a_study_may_widen_a_readout_grid_for_every_arm():
     assert "finetune.base_lr=[0.004, 0.008]" in arm_overrides(p, "all-e32")  # `dvc exp run -S` reads it as YAML
 
 
+def test_a_design_may_fix_each_recipes_fine_tuning_setting():
+    """finetune.per_encoder gives an encoder its own grid; `dvc exp run -S` adds a key params.yaml lacks only
+    with Hydra's `++` (a plain `key=value` there stops with "Key 'original' is not in struct")."""
+    from mae_exp.study.results import arm_overrides
+
+    own = {"finetune.per_encoder.original.base_lr": [8e-3], "finetune.per_encoder.original.layer_decay": [0.85]}
+    p = parse_params(with_change("study.overrides", {"finetune.epochs": 20, **own}))
+    arm = arm_params(p, "all")
+    assert arm.finetune.grid_for("original").model_dump() == {"base_lr": (8e-3,), "layer_decay": (0.85,)}
+    assert arm.finetune.grid_for("improved").base_lr == arm.finetune.base_lr  # the shared grid, as before
+    assert arm.finetune.epochs == 20
+    overrides = arm_overrides(p, "all-e32")
+    assert "finetune.epochs=20" in overrides
+    assert "++finetune.per_encoder.original.base_lr=[0.008]" in overrides
+    assert "++finetune.per_encoder.original.layer_decay=[0.85]" in overrides
+    with pytest.raises(ConfigError, match="finetune.per_encoder"):
+        parse_params(with_change("finetune.per_encoder", {"orignal": {"base_lr": [1e-3], "layer_decay": [1.0]}}))
+    with pytest.raises(ConfigError, match="layer_decay"):
+        parse_params(with_change("finetune.per_encoder", {"original": {"base_lr": [1e-3]}}))
+
+
 def test_an_ablation_with_no_overrides_may_be_written_bare():
     raw = with_change("study.ablations", {"all": None, "no_unif": {"improved.lambda_unif": 0}})
     raw["study"]["ablation_budgets"] = {}

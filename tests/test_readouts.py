@@ -373,6 +373,22 @@ def test_finetuning_chooses_lr_and_layer_decay_on_validation_then_reads_test_onc
     assert float(curve[-1].split("\t")[-1]) == pytest.approx(summary["val_top1"], abs=1e-4)
 
 
+def test_an_encoder_with_its_own_fine_tuning_grid_is_fine_tuned_over_it(random_encoder, monkeypatch, tmp_path):
+    from mae_exp.evaluation import finetune
+    from mae_exp.plumbing.config import load_params, with_overrides
+
+    monkeypatch.chdir(random_encoder)
+    p = with_overrides(
+        load_params("params.yaml"),
+        {"finetune.per_encoder.random.base_lr": [3e-2], "finetune.per_encoder.random.layer_decay": [1.0]},
+    )
+    summary = finetune.finetune(
+        p, "models/random/encoder.pt", "data/prepared", "random", tmp_path / "live", tmp_path / "scratch", test=False
+    )
+    assert summary["chosen"] == {"base_lr": 3e-2, "layer_decay": 1.0}  # its own, not finetune's 1e-3 x 0.75
+    assert summary["search"]["base_lr"] == [3e-2]
+
+
 @pytest.mark.slow
 def test_every_encoder_gets_the_same_search(tmp_path):
     """Two encoders through `dvc repro`: the same grid points evaluated, each its own choice."""

@@ -343,6 +343,27 @@ def test_experiments_are_recognised_by_their_params():
     assert "params do not validate" in text and "model.norm_pix_loss" in text
 
 
+def test_an_experiment_is_recognised_by_a_fine_tuning_setting_its_design_adds():
+    """A study whose overrides add finetune.per_encoder entries (keys params.yaml lacks) still finds its
+    experiments by their params, and not one whose entry differs."""
+    raw = copy.deepcopy(TINY)
+    own = {"finetune.per_encoder.original.base_lr": [8e-3], "finetune.per_encoder.original.layer_decay": [0.85]}
+    raw["study"]["overrides"] = own
+    current = parse_params(raw)
+    params = exp_params(42)
+    params["finetune"]["per_encoder"] = {"original": {"base_lr": [8e-3], "layer_decay": [0.85]}}
+    other = copy.deepcopy(params)
+    other["finetune"]["per_encoder"]["original"]["layer_decay"] = [0.65]
+    rows = [
+        exp_row("s42-all", params, exp_metrics(0.5, 0.6), "2026-01-01T10:00:00"),
+        exp_row("s42-other", other, exp_metrics(0.5, 0.6), "2026-01-01T10:05:00"),
+        exp_row("s43-plain", exp_params(43), exp_metrics(0.5, 0.6), "2026-01-01T10:10:00"),
+    ]
+    runs, notes = collect_runs(rows, raw["study"], current)
+    assert list(runs["name"]) == ["s42-all"]
+    assert "left out 2 experiments: params match no study arm" in " ".join(notes)
+
+
 def save_experiment(repo, name: str, params: dict, metrics: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for path, value in metrics.items():

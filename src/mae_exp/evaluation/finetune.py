@@ -67,8 +67,9 @@ def finetune(
     predictions_path: str | Path | None = None,
 ) -> dict:
     """Fine-tune at every point of the grid (finetune.base_lr x finetune.layer_decay, the same for every
-    encoder), keep the run with the best validation top-1 (ties: the earliest point), log its curves, then
-    (`test`) read the test split once, with that model. Each run trains on train only: validation chooses."""
+    encoder unless finetune.per_encoder gives this one its own), keep the run with the best validation top-1
+    (ties: the point nearest the grid's middle), log its curves, then (`test`) read the test split once, with
+    that model. Each run trains on train only: validation chooses."""
     cfg = p.finetune
     device, amp_dtype = setup(cfg.precision, p.threads, p.seed)
     train, val = (labeled(data_root, part, p.data.val_fraction) for part in ("train", "val"))
@@ -78,7 +79,8 @@ def finetune(
             f"finetune.batch_size ({cfg.batch_size}) is larger than the {n} train images left after "
             f"data.val_fraction holds out {len(val.labels)}: lower finetune.batch_size"
         )
-    points = grid(base_lr=cfg.base_lr, layer_decay=cfg.layer_decay)
+    own = cfg.grid_for(name)  # finetune.base_lr x layer_decay, or this encoder's per_encoder grid
+    points = grid(base_lr=own.base_lr, layer_decay=own.layer_decay)
     val_top1, seconds, logged, best_model = [], [], [], None  # per point; only the best model is kept
     for point in points:
         model, trainer, top1 = _fit(
@@ -99,10 +101,10 @@ def finetune(
         val_top1.append(top1)
         seconds.append(trainer.elapsed)
         logged.append(trainer.logged)
-        if best(val_top1) == len(val_top1) - 1:
+        if best(val_top1 + [None] * (len(points) - len(val_top1)), points) == len(val_top1) - 1:
             best_model = model
         del model, trainer
-    at = best(val_top1)
+    at = best(val_top1, points)
     chosen = points[at]
     summary = {
         "val_top1": round(val_top1[at], 4),

@@ -31,6 +31,8 @@ DataSource = Literal["shapes", "stl10", "cifar10", "folder"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on CPU
 VARIANTS: tuple[str, ...] = get_args(Variant)
 ENCODERS = ("random",) + VARIANTS  # what the probe and fine-tuning evaluate
+Encoder = Literal["random", "original", "improved"]
+assert get_args(Encoder) == ENCODERS
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
@@ -168,12 +170,28 @@ class PretrainConfig(TrainingConfig):
         return self
 
 
+LayerDecay = Annotated[Number, Field(gt=0, le=1)]  # lr factor per block below the head (1: none)
+
+
+class FinetuneGrid(Section):
+    """One encoder's own fine-tuning grid, in place of finetune.base_lr x finetune.layer_decay."""
+
+    base_lr: _list_of(Positive)
+    layer_decay: _list_of(LayerDecay)
+
+
 class FinetuneConfig(TrainingConfig):
     # searched on validation for every encoder alike (optim.grid, optim.best): the grid, one point or more
     base_lr: _list_of(Positive)  # lr = base_lr * batch_size / 256
-    layer_decay: _list_of(Annotated[Number, Field(gt=0, le=1)])  # lr factor per block below the head (1: none)
+    layer_decay: _list_of(LayerDecay)
     drop_path: Annotated[Number, Field(ge=0, lt=1)]  # stochastic depth rate of the last block
     label_smoothing: Annotated[Number, Field(ge=0, lt=1)]
+    # an encoder's own grid where a design fixes one per recipe (chosen on a development seed): {original: ..}
+    per_encoder: dict[Encoder, FinetuneGrid] = {}
+
+    def grid_for(self, encoder: str) -> FinetuneGrid:
+        """The base lr x layer decay grid that `encoder` is fine-tuned over."""
+        return self.per_encoder.get(encoder) or FinetuneGrid(base_lr=self.base_lr, layer_decay=self.layer_decay)
 
 
 class VariantConfig(Section):

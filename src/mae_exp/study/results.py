@@ -138,16 +138,20 @@ def literal(value):
 
 
 def params_of(row: dict, current) -> dict:
-    """The experiment's params.yaml, for every key params.yaml has today (the study section aside)."""
+    """The experiment's params.yaml, for every key params.yaml has today or an override of the study sets (a
+    finetune.per_encoder entry), the study section aside."""
     raw: dict = {}
-    for key in flatten(as_dict(current)):
-        if key.split(".")[0] == "study":
-            continue
+    today = flatten(as_dict(current))
+    set_by_study = {k for o in (current.study.overrides, *current.study.ablations.values()) for k in o}
+    for key in dict.fromkeys([*today, *sorted(set_by_study)]):
+        value = literal(cell(row, "params.yaml", key))
+        if key.split(".")[0] == "study" or (value is None and key not in today):
+            continue  # an override's key that the experiment lacks: left as params.yaml has it
         *parents, leaf = key.split(".")
         node = raw
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = literal(cell(row, "params.yaml", key))
+        node[leaf] = value
     return raw
 
 
@@ -218,8 +222,11 @@ def distinct_ablations(params) -> None:
 
 
 def arm_overrides(params, name: str) -> tuple[str, ...]:
-    """`key=value` pairs for `dvc exp run -S` of arm `name` (the seed is the queue's)."""
-    return tuple(f"{k}={v!r}" for k, v in arm_override_values(params, arms(params)[name]).items())
+    """`key=value` pairs for `dvc exp run -S` of arm `name` (the seed is the queue's); `++key=value` (Hydra's
+    add-or-set, which DVC's -S takes) for a key params.yaml does not have, such as a finetune.per_encoder entry."""
+    present = set(flatten(as_dict(params)))
+    values = arm_override_values(params, arms(params)[name])
+    return tuple(f"{'' if k in present else '++'}{k}={v!r}" for k, v in values.items())
 
 
 def original_arms(params) -> set[str]:
