@@ -78,7 +78,7 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
             comparison["improved"][readout] - comparison["original"][readout], abs=1e-4
         )
     assert set(comparison["own_objective"]) == {"mse", "hf_error", "pretrain_mse"}
-    assert comparison["measures_counted"] == 6  # 4 readouts, fine-tuning, PSNR: what neither variant trains on
+    assert comparison["measures_counted"] == 8  # 6 readouts, fine-tuning, PSNR: what neither variant trains on
     png = (repo / "plots" / "reconstruction.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # DVCLive's per-step curves: a row every LOG_EVERY steps and at each epoch's end (9 steps an epoch here)
