@@ -33,7 +33,7 @@ def test_stl10_32_runs_end_to_end_on_a_generated_archive(tmp_path):
     # only the budget shrinks, to seconds: the data path, the model and every stage are the config's
     params["pretrain"]["batch_size"] = 31  # 4 steps an epoch over 124 images; the config's 2 epochs
     params["finetune"].update(epochs=1, batch_size=18)
-    params["linear_probe"].update(epochs=2, batch_size=18)
+    params["linear_probe"].update(epochs=2, batch_size=18, knn_k=[5, 20])  # <= the 80 images a 5-fold fit sees
     params["visualize"]["eval_images"] = 10
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc("repro", cwd=repo, timeout=3000)  # a minute or two on an idle 2-core CPU
