@@ -22,7 +22,7 @@ import yaml
 from scipy import stats
 
 from conftest import BIN, REPO, copy_repo, dvc, git, ran_stages, run
-from mae_exp.plumbing.config import ConfigError, arm_params, load_params, parse_params
+from mae_exp.plumbing.config import ConfigError, arm_params, as_dict, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.edges import choices, edge_counts, summary_warning, unsearched, warning_lines
@@ -36,6 +36,7 @@ from mae_exp.study.results import (
     experiment_rows,
     finetune_curves,
     flatten,
+    identify,
     save_rows,
 )
 from mae_exp.study.stats import mean_ci, paired_differences, summarize
@@ -695,6 +696,60 @@ def test_a_curve_study_plans_each_ablation_at_its_budgets():
     raw["study"]["ablation_budgets"] = {"nope": [4]}
     with pytest.raises(ConfigError, match="study.ablation_budgets: 'nope' is not in study.ablations"):
         parse_params(raw)
+
+
+def test_a_seeds_first_arm_runs_before_its_others_and_two_seeds_run_side_by_side(tmp_path, monkeypatch):
+    """The real runner, each child a real process logging when it started and ended: at -j 2 the first arm of
+    a seed (it trains the branches the others take from the run-cache) never runs beside another arm of that
+    seed; another seed's first arm does."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPUs: the CPU's way
+    times = tmp_path / "times"
+    times.mkdir()
+
+    def command(job, names_here, mode):
+        return ["sh", "-c", f"date +%s.%N > {times / job.name}; sleep 0.6; date +%s.%N >> {times / job.name}"]
+
+    p = parse_params(TINY)
+    todo = plan(p, [1, 2], ["all", "original_flops_matched", "uniformity_only"])
+    assert study_queue.run(todo, 2, 0.05, set(), logs=tmp_path / "logs", command=command) == 0
+    span = {j.name: [float(t) for t in (times / j.name).read_text().split()] for j in todo}
+
+    def overlap(a, b):
+        return span[a][0] < span[b][1] and span[b][0] < span[a][1]
+
+    assert overlap("s1-all", "s2-all")  # two seeds' first arms together
+    for seed in (1, 2):
+        for arm in ("original_flops_matched", "uniformity_only"):
+            assert span[f"s{seed}-{arm}"][0] >= span[f"s{seed}-all"][1]  # after its seed's first arm
+    # one seed at -j 2: its first arm alone, then two of its other arms together
+    todo = plan(p, [3], ["all", "original_flops_matched", "uniformity_only"])
+    assert study_queue.run(todo, 2, 0.05, set(), logs=tmp_path / "logs", command=command) == 0
+    span.update({j.name: [float(t) for t in (times / j.name).read_text().split()] for j in todo})
+    assert not overlap("s3-all", "s3-original_flops_matched") and not overlap("s3-all", "s3-uniformity_only")
+    assert overlap("s3-original_flops_matched", "s3-uniformity_only")
+
+
+def test_on_a_cpu_the_queue_runs_two_experiments_with_half_the_cores_each(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    p = parse_params({**TINY, "threads": 0})  # every core
+    assert study_queue.default_jobs() == 2
+    assert p.threads == 0 and study_queue.child_threads(p, 2) == ("threads=4",)
+    assert study_queue.child_threads(p, 1) == ()  # alone: every core, as params.yaml says
+    assert study_queue.child_threads(parse_params({**TINY, "threads": 3}), 2) == ()  # params.yaml fixed it
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert study_queue.default_jobs() == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert study_queue.default_jobs() == 1 and study_queue.child_threads(p, 2) == ()
+
+
+def test_the_threads_an_experiment_ran_with_are_no_part_of_its_arm():
+    """The queue sets `threads` per child; an experiment is still recognised by the rest of its params."""
+    p = parse_params(TINY)
+    row = {"params.yaml:" + k: v for k, v in flatten(as_dict(p)).items()}
+    row.update({"params.yaml:seed": 5.0, "params.yaml:threads": 2.0, "params.yaml:pretrain.epochs": 3.0})
+    assert identify(row, TINY["study"], p) == (5, "all")
 
 
 def test_no_stage_reads_the_study_section():

@@ -240,7 +240,10 @@ class PrimaryConfig(Section):
 
     arm: str  # a name in study.ablations
     budget: Count  # the point of the compute curve it is read at: one of study.budgets (pretrain.epochs)
-    reading: Literal["steps", "flops"]  # against the original at equal steps, or at equal FLOPs
+    # against the original at equal steps, at equal FLOPs, or "both": at equal FLOPs matched both ways, the mean
+    # per seed of (the arm's improved - the original's curve at its FLOPs) and (the improved recipe's curve at
+    # the original's FLOPs - the original); the curve's other point is an arm that changes only improved.steps_factor
+    reading: Literal["steps", "flops", "both"]
     metric: str  # a metric id of mae_exp.study.metrics.METRICS (checked by the study)
     # equivalence margin, in the metric's stored units (0.015 = 1.5 pp); the verdict it enters is the one rule
     # written in mae_exp.study.curves.VERDICT_RULE

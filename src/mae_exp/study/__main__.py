@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seeds", type=int, nargs="+", help="default: study.seeds in params.yaml")
     q.add_argument("--ablations", nargs="+", help="default: every one in study.ablations")
     q.add_argument("--budgets", type=int, nargs="+", help="default: every one in study.budgets (pretrain.epochs)")
-    q.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once")
+    q.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        help="experiments run at once (default: 2 on a CPU, each with half its cores; 1 where there are GPUs)",
+    )
     q.add_argument(
         "--no-start", action="store_true", help="only put them in DVC's queue; run them with dvc queue start"
     )

@@ -44,6 +44,7 @@ class Job(NamedTuple):
     seed: int
     ablation: str  # the arm (an ablation at a budget)
     overrides: tuple[str, ...]  # for `dvc exp run -S`
+    budget: int = 0  # pretrain.epochs: the jobs of one seed and budget share the branches no arm changes
 
 
 def plan(params, seeds: list[int] | None, ablations: list[str] | None, budgets: list[int] | None = None) -> list[Job]:
@@ -66,8 +67,35 @@ def plan(params, seeds: list[int] | None, ablations: list[str] | None, budgets: 
         if (ablations and arm.ablation not in ablations) or (budgets and arm.budget not in budgets):
             continue
         for seed in seeds or params.study.seeds:
-            jobs.append(Job(f"s{seed}-{name}", seed, name, (f"seed={seed}", *arm_overrides(params, name))))
+            overrides = (f"seed={seed}", *arm_overrides(params, name))
+            jobs.append(Job(f"s{seed}-{name}", seed, name, overrides, arm.budget))
     return jobs
+
+
+def default_jobs() -> int:
+    """Experiments at once when `-j` is not given: on a CPU of 2 or more cores, 2 (each with half the cores:
+    `child_threads`), which finished the study's stages on photos10 1.13-1.44x sooner than one at a time
+    with every core on the 2-core development machine (benchmarks/queue_threads.py, docs/study.md); where
+    there are GPUs, 1 (give `-j` to split them)."""
+    return 1 if gpu_slots(1) is not None else min(2, os.cpu_count() or 1)
+
+
+def child_threads(params, jobs: int) -> tuple[str, ...]:
+    """The `threads=N` override that shares a CPU's cores among `jobs` experiments: params.yaml's `threads: 0`
+    means every core, and two children each taking every core run slower than one (oversubscribed). Nothing
+    where params.yaml fixes threads, where one job runs, or on GPUs. `threads` re-runs no stage and is no
+    part of an arm's params (results.identify leaves it out)."""
+    if params.threads or jobs <= 1 or gpu_slots(1) is not None:
+        return ()
+    return (f"threads={max(1, (os.cpu_count() or 1) // jobs)}",)
+
+
+def startable(job: Job, waiting: list[Job], running: set[str], first: dict[tuple[int, int], str]) -> bool:
+    """Whether `job` may start now: the first job of its seed and budget trains the branches that every other
+    arm of that seed and budget takes from DVC's run-cache (the original, the random encoder, the full
+    recipe), so those wait until it has finished, rather than train the same branch side by side."""
+    head = first[(job.seed, job.budget)]
+    return job.name == head or (head not in running and all(w.name != head for w in waiting))
 
 
 # --------------------------------------------------------------------------- DVC's commands
@@ -131,7 +159,7 @@ def last_error(log: Path) -> str:
 def queue(
     seeds=None,
     ablations=None,
-    jobs: int = 1,
+    jobs: int | None = None,
     start: bool = True,
     force: bool = False,
     poll_s: float = 2.0,
@@ -139,9 +167,10 @@ def queue(
     budgets=None,
 ) -> int:
     """`slurm` (study.slurm.SlurmOptions): submit the experiments as SLURM jobs instead of running them here;
-    `budgets`: only these of study.budgets."""
+    `budgets`: only these of study.budgets; `jobs`: experiments at once (default_jobs() if None)."""
     params, study_raw = load_study("params.yaml")
     todo = plan(params, seeds, ablations, budgets)
+    jobs = jobs or default_jobs()
     done = finished_cells(params, study_raw)  # by params, on any commit: a commit in between loses nothing
     if slurm is not None:  # jobs that pushed elsewhere (`dvc exp pull` brings them here) said so themselves
         from .slurm import job_states
@@ -163,6 +192,8 @@ def queue(
 
         return submit(waiting, slurm, force)
     names_here = experiment_names()
+    threads = child_threads(params, jobs if start else 1)
+    waiting = [job._replace(overrides=job.overrides + threads) for job in waiting]
     if not start:
         for job in waiting:
             proc = subprocess.run(exp_run(job, names_here, "--queue"), capture_output=True, text=True)
@@ -177,7 +208,8 @@ def queue(
             "`dvc queue status` and `dvc queue logs NAME` follow them"
         )
         return 0
-    out.print(f"{len(waiting)} to run with `dvc exp run --temp`, {jobs} at a time; logs in {LOGS}/")
+    each = f", {threads[0].replace('=', ' ')} each" if threads else ""
+    out.print(f"{len(waiting)} to run with `dvc exp run --temp`, {jobs} at a time{each}; logs in {LOGS}/")
     return run(waiting, jobs, poll_s, names_here)
 
 
@@ -220,6 +252,9 @@ def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs
     free = list(range(jobs))  # slot index of each child that may start
     slot_of: dict[str, int] = {}
     waiting, total, started = list(waiting), len(waiting), time.monotonic()
+    first: dict[tuple[int, int], str] = {}
+    for job in waiting:
+        first.setdefault((job.seed, job.budget), job.name)
     running: dict[str, tuple[Job, subprocess.Popen]] = {}
     failed: dict[str, int] = {}  # name -> exit status
     tries: dict[str, int] = {}
@@ -228,8 +263,12 @@ def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs
         with progress(running="") as bar:
             task = bar.add_task("experiments", total=total, running="")
             while waiting or running:
-                while waiting and len(running) < jobs:
-                    job = waiting.pop(0)
+                while len(running) < jobs:
+                    ready = [j for j in waiting if startable(j, waiting, set(running), first)]
+                    if not ready:
+                        break
+                    job = ready[0]
+                    waiting.remove(job)
                     tries[job.name] = tries.get(job.name, 0) + 1
                     slot_of[job.name] = free.pop(0)
                     child_env = (

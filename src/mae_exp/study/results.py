@@ -156,7 +156,8 @@ def params_of(row: dict, current) -> dict:
 
 
 def _comparable(p) -> dict:
-    return dict(as_dict(p), seed=None, study=None)
+    # threads: where an experiment computed, not what (the queue sets it per child: queue.child_threads)
+    return dict(as_dict(p), seed=None, study=None, threads=None)
 
 
 class Arm(NamedTuple):
