@@ -22,7 +22,7 @@ import yaml
 from scipy import stats
 
 from conftest import BIN, REPO, copy_repo, dvc, git, ran_stages, run
-from mae_exp.plumbing.config import ConfigError, arm_params, as_dict, load_params, parse_params
+from mae_exp.plumbing.config import ENCODERS, ConfigError, arm_params, as_dict, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.edges import choices, edge_counts, summary_warning, unsearched, warning_lines
@@ -191,8 +191,13 @@ def test_summary_counts_the_original_once_per_seed():
     assert s.loc[("improved: laplacian_only", "psnr"), "n"] == 3
 
 
-def test_every_comparison_but_the_primary_is_holm_corrected_and_beyond_noise_follows_it():
+def test_holm_corrects_within_two_families_and_beyond_noise_follows_it():
+    """(2) the primary's arm and reading on the other measures, (3) the other arms at equal FLOPs (the
+    single-change arms): each family Holm-corrected on its own; an equal-steps reading of an arm that costs
+    more is shown, not tested."""
     from statsmodels.stats.multitest import multipletests
+
+    from mae_exp.study.stats import FAMILIES
 
     diff = {
         "linear_mean_top1": [0.05, 0.06, 0.04],
@@ -200,22 +205,71 @@ def test_every_comparison_but_the_primary_is_holm_corrected_and_beyond_noise_fol
         "hf_error": [-0.010, -0.012, -0.011],
         "psnr": [0.3, -0.2, 0.4],
     }
-    runs = pd.concat([runs_frame("all", ORIGINAL, diff), runs_frame("laplacian_only", ORIGINAL, diff)])
+    single = [runs_frame(a, ORIGINAL, diff) for a in ("laplacian_only", "uniformity_only")]
+    costly = runs_frame("curriculum_only", ORIGINAL, diff, flops=(1.0e12, 1.15e12))
+    longer = runs_frame("original_flops_matched", ORIGINAL, {}, flops=(1.15e12, 1.0e12))  # its baseline
+    runs = pd.concat([runs_frame("all", ORIGINAL, diff), *single, costly, longer], ignore_index=True)
     primary = SimpleNamespace(arm="all", reading="steps", metric="ft_top1")
-    d = paired_differences(runs, primary=primary)
+    d = paired_differences(runs, {"original_flops_matched"}, primary=primary)
     assert d["primary"].sum() == 1
     first = d[d["primary"]].iloc[0]
     assert (first["ablation"], first["metric"], first["p_holm"]) == ("all", "ft_top1", first["p_value"])
-    rest = d[~d["primary"]]
-    assert len(rest) == 2 * len(METRICS) - 1
-    family = rest[rest["p_value"].notna()]  # measures no experiment has: no p-value, not in the family
-    assert len(family) == 2 * len(ORIGINAL) - 1
-    assert list(family["p_holm"]) == pytest.approx(list(multipletests(family["p_value"], method="holm")[1]))
+    assert first["family"] == FAMILIES[0]
+    tested = d["p_value"].notna()  # measures no experiment has: no p-value, in no family
+    own = d[(d["family"] == FAMILIES[1]) & tested]
+    assert set(own["ablation"]) == {"all"} and len(own) == len(ORIGINAL) - 1
+    others = d[(d["family"] == FAMILIES[2]) & tested]
+    assert len(others) == 3 * len(ORIGINAL)  # laplacian and uniformity alone, curriculum at equal FLOPs only
+    for fam in (own, others):
+        assert list(fam["p_holm"]) == pytest.approx(list(multipletests(fam["p_value"], method="holm")[1]))
+    untested = d[d["family"] == ""]
+    assert set(untested["ablation"]) == {"curriculum_only"} and set(untested["reading"]) == {"equal steps"}
+    assert untested["p_holm"].isna().all() and not untested["beyond_noise"].any()
+    assert "descriptive, not tested" in sentence(untested[untested["n"] > 0].iloc[0].to_dict())
     assert list(d["beyond_noise"]) == list(d["p_holm"] < 0.05)
-    # LP: beyond noise on its own (p 0.013), not after correcting for the other comparisons
-    lp = rest[(rest["ablation"] == "all") & (rest["metric"] == "linear_mean_top1")].iloc[0]
+    # LP: beyond noise on its own (p 0.013), not after correcting within its family of 12
+    lp = others[(others["ablation"] == "laplacian_only") & (others["metric"] == "linear_mean_top1")].iloc[0]
     assert lp["p_value"] < 0.05 and lp["p_holm"] >= 0.05 and not lp["beyond_noise"]
     assert "within seed-to-seed noise" in sentence(lp.to_dict())
+
+
+def test_the_primary_read_both_ways_averages_the_two_matched_differences_per_seed():
+    """The full recipe against the original given its FLOPs, and the full recipe given the original's FLOPs
+    against the original: per seed the mean of the two; the one-way readings beside it are descriptive."""
+    from mae_exp.study.stats import BOTH_WAYS, primary_differences
+
+    seeds = [1, 2, 3]
+    base = {"seed": seeds, "budget": 32}
+    o, o_long, i, i_short = [0.40, 0.42, 0.41], [0.43, 0.44, 0.45], [0.41, 0.45, 0.42], [0.39, 0.44, 0.40]
+
+    def frame(arm, original, improved, flops):
+        f = pd.DataFrame({**base, "ablation": arm, **{f"{m}_{e}": math.nan for m in METRICS for e in ENCODERS}})
+        f["logreg_cls_top1_original"], f["logreg_cls_top1_improved"] = original, improved
+        f["flops_original"], f["flops_improved"] = flops
+        return f
+
+    runs = pd.concat(
+        [
+            frame("all", o, i, (1.0e12, 1.145e12)),
+            frame("original_flops_matched", o_long, i, (1.146e12, 1.145e12)),
+            frame("improved_flops_matched", o, i_short, (1.0e12, 1.0001e12)),
+        ],
+        ignore_index=True,
+    )
+    primary = SimpleNamespace(arm="all", reading="both", metric="logreg_cls_top1")
+    partners = {"all": "improved_flops_matched"}
+    want = [((a - b) + (c - e)) / 2 for a, b, c, e in zip(i, o_long, i_short, o)]
+    got = primary_differences(runs, primary, partners)
+    assert list(got) == pytest.approx(want) and list(got.index) == seeds
+    d = paired_differences(runs, {"original_flops_matched"}, primary, partners=partners)
+    row = d[d["primary"]].iloc[0]
+    assert (row["reading"], row["n"]) == (BOTH_WAYS, 3)
+    assert row["diff_mean"] == pytest.approx(sum(want) / 3)
+    assert row["p_value"] == pytest.approx(stats.ttest_1samp(want, 0.0).pvalue)
+    one_way = d[(d["metric"] == "logreg_cls_top1") & (d["reading"] != BOTH_WAYS) & d["reading"].str.contains("FLOPs")]
+    assert len(one_way) == 2 and (one_way["family"] == "").all()  # shown beside it, not tested
+    # the partner missing (its runs not done): no primary reading yet
+    assert primary_differences(runs[runs["ablation"] != "improved_flops_matched"], primary, partners).empty
 
 
 def test_an_arm_that_costs_more_is_read_at_equal_steps_and_at_equal_flops():
@@ -1006,3 +1060,70 @@ def test_a_study_end_to_end(tiny_reproduced, tmp_path):
     params["study"]["seeds"] = [1, 2, 3, 4, 5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Data and pipelines are up to date" in dvc("status", cwd=repo).stdout
+
+
+def test_experiments_on_different_code_are_named_and_the_same_code_passes():
+    """`dvc exp show` gives each dependency's hash; the study's experiments must share the code and data."""
+    from mae_exp.study.results import dependency_disagreements
+
+    def row(rev, model_hash):
+        return {"rev": rev, "src/mae_exp/model.py": model_hash, "stages/pretrain.py": "aa11", "data/prepared": "d1",
+                "models/original/encoder.pt": rev * 4, "metrics/x.json:top1": 0.5}  # fmt: skip
+
+    rows = [row("r1", "m1"), row("r2", "m1"), row("r3", "m2"), row("r4", "m3")]
+    assert dependency_disagreements(rows, ["r1", "r2"]) == []  # encoders differ by design: not checked
+    found = dependency_disagreements(rows, ["r1", "r2", "r3"])
+    assert found == ["src/mae_exp/model.py (m1: 2, m2: 1)"]
+    assert dependency_disagreements(rows, ["r1"]) == []
+
+
+def test_the_second_interval_resamples_the_primarys_own_encoders_per_image():
+    """stats.primary_terms names, per seed, the four encoders of the both-ways difference with weights ±1/2;
+    the report's second interval is the two-way bootstrap of exactly that per-image difference, and its
+    point value (the mean of those differences) is the primary's Student-t mean."""
+    import numpy as np
+
+    from mae_exp.study.predictions import COLUMNS, pack, two_way_bootstrap
+    from mae_exp.study.report import IMAGE_DRAWS, image_interval_line
+    from mae_exp.study.stats import primary_differences, primary_terms
+
+    rng = np.random.default_rng(0)
+    images, seeds = 400, [1, 2, 3]
+    arms = {"all": (1.0e12, 1.145e12), "original_flops_matched": (1.146e12, 1.145e12),
+            "improved_flops_matched": (1.0e12, 1.0001e12)}  # fmt: skip
+    frames, table, correct = [], [], {}
+    for arm, flops in arms.items():
+        for seed in seeds:
+            rev = f"{arm}-{seed}"
+            row = {"seed": seed, "ablation": arm, "budget": 32, "rev": rev, "flops_original": flops[0]}
+            row["flops_improved"] = flops[1]
+            for enc, p in (("original", 0.40 + 0.05 * (arm == "original_flops_matched")), ("improved", 0.42)):
+                c = rng.random(images) < p + 0.01 * seed
+                if enc == "original" and arm != "original_flops_matched":  # the plain original: one encoder a seed
+                    c = correct.setdefault(("plain", seed), c)
+                correct[rev, enc] = c
+                table.append(
+                    {"rev": rev, "encoder": enc, "metric": "logreg_cls_top1", "images": images, "correct": pack(c)}
+                )
+                row[f"logreg_cls_top1_{enc}"] = c.mean()
+            frames.append(row)
+    runs = pd.DataFrame(frames)
+    for m in METRICS:
+        for e in ENCODERS:
+            runs[f"{m}_{e}"] = runs.get(f"{m}_{e}", math.nan)
+    primary = SimpleNamespace(arm="all", reading="both", metric="logreg_cls_top1", margin=0.015)
+    partners = {"all": "improved_flops_matched"}
+    terms = primary_terms(runs, primary, partners)
+    assert sorted(terms) == seeds
+    assert sorted(w for w, _, _ in terms[2]) == [-0.5, -0.5, 0.5, 0.5]
+    assert {r for w, r, e in terms[2] if e == "improved"} == {"all-2", "improved_flops_matched-2"}
+    assert "original_flops_matched-2" in {r for w, r, e in terms[2] if e == "original" and w < 0}
+    per_image = np.stack([sum(w * correct[rev, enc] for w, rev, enc in terms[s]) for s in seeds])
+    assert per_image.mean(axis=1) == pytest.approx(list(primary_differences(runs, primary, partners)))
+    low, high = two_way_bootstrap(per_image, draws=IMAGE_DRAWS, seed=0)
+    line = image_interval_line(primary, runs, partners, pd.DataFrame(table, columns=COLUMNS))
+    assert f"95% CI {low * 100:+.1f} to {high * 100:+.1f} pp".replace("-", "\u2212") in line
+    assert "400 test images" in line and "3 seeds" in line and "Student-t" in line
+    # a seed whose partner's predictions are missing is left out, and said so
+    fewer = pd.DataFrame([t for t in table if t["rev"] != "improved_flops_matched-3"], columns=COLUMNS)
+    assert "2 seeds; 1 seed(s) without predictions left out" in image_interval_line(primary, runs, partners, fewer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.table import Table
 
@@ -15,12 +16,14 @@ from ..plumbing.files import atomic_write
 from . import StudyError, edges, out
 from .figure import save_figure
 from .metrics import COSTS, METRICS
+from .predictions import SAVED_PREDICTIONS, read_predictions, save_table, saved_predictions
 from .results import (
     SAVED,
     SAVED_CURVES,
     arm_name,
     arms,
     collect_runs,
+    dependency_disagreements,
     finetune_curves,
     load_study,
     merged,
@@ -28,17 +31,22 @@ from .results import (
     save_rows,
     saved_curves,
     saved_rows,
+    steps_partners,
 )
-from .stats import paired_differences, primary_differences, summarize
+from .stats import paired_differences, primary_differences, primary_terms, summarize
 
 DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "ablation <name>"
     "all": ("all three improvements", "change"),
     "curriculum_only": ("curriculum masking alone", "changes"),
     "laplacian_only": ("the Laplacian loss alone", "changes"),
     "uniformity_only": ("the uniformity loss alone", "changes"),
+    "improved_flops_matched": ("all three improvements, given the original's FLOPs", "change"),
 }
-READING_WORDS = {"steps": "steps", "flops": "FLOPs"}
-NOISE = "* = beyond noise: paired t-test p < 0.05 after Holm's correction (the primary: uncorrected)"
+READING_WORDS = {"steps": "steps", "flops": "FLOPs", "both": "FLOPs matched both ways"}
+NOISE = (
+    "* = beyond noise: paired t-test p < 0.05 after Holm's correction within its family (the primary: "
+    "uncorrected); (d) = descriptive: shown, not tested (equal steps, one-way FLOPs beside a both-ways primary)"
+)
 TRENDS_HEADER = (  # the slopes per doubling are in no Holm family: what the next study tests, not findings
     "How improved − original at equal FLOPs changes with pre-training compute, exploratory: the slopes are in "
     "no multiplicity family (not Holm-corrected), so none is a finding"
@@ -80,6 +88,8 @@ def sentence(row: dict, level: float = 0.95) -> str:
         f"{int(level * 100)}% CI {number(row['ci_low'], metric)} to "
         f"{_with_unit(number(row['ci_high'], metric), metric)}"
     )
+    if not row.get("family", "x"):  # shown, not tested: no p-value enters a finding
+        return f"{label}: {who} {verb} it by {change} ({ci}, {seeds}): descriptive, not tested."
     p = f"p = {row['p_value']:.2g}" + ("" if row.get("primary") else f", Holm-adjusted {row['p_holm']:.2g}")
     if not row["beyond_noise"]:
         return f"{label}: {who} {verb} it by {change} ({ci}, {p}, {seeds}): within seed-to-seed noise."
@@ -110,6 +120,8 @@ def _diff_cell(row: dict) -> str:
         text += f" [{number(row['ci_low'], metric)}, {number(row['ci_high'], metric)}]"
         if row["beyond_noise"]:
             text += " *"
+        if not row.get("family", "x"):
+            text += " (d)"
         if row.get("primary"):
             text = f"**{text}** (primary)"
     return text
@@ -212,6 +224,7 @@ def csv_frame(summary: pd.DataFrame, diffs: pd.DataFrame) -> pd.DataFrame:
         "ci_high",
         "p_value",
         "p_holm",
+        "family",
         "primary",
         "beyond_noise",
     ]
@@ -257,18 +270,51 @@ def print_edges(counts: pd.DataFrame, never_searched: list[str]) -> None:
         out.print(f"[bold red]warning:[/] {w}", soft_wrap=True)
 
 
-def headline_lines(primary, runs: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
-    """The primary's equivalence reading, the rule it was read by (curves.VERDICT_RULE, verbatim), and what
+def headline_lines(primary, runs: pd.DataFrame, diffs: pd.DataFrame, partners=None, predictions=None) -> list[str]:
+    """The primary's equivalence reading, the second interval (seeds and test images resampled, where the
+    per-image `predictions` are there), the rule it was read by (curves.VERDICT_RULE, verbatim), and what
     that makes of every other comparison."""
     from .curves import VERDICT_RULE, equivalence
 
-    reading = equivalence(primary_differences(runs, primary), primary.margin)
-    lines = [verdict_line(primary, reading), f"Verdict rule: {VERDICT_RULE}"]
+    reading = equivalence(primary_differences(runs, primary, partners), primary.margin)
+    lines = [verdict_line(primary, reading)]
+    if predictions is not None and reading["n"] >= 1:
+        lines.append(image_interval_line(primary, runs, partners, predictions))
+    lines.append(f"Verdict rule: {VERDICT_RULE}")
     if reading["n"] < 2:  # one seed has a value but no interval: it is neither beyond noise nor within it
         lines.append("Every other comparison is exploratory: the primary has no reading yet.")
     elif not any(diffs["primary"] & diffs["beyond_noise"]):
         lines.append("Every other comparison is exploratory: the primary is not beyond noise.")
     return lines
+
+
+IMAGE_DRAWS = 10_000
+
+
+def image_interval_line(primary, runs: pd.DataFrame, partners, predictions: pd.DataFrame) -> str:
+    """The primary recomputed on resampled seeds and test images (predictions.two_way_bootstrap over each
+    seed's per-image difference, stats.primary_terms): an interval that also counts the test split's own
+    sampling error. It is shown beside the verdict and decides nothing."""
+    from .predictions import correct, two_way_bootstrap
+
+    terms = primary_terms(runs, primary, partners)
+    rows, missing = [], 0
+    for seed in sorted(terms):
+        parts = [(w, correct(predictions, rev, enc, primary.metric)) for w, rev, enc in terms[seed]]
+        if any(c is None for _, c in parts) or len({len(c) for _, c in parts}) != 1:
+            missing += 1
+            continue
+        rows.append(sum(w * c.astype(float) for w, c in parts))
+    if not rows:
+        return "Second interval (seeds and test images resampled): no per-image predictions of the primary's encoders."
+    low, high = two_way_bootstrap(np.stack(rows), level=0.95, draws=IMAGE_DRAWS, seed=0)
+    m = primary.metric
+    left = f"; {missing} seed(s) without predictions left out" if missing else ""
+    return (
+        f"Second interval, resampling seeds and the {len(rows[0]):,} test images alike (percentile bootstrap, "
+        f"{IMAGE_DRAWS:,} draws, {len(rows)} seeds{left}): 95% CI {number(low, m)} to "
+        f"{_with_unit(number(high, m), m)}. The verdict uses the Student-t interval over seeds above."
+    )
 
 
 def verdict_line(primary, e: dict) -> str:
@@ -375,13 +421,27 @@ def report(
         )
     originals = original_arms(current)
     summary = summarize(runs, originals)
-    diffs = paired_differences(runs, originals, primary)
+    partners = steps_partners(current)
+    diffs = paired_differences(runs, originals, primary, partners=partners)
     if not diffs["primary"].any():
         notes.append(
             f"the primary comparison ({primary.arm}, equal {READING_WORDS[primary.reading]}, {primary.metric}) has no "
             "finished pair: every comparison is Holm-corrected"
         )
-    headline = headline_lines(primary, runs, diffs)
+    predictions = saved_predictions(root)
+    if curves:  # the per-image predictions come from each experiment's commit, else from the saved ledger
+        predictions, more = read_predictions(runs, originals, root, predictions)
+        notes += more
+        save_table(predictions, root / SAVED_PREDICTIONS)
+    headline = headline_lines(primary, runs, diffs, partners, predictions)
+    differing = dependency_disagreements(rows, runs["rev"])
+    if differing:
+        headline.append(
+            f"**Warning:** the experiments ran on different code or data: {'; '.join(differing)}. A study "
+            "compares recipes on one commit: run the rest in a clone pinned to the design's commit."
+        )
+    else:
+        notes.append(f"all {len(runs)} experiments ran on the same code and data (their dependency hashes agree)")
     studied = set(runs["rev"])
     chosen = edges.choices([r for r in rows if r["rev"] in studied])
     edge_counts, never_searched = edges.edge_counts(chosen), edges.unsearched(chosen)
@@ -415,7 +475,7 @@ def report(
     if edge_warning:  # last, beside the verdict: readouts that understate the encoders
         out.print(f"[bold red]warning:[/] {edge_warning}", soft_wrap=True)
     out.print(
-        f"[dim]wrote {csv_path}, {md_path}, {png_path}, {edges_csv}; the experiments read are in {SAVED} and "
-        f"{SAVED_CURVES} (commit them: a clone's report and queue count them)[/]"
+        f"[dim]wrote {csv_path}, {md_path}, {png_path}, {edges_csv}; the experiments read are in {SAVED}, "
+        f"{SAVED_CURVES} and {SAVED_PREDICTIONS} (commit them: a clone's report and queue count them)[/]"
     )
     return runs

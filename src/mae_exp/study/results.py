@@ -230,6 +230,20 @@ def arm_overrides(params, name: str) -> tuple[str, ...]:
     return tuple(f"{'' if k in present else '++'}{k}={v!r}" for k, v in values.items())
 
 
+def steps_partners(params) -> dict[str, str]:
+    """arm -> the arm that is its recipe given other steps (its overrides plus improved.steps_factor alone, at
+    the same budget): the improved recipe matched to the original's FLOPs, for the reading both ways."""
+    ablations, design = params.study.ablations, arms(params)
+    partners = {}
+    for name, arm in design.items():
+        for other, o in design.items():
+            extra = {k: v for k, v in ablations[o.ablation].items() if ablations[arm.ablation].get(k) != v}
+            if other != name and o.budget == arm.budget and set(extra) == {"improved.steps_factor"}:
+                if set(ablations[arm.ablation]) <= set(ablations[o.ablation]):
+                    partners.setdefault(name, other)
+    return partners
+
+
 def original_arms(params) -> set[str]:
     """Arms that change the original (e.g. give it the improved recipe's FLOPs): they supply baselines."""
     changes = {name for name, o in params.study.ablations.items() if any(k.startswith("original.") for k in o)}
@@ -289,6 +303,28 @@ def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFra
     order = {a: i for i, a in enumerate(design)}
     runs = runs.sort_values(["ablation", "seed"], key=lambda c: c.map(order) if c.name == "ablation" else c)
     return runs.reset_index(drop=True), notes
+
+
+CODE_AND_DATA = ("src/", "stages/", "data/prepared")  # dependency columns every study experiment must share
+
+
+def dependency_disagreements(rows: list[dict], revs) -> list[str]:
+    """The code and data the study's experiments ran on must be one: for every dependency column of the
+    source, the stage scripts and the prepared data (`dvc exp show` gives each dependency's hash), the paths
+    whose hash differs between experiments, each with how many experiments hold each hash; [] when all agree.
+    (A study run on two commits would compare recipes and code changes at once.)"""
+    keep = [r for r in rows if r["rev"] in set(revs)]
+    columns = {k for r in keep for k in r if ":" not in k and k.startswith(CODE_AND_DATA)}
+    found = []
+    for path in sorted(columns):
+        hashes: dict[str, int] = {}
+        for r in keep:
+            value = r.get(path)
+            if value is not None and value not in MISSING:
+                hashes[str(value)] = hashes.get(str(value), 0) + 1
+        if len(hashes) > 1:
+            found.append(f"{path} ({', '.join(f'{h[:8]}: {n}' for h, n in sorted(hashes.items()))})")
+    return found
 
 
 def load_study(params_path: str | Path) -> tuple[object, dict]:

@@ -84,13 +84,18 @@ def baselines(runs: pd.DataFrame, arm: str) -> dict[str, pd.DataFrame]:
     return {"equal steps": own, "equal FLOPs": flops}
 
 
+BOTH_WAYS = "equal FLOPs, both ways"
+
+
 def paired_differences(
-    runs: pd.DataFrame, original_arms=frozenset(), primary=None, level: float = 0.95
+    runs: pd.DataFrame, original_arms=frozenset(), primary=None, level: float = 0.95, partners=None
 ) -> pd.DataFrame:
     """Per arm (those that change the original supply baselines only), reading and metric: improved −
     original within each seed, its mean, std and Student-t interval over seeds, the paired t-test's p-value
-    (scipy.stats.ttest_rel), the p-value Holm-adjusted over every comparison but the primary (`primary`:
-    study.primary; its own p-value is used as it is), and whether it is beyond noise: adjusted p < 1 − level."""
+    (scipy.stats.ttest_rel), the p-value Holm-adjusted within its family (`families`; `primary`:
+    study.primary, its own p-value used as it is), and whether it is beyond noise: adjusted p < 1 − level.
+    `partners`: arm -> the arm that is the same recipe with other steps (results.steps_partners); such a pair
+    also gets the reading "equal FLOPs, both ways" (both_ways)."""
     rows = []
     for arm in dict.fromkeys(runs["ablation"]):
         if arm in original_arms:
@@ -101,58 +106,153 @@ def paired_differences(
                 pair = pd.concat(
                     [improved[f"{metric}_improved"], base[f"{metric}_original"]], axis=1, keys=["i", "o"]
                 ).dropna()
-                n, mean, sd, lo, hi = mean_ci(pair["i"] - pair["o"], level)
-                p = math.nan
-                if n >= 2:
-                    p = 1.0 if sd == 0 and mean == 0 else float(stats.ttest_rel(pair["i"], pair["o"]).pvalue)
-                rows.append(
-                    {
-                        "ablation": arm,
-                        "reading": reading,
-                        "metric": metric,
-                        "n": n,
-                        "diff_mean": mean,
-                        "diff_std": sd,
-                        "ci_low": lo,
-                        "ci_high": hi,
-                        "p_value": p,
-                    }
-                )
+                rows.append(_difference_row(arm, reading, metric, pair["i"] - pair["o"], level))
+        if arm in (partners or {}) and (runs["ablation"] == partners[arm]).any():
+            for metric in METRICS:
+                rows.append(_difference_row(arm, BOTH_WAYS, metric, both_ways(runs, arm, partners[arm], metric), level))
     diffs = pd.DataFrame(
         rows, columns=["ablation", "reading", "metric", "n", "diff_mean", "diff_std", "ci_low", "ci_high", "p_value"]
     )
-    return holm(diffs, primary, 1 - level)
+    return holm(diffs, primary, 1 - level, partners)
+
+
+def _difference_row(arm: str, reading: str, metric: str, d: pd.Series, level: float) -> dict:
+    """One comparison's per-seed differences `d`: mean, std, Student-t interval and the paired t-test's p
+    (a one-sample t-test of the differences: the same p as scipy's ttest_rel on the pairs)."""
+    n, mean, sd, lo, hi = mean_ci(d, level)
+    p = math.nan
+    if n >= 2:
+        p = 1.0 if sd == 0 and mean == 0 else float(stats.ttest_1samp(d.dropna(), 0.0).pvalue)
+    return {
+        "ablation": arm,
+        "reading": reading,
+        "metric": metric,
+        "n": n,
+        "diff_mean": mean,
+        "diff_std": sd,
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_value": p,
+    }
+
+
+def flops_matched(runs: pd.DataFrame, arm: str, metric: str) -> pd.Series:
+    """Per seed, the arm's improved − the original that spent its FLOPs (within FLOPS_TOLERANCE)."""
+    improved = runs[runs["ablation"] == arm].set_index("seed")[f"{metric}_improved"]
+    for reading, base in baselines(runs, arm).items():
+        if "FLOPs" in reading:
+            return (improved - base[f"{metric}_original"]).dropna()
+    return pd.Series(dtype=float)
+
+
+def both_ways(runs: pd.DataFrame, arm: str, partner: str, metric: str) -> pd.Series:
+    """Improved − original at equal FLOPs matched both ways, per seed: the mean of (the arm's improved − the
+    original given the arm's FLOPs) and (the partner's improved, the same recipe given the original's FLOPs,
+    − that original), so neither recipe alone is the one stretched. Seeds with both halves only."""
+    one, other = flops_matched(runs, arm, metric), flops_matched(runs, partner, metric)
+    return ((one + other) / 2).dropna()
+
+
+def reading_of(primary) -> str:
+    return {"steps": "equal steps", "flops": "FLOPs", "both": BOTH_WAYS}[primary.reading]
+
+
+def _matches(reading: pd.Series, primary) -> pd.Series:
+    """The readings that are the primary's: at equal steps, at equal FLOPs (one way) or both ways."""
+    if primary.reading == "both":
+        return reading == BOTH_WAYS
+    return reading.str.contains(reading_of(primary)) & (reading != BOTH_WAYS)
 
 
 def is_primary(diffs: pd.DataFrame, primary) -> pd.Series:
     """`primary`: study.primary with `arm` the arm's name in the runs (results.arm_name: ablation at budget)."""
     if primary is None:
         return pd.Series(False, index=diffs.index)
-    word = {"steps": "equal steps", "flops": "FLOPs"}[primary.reading]
     return (
-        (diffs["ablation"] == primary.arm) & (diffs["metric"] == primary.metric) & diffs["reading"].str.contains(word)
+        (diffs["ablation"] == primary.arm) & (diffs["metric"] == primary.metric) & _matches(diffs["reading"], primary)
     )
 
 
-def holm(diffs: pd.DataFrame, primary, alpha: float) -> pd.DataFrame:
+FAMILIES = ("primary", "the primary's arm, other measures", "other arms at equal FLOPs")
+
+
+def families(diffs: pd.DataFrame, primary, partners=None) -> pd.Series:
+    """The Holm family of each comparison, "" for one shown and not tested. (1) The primary. (2) The primary's
+    arm at the primary's reading on every other measure. (3) Every other arm (not the primary's steps partner)
+    at equal FLOPs, every measure: the single-change arms, one family. Equal-steps readings, and the one-way
+    FLOPs readings of a both-ways primary, are descriptive. No primary: every comparison in one family."""
+    fam = pd.Series("", index=diffs.index, dtype=object)
+    flops = diffs["reading"].str.contains("FLOPs") & (diffs["reading"] != BOTH_WAYS)
+    if primary is None:
+        fam[:] = FAMILIES[2]
+        return fam
+    own = (diffs["ablation"] == primary.arm) & _matches(diffs["reading"], primary)
+    fam[own] = FAMILIES[1]
+    fam[is_primary(diffs, primary)] = FAMILIES[0]
+    partner = (partners or {}).get(primary.arm)
+    others = (diffs["ablation"] != primary.arm) & (diffs["ablation"] != partner) & flops
+    fam[others] = FAMILIES[2]
+    return fam
+
+
+def holm(diffs: pd.DataFrame, primary, alpha: float, partners=None) -> pd.DataFrame:
+    """Holm's correction within each family (families()); the primary's p as it is; an untested comparison
+    has no adjusted p and is never "beyond noise"."""
     diffs = diffs.copy()
     diffs["primary"] = is_primary(diffs, primary)
+    diffs["family"] = families(diffs, primary, partners)
     diffs["p_holm"] = np.where(diffs["primary"], diffs["p_value"], np.nan)
-    family = ~diffs["primary"] & diffs["p_value"].notna()
-    if family.any():
-        diffs.loc[family, "p_holm"] = multipletests(diffs.loc[family, "p_value"], alpha=alpha, method="holm")[1]
+    for family in FAMILIES[1:]:
+        members = (diffs["family"] == family) & diffs["p_value"].notna()
+        if members.any():
+            diffs.loc[members, "p_holm"] = multipletests(diffs.loc[members, "p_value"], alpha=alpha, method="holm")[1]
     diffs["beyond_noise"] = (diffs["p_holm"] < alpha).fillna(False).astype(bool)
     return diffs
 
 
-def primary_differences(runs: pd.DataFrame, primary) -> pd.Series:
+def primary_differences(runs: pd.DataFrame, primary, partners=None) -> pd.Series:
     """Per seed, improved − original of study.primary (its `arm` the arm's name in the runs): the paired
     differences its equivalence reading tests; empty where it has no finished pair."""
-    word = {"steps": "equal steps", "flops": "FLOPs"}[primary.reading]
     if not (runs["ablation"] == primary.arm).any():
         return pd.Series(dtype=float)
+    if primary.reading == "both":
+        partner = (partners or {}).get(primary.arm)
+        if partner is None or not (runs["ablation"] == partner).any():
+            return pd.Series(dtype=float)
+        return both_ways(runs, primary.arm, partner, primary.metric)
+    word = reading_of(primary)
     improved = runs[runs["ablation"] == primary.arm].set_index("seed")[f"{primary.metric}_improved"]
     for reading, base in baselines(runs, primary.arm).items():
         if word in reading:
             return (improved - base[f"{primary.metric}_original"]).dropna()
     return pd.Series(dtype=float)
+
+
+def primary_terms(runs: pd.DataFrame, primary, partners=None) -> dict[int, list[tuple[float, str, str]]]:
+    """Per seed, the primary's difference as a weighted sum of encoders' scores: [(weight, rev, encoder)], so
+    that it can be recomputed on resampled test images (each encoder's per-image predictions, saved by its
+    experiment). Seeds with a finished pair only; the same seeds primary_differences uses."""
+
+    def flops_terms(arm: str) -> dict[int, list[tuple[float, str, str]]]:
+        own = runs[runs["ablation"] == arm].set_index("seed")
+        for reading, base in baselines(runs, arm).items():
+            if (primary.reading == "steps" and "steps" in reading) or (
+                primary.reading != "steps" and "FLOPs" in reading
+            ):
+                return {
+                    int(s): [(1.0, own.loc[s, "rev"], "improved"), (-1.0, base.loc[s, "rev"], "original")]
+                    for s in own.index.intersection(base.index)
+                    if pd.notna(own.loc[s, f"{primary.metric}_improved"])
+                    and pd.notna(base.loc[s, f"{primary.metric}_original"])
+                }
+        return {}
+
+    if not (runs["ablation"] == primary.arm).any():
+        return {}
+    if primary.reading != "both":
+        return flops_terms(primary.arm)
+    partner = (partners or {}).get(primary.arm)
+    if partner is None:
+        return {}
+    one, other = flops_terms(primary.arm), flops_terms(partner)
+    return {s: [(w / 2, rev, enc) for w, rev, enc in one[s] + other[s]] for s in sorted(set(one) & set(other))}
