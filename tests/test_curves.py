@@ -13,6 +13,25 @@ from mae_exp.study import curves
 from mae_exp.study.metrics import METRICS
 
 BUDGETS = (4, 8, 16, 32)
+
+
+def curve_study():
+    """params.yaml with the first photos10 study's shape (4 budgets, the original given x1.146 the steps at 32
+    epochs, the primary at equal FLOPs one way): the design these compute-curve tests construct results for
+    (metrics/history/photos10_study/params.yaml; today's design is one budget)."""
+    import yaml
+
+    from conftest import REPO
+    from mae_exp.plumbing.config import parse_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["study"].update(
+        budgets=list(BUDGETS),
+        ablation_budgets={"original_flops_matched": [32]},
+        primary={"arm": "all", "budget": 32, "reading": "flops", "metric": "linear_cls_top1", "margin": 0.015},
+        ablations={"all": {}, "original_flops_matched": {"original.steps_factor": 1.146}},
+    )
+    return parse_params(raw)
 F0 = 1e12  # the original's FLOPs per epoch
 RATIO = 1.146  # the improved recipe's FLOPs per step over the original's
 
@@ -124,7 +143,6 @@ def test_the_verdict_rule_is_written_once_and_quoted_verbatim():
     (issue 42: params.yaml once said a 90% interval across a margin edge reads "inconclusive", the code
     "beyond noise" whenever the 95% interval excludes 0)."""
     from conftest import REPO
-    from mae_exp.plumbing.config import load_params
     from mae_exp.study.report import headline_lines
     from mae_exp.study.stats import paired_differences
 
@@ -144,7 +162,7 @@ def test_the_verdict_rule_is_written_once_and_quoted_verbatim():
     assert rule in _prose((REPO / "docs" / "study.md").read_text()), "docs/study.md does not quote VERDICT_RULE"
     assert f"Verdict rule: {rule}" in (REPO / "metrics" / "study.md").read_text().splitlines()
 
-    p = load_params(REPO / "params.yaml")
+    p = curve_study()
     runs = constructed(lambda b: 0.01, noise=0.002)
     primary = p.study.primary.model_copy(update={"arm": "all-e32"})
     lines = headline_lines(primary, runs, paired_differences(runs, {"original_flops_matched-e32"}, primary))
@@ -169,19 +187,12 @@ def test_correlation_finds_one_finding():
 
 
 def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
-    import copy
 
-    import yaml
 
-    from conftest import REPO
-    from mae_exp.plumbing.config import parse_params
     from mae_exp.study.report import compute_curves, verdict_line
     from mae_exp.study.stats import primary_differences
 
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw = copy.deepcopy(raw)
-    p = parse_params(raw)
-    assert tuple(p.study.budgets) == BUDGETS  # the committed design is the one constructed here
+    p = curve_study()
     runs = constructed(lambda b: 0.01 * math.log2(b), noise=0.002)
     primary = p.study.primary.model_copy(update={"arm": "all-e32"})
     lines = compute_curves(runs, p, {"original_flops_matched-e32"}, primary, tmp_path / "c.csv", tmp_path / "c.png")
@@ -200,11 +211,9 @@ def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
 def test_one_seed_gives_a_slope_and_says_it_has_no_interval(tmp_path):
     """A study one seed in (as a session leaves it): each readout's line gives the slope and says plainly
     that one seed has no interval, never `+nan to +nan`."""
-    from conftest import REPO
-    from mae_exp.plumbing.config import load_params
     from mae_exp.study.report import compute_curves
 
-    p = load_params(REPO / "params.yaml")
+    p = curve_study()
     runs = constructed(lambda b: 0.01 * math.log2(b), seeds=(1,))
     primary = p.study.primary.model_copy(update={"arm": "all-e32"})
     lines = compute_curves(runs, p, {"original_flops_matched-e32"}, primary, tmp_path / "c.csv", tmp_path / "c.png")
@@ -217,12 +226,10 @@ def test_one_seed_gives_a_slope_and_says_it_has_no_interval(tmp_path):
 def test_one_seed_primary_gives_its_value_and_unpaired_readings_leave_the_table():
     """One seed: the primary's line gives the difference it has and says it has no interval; an arm and
     reading with no finished pair (equal FLOPs below the largest budget) is one line, not a row of dashes."""
-    from conftest import REPO
-    from mae_exp.plumbing.config import load_params
     from mae_exp.study.report import headline_lines, markdown, verdict_line
     from mae_exp.study.stats import paired_differences, primary_differences, summarize
 
-    p = load_params(REPO / "params.yaml")
+    p = curve_study()
     runs = constructed(lambda b: 0.01, seeds=(1,))
     runs = runs.assign(flops_random=math.nan, **{f"wall_time_s_{e}": 60.0 for e in ("original", "improved", "random")})
     primary = p.study.primary.model_copy(update={"arm": "all-e32"})

@@ -26,6 +26,7 @@ from mae_exp.plumbing.config import ENCODERS, ConfigError, arm_params, as_dict, 
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.edges import choices, edge_counts, summary_warning, unsearched, warning_lines
+from mae_exp.study.jobs import Job, sigint_default
 from mae_exp.study.metrics import METRICS
 from mae_exp.study.queue import plan
 from mae_exp.study.report import sentence
@@ -580,6 +581,7 @@ def test_the_report_warns_of_a_readout_at_an_edge_beside_the_verdict(tmp_path):
         *(out[n] for n in ("study.csv", "study.md", "study.png")),
         curves=False,
         edges_csv=out["study_edges.csv"],
+        arms_png=tmp_path / "study_arms.png",
     )
     md = out["study.md"].read_text()
     warning = (
@@ -849,7 +851,7 @@ def toy_repo(tmp_path, monkeypatch):
 
 
 def test_the_runner_names_failed_experiments_and_their_logs(toy_repo, capsys):
-    jobs = [study_queue.Job("s1-ok", 1, "ok", ("x=3",)), study_queue.Job("s1-bad", 1, "bad", ("y=13",))]
+    jobs = [Job("s1-ok", 1, "ok", ("x=3",)), Job("s1-bad", 1, "bad", ("y=13",))]
     assert study_queue.run(jobs, jobs=2, poll_s=0.2, names_here=set()) == 1
     printed = capsys.readouterr()
     assert "1 of 2 experiments succeeded" in printed.out
@@ -870,7 +872,7 @@ def sigint_ignored() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("launched", "stop_with"),
-    [(study_queue.sigint_default, signal.SIGINT), (sigint_ignored, signal.SIGTERM)],
+    [(sigint_default, signal.SIGINT), (sigint_ignored, signal.SIGTERM)],
     ids=["ctrl-c-at-a-terminal", "kill-of-a-background-runner"],
 )
 def test_ctrl_c_stops_the_running_experiment_and_the_same_command_finishes_it(toy_repo, launched, stop_with):
@@ -882,7 +884,8 @@ def test_ctrl_c_stops_the_running_experiment_and_the_same_command_finishes_it(to
     SIGINT depends on how it was started, so each case sets the runner's."""
     script = (
         "import signal, sys; from mae_exp.study.__main__ import _interrupted; "
-        "from mae_exp.study.queue import Job, run; signal.signal(signal.SIGTERM, _interrupted); "
+        "from mae_exp.study.jobs import Job; from mae_exp.study.queue import run; "
+        "signal.signal(signal.SIGTERM, _interrupted); "
         "sys.exit(run([Job('s1-slow', 1, 'slow', ('x=5', 'sleep=60'))], jobs=1, poll_s=0.2, names_here=set()))"
     )
     proc = subprocess.Popen(
@@ -904,7 +907,7 @@ def test_ctrl_c_stops_the_running_experiment_and_the_same_command_finishes_it(to
     assert time.monotonic() - t0 < 30  # not the stage's 60 s
     assert "stopped; interrupted: s1-slow" in output
     assert study_queue.experiment_names() == set()
-    assert study_queue.run([study_queue.Job("s1-slow", 1, "slow", ("x=5",))], 1, 0.2, set()) == 0
+    assert study_queue.run([Job("s1-slow", 1, "slow", ("x=5",))], 1, 0.2, set()) == 0
     log = log.read_text()
     assert "Stage 'a' is cached - skipping run" in log and "Running stage 'b'" in log
     assert study_queue.experiment_names() == {"s1-slow"}

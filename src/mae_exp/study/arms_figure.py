@@ -222,7 +222,13 @@ def _panel(ax, runs, metric, originals, compared, colours, jitter, dodge) -> set
         ax.axhline(floor * m.scale, color=COLOURS["random"], ls="--", lw=1.2, gid="random|mean", zorder=1)
 
     ax.set_xscale("log")
-    if ax.has_data() and ax.get_xlim()[1] / ax.get_xlim()[0] > 10:  # minor labels collide over a decade
+    ax.margins(x=0.1)  # the large markers at either end stay inside the frame
+    if not ax.has_data():
+        ax.text(0.5, 0.5, "no finished value", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        ax.set_xticks([], minor=True)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    elif ax.get_xlim()[1] / ax.get_xlim()[0] > 10:  # minor labels collide over a decade
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_title(f"{m.label}\n({'higher' if m.higher_better else 'lower'} is better)", fontsize=8.5)
     ax.set_xlabel("pre-training FLOPs (log)", fontsize=8)

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..plumbing.files import atomic_write
 from . import StudyError, edges, out
+from .arms_figure import save_arms_figure
 from .figure import save_figure
 from .metrics import COSTS, METRICS
 from .predictions import SAVED_PREDICTIONS, read_predictions, save_table, saved_predictions
@@ -399,12 +400,14 @@ def report(
     compute_csv="metrics/study_compute.csv",
     compute_png="plots/study_compute.png",
     edges_csv="metrics/study_edges.csv",
+    arms_png="plots/study_arms.png",
 ) -> pd.DataFrame:
     """The report of the study in params.yaml from experiment rows (results.py) and the saved ones (SAVED,
     SAVED_CURVES), which it then updates; returns the runs used. `curves`: read each experiment's
     fine-tuning curve from its commit, else from the saved curves (not for a saved CSV's rows). A study of
     several budgets also gets its compute curves (compute_csv, compute_png). `edges_csv`: per readout and
-    encoder, how many chosen settings sit at an edge of their grid."""
+    encoder, how many chosen settings sit at an edge of their grid. `arms_png`: every arm at its FLOPs
+    against the original's curve, a panel per readout (arms_figure.py)."""
     root = Path(params_path).parent
     current, study_raw = load_study(params_path)
     primary = current.study.primary
@@ -468,6 +471,7 @@ def report(
     text = top + markdown(summary, diffs, runs, notes) + ("\n" + "\n".join(edges_md) + "\n" if edges_md else "")
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(text))
     save_figure(summary, diffs, runs, png_path, per_epoch)
+    save_arms_figure(runs, originals, arms_png)
     print_report(summary, diffs, runs, notes)
     print_edges(edge_counts, never_searched)
     for h in [*headline, *([f"{TRENDS_HEADER}:"] if trends else []), *trends]:
@@ -475,7 +479,7 @@ def report(
     if edge_warning:  # last, beside the verdict: readouts that understate the encoders
         out.print(f"[bold red]warning:[/] {edge_warning}", soft_wrap=True)
     out.print(
-        f"[dim]wrote {csv_path}, {md_path}, {png_path}, {edges_csv}; the experiments read are in {SAVED}, "
+        f"[dim]wrote {csv_path}, {md_path}, {png_path}, {arms_png}, {edges_csv}; the experiments read are in {SAVED}, "
         f"{SAVED_CURVES} and {SAVED_PREDICTIONS} (commit them: a clone's report and queue count them)[/]"
     )
     return runs
