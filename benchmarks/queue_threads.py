@@ -103,8 +103,10 @@ def main() -> None:
         subprocess.run([sys.executable, "stages/download.py", "--out", "data/prepared"], cwd=prep, env=env, check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
         prepared = prep / "data" / "prepared"
-        print(f"{cores} cores; photos10 from {a.root}; pre-training {a.epochs} epochs, fine-tuning "
-              f"{a.finetune_epochs}; serial = threads {cores}, one job at a time; parallel = threads 1, 2 at once")  # fmt: skip
+        print(
+            f"{cores} cores; photos10 from {a.root}; pre-training {a.epochs} epochs, fine-tuning "
+            f"{a.finetune_epochs}; serial = threads {cores}, one job at a time; parallel = threads 1, 2 at once"
+        )
         for r in range(a.rounds):
             dirs = {}
             for mode, threads in (("serial", cores), ("parallel", 1)):
@@ -118,13 +120,22 @@ def main() -> None:
                 serial, parallel = sum(walls["serial"]), max(walls["parallel"])
                 extra = ""
                 if kind == "pretrain":
-                    ips = {m: [json.loads((dirs[m] / f"metrics/pretrain_{v}/metrics.json").read_text())["images_per_s"]
-                               for v in ("original", "improved")] for m in dirs}  # fmt: skip
-                    extra = (f"; images/s serial {'/'.join(f'{x:.0f}' for x in ips['serial'])}, "
-                             f"parallel {'/'.join(f'{x:.0f}' for x in ips['parallel'])} "
-                             f"(sum {sum(ips['parallel']):.0f})")  # fmt: skip
-                print(f"round {r + 1} {kind}: serial {serial:.1f} s ({' + '.join(f'{w:.1f}' for w in walls['serial'])}), "
-                      f"parallel {parallel:.1f} s: serial / parallel = {serial / parallel:.2f}{extra}", flush=True)  # fmt: skip
+                    ips = {
+                        m: [
+                            json.loads((dirs[m] / f"metrics/pretrain_{v}/metrics.json").read_text())["images_per_s"]
+                            for v in ("original", "improved")
+                        ]
+                        for m in dirs
+                    }
+                    alone = "/".join(f"{x:.0f}" for x in ips["serial"])
+                    side = "/".join(f"{x:.0f}" for x in ips["parallel"])
+                    extra = f"; images/s serial {alone}, parallel {side} (sum {sum(ips['parallel']):.0f})"
+                each = " + ".join(f"{w:.1f}" for w in walls["serial"])
+                print(
+                    f"round {r + 1} {kind}: serial {serial:.1f} s ({each}), parallel {parallel:.1f} s: "
+                    f"serial / parallel = {serial / parallel:.2f}{extra}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

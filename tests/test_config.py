@@ -212,17 +212,19 @@ def test_the_new_keys_are_read():
 
 
 def test_a_study_may_widen_a_readout_grid_for_every_arm():
-    from mae_exp.study.results import arm_overrides
+    from mae_exp.study.results import arm_name, arm_overrides
 
     p = parse_params(with_change("study.overrides", {"finetune.base_lr": [4e-3, 8e-3]}))
     assert arm_params(p, "all").finetune.base_lr == (4e-3, 8e-3)
-    assert "finetune.base_lr=[0.004, 0.008]" in arm_overrides(p, "all-e32")  # `dvc exp run -S` reads it as YAML
+    assert "finetune.base_lr=[0.004, 0.008]" in arm_overrides(
+        p, arm_name(p, "all", 32)
+    )  # `dvc exp run -S` reads it as YAML
 
 
 def test_a_design_may_fix_each_recipes_fine_tuning_setting():
     """finetune.per_encoder gives an encoder its own grid; `dvc exp run -S` adds a key params.yaml lacks only
     with Hydra's `++` (a plain `key=value` there stops with "Key 'original' is not in struct")."""
-    from mae_exp.study.results import arm_overrides
+    from mae_exp.study.results import arm_name, arm_overrides
 
     own = {"finetune.per_encoder.original.base_lr": [8e-3], "finetune.per_encoder.original.layer_decay": [0.85]}
     p = parse_params(with_change("study.overrides", {"finetune.epochs": 20, **own}))
@@ -230,7 +232,7 @@ def test_a_design_may_fix_each_recipes_fine_tuning_setting():
     assert arm.finetune.grid_for("original").model_dump() == {"base_lr": (8e-3,), "layer_decay": (0.85,)}
     assert arm.finetune.grid_for("improved").base_lr == arm.finetune.base_lr  # the shared grid, as before
     assert arm.finetune.epochs == 20
-    overrides = arm_overrides(p, "all-e32")
+    overrides = arm_overrides(p, arm_name(p, "all", 32))
     assert "finetune.epochs=20" in overrides
     assert "++finetune.per_encoder.original.base_lr=[0.008]" in overrides
     assert "++finetune.per_encoder.original.layer_decay=[0.85]" in overrides

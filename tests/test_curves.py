@@ -32,6 +32,8 @@ def curve_study():
         ablations={"all": {}, "original_flops_matched": {"original.steps_factor": 1.146}},
     )
     return parse_params(raw)
+
+
 F0 = 1e12  # the original's FLOPs per epoch
 RATIO = 1.146  # the improved recipe's FLOPs per step over the original's
 
@@ -187,7 +189,6 @@ def test_correlation_finds_one_finding():
 
 
 def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
-
 
     from mae_exp.study.report import compute_curves, verdict_line
     from mae_exp.study.stats import primary_differences

@@ -70,3 +70,16 @@ def test_the_report_and_the_study_import_no_torch(modules):
     proc = import_without(["torch", "torchvision", "dvclive"], modules)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "blocked, module",
+    [
+        (["mae_exp.study.queue"], "mae_exp.study.slurm"),  # queue imports slurm, never the reverse
+        (["mae_exp.study.queue", "mae_exp.study.slurm"], "mae_exp.study.jobs"),  # what both stand on
+    ],
+)
+def test_the_study_runners_import_downward(blocked, module):
+    proc = import_without(blocked, [module])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -17,17 +17,7 @@ import yaml
 
 from conftest import REPO, copy_built, copy_repo, dvc, git
 from mae_exp.evaluation import palette
-from mae_exp.evaluation.plots_page import (
-    CHROMIUM,
-    RAW_PREFIX,
-    SECTIONS,
-    TEMPLATE,
-    VENDOR,
-    inlined_scripts,
-    look,
-    problems,
-    template_html,
-)
+from mae_exp.plots_page import CHROMIUM, RAW_PREFIX, SECTIONS, TEMPLATE, VENDOR, look, problems, template_html
 
 ENCODER_TEMPLATE = REPO / ".dvc" / "plots" / "encoders.json"
 
@@ -92,6 +82,12 @@ def test_no_image_is_declared_twice():
     assert {"plots/comparison.png", "plots/reconstruction.png"} <= stage_plots()
 
 
+def inlined_scripts(page: str) -> dict[str, str]:
+    """The vendored scripts inlined in a page template (name -> script), by the line naming each."""
+    found = re.findall(r"<!-- ([a-z-]+)@[0-9.]+ \(npm[^>]*-->\n<script>(.*?)</script>", page, re.DOTALL)
+    return dict(found)
+
+
 def test_the_page_template_inlines_the_pinned_packages_and_is_configured():
     page = (REPO / TEMPLATE).read_text(encoding="utf8")
     scripts = inlined_scripts(page)
@@ -99,9 +95,7 @@ def test_the_page_template_inlines_the_pinned_packages_and_is_configured():
     for p in VENDOR:
         assert hashlib.sha256(scripts[p.name].encode()).hexdigest() == p.sha256, p.name
         assert (REPO / TEMPLATE.parent / "vendor" / f"LICENSE.{p.name}").read_text().startswith("Copyright")
-    assert page == template_html(scripts), (
-        "SKELETON changed: run `python -m mae_exp.evaluation.plots_page template DIR`"
-    )
+    assert page == template_html(scripts), "SKELETON changed: run `python -m mae_exp.plots_page template DIR`"
     assert "<script src=" not in page and "{scripts}" not in page  # nothing loaded, DVC's CDN tags not taken
     config = (REPO / ".dvc" / "config").read_text()
     assert re.search(r"^\[plots\]\n\s+html_template = plots/page\.html$", config, re.MULTILINE)

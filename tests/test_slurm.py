@@ -21,7 +21,7 @@ from test_study import TOY_PIPELINE, study
 
 from conftest import BIN, REPO, copy_built, copy_repo, dvc, git, run, stage_cmd
 from mae_exp.study import slurm as study_slurm
-from mae_exp.study.queue import Job
+from mae_exp.study.jobs import Job
 
 
 def _cluster_answers() -> bool:

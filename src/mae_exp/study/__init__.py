@@ -11,12 +11,16 @@
   experiment by its params; it keeps the experiments it read in metrics/study_experiments.csv and
   metrics/study_curves.csv, committed, since DVC's experiment refs do not travel with a clone.
 - `report.py`, `figure.py`: sentences, tables, metrics/study.{csv,md} and plots/study.png.
-- `queue.py`: one DVC experiment per seed and ablation, each run by `dvc exp run --temp`, N at a time.
+- `queue.py`: one DVC experiment per seed and ablation, each run by `dvc exp run --temp`, N at a time;
+  `slurm.py`: each one a SLURM job instead. `jobs.py`: what both run, one experiment (`Job`) and how its
+  process starts. queue.py imports slurm.py, never the reverse.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -25,3 +29,9 @@ out = Console(width=None if sys.stdout.isatty() else 130, highlight=False)
 
 class StudyError(RuntimeError):
     """A user-facing failure: printed as one line, exit code 1."""
+
+
+def dvc_command() -> str:
+    """The `dvc` to run: this environment's (beside sys.executable, as the stages use it), else the one on PATH."""
+    here = Path(sys.executable).with_name("dvc")
+    return str(here) if here.exists() else (shutil.which("dvc") or "dvc")

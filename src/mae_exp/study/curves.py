@@ -10,8 +10,8 @@ every FLOPs the improved recipe spent. Then, per seed and budget:
   for FLOPs within stats.FLOPS_TOLERANCE of an end, which count as equal there as in the paired reading).
 
 Bands are percentile bootstraps over seeds (resampling whole seeds, so a seed's points stay together); the
-verdicts use Student-t intervals, which the bootstrap undercuts at 5 seeds. How the gap changes with compute
-is the slope of the gap on log2 FLOPs per seed, averaged over seeds.
+verdicts use Student-t intervals (stats.mean_ci), which the bootstrap undercuts at 5 seeds. How the gap
+changes with compute is the slope of the gap on log2 FLOPs per seed, averaged over seeds.
 The primary gets an equivalence reading (two one-sided t-tests against study.primary.margin) and one verdict
 by VERDICT_RULE, the rule's only written form (params.yaml and docs/study.md quote it).
 Pure functions of the runs table (results.collect_runs), tested on constructed curves with a known answer.
@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from .metrics import METRICS
-from .stats import FLOPS_TOLERANCE
+from .stats import FLOPS_TOLERANCE, mean_ci
 
 BOOTSTRAP = 10_000  # resamples of the seeds
 BOOTSTRAP_SEED = 0  # the intervals are a function of the committed rows alone
@@ -82,10 +82,7 @@ def curve(pts: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     # apart (to within a part in 10^3, so runs of the same schedule group together)
     key = np.round(np.log(pts["flops"].clip(lower=1.0)), 3).rename("flops_key")
     for (metric, group, budget, _), sub in pts.groupby(["metric", "group", "budget", key], sort=True):
-        v = sub["value"].dropna().to_numpy(float)
-        n = len(v)
-        mean = float(v.mean()) if n else math.nan
-        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+        n, mean, _, low, high = mean_ci(sub["value"], level)
         rows.append(
             {
                 "metric": metric,
@@ -94,8 +91,8 @@ def curve(pts: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                 "flops": float(sub["flops"].mean()),
                 "n": n,
                 "mean": mean,
-                "ci_low": mean - half,
-                "ci_high": mean + half,
+                "ci_low": low,
+                "ci_high": high,
             }
         )
     return pd.DataFrame(rows, columns=["metric", "group", "budget", "flops", "n", "mean", "ci_low", "ci_high"])
@@ -145,8 +142,7 @@ def gap_table(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             v = sub[reading].to_numpy(float)
             rng = np.random.default_rng(BOOTSTRAP_SEED)
             lo, hi = bootstrap_mean(v, level, rng)
-            t_lo, t_hi = t_interval(v, level)
-            n = int((~np.isnan(v)).sum())
+            n, gap, _, t_lo, t_hi = mean_ci(v, level)  # Student-t: the bootstrap's is too narrow at 5 seeds
             rows.append(
                 {
                     "metric": metric,
@@ -154,7 +150,7 @@ def gap_table(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                     "flops": float(sub["flops"].mean()),
                     "reading": reading.replace("_", " ").replace("flops", "FLOPs"),
                     "n": n,
-                    "gap": float(np.nanmean(v)) if n else math.nan,
+                    "gap": gap,
                     "boot_low": lo,
                     "boot_high": hi,
                     "t_low": t_lo,
@@ -164,16 +160,6 @@ def gap_table(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(
         rows, columns=["metric", "budget", "flops", "reading", "n", "gap", "boot_low", "boot_high", "t_low", "t_high"]
     )
-
-
-def t_interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    """Student-t interval of the mean: with 5 seeds the percentile bootstrap is too narrow (it has no
-    small-sample correction), so verdicts use this one; the bootstrap draws the bands."""
-    v = values[~np.isnan(values)]
-    if len(v) < 2:
-        return math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return float(v.mean()) - half, float(v.mean()) + half
 
 
 def trend(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -187,9 +173,8 @@ def trend(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             if s["budget"].nunique() >= 2:
                 slopes.append(np.polyfit(np.log2(s["flops"].to_numpy(float)), s["equal_flops"].to_numpy(float), 1)[0])
         v = np.array(slopes, dtype=float)
-        lo, hi = t_interval(v, level)
+        n, mean, _, lo, hi = mean_ci(v, level)
         b_lo, b_hi = bootstrap_mean(v, level, np.random.default_rng(BOOTSTRAP_SEED))
-        mean = float(v.mean()) if len(v) else math.nan
         better = 1 if METRICS[metric].higher_better else -1  # a rising MSE gap favours the original
         word = (
             "not enough seeds"
@@ -203,7 +188,7 @@ def trend(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         rows.append(
             {
                 "metric": metric,
-                "n": len(v),
+                "n": n,
                 "slope_per_doubling": mean,
                 "ci_low": lo,
                 "ci_high": hi,
@@ -249,7 +234,6 @@ def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
             "ci95_high": math.nan,
         }
     se = v.std(ddof=1) / math.sqrt(n)
-    t90, t95 = stats.t.ppf(1 - alpha, n - 1), stats.t.ppf(1 - alpha / 2, n - 1)
     mean = out["mean"]
     if se == 0:
         p_lower = p_upper = 0.0 if abs(mean) < margin else 1.0
@@ -257,7 +241,7 @@ def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
         p_lower = float(stats.t.sf((mean + margin) / se, n - 1))  # H0: diff <= -margin
         p_upper = float(stats.t.cdf((mean - margin) / se, n - 1))  # H0: diff >= +margin
     p_t = (0.0 if mean else 1.0) if se == 0 else float(2 * stats.t.sf(abs(mean) / se, n - 1))
-    ci90, ci95 = (mean - t90 * se, mean + t90 * se), (mean - t95 * se, mean + t95 * se)
+    ci90, ci95 = mean_ci(v, 1 - 2 * alpha)[3:], mean_ci(v, 1 - alpha)[3:]
     equivalent = max(p_lower, p_upper) < alpha
     beyond = ci95[0] > 0 or ci95[1] < 0
     verdict = (

@@ -9,25 +9,20 @@ level (`--local`, `--project`, ...) where the remote is configured.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-from pathlib import Path
+
+from . import dvc_command
 
 LEVELS = ("system", "global", "project", "local")  # DVC's precedence, lowest first
 TRUE = ("true", "1", "yes", "on")
-
-
-def _dvc() -> str:
-    beside = Path(sys.executable).with_name("dvc")  # the environment's dvc, as the stages use it
-    return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
 
 
 def remote_settings() -> dict[str, dict[str, tuple[str, str]]]:
     """{remote: {key: (value, level)}} with each key taken from the most specific level that sets it."""
     remotes: dict[str, dict[str, tuple[str, str]]] = {}
     for level in LEVELS:
-        proc = subprocess.run([_dvc(), "config", "--list", f"--{level}"], capture_output=True, text=True)
+        proc = subprocess.run([dvc_command(), "config", "--list", f"--{level}"], capture_output=True, text=True)
         if proc.returncode != 0:
             if level == "project" and "not inside a dvc repo" in (proc.stderr + proc.stdout).lower():
                 print(

@@ -12,15 +12,13 @@ to DVC's queue, to run them unattended with `dvc queue start`.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
-from . import StudyError, out
+from . import StudyError, dvc_command, out
+from .jobs import Job, sigint_default
 from .results import (
     arm_overrides,
     arms,
@@ -31,20 +29,13 @@ from .results import (
     merged,
     saved_rows,
 )
+from .slurm import job_states, submit
 
 LOGS = Path("scratch/study")  # one log per experiment, overwritten by its next run (scratch/: git-ignored)
 # DVC's words for a lock another `dvc exp run` holds: the repository's (while it copies the workspace) or
 # an experiments lock (`... is busy`). Not the experiment's failure: it is run again, up to LOCK_TRIES times.
 LOCK_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
 LOCK_TRIES = 3
-
-
-class Job(NamedTuple):
-    name: str  # s<seed>-<ablation>
-    seed: int
-    ablation: str  # the arm (an ablation at a budget)
-    overrides: tuple[str, ...]  # for `dvc exp run -S`
-    budget: int = 0  # pretrain.epochs: the jobs of one seed and budget share the branches no arm changes
 
 
 def plan(params, seeds: list[int] | None, ablations: list[str] | None, budgets: list[int] | None = None) -> list[Job]:
@@ -101,16 +92,11 @@ def startable(job: Job, waiting: list[Job], running: set[str], first: dict[tuple
 # --------------------------------------------------------------------------- DVC's commands
 
 
-def _dvc() -> str:
-    here = Path(sys.executable).parent / "dvc"  # the dvc of this environment, else the one on PATH
-    return str(here) if here.exists() else (shutil.which("dvc") or "dvc")
-
-
 def exp_run(job: Job, names_here: set[str], mode: str) -> list[str]:
     """`dvc exp run --temp` (mode "--temp") or `--queue` of one job; it waits for the repository's lock
     rather than failing at once when another experiment is being set up."""
     args = [
-        _dvc(),
+        dvc_command(),
         "--wait-for-lock",
         "exp",
         "run",
@@ -124,7 +110,7 @@ def exp_run(job: Job, names_here: set[str], mode: str) -> list[str]:
 
 def experiment_names() -> set[str]:
     """Names of the experiments on the current commit (`dvc exp ls --name-only`)."""
-    proc = subprocess.run([_dvc(), "exp", "ls", "--name-only"], capture_output=True, text=True)
+    proc = subprocess.run([dvc_command(), "exp", "ls", "--name-only"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise StudyError(
             f"`dvc exp ls --name-only` failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
@@ -173,8 +159,6 @@ def queue(
     jobs = jobs or default_jobs()
     done = finished_cells(params, study_raw)  # by params, on any commit: a commit in between loses nothing
     if slurm is not None:  # jobs that pushed elsewhere (`dvc exp pull` brings them here) said so themselves
-        from .slurm import job_states
-
         base = slurm.dir if slurm.dir.is_absolute() else Path.cwd() / slurm.dir
         finished = {name for name, s in job_states(base).items() if s["state"] == "done"}
         done.update({(j.seed, j.ablation): j.name for j in todo if j.name in finished})
@@ -188,8 +172,6 @@ def queue(
         out.print("nothing new to run; `python -m mae_exp.study report` reads what is there")
         return 0
     if slurm is not None:
-        from .slurm import submit
-
         return submit(waiting, slurm, force)
     names_here = experiment_names()
     threads = child_threads(params, jobs if start else 1)
@@ -231,13 +213,6 @@ def gpu_slots(jobs: int) -> list[str] | None:
         return [gpus[i % len(gpus)] for i in range(jobs)]
     per = len(gpus) // jobs
     return [",".join(gpus[i * per : (i + 1) * per]) for i in range(jobs)]
-
-
-def sigint_default() -> None:
-    """preexec_fn of an experiment: SIGINT at its default. A runner started in the background (`cmd &`
-    in a script, a batch job) inherits SIGINT ignored, and so would each experiment: the SIGINT that
-    `stop` sends would not reach DVC or its stage, which would run on until killed."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(waiting: list[Job], jobs: int, poll_s: float, names_here: set[str], logs: Path = LOGS, command=exp_run) -> int:

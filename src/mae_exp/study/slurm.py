@@ -37,8 +37,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import StudyError, out
-from .queue import sigint_default
+from ..plumbing.files import atomic_write, save_json
+from . import StudyError, dvc_command, out
+from .jobs import sigint_default
 
 STATES = ("submitted", "running", "requeued", "stopped", "done", "failed")
 WAITING = ("submitted", "running", "requeued")  # the job has not reported an end (yet)
@@ -62,11 +63,6 @@ class SlurmOptions:
 
 
 # --------------------------------------------------------------------------- commands
-
-
-def _tool(name: str) -> str:
-    here = Path(sys.executable).parent / name  # this environment's dvc, else the one on PATH
-    return str(here) if here.exists() else (shutil.which(name) or name)
 
 
 def _run(args: list[str], cwd: Path | str | None = None, what: str | None = None) -> str:
@@ -100,17 +96,10 @@ def read_state(job_dir: Path) -> dict:
         return {}
 
 
-def replace(path: Path, text: str) -> None:
-    """Write a file whole under another name, then rename it over `path`: a reader never sees half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_state(job_dir: Path, state: str, **info) -> None:
     """Replace state.json, keeping what earlier states said."""
     record = {**read_state(job_dir), **info, "state": state, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    replace(job_dir / "state.json", json.dumps(record, indent=1) + "\n")
+    save_json(record, job_dir / "state.json")  # whole or not at all: `study status` may be reading it
 
 
 def job_states(root: Path) -> dict[str, dict]:
@@ -184,7 +173,7 @@ def submit(jobs, opts: SlurmOptions, force: bool = False, root: Path | None = No
     base = opts.dir if opts.dir.is_absolute() else root / opts.dir
     commit = check_clean(root)
     target = push_url(root, opts.push_to)
-    cache = opts.cache or _run([_tool("dvc"), "cache", "dir"], cwd=root)
+    cache = opts.cache or _run([dvc_command(), "cache", "dir"], cwd=root)
     states = job_states(base)
     submitted = 0
     for job in jobs:
@@ -205,14 +194,13 @@ def submit(jobs, opts: SlurmOptions, force: bool = False, root: Path | None = No
             "cache": cache,
             "force": force,
         }
-        replace(job_dir / "job.json", json.dumps(spec, indent=1) + "\n")
-        replace(
-            job_dir / "job.sh",
+        save_json(spec, job_dir / "job.json")
+        script = (
             "#!/bin/bash\n# written by `python -m mae_exp.study queue --slurm`: sbatch's "
             "options are on its command line, what this job runs in job.json\n"
-            f"exec {shlex.quote(sys.executable)} -m mae_exp.study.slurm {shlex.quote(str(job_dir))}\n",
+            f"exec {shlex.quote(sys.executable)} -m mae_exp.study.slurm {shlex.quote(str(job_dir))}\n"
         )
-        (job_dir / "job.sh").chmod(0o755)
+        atomic_write(job_dir / "job.sh", lambda tmp, text=script: (Path(tmp).write_text(text), os.chmod(tmp, 0o755)))
         (job_dir / "slurm_job_id").unlink(missing_ok=True)
         # before sbatch: a job that starts at once writes its own state after this one
         write_state(job_dir, "submitted", job_id=None, commit=commit, exit=None, reason=None, restarts=0)
@@ -221,7 +209,7 @@ def submit(jobs, opts: SlurmOptions, force: bool = False, root: Path | None = No
         except StudyError as e:
             write_state(job_dir, "failed", reason=str(e))
             raise
-        replace(job_dir / "slurm_job_id", job_id + "\n")
+        atomic_write(job_dir / "slurm_job_id", lambda tmp, text=job_id + "\n": Path(tmp).write_text(text))
         out.print(f"{job.name}: submitted as SLURM job {job_id} ({' '.join(job.overrides)})")
         submitted += 1
     out.print(
@@ -273,7 +261,7 @@ def prepare(work: Path, spec: dict) -> None:
         _run(["git", "clone", "-q", "--no-checkout", spec["clone_from"], str(part)])
         _run(["git", "checkout", "-q", "--detach", spec["commit"]], cwd=part)
         os.replace(part, work)
-    dvc = _tool("dvc")
+    dvc = dvc_command()
     for key, value in (("cache.dir", spec["cache"]), ("cache.shared", "group"), ("cache.type", CACHE_TYPE)):
         _run([dvc, "config", "--local", key, value], cwd=work)
 
@@ -296,7 +284,7 @@ def job_main(job_dir: Path) -> int:
 
     signal.signal(signal.SIGUSR1, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    dvc = _tool("dvc")
+    dvc = dvc_command()
     try:
         prepare(work, spec)
         done_here = set(_run([dvc, "exp", "ls", "--name-only"], cwd=work).split())

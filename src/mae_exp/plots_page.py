@@ -6,11 +6,13 @@ packages (VENDOR), so the page draws with no network wherever `-o` puts it. Rebu
 SKELETON or a pin:
 
     npm pack vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0 --pack-destination /tmp/vendor
-    python -m mae_exp.evaluation.plots_page template /tmp/vendor
+    python -m mae_exp.plots_page template /tmp/vendor
 
-`python -m mae_exp.evaluation.plots_page screenshot docs/plots.png` renders `dvc plots show` of the workspace and
+`python -m mae_exp.plots_page screenshot docs/plots.png` renders `dvc plots show` of the workspace and
 photographs it. `look` is what tests/test_plots_page.py checks a page with: every plot drawn, no image
 twice, no request beyond the page's own files. See docs/plots.md.
+
+A dev tool, as stage_deps.py: no stage imports it.
 """
 
 from __future__ import annotations
@@ -193,12 +195,6 @@ def build_template(tarballs: Path, out: Path = TEMPLATE) -> None:
     tmp.write_text(text, encoding="utf8")
     tmp.replace(out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
-
-
-def inlined_scripts(page: str) -> dict[str, str]:
-    """The vendored scripts inlined in a page template (name -> script), by the line naming each."""
-    found = re.findall(r"<!-- ([a-z-]+)@[0-9.]+ \(npm[^>]*-->\n<script>(.*?)</script>", page, re.DOTALL)
-    return dict(found)
 
 
 # --- a look at a written page in headless Chromium --------------------------------------------------------
@@ -390,7 +386,7 @@ def screenshot(out: Path, repo: Path = Path("."), chromium: str = CHROMIUM) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mae_exp.evaluation.plots_page", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mae_exp.plots_page", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("template", help=f"write {TEMPLATE} from the npm tarballs in a folder")
     t.add_argument("tarballs", type=Path)
