@@ -1133,3 +1133,21 @@ def test_the_second_interval_resamples_the_primarys_own_encoders_per_image():
     # a seed whose partner's predictions are missing is left out, and said so
     fewer = pd.DataFrame([t for t in table if t["rev"] != "improved_flops_matched-3"], columns=COLUMNS)
     assert "2 seeds; 1 seed(s) without predictions left out" in image_interval_line(primary, runs, partners, fewer)
+
+
+def test_the_report_carries_each_earlier_studys_primary_as_it_stated_it(tmp_path):
+    from mae_exp.study.report import history_lines
+
+    assert history_lines(tmp_path) == []
+    first = tmp_path / "metrics" / "history" / "b_first"
+    first.mkdir(parents=True)
+    (first / "study.md").write_text(
+        "Primary (x, all, equal FLOPs): improved − original −2.3 pp: BEYOND NOISE.\n\nmore\n"
+    )
+    older = tmp_path / "metrics" / "history" / "a_older"
+    older.mkdir()
+    (older / "study.md").write_text("Study: 35 experiments\n")
+    assert history_lines(tmp_path) == [
+        "- `metrics/history/a_older/`: its report has no verdict line (it predates them): see its README.md",
+        "- `metrics/history/b_first/`: Primary (x, all, equal FLOPs): improved − original −2.3 pp: BEYOND NOISE.",
+    ]

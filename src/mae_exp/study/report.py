@@ -290,6 +290,19 @@ def headline_lines(primary, runs: pd.DataFrame, diffs: pd.DataFrame, partners=No
 
 
 IMAGE_DRAWS = 10_000
+HISTORY = Path("metrics/history")  # earlier studies, each folder as it was: params, ledger, report
+
+
+def history_lines(root: Path) -> list[str]:
+    """The earlier studies' primaries as their own reports stated them (each `metrics/history/<study>/study.md`'s
+    "Primary (" line, verbatim), so that this report carries both answers; a study without one is named."""
+    lines = []
+    for md in sorted((root / HISTORY).glob("*/study.md")):
+        said = [line for line in md.read_text().splitlines() if line.startswith("Primary (")]
+        where = md.parent.relative_to(root).as_posix()
+        none = "its report has no verdict line (it predates them): see its README.md"
+        lines.append(f"- `{where}/`: {said[0] if said else none}")
+    return lines
 
 
 def image_interval_line(primary, runs: pd.DataFrame, partners, predictions: pd.DataFrame) -> str:
@@ -469,6 +482,9 @@ def report(
         )
     edges_md = edges.markdown_lines(edge_counts, never_searched)
     text = top + markdown(summary, diffs, runs, notes) + ("\n" + "\n".join(edges_md) + "\n" if edges_md else "")
+    earlier = history_lines(root)
+    if earlier:
+        text += "\n**Earlier studies** (history, as their reports stated them):\n\n" + "\n".join(earlier) + "\n"
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(text))
     save_figure(summary, diffs, runs, png_path, per_epoch)
     save_arms_figure(runs, originals, arms_png)
