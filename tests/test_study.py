@@ -987,7 +987,7 @@ def test_a_study_end_to_end(tiny_reproduced, tmp_path):
     ), out
     assert re.search(
         r"linear probe mean top-1 \(test\), equal steps: all three improvements at 3 pre-training epochs change "
-        r"it by .*2 seeds.*: (within seed-to-seed noise|beyond seed-to-seed noise|no difference)",
+        r"it by .*2 seeds.*: descriptive, not tested",  # it costs more than the original: equal FLOPs is tested
         out,
     ), out
     csv = pd.read_csv(repo / "metrics" / "study.csv")
