@@ -442,7 +442,7 @@ def report(
     if not diffs["primary"].any():
         notes.append(
             f"the primary comparison ({primary.arm}, equal {READING_WORDS[primary.reading]}, {primary.metric}) has no "
-            "finished pair: every comparison is Holm-corrected"
+            "finished pair yet: no verdict, and every other comparison stays exploratory until it has one"
         )
     predictions = saved_predictions(root)
     if curves:  # the per-image predictions come from each experiment's commit, else from the saved ledger
