@@ -18,7 +18,7 @@ BUDGETS = (4, 8, 16, 32)
 def curve_study():
     """params.yaml with the first photos10 study's shape (4 budgets, the original given x1.146 the steps at 32
     epochs, the primary at equal FLOPs one way): the design these compute-curve tests construct results for
-    (metrics/history/photos10_study/params.yaml; today's design is one budget)."""
+    (metrics/history/photo_study_1/params.yaml; today's design is one budget)."""
     import yaml
 
     from conftest import REPO
@@ -177,7 +177,7 @@ def test_the_report_labels_the_slopes_exploratory():
     from mae_exp.study.report import TRENDS_HEADER
 
     assert "exploratory" in TRENDS_HEADER and "no multiplicity family" in TRENDS_HEADER
-    first_study = REPO / "metrics" / "history" / "photos10_study" / "study.md"  # the one study of several budgets
+    first_study = REPO / "metrics" / "history" / "photo_study_1" / "study.md"  # the one study of several budgets
     assert any(line.startswith(TRENDS_HEADER) for line in first_study.read_text().splitlines())
 
 
