@@ -41,8 +41,8 @@ LOCK_TRIES = 3
 def plan(params, seeds: list[int] | None, ablations: list[str] | None, budgets: list[int] | None = None) -> list[Job]:
     """One experiment per seed and arm (ablation x budget), ablation by ablation, budget by budget. The first
     ablation gives every seed its original branch; the others get it from DVC's run-cache instead of training
-    it again (with -j N, as long as N is at most the number of seeds). And a study cut short has every seed of
-    the first arms rather than every arm of the first seeds (`--seeds S` one at a time: whole seeds)."""
+    it again (with -j N, `startable` holds them until it has). And a study cut short has every seed of the
+    first arms rather than every arm of the first seeds (`--seeds S` one at a time: whole seeds)."""
     known = params.study.ablations
     distinct_ablations(params)
     for a in ablations or []:
