@@ -1151,3 +1151,15 @@ def test_the_report_carries_each_earlier_studys_primary_as_it_stated_it(tmp_path
         "- `metrics/history/a_older/`: its report has no verdict line (it predates them): see its README.md",
         "- `metrics/history/b_first/`: Primary (x, all, equal FLOPs): improved − original −2.3 pp: BEYOND NOISE.",
     ]
+
+
+def test_the_steps_partner_is_the_same_recipe_given_other_steps_alone():
+    from mae_exp.study.results import steps_partners
+
+    raw = copy.deepcopy(TINY)
+    raw["study"]["ablations"].update(
+        improved_flops_matched={"improved.steps_factor": 0.9},
+        laplacian_short={**raw["study"]["ablations"]["laplacian_only"], "improved.steps_factor": 0.9},
+        other_short={"improved.steps_factor": 0.9, "improved.lambda_freq": 0.0},  # another recipe as well
+    )
+    assert steps_partners(parse_params(raw)) == {"all": "improved_flops_matched", "laplacian_only": "laplacian_short"}

@@ -236,11 +236,12 @@ def steps_partners(params) -> dict[str, str]:
     ablations, design = params.study.ablations, arms(params)
     partners = {}
     for name, arm in design.items():
+        mine = ablations[arm.ablation]
         for other, o in design.items():
-            extra = {k: v for k, v in ablations[o.ablation].items() if ablations[arm.ablation].get(k) != v}
-            if other != name and o.budget == arm.budget and set(extra) == {"improved.steps_factor"}:
-                if set(ablations[arm.ablation]) <= set(ablations[o.ablation]):
-                    partners.setdefault(name, other)
+            theirs = dict(ablations[o.ablation])
+            stretched = theirs.pop("improved.steps_factor", None) is not None
+            if stretched and other != name and o.budget == arm.budget and theirs == mine:
+                partners.setdefault(name, other)
     return partners
 
 
