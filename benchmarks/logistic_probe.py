@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from mae_exp.checkpoints import load_encoder  # noqa: E402
 from mae_exp.data.prepared import labeled, load_meta  # noqa: E402
 from mae_exp.evaluation import probe  # noqa: E402
-from mae_exp.plumbing.checkpoints import load_encoder  # noqa: E402
 from mae_exp.plumbing.config import load_params  # noqa: E402
 
 

@@ -88,10 +88,11 @@ def measure(
 
     from mae_exp.model import MaskedAutoencoderViT
     from mae_exp.plumbing.config import load_params
-    from mae_exp.plumbing.runtime import autocast, batches, resident_images, select_rows
-    from mae_exp.recipes import pretraining_terms
+    from mae_exp.recipes import build
     from mae_exp.training.augment import crop_and_flip_uint8, draw_crops
+    from mae_exp.training.losses import pretraining_terms
     from mae_exp.training.optim import adamw, param_groups
+    from mae_exp.training.runtime import autocast, batches, resident_images, select_rows
     from mae_exp.training.train import LOG_EVERY
 
     cfg, stored, size = config(config_name, image_size)
@@ -162,7 +163,7 @@ def measure(
                 boxes, flip = draw_crops(batch_size, p.pretrain.min_crop_scale, gen, device)
                 noise = torch.rand(batch_size, model.num_patches, generator=gen, device=device)
                 x = crop_and_flip_uint8(select_rows(images, idx, device), boxes, flip, size)
-                terms = pretraining_terms(model, x, model(x, 0.75, noise), p.original, monitor=log)
+                terms = pretraining_terms(model, x, model(x, 0.75, noise), build(p, "original"), monitor=log)
                 loss = terms.total
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -29,10 +29,11 @@ from torch.profiler import profile, record_function  # noqa: E402
 
 from mae_exp.model import MaskedAutoencoderViT  # noqa: E402
 from mae_exp.plumbing.config import load_params  # noqa: E402
-from mae_exp.plumbing.runtime import select_rows  # noqa: E402
-from mae_exp.recipes import pretraining_terms  # noqa: E402
+from mae_exp.recipes import build  # noqa: E402
 from mae_exp.training.augment import crop_and_flip_uint8, draw_crops  # noqa: E402
+from mae_exp.training.losses import pretraining_terms  # noqa: E402
 from mae_exp.training.optim import adamw, param_groups  # noqa: E402
+from mae_exp.training.runtime import select_rows  # noqa: E402
 from mae_exp.training.train import LOG_EVERY  # noqa: E402
 
 PARTS = ("gather", "draws", "crop_and_flip_uint8", "forward", "backward", "adamw")
@@ -52,7 +53,7 @@ def main() -> None:
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = MaskedAutoencoderViT(cfg, size)
-    original = load_params(Path(__file__).resolve().parents[1] / "params.yaml").original  # weight-0 extras
+    original = build(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), "original")  # weight-0 extras
     optimizer = adamw(param_groups(model, 0.05), 1e-4, device)
     images = np.random.default_rng(0).integers(0, 256, (1024, stored, stored, 3), dtype=np.uint8)
     ready = torch.randn(batch, 3, size, size)

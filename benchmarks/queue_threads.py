@@ -42,9 +42,9 @@ def command(kind: str, variant: str, src: str | None = None) -> list[str]:
     if kind == "pretrain":
         return [sys.executable, "stages/pretrain.py", variant, "--data", "data/prepared",
                 "--checkpoint", f"models/{variant}/checkpoint.pt", "--encoder", f"models/{variant}/encoder.pt",
-                "--live", f"metrics/pretrain_{variant}", "--scratch", f"scratch/pretrain_{variant}"]  # fmt: skip
+                "--live", f"metrics/pretrain/{variant}", "--scratch", f"scratch/pretrain_{variant}"]  # fmt: skip
     return [sys.executable, "stages/finetune.py", variant, "--encoder", f"{src}/models/{variant}/encoder.pt",
-            "--data", "data/prepared", "--live", f"metrics/finetune_{variant}", "--scratch",
+            "--data", "data/prepared", "--live", f"metrics/finetune/{variant}", "--scratch",
             f"scratch/finetune_{variant}", "--predictions", f"predictions/finetune_{variant}.npz"]  # fmt: skip
 
 
@@ -122,7 +122,7 @@ def main() -> None:
                 if kind == "pretrain":
                     ips = {
                         m: [
-                            json.loads((dirs[m] / f"metrics/pretrain_{v}/metrics.json").read_text())["images_per_s"]
+                            json.loads((dirs[m] / f"metrics/pretrain/{v}/metrics.json").read_text())["images_per_s"]
                             for v in ("original", "improved")
                         ]
                         for m in dirs

@@ -5,6 +5,7 @@ import torch
 from mae_exp.data.sources import prepare
 from mae_exp.plumbing.cli import run_stage
 from mae_exp.plumbing.progress import console
+from mae_exp.recipes import check_all
 
 
 def main(p, out):
@@ -14,4 +15,4 @@ def main(p, out):
     prepare(p.data, p.seed, out)
 
 
-run_stage(main, paths=("out",))
+run_stage(main, paths=("out",), check=check_all)

@@ -1,12 +1,13 @@
-"""Stage `export@<variant>`: the pre-trained MAE as a transformers ViTMAE folder, models/<variant>/hf (hf.py)."""
+"""Stage `export@<recipe>`: the pre-trained MAE as a transformers ViTMAE folder, models/<recipe>/hf (hf.py)."""
 
 from mae_exp.plumbing.cli import run_stage
-from mae_exp.plumbing.config import VARIANTS
-from mae_exp.plumbing.hf import export
+from mae_exp.recipes import build, check_all
+from mae_exp.training.hf import export
 
 run_stage(
-    lambda p, variant, checkpoint, out: export(checkpoint, out, p.variant(variant).mask_ratio),
-    ("variant",),
-    {"variant": VARIANTS},
+    lambda p, recipe, checkpoint, out: export(checkpoint, out, build(p, recipe).mask_ratio_at(1.0)),
+    ("recipe",),
+    {"recipe": lambda p: tuple(p.recipe_sections())},
     paths=("checkpoint", "out"),
+    check=check_all,
 )

@@ -2,7 +2,8 @@
 
 from mae_exp.evaluation.finetune import finetune
 from mae_exp.plumbing.cli import run_stage
-from mae_exp.plumbing.config import ENCODERS
+from mae_exp.plumbing.config import RANDOM
+from mae_exp.recipes import check_all
 from mae_exp.training import distributed
 
 
@@ -13,6 +14,7 @@ def main(params, name, encoder, data, live, scratch, predictions):
 run_stage(
     distributed.processes("finetune", main),
     ("encoder",),
-    {"encoder": ENCODERS},
+    {"encoder": lambda p: (RANDOM, *p.recipe_sections())},
     paths=("encoder", "data", "live", "scratch", "predictions"),
+    check=check_all,
 )

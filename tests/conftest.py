@@ -51,7 +51,7 @@ def git(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 
 def stage_cmd(stage: str, repo: Path = REPO) -> list[str]:
-    """A stage's command as dvc.yaml writes it, paths and all (`finetune@random`: the item filled in)."""
+    """A stage's command as dvc.yaml writes it, paths and all (`finetune_random`: the item filled in)."""
     name, _, item = stage.partition("@")
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][name]
     return shlex.split(spec.get("do", spec)["cmd"].replace("${item}", item))
@@ -156,7 +156,7 @@ def repo(tmp_path: Path) -> Path:
     return copy_repo(tmp_path / "repo")
 
 
-BUILT = ("download", "init_random", "pretrain_original")  # the stages `tiny_built` has run
+BUILT = ("download", "init_random", "recipe_needs@original", "pretrain@original")  # the stages `tiny_built` has run
 
 
 def copy_built(built: Path, dest: Path) -> Path:
@@ -178,7 +178,7 @@ def tiny_downloaded() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_built(tiny_downloaded: Path) -> Path:
-    """`tiny_downloaded` then init_random and pretrain_original, built once a session: take a copy."""
+    """`tiny_downloaded` then init_random and pretrain@original, built once a session: take a copy."""
     return built_once("built", lambda repo: _repro(copy_built(tiny_downloaded, repo), *BUILT))[0]
 
 
@@ -225,12 +225,14 @@ def pytest_collection_modifyitems(config, items):
 STAGES = {
     "download",
     "init_random",
-    "pretrain_original",
-    "pretrain_improved",
-    "linear_probe@random",
+    "recipe_needs@original",
+    "recipe_needs@improved",
+    "pretrain@original",
+    "pretrain@improved",
+    "linear_probe_random",
     "linear_probe@original",
     "linear_probe@improved",
-    "finetune@random",
+    "finetune_random",
     "finetune@original",
     "finetune@improved",
     "export@original",

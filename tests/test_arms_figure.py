@@ -17,9 +17,8 @@ from matplotlib.collections import LineCollection
 from scipy import stats as scipy_stats
 
 from mae_exp.evaluation.palette import ENCODERS as COLOURS
-from mae_exp.plumbing.config import ENCODERS
 from mae_exp.study.arms_figure import arms_figure, save_arms_figure
-from mae_exp.study.metrics import COSTS, METRICS
+from mae_exp.study.metrics import COSTS, ENCODERS, METRICS
 
 SEEDS = [201, 202, 203]
 ORDER = ["all", "original_flops_matched", "improved_flops_matched", "curriculum_only"]

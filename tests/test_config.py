@@ -16,6 +16,7 @@ from mae_exp.plumbing.config import (
     load_params,
     parse_params,
 )
+from mae_exp.recipes import build, check_all
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -133,7 +134,11 @@ def test_the_shipped_params_and_configs_are_valid():
         ("pretrain.base_lr", float("nan"), ["pretrain.base_lr", "finite number"]),
         ("finetune.warmup_epochs", float("inf"), ["finetune.warmup_epochs", "finite number"]),
         ("data.val_fraction", float("nan"), ["data.val_fraction", "finite number"]),
-        ("study.ablations", {"x": {"improved.lambda_freq": float("inf")}}, ["study.ablations.x", "finite number"]),
+        (
+            "study.ablations",
+            {"all": None, "x": {"improved.lambda_freq": float("inf")}},
+            ["study.ablations.x", "finite number"],
+        ),
         ("seed", 2**63, ["seed", "less than or equal to 4294967295"]),
         ("seed", -1, ["seed", "greater than or equal to 0"]),
         ("visualize.mask_seed", 2**64, ["visualize.mask_seed", "less than or equal to 4294967295"]),
@@ -154,33 +159,35 @@ def test_the_shipped_params_and_configs_are_valid():
         (
             "study.ablations",
             {"x": {"pretrain.epochs": 5}},
-            ["study.ablations.x", "override 'pretrain.epochs'", "original or improved.<key>"],
+            ["study.ablations.x", "override 'pretrain.epochs'", "<recipe>.<key>", "(original, improved, smae)"],
         ),
         (
             "study.ablations",
-            {"x": {"original.mask_ratio": 1.5}},  # an arm may change the original too
+            {"all": None, "x": {"original.mask_ratio": 1.5}},  # an arm may change the original too
             ["study.ablations.x: original.mask_ratio", "less than 1", "1.5"],
         ),
         (
             "study.ablations",
-            {"x": {"improved.mask_ratio": 1.5}},  # each ablation gets the range checks of improved
+            {"all": None, "x": {"improved.mask_ratio": 1.5}},  # each ablation gets the range checks of improved
             ["study.ablations.x: improved.mask_ratio", "less than 1", "1.5"],
         ),
         (
             "study.ablations",
-            {"x": {"improved.lambda_unif": -1}},
+            {"all": None, "x": {"improved.lambda_unif": -1}},
             ["study.ablations.x: improved.lambda_unif", "greater than or equal to 0"],
         ),
         (
             "study.ablations",
-            {"x": {"improved.lambda_freq": "much"}},
+            {"all": None, "x": {"improved.lambda_freq": "much"}},
             ["study.ablations.x: improved.lambda_freq", "number", "'much'"],
         ),
     ],
 )
 def test_bad_values_name_the_key(path, value, words):
+    """parse_params checks every section but the recipes' own settings, which their functions type and check
+    (recipes.check_all, called by every stage that reads them): together they name the key."""
     with pytest.raises(ConfigError) as err:
-        parse_params(with_change(path, value))
+        check_all(parse_params(with_change(path, value)))
     message = str(err.value)
     assert "\n" not in message
     for word in words:
@@ -190,8 +197,8 @@ def test_bad_values_name_the_key(path, value, words):
 def test_floats_accept_yaml_exponent_without_dot_and_integers():
     p = parse_params(with_change("pretrain.base_lr", "1e-4"))
     assert p.pretrain.base_lr == 1e-4
-    assert parse_params(with_change("improved.lambda_freq", 1)).improved.lambda_freq == 1.0
-    assert isinstance(parse_params(with_change("improved.lambda_freq", 1)).improved.lambda_freq, float)
+    weight = build(parse_params(with_change("improved.lambda_freq", 1)), "improved").terms["freq"]
+    assert weight == 1.0 and isinstance(weight, float)  # the recipe function's annotation (Number) converts it
 
 
 def test_the_new_keys_are_read():
@@ -269,9 +276,9 @@ def test_yaml_and_file_errors_are_one_line(tmp_path):
     assert "not valid YAML" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "missing.yaml")
-    bad.write_text(yaml.safe_dump(with_change("improved.mask_ratio", 1.2)))
-    with pytest.raises(ConfigError, match=r"^.*params\.yaml: improved\.mask_ratio must be less than 1, got 1\.2$"):
-        load_params(bad)
+    bad.write_text(yaml.safe_dump(with_change("improved.pretrain", 1.2)))  # a section's key no recipe takes
+    with pytest.raises(ConfigError, match=r"^unknown key 'improved.pretrain'; valid keys here: .*mask_ratio"):
+        check_all(load_params(bad))
 
 
 def test_a_bad_param_stops_the_stage_before_any_work(tmp_path):
@@ -288,12 +295,14 @@ def test_a_bad_param_stops_the_stage_before_any_work(tmp_path):
 
 
 def test_stage_script_exit_code_and_message(repo):
-    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("patch_size: 4", "patch_size: 3"))
-    proc = run(stage_cmd("pretrain_original"), repo, check=False)
+    good = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(good.replace("patch_size: 4", "patch_size: 3"))
+    proc = run(stage_cmd("pretrain@original"), repo, check=False)
     assert proc.returncode == 2
     assert "model.patch_size" in proc.stderr and "input_size" in proc.stderr
-    cmd = stage_cmd("pretrain_original")
-    proc = run([*cmd[:2], "better", *cmd[3:]], repo, check=False)
-    assert proc.returncode == 2 and "original, improved" in proc.stderr
+    (repo / "params.yaml").write_text(good)
+    cmd = stage_cmd("pretrain@original")
+    proc = run([*cmd[:2], "better", *cmd[3:]], repo, check=False)  # a recipe params.yaml has no section for
+    assert proc.returncode == 2 and "recipe must be one of original, improved, smae, got 'better'" in proc.stderr
     proc = run(cmd[:3], repo, check=False)  # no paths: dvc.yaml's cmd gives them
     assert proc.returncode == 2 and "--data PATH" in proc.stderr and "Traceback" not in proc.stderr

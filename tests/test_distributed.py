@@ -45,7 +45,7 @@ def set_params(repo: Path, **changes) -> None:
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
-    """The tiny pipeline with 2 processes for pre-training and fine-tuning: pretrain_original SIGKILLed
+    """The tiny pipeline with 2 processes for pre-training and fine-tuning: pretrain@original SIGKILLed
     (torchrun's launcher and both workers) as soon as its first checkpoint exists, then a whole
     `dvc repro`, which resumes it. Every training stage checks at its end that both ranks hold the same
     weights (distributed.check_same_weights), so a completed run is that check passed."""
@@ -53,8 +53,8 @@ def two(tmp_path_factory):
     repo = copy_repo(root / "repo", cache="own")  # every stage after download must run with 2 processes
     set_params(repo, pretrain__processes=2, finetune__processes=2, data__shapes__unlabeled=2000)
     dvc("repro", "download", cwd=repo)
-    proc = start([str(BIN / "dvc"), "repro", "pretrain_original"], repo)
-    killed_at = wait_for_state(repo, "pretrain_original", proc)
+    proc = start([str(BIN / "dvc"), "repro", "pretrain@original"], repo)
+    killed_at = wait_for_state(repo, "pretrain/original", proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     full = dvc("repro", cwd=repo)
@@ -69,7 +69,8 @@ def one(two, tmp_path_factory):
     set_params(repo, threads=1, data__shapes__unlabeled=2000)
     shutil.copytree(two.repo / "data" / "prepared", repo / "data" / "prepared")
     for variant in ("original", "improved"):
-        run(stage_cmd(f"pretrain_{variant}"), repo)
+        run(stage_cmd(f"recipe_needs@{variant}"), repo)
+        run(stage_cmd(f"pretrain@{variant}"), repo)
     return repo
 
 
@@ -95,7 +96,7 @@ def assert_weights_close(got: dict, want: dict) -> None:
 
 @pytest.mark.slow
 def test_dvc_repro_with_two_processes_completes(two):
-    assert ran_stages(two.output) == STAGES - {"download"}  # ran with the killed pre-training
+    assert ran_stages(two.output) == STAGES - {"download", "recipe_needs@original"}  # ran before the killed one
     assert "pretrain.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/pretrain.py improved" in two.output
     assert "finetune.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/finetune.py original" in two.output
     assert (
@@ -103,7 +104,7 @@ def test_dvc_repro_with_two_processes_completes(two):
     )  # the global batch's lr, threads per process
     assert two.output.count("pretrain improved epoch 3/3") == 1  # rank 0 alone prints
     for name in ("random", "original", "improved"):
-        assert 0 <= json.loads((two.repo / "metrics" / f"finetune_{name}" / "metrics.json").read_text())["top1"] <= 1
+        assert 0 <= json.loads((two.repo / "metrics" / "finetune" / name / "metrics.json").read_text())["top1"] <= 1
     assert dvc("status", cwd=two.repo).stdout.strip() == "Data and pipelines are up to date."
 
 
@@ -122,10 +123,10 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(two, one):
 def test_killed_two_process_pretrain_resumes_at_the_next_epoch(two, one):
     assert 1 <= two.killed_at < 3
     assert f"resuming pretrain original from epoch {two.killed_at + 1}/3" in two.output
-    metrics = json.loads((two.repo / "metrics" / "pretrain_original" / "metrics.json").read_text())
+    metrics = json.loads((two.repo / "metrics" / "pretrain" / "original" / "metrics.json").read_text())
     assert metrics["resumed_at_epoch"] == two.killed_at
     assert [r["epoch"] for r in curve(two.repo, "original")] == [1, 2, 3]
-    assert not list((two.repo / "scratch" / "pretrain_original").glob("*/last.pt"))
+    assert not list((two.repo / "scratch" / "pretrain@original").glob("*/last.pt"))
     # an uninterrupted run (one process: the key leaves processes out, so either count resumes either's)
     for r2, r1 in zip(curve(two.repo, "original"), curve(one, "original")):
         assert r2["loss"] == pytest.approx(r1["loss"], rel=LOSS_RTOL)
@@ -177,7 +178,7 @@ def assert_one_clear_line(proc, *words) -> None:
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="nccl would start on this machine's GPUs")
 def test_nccl_without_enough_gpus_names_the_param(repo):
     set_params(repo, pretrain__processes=2)
-    proc = run(stage_cmd("pretrain_original"), repo, check=False, extra_env={"MAE_DIST_BACKEND": "nccl"})
+    proc = run(stage_cmd("pretrain@original"), repo, check=False, extra_env={"MAE_DIST_BACKEND": "nccl"})
     assert_one_clear_line(proc, "pretrain.processes", "nccl", "one GPU each")
 
 
@@ -189,7 +190,7 @@ def test_a_backend_that_cannot_start_names_the_param_and_does_not_hang(repo):
         taken.listen()
         port = taken.getsockname()[1]
         proc = run(
-            stage_cmd("pretrain_original"),
+            stage_cmd("pretrain@original"),
             repo,
             check=False,
             timeout=120,
@@ -208,7 +209,7 @@ def test_a_backend_that_cannot_start_names_the_param_and_does_not_hang(repo):
 
 def test_torchrun_world_size_must_match_the_param(repo):
     proc = run(
-        stage_cmd("finetune@random"),
+        stage_cmd("finetune_random"),
         repo,
         check=False,
         extra_env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},

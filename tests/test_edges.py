@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
+from conftest import REPO
 from mae_exp.evaluation.measures import grid_edges, searched
 from mae_exp.evaluation.report import report
+from mae_exp.plumbing.config import load_params
 
 # the probe's `search` of one BN + linear readout as it writes it: lr x weight decay, the value at every point
 LINEAR = {
@@ -40,12 +42,12 @@ def test_a_one_point_grid_was_not_searched_and_has_no_edge():
 
 def write_metrics(metrics_dir, encoder: str, probe_chosen: dict, finetune_chosen: dict, finetune_grid: dict) -> None:
     """An encoder's probe and fine-tuning metrics.json as the stages write them (`chosen`, `search`)."""
-    probe = metrics_dir / f"linear_probe_{encoder}" / "metrics.json"
+    probe = metrics_dir / "linear_probe" / encoder / "metrics.json"
     probe.parent.mkdir(parents=True)
     probe.write_text(
         json.dumps({"linear_cls_top1": 0.4, "chosen": probe_chosen, "search": {"linear_cls": LINEAR, "knn_cls": KNN}})
     )
-    finetune = metrics_dir / f"finetune_{encoder}" / "metrics.json"
+    finetune = metrics_dir / "finetune" / encoder / "metrics.json"
     finetune.parent.mkdir(parents=True)
     finetune.write_text(json.dumps({"top1": 0.6, "chosen": finetune_chosen, "search": finetune_grid}))
 
@@ -58,7 +60,13 @@ def test_the_comparison_marks_counts_and_saves_every_setting_at_an_edge(tmp_path
     at_edge = {"linear_cls": {"lr": 1.0, "weight_decay": 0.0}, "knn_cls": {"k": 20, "temperature": 0.07}}
     write_metrics(metrics, "original", at_edge, {"base_lr": 1e-3, "layer_decay": 0.75}, FINETUNE_GRID)
     write_metrics(metrics, "improved", inside, ft, ONE_POINT)
-    report(metrics, tmp_path / "comparison.json", tmp_path / "comparison.png")
+    report(
+        load_params(REPO / "params.yaml"),
+        metrics,
+        tmp_path / "comparison.json",
+        tmp_path / "comparison.png",
+        tmp_path / "curves",
+    )
 
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["edges"] == {"original": {"linear_cls": {"lr": "highest"}, "finetune": {"base_lr": "lowest"}}}

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from conftest import dvc
+from mae_exp.recipes import build
 from mae_exp.training.flops import count_steps, schedule_flops, visible_count
 
 
@@ -21,7 +22,7 @@ def test_a_step_costs_what_a_hand_count_of_the_encoder_says(tiny_model_cfg):
     m, b = tiny_model_cfg.model, 4
     d, dd, depth = m.encoder_dim, m.decoder_dim, m.encoder_depth
     assert m.mlp_ratio == 4.0
-    flops = count_steps(m, tiny_model_cfg.data.input_size, tiny_model_cfg.original, b, [4, 8], direct=True)
+    flops = count_steps(m, tiny_model_cfg.data.input_size, build(tiny_model_cfg, "original"), b, [4, 8], direct=True)
     t4, t8 = 4 + 1, 8 + 1  # the class token too
     linears = 3 * 2 * b * (t8 - t4) * (depth * 12 * d * d + d * dd)
     attention = 12 * b * d * depth * (t8**2 - t4**2)
@@ -32,35 +33,35 @@ def test_the_shortcuts_give_the_direct_count_at_every_visible_count_and_over_a_c
     p = tiny_model_cfg
     m, size, batch = p.model, p.data.input_size, p.pretrain.batch_size
     every = list(range(1, 17))
-    direct = count_steps(m, size, p.improved, batch, every, direct=True)
-    assert count_steps(m, size, p.improved, batch, every) == direct  # from batches 2 and 4
+    direct = count_steps(m, size, build(p, "improved"), batch, every, direct=True)
+    assert count_steps(m, size, build(p, "improved"), batch, every) == direct  # from batches 2 and 4
     total = 27
     steps = [visible_count(16, 0.5 + 0.25 * min(1.0, i / total / 0.5)) for i in range(total)]
     assert p.improved.mask_ratio_start == 0.5 and p.improved.curriculum_fraction == 0.5
-    assert schedule_flops(m, size, p.improved, batch, total) == sum(direct[k] for k in steps)
+    assert schedule_flops(m, size, build(p, "improved"), batch, total) == sum(direct[k] for k in steps)
     # 75% masking throughout: every step costs the same
-    assert schedule_flops(m, size, p.original, batch, total) == total * direct[4]
+    assert schedule_flops(m, size, build(p, "original"), batch, total) == total * direct[4]
 
 
 def test_counting_draws_nothing_from_the_training_run_s_generators(tiny_model_cfg):
     p = tiny_model_cfg
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    schedule_flops(p.model, p.data.input_size, p.improved, p.pretrain.batch_size, 27)
+    schedule_flops(p.model, p.data.input_size, build(p, "improved"), p.pretrain.batch_size, 27)
     assert torch.equal(torch.get_rng_state(), before)
 
 
 @pytest.mark.slow
 def test_steps_factor_trains_more_steps_at_the_same_schedule_shape_and_counts_their_flops(repo):
-    dvc("repro", "pretrain_original", cwd=repo)
-    plain = json.loads((repo / "metrics/pretrain_original/metrics.json").read_text())
+    dvc("repro", "pretrain@original", cwd=repo)
+    plain = json.loads((repo / "metrics/pretrain/original/metrics.json").read_text())
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["original"]["steps_factor"] = 1.5
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    dvc("repro", "pretrain_original", cwd=repo)
-    longer = json.loads((repo / "metrics/pretrain_original/metrics.json").read_text())
+    dvc("repro", "pretrain@original", cwd=repo)
+    longer = json.loads((repo / "metrics/pretrain/original/metrics.json").read_text())
     assert plain["steps"] == 27 and longer["steps"] == 40  # 9 steps an epoch x 3 epochs (x 1.5, rounded)
     assert longer["flops"] / plain["flops"] == pytest.approx(40 / 27, rel=1e-12)
     assert plain["flops"] > 0 and plain["wall_time_s"] > 0
-    lr = (repo / "metrics/pretrain_original/plots/metrics/lr.tsv").read_text().splitlines()
+    lr = (repo / "metrics/pretrain/original/plots/metrics/lr.tsv").read_text().splitlines()
     assert lr[-1].split("\t")[0] == "40"  # the last step is logged, in the fifth (partial) epoch

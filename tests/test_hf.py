@@ -13,11 +13,11 @@ import torch
 import yaml
 
 from conftest import copy_built, dvc
+from mae_exp.checkpoints import load_encoder, save_checkpoint
 from mae_exp.evaluation.finetune import finetune
 from mae_exp.model import MaskedAutoencoderViT, ViTEncoder
-from mae_exp.plumbing import hf
-from mae_exp.plumbing.checkpoints import load_encoder, save_checkpoint
 from mae_exp.plumbing.config import ModelConfig, as_dict, load_params
+from mae_exp.training import hf
 
 try:
     import transformers
@@ -290,10 +290,10 @@ def test_pretraining_starts_from_pretrain_init_from(exported):
     original = params.read_text()
     try:
         params.write_text(original.replace("init_from: null", "init_from: models/improved/hf"))
-        proc = dvc("repro", "pretrain_original", cwd=exported)
+        proc = dvc("repro", "pretrain@original", cwd=exported)
         assert "pretrain original: encoder and decoder from transformers weights in models/improved/hf" in proc.stderr
         params.write_text(original.replace("init_from: null", "init_from: models/nowhere"))
-        proc = dvc("repro", "pretrain_original", cwd=exported, check=False)
+        proc = dvc("repro", "pretrain@original", cwd=exported, check=False)
         assert proc.returncode != 0 and "models/nowhere: no such file or folder" in proc.stdout + proc.stderr
     finally:
         params.write_text(original)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mae_exp.model import MaskedAutoencoderViT, Reconstruction, sincos_1d, sincos_2d
-from mae_exp.recipes import pretraining_terms
+from mae_exp.recipes import Recipe
+from mae_exp.training.losses import pretraining_terms
 
 
 def make(cfg):
@@ -118,21 +119,24 @@ def test_the_loss_is_the_recipe_weights_applied_to_its_terms(tiny_model_cfg):
     carry gradients only when weighted."""
     s = tiny_model_cfg.data.input_size
     imgs, noise = torch.randn(8, 3, s, s), torch.rand(8, (s // tiny_model_cfg.model.patch_size) ** 2)
-    original = tiny_model_cfg.original.model_copy(update={"lambda_freq": 0.0, "lambda_unif": 0.0})
-    improved = tiny_model_cfg.improved.model_copy(update={"lambda_freq": 0.5, "lambda_unif": 0.1})
+    original = Recipe(mask_ratio=0.75, terms={"freq": 0.0, "unif": 0.0})
+    improved = Recipe(mask_ratio=0.75, terms={"freq": 0.5, "unif": 0.1}, mask_ratio_start=0.5, curriculum_fraction=0.5)
     torch.manual_seed(0)
     model = MaskedAutoencoderViT(tiny_model_cfg.model, s)
     terms = pretraining_terms(model, imgs, model(imgs, 0.75, noise), original)
-    assert terms.total == terms.mse and terms.freq == 0 and terms.unif == 0
-    assert not terms.freq.requires_grad and not terms.unif.requires_grad
+    v = terms.values
+    assert terms.total == v["mse"] and v["freq"] == 0 and v["unif"] == 0
+    assert not v["freq"].requires_grad and not v["unif"].requires_grad
     monitored = pretraining_terms(model, imgs, model(imgs, 0.75, noise), original, monitor=True)
-    assert monitored.total == terms.total and monitored.freq > 0 and monitored.unif < 0  # computed, not added
-    assert not monitored.freq.requires_grad and not monitored.unif.requires_grad  # for the curve, no graph
+    m = monitored.values
+    assert monitored.total == terms.total and m["freq"] > 0 and m["unif"] < 0  # computed, not added
+    assert not m["freq"].requires_grad and not m["unif"].requires_grad  # for the curve, no graph
     t = pretraining_terms(model, imgs, model(imgs, 0.75, noise), improved)
-    assert torch.allclose(t.total, t.mse + 0.5 * t.freq + 0.1 * t.unif)
+    w = t.values
+    assert torch.allclose(t.total, w["mse"] + 0.5 * w["freq"] + 0.1 * w["unif"])
     for name in ("mse", "freq", "unif"):  # same weights and masks: the same terms
-        assert torch.equal(getattr(t, name), getattr(monitored, name)), name
-    assert t.freq.requires_grad and t.unif.requires_grad
+        assert torch.equal(w[name], m[name]), name
+    assert w["freq"].requires_grad and w["unif"].requires_grad
     t.total.backward()
     assert model.encoder.cls_token.grad is not None
     assert set(t.logged()) == {"loss", "mse", "freq", "unif"}  # the names the curves and metrics.json carry
@@ -144,7 +148,7 @@ def test_laplacian_term_ignores_the_decoder_output_on_visible_patches(tiny_model
     s = tiny_model_cfg.data.input_size
     torch.manual_seed(0)
     model = MaskedAutoencoderViT(tiny_model_cfg.model, s)
-    recipe = tiny_model_cfg.improved.model_copy(update={"lambda_freq": 1.0})
+    recipe = Recipe(mask_ratio=0.75, terms={"freq": 1.0})
     imgs = torch.rand(2, 3, s, s)
     mask = torch.zeros(2, model.num_patches)
     mask[:, 1::3] = 1  # masked patches with visible neighbours on every side
@@ -154,7 +158,9 @@ def test_laplacian_term_ignores_the_decoder_output_on_visible_patches(tiny_model
 
     def freq_and_grad(pred):
         pred = pred.clone().requires_grad_(True)
-        freq = pretraining_terms(model, imgs, Reconstruction(torch.zeros(()), pred, mask, latent), recipe).freq
+        freq = pretraining_terms(model, imgs, Reconstruction(torch.zeros(()), pred, mask, latent), recipe).values[
+            "freq"
+        ]
         freq.backward()
         return freq.detach(), pred.grad
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from mae_exp.objectives import laplacian, masked_laplacian_l1, patch_mask_to_pixels, uniformity
-from mae_exp.plumbing.config import VariantConfig
-from mae_exp.recipes import mask_ratio_at
+from mae_exp.recipes import Recipe, mae
 
 
 def test_laplacian_of_constant_and_linear_images_is_zero():
@@ -51,28 +50,16 @@ def test_uniformity_gradient_pushes_points_apart():
 
 
 def test_mask_ratio_schedule():
-    original = VariantConfig(
-        mask_ratio=0.75,
-        mask_ratio_start=0.75,
-        curriculum_fraction=0.0,
-        lambda_freq=0.0,
-        lambda_unif=0.0,
-        steps_factor=1.0,
-    )
-    improved = VariantConfig(
-        mask_ratio=0.75,
-        mask_ratio_start=0.5,
-        curriculum_fraction=0.5,
-        lambda_freq=0.0,
-        lambda_unif=0.0,
-        steps_factor=1.0,
-    )
-    assert [mask_ratio_at(t, original) for t in (0, 0.3, 1)] == [0.75, 0.75, 0.75]
-    assert mask_ratio_at(0.0, improved) == pytest.approx(0.5)
-    assert mask_ratio_at(0.25, improved) == pytest.approx(0.625)
-    assert mask_ratio_at(0.5, improved) == pytest.approx(0.75)
-    assert mask_ratio_at(0.9, improved) == pytest.approx(0.75)
-    ratios = [mask_ratio_at(t / 100, improved) for t in range(101)]
+    """The recipe function `mae` builds the curriculum from its section's settings."""
+    original = mae(mask_ratio=0.75, mask_ratio_start=0.75, curriculum_fraction=0.0, lambda_freq=0.0, lambda_unif=0.0)
+    improved = mae(mask_ratio=0.75, mask_ratio_start=0.5, curriculum_fraction=0.5, lambda_freq=0.0, lambda_unif=0.0)
+    mask_ratio_at = Recipe.mask_ratio_at
+    assert [mask_ratio_at(original, t) for t in (0, 0.3, 1)] == [0.75, 0.75, 0.75]
+    assert mask_ratio_at(improved, 0.0) == pytest.approx(0.5)
+    assert mask_ratio_at(improved, 0.25) == pytest.approx(0.625)
+    assert mask_ratio_at(improved, 0.5) == pytest.approx(0.75)
+    assert mask_ratio_at(improved, 0.9) == pytest.approx(0.75)
+    ratios = [mask_ratio_at(improved, t / 100) for t in range(101)]
     assert ratios == sorted(ratios)  # never decreases
 
 

@@ -11,8 +11,9 @@ from torch._dynamo.utils import counters
 from torchvision.ops import roi_align
 
 from mae_exp.model import MaskedAutoencoderViT
-from mae_exp.recipes import pretraining_terms
+from mae_exp.recipes import build
 from mae_exp.training.augment import crop_and_flip, crop_and_flip_uint8, draw_crops, random_crop_boxes, to_float
+from mae_exp.training.losses import pretraining_terms
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # training runs the same code on a GPU
 
@@ -85,7 +86,7 @@ def test_augment_draws_are_reproducible_and_per_sample():
 @pytest.mark.slow  # torch.compile: minutes of C++ compilation on a CPU
 def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_cfg):
     torch.manual_seed(0)
-    improved = tiny_model_cfg.improved  # every loss term with a gradient
+    improved = build(tiny_model_cfg, "improved")  # every loss term with a gradient
     eager = MaskedAutoencoderViT(tiny_model_cfg.model, tiny_model_cfg.data.input_size)
     compiled = copy.deepcopy(eager)
     compiled.compile_blocks()

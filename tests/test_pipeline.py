@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, STAGES, copy_built, copy_repo, dvc, env, git, ran_stages, stage_cmd
+from conftest import BIN, STAGES, copy_built, copy_repo, dvc, env, git, ran_stages, run, stage_cmd
 from mae_exp.evaluation.measures import READOUTS
 
 pytestmark = pytest.mark.slow  # every test here drives a whole `dvc repro`
@@ -39,7 +39,7 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
     repo, output = reproduced
     assert ran_stages(output) == STAGES
     for variant in ("original", "improved"):
-        pre = metrics(repo, f"pretrain_{variant}")
+        pre = metrics(repo, f"pretrain/{variant}")
         assert {"final", "wall_time_s", "images_per_s", "epochs", "images", "steps", "flops"} <= set(pre)
         assert pre["steps"] == 27 and pre["flops"] > 0
         assert pre["epochs"] == 3 and pre["images_per_s"] > 0 and pre["images"] == 192 + 100  # unlabeled + train
@@ -47,7 +47,7 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
         assert (repo / "models" / variant / "checkpoint.pt").exists()
         assert (repo / "models" / variant / "encoder.pt").exists()
     for name in ("random", "original", "improved"):
-        ft, lp = metrics(repo, f"finetune_{name}"), metrics(repo, f"linear_probe_{name}")
+        ft, lp = metrics(repo, f"finetune/{name}"), metrics(repo, f"linear_probe/{name}")
         assert 0.0 <= ft["top1"] <= 1.0 and 0.0 <= ft["val_top1"] <= 1.0
         for readout in ("linear_cls", "linear_mean", "knn_cls", "knn_mean"):
             assert 0.0 <= lp[f"{readout}_top1"] <= 1.0 and 0.0 <= lp[f"{readout}_val_top1"] <= 1.0
@@ -67,11 +67,12 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
         "chosen",
         "edges",
         "settings_at_edge",
+        "saw_labels",
     }
     for name in ("random", "original", "improved"):  # each encoder's readout settings, chosen on validation
         assert comparison["chosen"][name] == {
-            **metrics(repo, f"linear_probe_{name}")["chosen"],
-            "finetune": metrics(repo, f"finetune_{name}")["chosen"],
+            **metrics(repo, f"linear_probe/{name}")["chosen"],
+            "finetune": metrics(repo, f"finetune/{name}")["chosen"],
         }
     for readout in [f"{r}_top1" for r in READOUTS]:
         assert comparison["improved_minus_original"][readout] == pytest.approx(
@@ -82,9 +83,9 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced):
     png = (repo / "plots" / "reconstruction.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # DVCLive's per-step curves: a row every LOG_EVERY steps and at each epoch's end (9 steps an epoch here)
-    mse = (repo / "metrics" / "pretrain_improved" / "plots" / "metrics" / "mse.tsv").read_text().splitlines()
+    mse = (repo / "metrics" / "pretrain" / "improved" / "plots" / "metrics" / "mse.tsv").read_text().splitlines()
     assert mse[0] == "step\tmse" and [r.split("\t")[0] for r in mse[1:]] == ["9", "18", "27"]
-    val = (repo / "metrics" / "finetune_original" / "plots" / "metrics" / "val_top1.tsv").read_text().splitlines()
+    val = (repo / "metrics" / "finetune" / "original" / "plots" / "metrics" / "val_top1.tsv").read_text().splitlines()
     assert len(val) == 1 + 1  # one fine-tuning epoch
     assert "MAE pre-training: original vs improved" in output  # the console table
     assert "masked MSE" in output
@@ -101,8 +102,8 @@ def test_dvc_metrics_and_plots_show_both_variants(reproduced):
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo).stdout)
     files = next(iter(shown.values()))["data"]
     assert {
-        "metrics/pretrain_original/metrics.json",
-        "metrics/pretrain_improved/metrics.json",
+        "metrics/pretrain/original/metrics.json",
+        "metrics/pretrain/improved/metrics.json",
         "metrics/visualize/metrics.json",
         "metrics/comparison.json",
     } <= set(files)
@@ -115,8 +116,9 @@ def test_dvc_metrics_and_plots_show_both_variants(reproduced):
         "reconstruction.png",
     ):
         assert title in html
-    # both variants' curves feed the one overlaid plot
-    assert "pretrain_original/plots/metrics/mse.tsv" in html and "pretrain_improved/plots/metrics/mse.tsv" in html
+    # every recipe's curve feeds the one overlaid plot, through the report's combined file
+    curve = (repo / "metrics/curves/pretrain_mse.tsv").read_text()
+    assert "metrics/curves/pretrain_mse.tsv" in html and "\toriginal\t" in curve and "\timproved\t" in curve
 
 
 def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced):
@@ -125,7 +127,8 @@ def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced
     git("commit", "-q", "-m", "baseline results", cwd=repo)
     proc = dvc("exp", "run", "-S", "improved.lambda_freq=0.2", cwd=repo)
     assert ran_stages(proc.stdout + proc.stderr) == {
-        "pretrain_improved",
+        "recipe_needs@improved",  # it reads the whole section (here it builds nothing, at once)
+        "pretrain@improved",
         "linear_probe@improved",
         "finetune@improved",
         "export@improved",
@@ -133,8 +136,8 @@ def test_exp_run_on_an_improved_param_reruns_only_the_improved_branch(reproduced
         "report",
     }
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
-    assert "metrics/pretrain_improved/metrics.json" in diff
-    assert "metrics/pretrain_original/metrics.json" not in diff  # untouched: identical numbers
+    assert "metrics/pretrain/improved/metrics.json" in diff
+    assert "metrics/pretrain/original/metrics.json" not in diff  # untouched: identical numbers
     shown = dvc("exp", "show", "--csv", cwd=repo).stdout
     assert "improved.lambda_freq" in shown and "0.2" in shown
 
@@ -151,9 +154,9 @@ def test_editing_a_module_makes_exactly_its_importers_stale(reproduced):
         augment.write_text(original)
     stale = set(status)
     assert {
-        "pretrain_original",
-        "pretrain_improved",
-        "finetune@random",
+        "pretrain@original",
+        "pretrain@improved",
+        "finetune_random",
         "finetune@original",
         "finetune@improved",
     } <= stale
@@ -239,10 +242,10 @@ def interrupted_and_clean(slow_downloaded, tmp_path_factory):
     one run straight through."""
     root = tmp_path_factory.mktemp("resume")
     killed, clean = copy_built(slow_downloaded, root / "killed"), copy_built(slow_downloaded, root / "clean")
-    pretrain_killed_at = kill_after_first_checkpoint(killed, "pretrain_original", "pretrain_original")
+    pretrain_killed_at = kill_after_first_checkpoint(killed, "pretrain/original", "pretrain@original")
     assert not (killed / "models" / "original" / "encoder.pt").exists()
-    resumed = dvc("repro", "pretrain_original", cwd=killed)
-    finetune_killed_at = kill_after_first_checkpoint(killed, "finetune_original", "finetune@original")
+    resumed = dvc("repro", "pretrain@original", cwd=killed)
+    finetune_killed_at = kill_after_first_checkpoint(killed, "finetune/original", "finetune@original")
     resumed_ft = dvc("repro", "finetune@original", cwd=killed)
     dvc("repro", "finetune@original", cwd=clean)
     return (
@@ -259,33 +262,34 @@ def test_killed_pretrain_resumes_at_the_right_epoch_and_matches_an_uninterrupted
     killed, clean, at, output, _, _ = interrupted_and_clean
     assert 1 <= at < 4
     assert f"resuming pretrain original from epoch {at + 1}/4" in output
-    assert scratch_states(killed, "pretrain_original") == []  # cleaned once the declared outputs exist
-    assert metrics(killed, "pretrain_original")["resumed_at_epoch"] == at
+    assert scratch_states(killed, "pretrain/original") == []  # cleaned once the declared outputs exist
+    assert metrics(killed, "pretrain/original")["resumed_at_epoch"] == at
     resumed = torch.load(killed / "models/original/checkpoint.pt", weights_only=False)
     straight = torch.load(clean / "models/original/checkpoint.pt", weights_only=False)
     for key, value in straight["model_state"].items():
         assert torch.equal(resumed["model_state"][key], value), key
     # the DVCLive curve is whole again: the logged rows before the kill are replayed into the new run's files
-    curve = (killed / "metrics/pretrain_original/plots/metrics/mse.tsv").read_text()
-    assert curve == (clean / "metrics/pretrain_original/plots/metrics/mse.tsv").read_text()
+    curve = (killed / "metrics/pretrain/original/plots/metrics/mse.tsv").read_text()
+    assert curve == (clean / "metrics/pretrain/original/plots/metrics/mse.tsv").read_text()
 
 
 def test_killed_finetune_resumes_and_matches_an_uninterrupted_run(interrupted_and_clean):
     killed, clean, _, _, at, output = interrupted_and_clean
     assert 1 <= at < 4
     assert f"resuming finetune original from epoch {at + 1}/4" in output
-    assert scratch_states(killed, "finetune_original") == []
+    assert scratch_states(killed, "finetune/original") == []
     for name in ("val_top1.tsv", "loss.tsv"):
-        path = f"metrics/finetune_original/plots/metrics/{name}"
+        path = f"metrics/finetune/original/plots/metrics/{name}"
         assert (killed / path).read_text() == (clean / path).read_text(), name
-    assert metrics(killed, "finetune_original")["top1"] == metrics(clean, "finetune_original")["top1"]
+    assert metrics(killed, "finetune/original")["top1"] == metrics(clean, "finetune/original")["top1"]
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_stage_says_where_it_stopped_in_one_line(slow_downloaded, tmp_path, sig, code):
     repo = copy_built(slow_downloaded, tmp_path / "repo")
-    proc = start([str(BIN / "python"), *stage_cmd("pretrain_improved")[1:]], repo)
-    epoch = wait_for_state(repo, "pretrain_improved", proc)
+    run([str(BIN / "python"), *stage_cmd("recipe_needs@improved")[1:]], repo)  # what it reads first
+    proc = start([str(BIN / "python"), *stage_cmd("pretrain@improved")[1:]], repo)
+    epoch = wait_for_state(repo, "pretrain/improved", proc)
     proc.send_signal(sig)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == code, out
@@ -296,11 +300,11 @@ def test_an_interrupted_stage_says_where_it_stopped_in_one_line(slow_downloaded,
 
 def test_changed_params_start_over_instead_of_resuming(slow_downloaded, tmp_path):
     repo = copy_built(slow_downloaded, tmp_path / "repo")
-    kill_after_first_checkpoint(repo, "pretrain_original", "pretrain_original")
-    assert len(scratch_states(repo, "pretrain_original")) == 1
+    kill_after_first_checkpoint(repo, "pretrain/original", "pretrain@original")
+    assert len(scratch_states(repo, "pretrain/original")) == 1
     set_param(repo, "pretrain.base_lr", 3e-3)
     set_param(repo, "pretrain.epochs", 1)
-    proc = dvc("repro", "pretrain_original", cwd=repo)
+    proc = dvc("repro", "pretrain@original", cwd=repo)
     out = proc.stdout + proc.stderr
     assert "resuming" not in out and "pretrain original epoch 1/1:" in out  # the new schedule, from the start
     assert "removed the resumable state of 1 other run(s)" in out  # the old params' state: nothing resumes it
@@ -309,7 +313,7 @@ def test_changed_params_start_over_instead_of_resuming(slow_downloaded, tmp_path
 def test_diverging_loss_stops_with_a_clear_message(repo):
     set_param(repo, "pretrain.base_lr", 1e12)
     set_param(repo, "pretrain.warmup_epochs", 0.0)
-    proc = dvc("repro", "pretrain_original", cwd=repo, check=False)
+    proc = dvc("repro", "pretrain@original", cwd=repo, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "the loss became" in out and "pretrain.base_lr" in out and "Traceback" not in out

@@ -17,6 +17,7 @@ import yaml
 
 from conftest import REPO, copy_built, copy_repo, dvc, git
 from mae_exp.evaluation import palette
+from mae_exp.evaluation.report import write_curves
 from mae_exp.plots_page import CHROMIUM, RAW_PREFIX, SECTIONS, TEMPLATE, VENDOR, look, problems, template_html
 
 ENCODER_TEMPLATE = REPO / ".dvc" / "plots" / "encoders.json"
@@ -42,9 +43,23 @@ def stage_plots(repo: Path = REPO) -> set[str]:
     return found
 
 
-def test_the_encoder_template_colours_are_the_palettes():
-    scale = json.loads(ENCODER_TEMPLATE.read_text())["encoding"]["color"]["scale"]
-    assert dict(zip(scale["domain"], scale["range"])) == palette.ENCODERS
+def test_the_encoder_template_colours_each_line_as_its_rows_say(tmp_path):
+    """The template names no recipe: each line takes the colour its rows carry (`range: {field: colour}`), and
+    the report writes each encoder's rows in the palette's colour for its place in `recipes` (random grey)."""
+    color = json.loads(ENCODER_TEMPLATE.read_text())["encoding"]["color"]
+    assert color["field"] == "encoder" and color["scale"] == {"range": {"field": "colour"}}
+    for stage, encoders in (("pretrain", ("a", "b", "c")), ("finetune", ("random", "a", "b", "c"))):
+        for name in encoders:
+            curve = tmp_path / "metrics" / stage / name / "plots" / "metrics" / "loss.tsv"
+            curve.parent.mkdir(parents=True)
+            curve.write_text("step\tloss\n1\t2.0\n2\t1.5\n")
+    write_curves(tmp_path / "metrics", ("random", "a", "b", "c"), tmp_path / "curves")
+    for stage in ("pretrain", "finetune"):
+        rows = [line.split("\t") for line in (tmp_path / f"curves/{stage}_loss.tsv").read_text().splitlines()]
+        assert rows[0] == ["step", "loss", "encoder", "colour"]
+        colours = {row[2]: row[3] for row in rows[1:]}
+        assert colours == {e: c for e, c in palette.encoder_colours(("random", "a", "b", "c")).items() if e in colours}
+    assert palette.encoder_colours(("random", "a", "b")) == {"random": "#8c8c8c", "a": "#1f77b4", "b": "#ff7f0e"}
 
 
 def test_every_encoder_and_study_arm_has_its_own_colour():
@@ -64,15 +79,14 @@ def test_every_encoder_and_study_arm_has_its_own_colour():
     assert colours["improved: all"] == palette.ENCODERS["improved"]  # the full recipe is "improved"
 
 
-def test_the_encoder_template_names_the_encoder_of_every_curated_file():
-    """The template reads the encoder from the file path with its regexp; every curated file must match it,
-    one line per encoder."""
-    calculate = json.loads(ENCODER_TEMPLATE.read_text())["transform"][0]["calculate"]
-    pattern = re.search(r"regexp\('([^']+)'\)", calculate).group(1)
+def test_every_curated_plot_reads_one_combined_file_of_the_report():
+    """Each curated plot draws metrics/curves/<stage>_<curve>.tsv, which the report writes from every encoder's
+    DVCLive curve <curve>.tsv of that stage: one file, its y field the curve's name."""
     for plot_id, props in curated().items():
         assert props.get("template") == "encoders", plot_id
-        names = [re.sub(pattern, r"\1", path) for path in props["y"]]
-        assert len(set(names)) == len(names) and set(names) <= set(palette.ENCODERS), (plot_id, names)
+        [(path, field)] = props["y"].items()
+        match = re.fullmatch(r"metrics/curves/(pretrain|linear_probe|finetune)_(\w+)\.tsv", path)
+        assert match and match.group(2) == field, (plot_id, path, field)
 
 
 def test_no_image_is_declared_twice():
@@ -142,7 +156,10 @@ def test_the_page_draws_every_plot_offline_in_story_order(built, tmp_path):
     page = show(built, tmp_path / "page")
     seen = look(page)
     assert problems(seen, page) == []
-    raw_files = sorted((built / "metrics").glob("*/plots/metrics/*.tsv"))
+    raw_files = sorted((built / "metrics").glob("*/*/plots/metrics/*.tsv")) + sorted(
+        (built / "metrics/curves").glob("*")
+    )
+    assert len(raw_files) > len(list((built / "metrics/curves").glob("*")))
     assert set(seen.plots) == set(curated(built)) | {
         re.sub(r"[^A-Za-z0-9]", "_", str(f.relative_to(built))) for f in raw_files
     }
@@ -155,9 +172,9 @@ def test_the_page_draws_every_plot_offline_in_story_order(built, tmp_path):
     assert story.index("workspace_plots_comparison.png") < story.index('id="pretrain_mse"')
     assert story.index('id="finetune_loss"') < story.index("workspace_plots_reconstruction.png")
     assert f'id="{RAW_PREFIX}' not in story and raw.count(f'id="{RAW_PREFIX}') == len(raw_files)
-    # one line per encoder, named by the path the template reads it from (DVC drops the common "metrics/")
+    # one line per encoder, named by its rows' `encoder` and drawn in their `colour`
     finetune = specs(page)["finetune_val_top1"]["data"]["values"]
-    assert {row["filename"].split("/")[0] for row in finetune} == {f"finetune_{e}" for e in palette.ENCODERS}
+    assert {(row["encoder"], row["colour"]) for row in finetune} == set(palette.ENCODERS.items())
 
 
 @pytest.mark.slow
@@ -186,9 +203,10 @@ def test_the_check_fails_on_a_broken_plot_a_doubled_image_and_a_network_request(
 
 @pytest.mark.slow
 def test_plots_diff_against_an_experiment_draws_both_revisions_on_the_curated_plots(built, tmp_path):
-    # the stage that makes the new curves only: every other file is in the experiment as HEAD had it, so
-    # every curated plot has both revisions (the evaluation stages after it would add half a minute, not coverage)
-    proc = dvc("exp", "run", "-S", "improved.lambda_freq=0.1", "pretrain_improved", cwd=built)
+    # the stage that makes the new curves and the report that collects them, alone (--single-item): every other
+    # file is in the experiment as HEAD had it, so every curated plot has both revisions (the evaluation stages
+    # between them would add half a minute, not coverage)
+    proc = dvc("exp", "run", "-s", "-S", "improved.lambda_freq=0.1", "pretrain@improved", "report", cwd=built)
     exp = re.search(r"Ran experiment\(s\): (\S+)", proc.stdout + proc.stderr).group(1)
     head = "HEAD"  # DVC names a revision as it was given
     page = show(built, tmp_path / "page", head, exp)
@@ -201,7 +219,7 @@ def test_plots_diff_against_an_experiment_draws_both_revisions_on_the_curated_pl
     # the experiment changed the improved branch only: its curves differ between the revisions, original's not
     mse = drawn["pretrain_mse"]["data"]["values"]
     by = {
-        (rev, enc): [row["mse"] for row in mse if row["rev"] == rev and f"_{enc}/" in row["filename"]]
+        (rev, enc): [row["mse"] for row in mse if row["rev"] == rev and row["encoder"] == enc]
         for rev in (head, exp)
         for enc in ("original", "improved")
     }

@@ -12,7 +12,7 @@ import torch
 
 from conftest import REPO
 from mae_exp.data.prepared import ImageRows, PreparedWriter, labeled, load_split, pretraining_set
-from mae_exp.plumbing.runtime import resident_images, select_rows
+from mae_exp.training.runtime import resident_images, select_rows
 
 SIZE = 4
 TRAIN_CLASSES = [0] * 20 + [1] * 7 + [2] * 3 + [3] * 1  # imbalanced; class 3 has a single image

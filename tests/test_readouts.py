@@ -22,8 +22,8 @@ from mae_exp.evaluation.probe import (
     stratified_folds,
     train_grid,
 )
-from mae_exp.plumbing.runtime import batches
 from mae_exp.training.optim import best, grid, warmup_cosine
+from mae_exp.training.runtime import batches
 
 # four training features in 2-D; the query (1, 0) has cosine similarity 1, 0, 0.6, -1 to them
 TRAIN_X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]])
@@ -59,10 +59,10 @@ def test_knn_uses_cosine_similarity_and_at_most_every_training_feature():
 
 @pytest.fixture(scope="module")
 def probed(tiny_downloaded, tmp_path_factory):
-    """A tiny-config copy after `dvc repro linear_probe@random`: the data prepared, the random encoder
+    """A tiny-config copy after `dvc repro linear_probe_random`: the data prepared, the random encoder
     written (no pre-training), its probe stage run; and that run's output."""
     repo = copy_built(tiny_downloaded, tmp_path_factory.mktemp("probed") / "repo")
-    return repo, dvc("repro", "linear_probe@random", cwd=repo)
+    return repo, dvc("repro", "linear_probe_random", cwd=repo)
 
 
 @pytest.mark.slow
@@ -73,7 +73,7 @@ def test_the_probe_stage_writes_every_readout_where_dvc_metrics_show_finds_it(pr
         "heads (4 settings of lr x weight decay) and kNN (4 of k x T), each chosen by 5-fold cross-validation on "
         "the labeled train split"
     ) in out.stdout + out.stderr
-    path = "metrics/linear_probe_random/metrics.json"
+    path = "metrics/linear_probe/random/metrics.json"
     written = json.loads((repo / path).read_text())
     keys = [f"{r}_{split}top1" for r in READOUTS for split in ("", "val_", "cv_")]
     for key in keys:
@@ -81,13 +81,13 @@ def test_the_probe_stage_writes_every_readout_where_dvc_metrics_show_finds_it(pr
     assert written["test_images"] == 100
     assert set(written["chosen"]) == set(written["search"]) == set(READOUTS)
     for pooling in ("cls", "mean"):  # a curve per head, per epoch (3 in the tiny config)
-        tsv = (repo / "metrics/linear_probe_random/plots/metrics" / f"linear_{pooling}_val_top1.tsv").read_text()
+        tsv = (repo / "metrics/linear_probe/random/plots/metrics" / f"linear_{pooling}_val_top1.tsv").read_text()
         assert len(tsv.splitlines()) == 1 + 3
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo).stdout)
     data = next(iter(shown.values()))["data"][path]["data"]
     assert {k: data[k] for k in keys} == {k: written[k] for k in keys}
     # the registry reads the test and validation keys (what the report and the study show)
-    registered = {m.key for m in MEASURES.values() if m.file("x").startswith("metrics/linear_probe_")}
+    registered = {m.key for m in MEASURES.values() if m.file("x").startswith("metrics/linear_probe/")}
     assert registered == {k for k in keys if "_cv_" not in k}
     # the test predictions, a DVC output of the stage, give exactly the accuracy reported, for every readout
     assert "path: predictions/linear_probe_random.npz" in (repo / "dvc.lock").read_text()
@@ -399,9 +399,9 @@ def test_every_encoder_gets_the_same_search(tmp_path):
     (repo / "params.yaml").write_text(params.replace("base_lr: [1.0e-3]", "base_lr: [1.0e-3, 3.0e-2]"))
     git("commit", "-qam", "a fine-tuning grid of two points", cwd=repo)
     encoders = ("random", "original")
-    dvc("repro", *(f"{stage}@{e}" for stage in ("linear_probe", "finetune") for e in encoders), cwd=repo)
-    probe = {e: json.loads((repo / f"metrics/linear_probe_{e}/metrics.json").read_text()) for e in encoders}
-    tuned = {e: json.loads((repo / f"metrics/finetune_{e}/metrics.json").read_text()) for e in encoders}
+    dvc("repro", "linear_probe_random", "finetune_random", "linear_probe@original", "finetune@original", cwd=repo)
+    probe = {e: json.loads((repo / f"metrics/linear_probe/{e}/metrics.json").read_text()) for e in encoders}
+    tuned = {e: json.loads((repo / f"metrics/finetune/{e}/metrics.json").read_text()) for e in encoders}
 
     def points(search: dict) -> list[tuple]:
         axes = [axis for axis in search if axis not in ("val_top1", "cv_top1")]

@@ -32,22 +32,22 @@ PRETRAIN_OUTS = ("models/original/checkpoint.pt", "models/original/encoder.pt")
 
 
 def kill_once_two_states_exist(repo: Path, *flags: str) -> Path:
-    """`dvc repro [flags] pretrain_original`, SIGKILLed (dvc and the stage) once prev.pt is written; the state
+    """`dvc repro [flags] pretrain@original`, SIGKILLed (dvc and the stage) once prev.pt is written; the state
     folder."""
-    proc = start([str(BIN / "dvc"), "repro", *flags, "pretrain_original"], repo)
+    proc = start([str(BIN / "dvc"), "repro", *flags, "pretrain@original"], repo)
     deadline = time.monotonic() + 600
-    while not list((repo / "scratch/pretrain_original").glob("*/prev.pt")):
+    while not list((repo / "scratch/pretrain/original").glob("*/prev.pt")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    [state_dir] = (repo / "scratch/pretrain_original").iterdir()
+    [state_dir] = (repo / "scratch/pretrain/original").iterdir()
     return state_dir
 
 
 def outputs(repo: Path) -> dict:
     """md5 of every .pt the stage wrote, and what dvc.lock records for its outs."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["pretrain_original"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["pretrain@original"]
     recorded = {o["path"]: o["md5"] for o in lock["outs"] if o["path"].endswith(".pt")}
     return {"files": {o: md5(repo / o) for o in PRETRAIN_OUTS}, "dvc.lock": recorded}
 
@@ -58,7 +58,7 @@ def test_killed_resumed_and_fallen_back_runs_write_the_bytes_of_an_uninterrupted
     set_param(repo, "pretrain.epochs", 4)  # states after epochs 1, 2, 3
 
     kill_once_two_states_exist(repo)  # first run: nothing in the run-cache yet
-    proc = dvc("repro", "pretrain_original", cwd=repo)
+    proc = dvc("repro", "pretrain@original", cwd=repo)
     assert "resuming pretrain original" in proc.stdout + proc.stderr
     resumed = outputs(repo)
 
@@ -66,12 +66,12 @@ def test_killed_resumed_and_fallen_back_runs_write_the_bytes_of_an_uninterrupted
     last = state_dir / "last.pt"
     if last.exists():  # killed after prev.pt, maybe before last.pt: damage it when it is there
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    proc = dvc("repro", "--force", "--single-item", "pretrain_original", cwd=repo)
+    proc = dvc("repro", "--force", "--single-item", "pretrain@original", cwd=repo)
     out = proc.stdout + proc.stderr
     assert "resuming pretrain original" in out, out
     fallen_back = outputs(repo)
 
-    dvc("repro", "--force", "--single-item", "pretrain_original", cwd=repo)
+    dvc("repro", "--force", "--single-item", "pretrain@original", cwd=repo)
     straight = outputs(repo)
     assert resumed == straight
     assert fallen_back == straight
@@ -83,7 +83,7 @@ def test_killed_resumed_and_fallen_back_runs_write_the_bytes_of_an_uninterrupted
 
 @pytest.fixture(scope="module")
 def built(tiny_built, tmp_path_factory) -> Path:
-    """download, init_random and pretrain_original run by `dvc repro`: this module's copy of `tiny_built`."""
+    """download, init_random and pretrain@original run by `dvc repro`: this module's copy of `tiny_built`."""
     return copy_built(tiny_built, tmp_path_factory.mktemp("built") / "repo")
 
 
@@ -120,7 +120,7 @@ def test_a_corrupt_cache_object_from_a_plain_pull_gets_commands_that_repair_it(b
     [line] = error_lines(proc)
     assert f"{rel} is corrupt" in line and "DVC's cached copy is corrupt too" in line
     rm, repro, _ = backticked(line)
-    assert rm == f"rm -f .dvc/cache/files/md5/{good[:2]}/{good[2:]}" and repro == "dvc repro --force pretrain_original"
+    assert rm == f"rm -f .dvc/cache/files/md5/{good[:2]}/{good[2:]}" and repro == "dvc repro --force pretrain@original"
     for command in (rm, repro):  # the message's own commands, as a user types them
         run(["bash", "-c", command], clone)
     assert md5(clone / rel) == good
@@ -150,15 +150,15 @@ def tmpfs(where: Path, size: str):
 def test_a_full_disk_under_dvclives_directory_names_the_file(built):
     staging = built / "scratch/live"  # open_live: DVCLive writes here, end() moves it to metrics/<name>
     with tmpfs(staging, "4k"):
-        proc = stage(built, "linear_probe@random")
+        proc = stage(built, "linear_probe_random")
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert re.search(
-        r"no space left on device while writing scratch/live/linear_probe_random/\S+ \(metrics/"
-        r"linear_probe_random was left as it was\)",
+        r"no space left on device while writing scratch/live/metrics/linear_probe/random/\S+ \(metrics/"
+        r"linear_probe/random was left as it was\)",
         line,
     ), line
-    assert not (built / "metrics/linear_probe_random").exists()
+    assert not (built / "metrics/linear_probe/random").exists()
 
 
 def test_a_full_disk_under_downloads_output_names_the_array(built):

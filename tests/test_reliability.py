@@ -18,7 +18,7 @@ import yaml
 from test_pipeline import set_param, start
 
 from conftest import BIN, BUILT, copy_built, dvc, run, stage_cmd
-from mae_exp.plumbing.checkpoints import CorruptCheckpoint, load_encoder, load_mae, read_checkpoint
+from mae_exp.checkpoints import CorruptCheckpoint, load_encoder, load_mae, read_checkpoint
 from mae_exp.plumbing.config import load_params
 
 
@@ -79,7 +79,7 @@ def flip_tensor_byte(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def built(tiny_built, tmp_path_factory) -> Path:
-    """download, init_random and pretrain_original run by `dvc repro`: this module's copy of `tiny_built`."""
+    """download, init_random and pretrain@original run by `dvc repro`: this module's copy of `tiny_built`."""
     return copy_built(tiny_built, tmp_path_factory.mktemp("built") / "repo")
 
 
@@ -90,8 +90,8 @@ def built(tiny_built, tmp_path_factory) -> Path:
 def test_running_stages_again_gives_the_same_bytes_and_the_same_dvc_lock(built):
     outs = ["models/random/encoder.pt", "models/original/checkpoint.pt", "models/original/encoder.pt"]
     before, lock = {o: md5(built / o) for o in outs}, locked_outputs(built)
-    proc = dvc("repro", "--force", "init_random", "pretrain_original", cwd=built)
-    assert "Running stage 'pretrain_original'" in proc.stdout
+    proc = dvc("repro", "--force", "init_random", "pretrain@original", cwd=built)
+    assert "Running stage 'pretrain@original'" in proc.stdout
     assert {o: md5(built / o) for o in outs} == before
     assert locked_outputs(built) == lock  # data/prepared too: the run-cache can match across clones
 
@@ -114,13 +114,13 @@ def test_a_flipped_byte_in_an_encoder_stops_the_probe_with_one_line_naming_the_f
     path = built / "models/random/encoder.pt"
     good = md5(path)
     flip_tensor_byte(path)
-    proc = stage(built, "linear_probe@random")
+    proc = stage(built, "linear_probe_random")
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert "models/random/encoder.pt is corrupt" in line and "digest" in line
     fix = "dvc checkout --force models/random/encoder.pt"
     assert f"`{fix}`" in line and "`dvc repro --force init_random`" in line
-    assert not (built / "metrics/linear_probe_random/metrics.json").exists()
+    assert not (built / "metrics/linear_probe/random/metrics.json").exists()
     dvc(*fix.split()[1:], cwd=built)  # the command the message gives repairs it
     assert md5(path) == good
     load_encoder(path, load_params(built / "params.yaml"))
@@ -148,12 +148,12 @@ def test_visualize_loader_checks_digest_and_model(built):
 
 def test_a_diverging_probe_stops_naming_its_lr_instead_of_reporting_chance(built):
     # finite, so it passes validation; .inf does not
-    proc = stage_with_params(built, "linear_probe@random", linear_probe__lr=[1e30])  # every grid point diverges
+    proc = stage_with_params(built, "linear_probe_random", linear_probe__lr=[1e30])  # every grid point diverges
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert "linear probe (" in line and "the training loss became" in line
     assert "lower linear_probe.lr (now 1e+30)" in line
-    assert not (built / "metrics/linear_probe_random/metrics.json").exists()
+    assert not (built / "metrics/linear_probe/random/metrics.json").exists()
 
 
 def test_an_infinite_float_is_refused_before_any_work(built):
@@ -177,25 +177,26 @@ def files_under(directory: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def killed_state(tiny_downloaded, tmp_path_factory):
-    """pretrain_original run straight through (its weights and metrics), then run again and SIGKILLed once
+    """pretrain@original run straight through (its weights and metrics), then run again and SIGKILLed once
     it has saved two resumable states (last.pt and prev.pt): that scratch/, and the metrics after the kill."""
     root = tmp_path_factory.mktemp("state")
     repo = copy_built(tiny_downloaded, root / "repo")
     set_param(repo, "pretrain.epochs", 4)  # states after epochs 1, 2, 3: two epochs to catch last.pt + prev.pt
-    assert stage(repo, "pretrain_original").returncode == 0
+    assert stage(repo, "recipe_needs@original").returncode == 0  # what pre-training reads first
+    assert stage(repo, "pretrain@original").returncode == 0
     straight = torch.load(repo / "models/original/checkpoint.pt", weights_only=False)["model_state"]
-    finished = files_under(repo / "metrics/pretrain_original")
-    proc = start([str(BIN / "python"), *stage_cmd("pretrain_original", repo)[1:]], repo)
+    finished = files_under(repo / "metrics/pretrain/original")
+    proc = start([str(BIN / "python"), *stage_cmd("pretrain@original", repo)[1:]], repo)
     deadline = time.monotonic() + 300
-    while not list((repo / "scratch/pretrain_original").glob("*/prev.pt")):
+    while not list((repo / "scratch/pretrain/original").glob("*/prev.pt")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
         time.sleep(0.02)
-    while not list((repo / "scratch/pretrain_original").glob("*/last.pt")):  # written just after prev.pt
+    while not list((repo / "scratch/pretrain/original").glob("*/last.pt")):  # written just after prev.pt
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     shutil.copytree(repo / "scratch", root / "saved")
-    return repo, root / "saved", straight, finished, files_under(repo / "metrics/pretrain_original")
+    return repo, root / "saved", straight, finished, files_under(repo / "metrics/pretrain/original")
 
 
 @pytest.mark.slow
@@ -203,7 +204,7 @@ def test_a_killed_stage_leaves_the_last_finished_runs_metrics_whole(killed_state
     repo, saved, _, finished, after_kill = killed_state
     assert "metrics.json" in finished and "plots/metrics/mse.tsv" in finished
     assert after_kill == finished
-    assert (saved / "live/pretrain_original/plots/metrics/mse.tsv").is_file()  # the killed run logged there
+    assert (saved / "live/metrics/pretrain/original/plots/metrics/mse.tsv").is_file()  # the killed run logged there
 
 
 def truncate(path: Path) -> None:
@@ -229,11 +230,11 @@ def test_a_damaged_resumable_state_is_set_aside_in_one_line_and_the_run_ends_as_
     repo, saved, straight, _, _ = killed_state
     shutil.rmtree(repo / "scratch", ignore_errors=True)
     shutil.copytree(saved, repo / "scratch")
-    [state_dir] = (repo / "scratch/pretrain_original").iterdir()
+    [state_dir] = (repo / "scratch/pretrain/original").iterdir()
     prev_epoch = read_checkpoint(state_dir / "prev.pt", "")["epoch"]
     for name, hurt in damage.items():
         hurt(state_dir / name)
-    proc = stage(repo, "pretrain_original")
+    proc = stage(repo, "pretrain@original")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in out, out
     warnings = [line for line in out.splitlines() if line.startswith("warning:")]
@@ -353,7 +354,7 @@ def test_a_file_as_data_root_is_one_line_naming_the_key(built):
 
 def test_finetune_refuses_a_batch_larger_than_its_train_images_instead_of_capping_it(built):
     # <= data.shapes.train (100), > the 90 left after validation
-    proc = stage_with_params(built, "finetune@random", finetune__batch_size=95)
+    proc = stage_with_params(built, "finetune_random", finetune__batch_size=95)
     assert proc.returncode == 1
     [line] = error_lines(proc)
     assert "finetune.batch_size (95) is larger than the 90 train images" in line
@@ -362,7 +363,7 @@ def test_finetune_refuses_a_batch_larger_than_its_train_images_instead_of_cappin
 def test_a_run_removes_the_states_other_params_left_in_its_scratch(tmp_path, capsys):  # item 5
     from mae_exp.training.train import Schedule, Trainer
 
-    stage_dir = tmp_path / "scratch/pretrain_original"
+    stage_dir = tmp_path / "scratch/pretrain/original"
     for key in ("old_params", "mine"):
         (stage_dir / key).mkdir(parents=True)
         (stage_dir / key / "prev.pt").write_bytes(b"a state")

@@ -200,7 +200,7 @@ def test_two_srun_tasks_pretrain_as_one_process_does(cluster_runs_jobs, tiny_dow
     one = copy_repo(tmp_path / "one")
     set_params(one, threads=1)
     shutil.copytree(two / "data" / "prepared", one / "data" / "prepared")
-    cmd = stage_cmd("pretrain_original")
+    cmd = stage_cmd("pretrain@original")
     proc = run(
         ["srun", "--immediate=120", "-n", "2", "--cpus-per-task", "1", "--kill-on-bad-exit=1", *cmd],
         two,
@@ -346,7 +346,7 @@ def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(cluster_runs
     base = cluster / "scratch" / "slurm"
     work = base / "s42-all" / "repo"
     deadline = time.monotonic() + 600
-    while not list((work / "scratch" / "pretrain_original").glob("*/last.pt")):
+    while not list((work / "scratch" / "pretrain@original").glob("*/last.pt")):
         assert time.monotonic() < deadline, cluster_report(base)
         time.sleep(0.05)
     run(["scancel", "--signal=USR1", "--batch", first_id], cluster)
@@ -370,7 +370,7 @@ def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(cluster_runs
     states = wait_for_jobs(base, timeout=900)
     assert {name: s["state"] for name, s in states.items()} == dict.fromkeys([name, *ids], "done"), states
     for later in ids:
-        assert "Stage 'pretrain_original' is cached - skipping run" in (base / later / "slurm.log").read_text()
+        assert "Stage 'pretrain@original' is cached - skipping run" in (base / later / "slurm.log").read_text()
 
     # the preempted pre-training ends with the weights of the uninterrupted one; so do the others
     for name in ("s42-all", *ids):

@@ -39,10 +39,10 @@ def test_stl10_32_runs_end_to_end_on_a_generated_archive(tmp_path):
     dvc("repro", cwd=repo, timeout=3000)  # a minute or two on an idle 2-core CPU
     meta = load_meta(repo / "data" / "prepared")
     assert meta["source"] == "stl10" and meta["image_size"] == 32 and meta["sizes"] == sizes
-    pre = json.loads((repo / "metrics" / "pretrain_improved" / "metrics.json").read_text())
+    pre = json.loads((repo / "metrics" / "pretrain" / "improved" / "metrics.json").read_text())
     assert pre["images"] == 124 and pre["steps"] == 8 and pre["flops"] > 0
     comparison = json.loads((repo / "metrics" / "comparison.json").read_text())
     assert {"random", "original", "improved", "improved_minus_original"} <= set(comparison)
     for encoder in ("random", "original", "improved"):
-        top1 = json.loads((repo / "metrics" / f"finetune_{encoder}" / "metrics.json").read_text())["top1"]
+        top1 = json.loads((repo / "metrics" / "finetune" / encoder / "metrics.json").read_text())["top1"]
         assert 0.0 <= top1 <= 1.0

@@ -22,12 +22,13 @@ import yaml
 from scipy import stats
 
 from conftest import BIN, REPO, copy_repo, dvc, git, ran_stages, run
-from mae_exp.plumbing.config import ENCODERS, ConfigError, arm_params, as_dict, load_params, parse_params
+from mae_exp.plumbing.config import ConfigError, arm_params, as_dict, load_params, parse_params
+from mae_exp.recipes import check_all
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
 from mae_exp.study.edges import choices, edge_counts, summary_warning, unsearched, warning_lines
 from mae_exp.study.jobs import Job, sigint_default
-from mae_exp.study.metrics import METRICS
+from mae_exp.study.metrics import ENCODERS, METRICS
 from mae_exp.study.queue import plan
 from mae_exp.study.report import sentence
 from mae_exp.study.results import (
@@ -326,12 +327,12 @@ def exp_params(seed: int, ablation: str | None = None, **changes) -> dict:
 def exp_metrics(lp_original: float, lp_improved: float) -> dict:
     """The metrics files of one experiment, in the pipeline's layout (one DVCLive directory per stage)."""
     m = {
-        f"metrics/linear_probe_{e}/metrics.json": {"linear_mean_top1": v, "linear_mean_val_top1": v - 0.01}
+        f"metrics/linear_probe/{e}/metrics.json": {"linear_mean_top1": v, "linear_mean_val_top1": v - 0.01}
         for e, v in (("random", 0.1), ("original", lp_original), ("improved", lp_improved))
     }
     m.update(
         {
-            f"metrics/finetune_{e}/metrics.json": {"top1": 0.2, "val_top1": 0.19}
+            f"metrics/finetune/{e}/metrics.json": {"top1": 0.2, "val_top1": 0.19}
             for e in ("random", "original", "improved")
         }
     )
@@ -426,9 +427,9 @@ def save_experiment(repo, name: str, params: dict, metrics: dict) -> None:
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text(json.dumps(value))
     for encoder in ("random", "original", "improved"):  # DVCLive's fine-tuning curve: two epochs, ending at top1
-        curve = repo / f"metrics/finetune_{encoder}/plots/metrics/val_top1.tsv"
+        curve = repo / f"metrics/finetune/{encoder}/plots/metrics/val_top1.tsv"
         curve.parent.mkdir(parents=True, exist_ok=True)
-        top1 = metrics.get(f"metrics/linear_probe_{encoder}/metrics.json", {}).get("linear_mean_top1", 0.0)
+        top1 = metrics.get(f"metrics/linear_probe/{encoder}/metrics.json", {}).get("linear_mean_top1", 0.0)
         curve.write_text(f"step\tval_top1\n10\t{top1 / 2}\n20\t{top1}\n")
     if name:
         dvc("exp", "save", "-n", name, cwd=repo)
@@ -520,11 +521,11 @@ def chosen_row(name: str, seed: int, created: str, lr: dict | None = None, k: di
     grid; no logistic probe (an experiment from before it)."""
     metrics = exp_metrics(0.5, 0.6)
     for e in ("random", "original", "improved"):
-        metrics[f"metrics/linear_probe_{e}/metrics.json"]["chosen"] = {
+        metrics[f"metrics/linear_probe/{e}/metrics.json"]["chosen"] = {
             "linear_cls": {"lr": (lr or {}).get(e, 0.1), "weight_decay": 0.0},
             "knn_cls": {"k": (k or {}).get(e, 20), "temperature": 0.07},
         }
-        metrics[f"metrics/finetune_{e}/metrics.json"]["chosen"] = {"base_lr": 1e-3, "layer_decay": 0.75}
+        metrics[f"metrics/finetune/{e}/metrics.json"]["chosen"] = {"base_lr": 1e-3, "layer_decay": 0.75}
     return exp_row(name, exp_params(seed, **EDGE_GRIDS), metrics, created)
 
 
@@ -693,8 +694,8 @@ def test_bad_study_sections_name_the_key(study, words):
             else TINY["study"]["primary"],
             **study,
         }
-    with pytest.raises(ConfigError) as err:
-        parse_params(with_study(**study))
+    with pytest.raises(ConfigError) as err:  # the recipes' own settings: their functions check them (check_all)
+        check_all(parse_params(with_study(**study)))
     for word in words:
         assert word in str(err.value)
 
@@ -962,10 +963,10 @@ def test_a_study_end_to_end(tiny_reproduced, tmp_path):
     # every stage that trains or reads an encoder is restored; `report` may run: its deps are the metrics files,
     # which hold wall times, and the run-cache holds two runs of some stages (tiny_built's, tiny_reproduced's)
     assert ran_stages(restored) <= {"report"}, restored
-    assert "Stage 'pretrain_improved' is cached - skipping run" in restored
+    assert "Stage 'pretrain@improved' is cached - skipping run" in restored
     logs = (repo / "scratch" / "study" / "s43-laplacian_only-e3.log").read_text()
-    assert "Stage 'pretrain_original' is cached - skipping run" in logs
-    assert "Running stage 'pretrain_improved'" in logs
+    assert "Stage 'pretrain@original' is cached - skipping run" in logs
+    assert "Running stage 'pretrain@improved'" in logs
 
     # again: nothing new is queued, and existing names are no error
     proc = study("queue", cwd=repo)
@@ -1163,3 +1164,27 @@ def test_the_steps_partner_is_the_same_recipe_given_other_steps_alone():
         other_short={"improved.steps_factor": 0.9, "improved.lambda_freq": 0.0},  # another recipe as well
     )
     assert steps_partners(parse_params(raw)) == {"all": "improved_flops_matched", "laplacian_only": "laplacian_short"}
+
+
+def test_a_design_from_before_recipes_were_data_still_reads(tmp_path):
+    """A clone pinned to the second study's design (27db230) has no `recipes:` and no `recipe:` keys: load_study
+    fills them with what those experiments ran with (results.LEGACY), and params_of does the same for their rows,
+    so today's report identifies them."""
+    from mae_exp.plumbing.config import with_overrides
+    from mae_exp.study.results import LEGACY, arm_override_values, arms, identify, load_study
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    old = copy.deepcopy(raw)
+    del old["recipes"], old["smae"]
+    for name in ("original", "improved"):
+        del old[name]["recipe"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
+    current, study_raw = load_study(tmp_path / "params.yaml")
+    assert current.recipes == tuple(LEGACY["recipes"]) and current.recipe("improved").recipe == "mae"
+    # an experiment of that design: its params as exp_show gives them, without the keys added since
+    p = with_overrides(current, {**arm_override_values(current, arms(current)["all"]), "seed": 201})
+    row = {"params.yaml:" + k: v for k, v in flatten(as_dict(p)).items() if k.split(".")[0] not in ("recipes", "smae")}
+    row = {k: v for k, v in row.items() if not k.endswith(".recipe")}
+    assert identify(row, study_raw, current)[1] == "all"
+    broken = {**row, "params.yaml:improved.lambda_freq": 0.5}
+    assert isinstance(identify(broken, study_raw, current), str)  # a changed value still tells arms apart

@@ -413,8 +413,11 @@ def test_push_killed_midway_completes_when_run_again(sshd: SSHServer, from_nas: 
 def test_an_experiment_travels_with_its_checkpoints(sshd: SSHServer, over_ssh: Published, tmp_path):
     a = over_ssh.a
     # only the stage that makes new checkpoints: the evaluation stages after it would add a minute, not coverage
-    proc = dvc("exp", "run", "-n", "freq02", "-S", "improved.lambda_freq=0.2", "pretrain_improved", cwd=a)
-    assert ran_stages(proc.stdout + proc.stderr) == {"pretrain_improved"}
+    proc = dvc("exp", "run", "-n", "freq02", "-S", "improved.lambda_freq=0.2", "pretrain@improved", cwd=a)
+    assert ran_stages(proc.stdout + proc.stderr) == {
+        "recipe_needs@improved",
+        "pretrain@improved",
+    }  # it, and what it reads
     experiment = results(a)
     assert experiment["models/improved/checkpoint.pt"] != over_ssh.results["models/improved/checkpoint.pt"]
     dvc("exp", "push", "origin", "freq02", cwd=a)
@@ -426,12 +429,12 @@ def test_an_experiment_travels_with_its_checkpoints(sshd: SSHServer, over_ssh: P
     row = next((r for r in rows if r["Experiment"] == "freq02"), None)
     assert row is not None, "freq02 missing from `dvc exp show` in the clone"
     assert float(row["improved.lambda_freq"]) == 0.2
-    a_mse = json.loads((a / "metrics" / "pretrain_improved" / "metrics.json").read_text())["final"]["mse"]
+    a_mse = json.loads((a / "metrics" / "pretrain" / "improved" / "metrics.json").read_text())["final"]["mse"]
     # DVC names a metric column by its key, prefixed with its file where two files share the key
-    [column] = [c for c in row if c.endswith("final.mse") and "pretrain_original" not in c]
+    [column] = [c for c in row if c.endswith("final.mse") and "pretrain/original" not in c]
     assert float(row[column]) == pytest.approx(a_mse)
 
     dvc("exp", "apply", "freq02", cwd=b)  # its checkpoints came with `exp pull`: nothing left to run
-    proc = dvc("repro", "pretrain_improved", cwd=b)
+    proc = dvc("repro", "pretrain@improved", cwd=b)
     assert ran_stages(proc.stdout + proc.stderr) == set(), proc.stdout
     assert results(b) == experiment

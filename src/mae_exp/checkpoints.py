@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..model import MaskedAutoencoderViT, ViTEncoder
-from .config import ModelConfig, Params
-from .files import save_torch
+from .model import MaskedAutoencoderViT, ViTEncoder
+from .plumbing.config import ModelConfig, Params
+from .plumbing.files import save_torch
 
 DIGEST = "sha256"  # the key under which a checkpoint stores the digest of everything else in it
 
@@ -154,10 +154,12 @@ def cached_copy(path: str | Path) -> Path | None:
 
 
 def restore_hint(path: str | Path) -> str:
-    """How to get a pipeline checkpoint back: models/<name>/... is written by init_random or pretrain_<name>.
+    """How to get a pipeline checkpoint back: models/<name>/... is written by init_random, or by pretrain@<name>
+    (needs.pt by recipe_needs@<name>).
     Asked once the file failed: the commands depend on what DVC's cache holds for it."""
     path = Path(path)
-    stage = "init_random" if path.parent.name == "random" else f"pretrain_{path.parent.name}"
+    name = path.parent.name
+    stage = "init_random" if name == "random" else f"{'recipe_needs' if path.name == 'needs.pt' else 'pretrain'}@{name}"
     repro = f"`dvc repro --force {stage}` writes it again"
     cached = cached_copy(path)
     if cached is not None and not cached.is_file():

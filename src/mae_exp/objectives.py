@@ -5,6 +5,7 @@ Original MAE: masked-patch MSE (in the model). The improved recipe adds (recipes
     on masked pixels only, so the decoder is pushed towards sharp edges rather than blurry means;
   - the uniformity loss of Wang & Isola (2020) on L2-normalised pooled encoder tokens, which spreads
     the batch over the hypersphere and discourages collapse of the representation.
+The SMAE recipe weighs its terms by learned uncertainty (uncertainty_weighted).
 """
 
 from __future__ import annotations
@@ -49,3 +50,16 @@ def uniformity(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """
     z = F.normalize(embeddings.float(), dim=-1)
     return torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log()
+
+
+def uncertainty_weighted(losses: list[torch.Tensor], log_vars: torch.Tensor) -> torch.Tensor:
+    """sum_i exp(-s_i) L_i + s_i: losses weighted by learned homoscedastic uncertainty (Kendall et al., 2018),
+    as SMAE combines its pixel and perceptual terms (s starting at -1 and -6).
+
+    `log_vars` (one s_i per loss) is trained with the model: a term's weight exp(-s_i) falls as its loss
+    grows, and the + s_i keeps s_i from running off to infinity (d/ds_i = 1 - exp(-s_i) L_i, zero at s_i = log L_i).
+    """
+    if len(losses) != log_vars.numel():
+        raise ValueError(f"{len(losses)} losses but {log_vars.numel()} log-variances")
+    s = log_vars.reshape(-1).float()
+    return (torch.exp(-s) * torch.stack([loss.float() for loss in losses]) + s).sum()

@@ -74,7 +74,7 @@ SECTIONS = [
     ("finetune_", "4. Fine-tuning"),
     ("plots_reconstruction_png", "5. Reconstructions under identical masks"),
 ]
-RAW_PREFIX = "metrics_"  # stage plots: DVCLive's per-file curves under metrics/<stage>/plots/
+RAW_PREFIX = "metrics_"  # stage plots: DVCLive's curves under metrics/<stage>/<encoder>/plots/, metrics/curves/
 
 SKELETON = """<!DOCTYPE html>
 <html>

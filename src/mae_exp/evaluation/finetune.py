@@ -28,14 +28,13 @@ from torch import nn
 
 from ..data.prepared import labeled, load_meta
 from ..model import ViTEncoder
-from ..plumbing import hf
 from ..plumbing.config import Params, as_dict, fingerprint
 from ..plumbing.files import save_predictions
 from ..plumbing.progress import console
-from ..plumbing.runtime import autocast, batches, eval_batch, open_live, resident_images, select_rows, setup
-from ..training import distributed
+from ..training import distributed, hf
 from ..training.augment import crop_and_flip_uint8, draw_crops
 from ..training.optim import FINETUNE_NO_DECAY, adamw, best, grid, layer_decay, param_groups
+from ..training.runtime import autocast, batches, eval_batch, open_live, resident_images, select_rows, setup
 from ..training.train import Schedule, Trainer
 
 

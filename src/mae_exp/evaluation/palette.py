@@ -1,7 +1,7 @@
 """The project's colours, in one place, so that every figure and the `dvc plots show` page agree.
 
 matplotlib figures (report.py's comparison, study/figure.py, study curves) read them from here; the
-Vega-Lite template .dvc/plots/encoders.json repeats ENCODERS in its colour scale, and
+Vega-Lite template .dvc/plots/encoders.json repeats the default recipes' colours in its colour scale, and
 tests/test_plots_page.py checks that the two agree.
 """
 
@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import re
 
-# random init is the floor (grey); the two pre-trainings get two colours that stay apart for colour-blind
-# readers (blue / orange)
-ENCODERS = {"random": "#8c8c8c", "original": "#1f77b4", "improved": "#ff7f0e"}
+RANDOM = "#8c8c8c"  # random init is the floor (grey)
+# recipes by their order in params.yaml's `recipes`: the baseline blue, the next orange (two colours that stay
+# apart for colour-blind readers), then the rest
+RECIPES = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+
+
+def encoder_colours(encoders) -> dict[str, str]:
+    """`random` grey, each recipe the colour of its place among the others (the baseline first)."""
+    recipes = [e for e in encoders if e != "random"]
+    return {e: RANDOM if e == "random" else RECIPES[recipes.index(e) % len(RECIPES)] for e in encoders}
+
+
+# the studies' two recipes and the random floor (their designs compare `improved` with `original`)
+ENCODERS = encoder_colours(("random", "original", "improved"))
 
 # the study's arms (params.yaml study.ablations): `all` is the full improved recipe; the others change one thing
 ARMS = {

@@ -34,16 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import load_encoder
 from ..data.prepared import labeled, load_meta
 from ..model import ViTEncoder
-from ..plumbing.checkpoints import load_encoder
 from ..plumbing.config import Params
 from ..plumbing.errors import TrainingDiverged, diverged
 from ..plumbing.files import save_predictions
 from ..plumbing.progress import console, progress
-from ..plumbing.runtime import autocast, batches, eval_batch, open_live, setup
 from ..training.distributed import describe
 from ..training.optim import best, grid, warmup_cosine
+from ..training.runtime import autocast, batches, eval_batch, open_live, setup
 from .measures import READOUTS, grid_edges
 
 POOLINGS = ("cls", "mean")

@@ -10,7 +10,7 @@ scored on the validation part (data.val_fraction of the labeled train split). Th
 Prints a table, best first, and appends the results to metrics/tuning.json (committed: the record of what
 was tried and what was chosen).
 The pipeline's stages already search their grids (params.yaml) for every encoder alike; this explores a
-grid by hand, on any one encoder (`--encoder`, default the original), to choose what the grids hold.
+grid by hand, on any one encoder (`--encoder`, default the baseline recipe), to choose what the grids hold.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..plumbing.cli import stage_paths
-from ..plumbing.config import ConfigError, load_params
+from ..plumbing.config import RANDOM, ConfigError, load_params
 from ..plumbing.progress import console
 
 
@@ -52,9 +52,9 @@ def only(value):
 
 def tune_linear_probe(p, encoder: str, points: list[dict], paths: dict[str, str], scratch: Path) -> list[dict]:
     """Both poolings' heads at every point (they train together), one row each."""
+    from ..checkpoints import load_encoder
     from ..data.prepared import labeled, load_meta
-    from ..plumbing.checkpoints import load_encoder
-    from ..plumbing.runtime import setup
+    from ..training.runtime import setup
     from .probe import accuracy, extract_features, train_heads
 
     device, amp_dtype = setup("auto", p.threads, p.seed)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--drop-path", type=float, nargs="+", dest="drop_path")
     ft.add_argument("--batch-size", type=int, nargs="+", dest="batch_size")
     for s in (lp, ft):
-        s.add_argument("--encoder", default="original", choices=["random", "original", "improved"])
+        s.add_argument("--encoder", help="random or a recipe section of params.yaml (default: the baseline)")
         s.add_argument("--out", default="metrics/tuning.json")
         s.add_argument("--scratch", default="scratch/tune", help="the runs' own resumable state and curves")
     a = ap.parse_args(argv)
@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         p = load_params("params.yaml")
     except ConfigError as e:
         console.print(f"[bold red]error:[/] {e}")
+        return 2
+    a.encoder = a.encoder or p.baseline
+    if a.encoder not in (RANDOM, *p.recipe_sections()):
+        console.print(f"[bold red]error:[/] --encoder must be random or one of {', '.join(p.recipe_sections())}")
         return 2
     skip = {"stage", "encoder", "out", "scratch"}
     current = getattr(p, a.stage)

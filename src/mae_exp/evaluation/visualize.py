@@ -1,13 +1,14 @@
-"""Reconstructions of both pre-trained models under identical masks, and masked-region quality.
+"""Reconstructions of every compared recipe's model under identical masks, and masked-region quality.
 
-The same noise tensor (from visualize.mask_seed) is passed to both models, so both see exactly the
-same visible patches. Rows of the grid: original | masked input | original-MAE | improved-MAE.
+The same noise tensor (from visualize.mask_seed) is passed to every model, so all see exactly the same
+visible patches: uniform random masks, whatever masking a recipe trained with (block-masked recipes are
+scored on the masks the baseline trained on). Columns of the grid: image | masked input | each recipe's MAE.
 Reconstructions paste the visible patches back and show the model's prediction where it was masked.
 The grid's images are drawn with visualize.mask_seed from every class in turn (a folder dataset's test
 split is sorted by class, so its first images would all be one class).
 Metrics, over the first visualize.eval_images test images, on masked patches only:
-  mse:      the pre-training objective, MSE against per-patch normalised pixels (the same term for both
-            variants, whatever else the improved one adds to its loss)
+  mse:      the pre-training objective, MSE against per-patch normalised pixels (the same term in every
+            recipe's loss, whatever else a recipe adds to it)
   hf_error: mean |Laplacian(reconstruction) - Laplacian(image)| in [0, 1] RGB (lower is sharper and truer)
   psnr:     10 log10(1 / MSE) in [0, 1] RGB, per image, averaged   (higher is better)
 """
@@ -18,15 +19,15 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints import load_mae
 from ..data.prepared import load_split
 from ..model import MaskedAutoencoderViT
 from ..objectives import masked_laplacian_l1, patch_mask_to_pixels
-from ..plumbing.checkpoints import load_mae
-from ..plumbing.config import VARIANTS, Params
+from ..plumbing.config import Params
 from ..plumbing.files import atomic_write
 from ..plumbing.progress import console, progress
-from ..plumbing.runtime import batches, eval_batch, open_live, setup
 from ..training.augment import to_unit
+from ..training.runtime import batches, eval_batch, open_live, setup
 
 
 @torch.no_grad()
@@ -68,7 +69,7 @@ def visualize(
 ) -> dict:
     cfg = p.visualize
     device, _ = setup("fp32", p.threads, p.seed)
-    models = {name: load_mae(checkpoints[name], p).to(device) for name in VARIANTS}
+    models = {name: load_mae(path, p).to(device) for name, path in checkpoints.items()}
     test = load_split(data_root, "test")
     n_eval = cfg.eval_images
     if n_eval > len(test.images):
@@ -76,10 +77,10 @@ def visualize(
             f"visualize.eval_images ({n_eval}) asks for more than the {len(test.images)} test "
             f"images: lower it to at most {len(test.images)}"
         )
-    grid = models[VARIANTS[0]].grid
+    grid = next(iter(models.values())).grid
     noise = torch.rand(n_eval, grid * grid, generator=torch.Generator().manual_seed(cfg.mask_seed))
 
-    sums = {name: {"mse": 0.0, "hf_error": 0.0, "psnr": 0.0} for name in VARIANTS}
+    sums = {name: {"mse": 0.0, "hf_error": 0.0, "psnr": 0.0} for name in models}
     with progress() as bar:
         for idx in bar.track(batches(n_eval, 128, drop_last=False), description="reconstructing"):
             x = eval_batch(test.images, idx, p.data.input_size, device)
@@ -97,16 +98,16 @@ def visualize(
     for name, model in models.items():
         shown[name], pixel_mask, _, _ = reconstruct(model, x, row_noise.to(device), cfg.mask_ratio)
     shown["image"], shown["masked"] = to_unit(x), to_unit(x) * (1 - pixel_mask)
-    save_grid({k: v.cpu() for k, v in shown.items()}, grid_path)
+    save_grid({k: v.cpu() for k, v in shown.items()}, list(models), grid_path)
 
     metrics = {name: {k: round(v / n_eval, 5) for k, v in s.items()} for name, s in sums.items()}
     live = open_live(live_dir)
-    for name in VARIANTS:
+    for name in models:
         for key, value in metrics[name].items():
             live.log_metric(f"{name}/{key}", value, plot=False)
     live.summary.update({"eval_images": n_eval, "mask_ratio": cfg.mask_ratio})
     live.end()
-    for name in VARIANTS:
+    for name in models:
         m = metrics[name]
         console.print(
             f"{name}: masked MSE {m['mse']:.4f}, masked HF error {m['hf_error']:.4f}, masked PSNR {m['psnr']:.2f} dB",
@@ -115,15 +116,16 @@ def visualize(
     return metrics
 
 
-def save_grid(shown: dict[str, torch.Tensor], path: str | Path) -> None:
+def save_grid(shown: dict[str, torch.Tensor], recipes: list[str], path: str | Path) -> None:
+    """Rows of test images: the image, what stays visible, then each recipe's reconstruction under those masks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [("image", "original"), ("masked", "masked"), ("original", "original MAE"), ("improved", "improved MAE")]
+    columns = [("image", "image"), ("masked", "masked"), *((name, f"{name} MAE") for name in recipes)]
     rows = shown["masked"].shape[0]
-    fig, axes = plt.subplots(rows, 4, figsize=(4 * 1.6, rows * 1.6), squeeze=False)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(len(columns) * 1.6, rows * 1.6), squeeze=False)
     for r in range(rows):
         for c, (key, title) in enumerate(columns):
             ax = axes[r][c]

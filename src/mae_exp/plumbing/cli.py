@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -22,12 +23,14 @@ from .progress import console
 def run_stage(
     main,
     argv_names: tuple[str, ...] = (),
-    choices: dict[str, tuple[str, ...]] | None = None,
+    choices: dict[str, tuple[str, ...] | Callable[[Params], tuple[str, ...]]] | None = None,
     paths: tuple[str, ...] = (),
+    check: Callable[[Params], None] | None = None,
 ) -> None:
     """Parse positional args and `--<path> PATH` for each of `paths` (dvc.yaml's `cmd` passes them, so a
     path is written only there), load params.yaml, call main(params, *args, **paths); exit 2 on bad input.
-    (Training stages wrap main in distributed.processes, for `<section>.processes`.)"""
+    `check(params)`: what the stage script adds to the validation (mae_exp.recipes.check_all, the recipes' own
+    settings, which this layer does not know). (Training stages wrap main in distributed.processes.)"""
     script = sys.argv[0]
     args, options = sys.argv[1 : 1 + len(argv_names)], sys.argv[1 + len(argv_names) :]
     named = dict(zip(options[::2], options[1::2]))
@@ -42,14 +45,17 @@ def run_stage(
             " (dvc.yaml's cmd gives the paths)",
             2,
         )
-    for name, value in zip(argv_names, args):
-        allowed = (choices or {}).get(name)
-        if allowed and value not in allowed:
-            _fail(f"{script}: {name} must be one of {', '.join(allowed)}, got {value!r}", 2)
     try:
         params: Params = load_params("params.yaml")
+        if check is not None:
+            check(params)
     except ConfigError as e:
         _fail(f"invalid parameters: {e}", 2)
+    for name, value in zip(argv_names, args):
+        allowed = (choices or {}).get(name)
+        allowed = allowed(params) if callable(allowed) else allowed  # e.g. the recipes params.yaml has
+        if allowed and value not in allowed:
+            _fail(f"{script}: {name} must be one of {', '.join(allowed)}, got {value!r}", 2)
     stopped_by = [signal.SIGINT]
 
     def on_sigterm(signum, _frame):  # `kill`, `dvc queue kill`: stop as Ctrl-C does, and say so

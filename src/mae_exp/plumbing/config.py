@@ -26,13 +26,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-Variant = Literal["original", "improved"]
 DataSource = Literal["shapes", "stl10", "cifar10", "folder"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 on CUDA, fp32 on CPU
-VARIANTS: tuple[str, ...] = get_args(Variant)
-ENCODERS = ("random",) + VARIANTS  # what the probe and fine-tuning evaluate
-Encoder = Literal["random", "original", "improved"]
-assert get_args(Encoder) == ENCODERS
+RANDOM = "random"  # the untrained encoder, every readout's floor; no recipe may take its name
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
@@ -187,22 +183,32 @@ class FinetuneConfig(TrainingConfig):
     drop_path: Annotated[Number, Field(ge=0, lt=1)]  # stochastic depth rate of the last block
     label_smoothing: Annotated[Number, Field(ge=0, lt=1)]
     # an encoder's own grid where a design fixes one per recipe (chosen on a development seed): {original: ..}
-    per_encoder: dict[Encoder, FinetuneGrid] = {}
+    per_encoder: dict[str, FinetuneGrid] = {}  # keys: random or a recipe section (checked by Params)
 
     def grid_for(self, encoder: str) -> FinetuneGrid:
         """The base lr x layer decay grid that `encoder` is fine-tuned over."""
         return self.per_encoder.get(encoder) or FinetuneGrid(base_lr=self.base_lr, layer_decay=self.layer_decay)
 
 
-class VariantConfig(Section):
-    """One pre-training recipe. The original MAE is this with the extras switched off."""
+# What a recipe section's own settings may hold; the recipe function (mae_exp.recipes) types and checks them
+_Setting = bool | StrictInt | float | str | None
+RECIPE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # a params section, a stage item and a folder: models/<name>/
 
-    mask_ratio: Ratio  # final mask ratio
-    mask_ratio_start: Ratio  # ratio at step 0; ramps linearly to mask_ratio
-    curriculum_fraction: Annotated[Number, Field(ge=0, le=1)]  # fraction of training over which the ramp runs
-    lambda_freq: NonNegative  # weight of the masked Laplacian L1 loss
-    lambda_unif: NonNegative  # weight of the uniformity loss on pooled embeddings
+
+class RecipeConfig(Section):
+    """One pre-training recipe (a params.yaml section with a `recipe:` key): the function of mae_exp.recipes that
+    builds it, the steps it trains for, and that function's own arguments, which it types and range-checks
+    (recipes.build): no list of them here, so a new recipe is one function plus one section."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="allow")
+    __pydantic_extra__: dict[str, _Setting | list[_Setting]]
+
+    recipe: str  # a function name in mae_exp.recipes.RECIPES
     steps_factor: Positive  # pre-train round(factor x epochs x steps per epoch) steps, the schedule stretched alike
+
+    def settings(self) -> dict:
+        """The recipe function's arguments: every key but `recipe` and `steps_factor`."""
+        return dict(self.__pydantic_extra__ or {})
 
 
 class LinearProbeConfig(Section):
@@ -232,7 +238,6 @@ class VisualizeConfig(Section):
 # a list sets a grid (e.g. finetune.base_lr: [4.0e-3, 8.0e-3])
 _Value = bool | StrictInt | float | str
 Overrides = Annotated[dict[str, _Value | list[_Value]], BeforeValidator(lambda v: {} if v is None else v)]
-ARM_SECTIONS = VARIANTS  # what an arm may override: either recipe (the study compares improved with original)
 
 
 class PrimaryConfig(Section):
@@ -259,20 +264,15 @@ class StudyConfig(Section):
     ablation_budgets: Annotated[dict[str, _list_of(Count)], BeforeValidator(lambda v: {} if v is None else v)]
     primary: PrimaryConfig
     overrides: Overrides  # applied to every arm alike (e.g. fine-tuning to a plateau)
-    ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # arm name -> its overrides of improved/original
+    ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # arm name -> its overrides of recipe settings
 
     @model_validator(mode="after")
     def _valid(self):
-        for name, overrides in self.ablations.items():  # names become experiment names
+        for name in self.ablations:  # names become experiment names
             _check(
                 re.fullmatch(r"[A-Za-z0-9_]+", name) is not None,
                 f"ablations: name {name!r} must use only letters, digits and _",
             )
-            for key in overrides:
-                _check(
-                    key.split(".")[0] in ARM_SECTIONS and key.count(".") == 1,
-                    f"ablations.{name}: override {key!r} must be {' or '.join(ARM_SECTIONS)}.<key>",
-                )
         for key in self.overrides:
             _check(
                 key.split(".")[0] not in ("seed", "study") and key != "pretrain.epochs",
@@ -283,25 +283,76 @@ class StudyConfig(Section):
 
 
 class Params(Section):
+    """The whole params.yaml: the fixed sections below, plus one section per pre-training recipe (any top-level
+    mapping with a `recipe:` key, a RecipeConfig). `recipes` lists those compared, the first the baseline."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="allow")
+    __pydantic_extra__: dict[str, RecipeConfig]
+
     seed: Seed
     threads: Annotated[int, Field(ge=0)]  # CPU threads per process for every stage; 0 = all cores
     data: DataConfig
     model: ModelConfig
     pretrain: PretrainConfig
-    original: VariantConfig
-    improved: VariantConfig
+    recipes: _list_of(str)  # the recipes compared, each a section below; the first is the baseline
     linear_probe: LinearProbeConfig
     finetune: FinetuneConfig
     visualize: VisualizeConfig
     study: StudyConfig
 
-    def variant(self, name: str) -> VariantConfig:
-        if name not in VARIANTS:
-            raise ConfigError(f"unknown variant {name!r}: expected one of {', '.join(VARIANTS)}")
-        return getattr(self, name)
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_sections_only(cls, raw):
+        """A top-level key that is no field must be a recipe section; anything else is a typo, named as one."""
+        if isinstance(raw, dict):
+            for key, value in raw.items():
+                if key not in cls.model_fields and not (isinstance(value, dict) and "recipe" in value):
+                    raise ValueError(
+                        f"unknown key {key!r}; valid keys here: {', '.join(sorted(cls.model_fields))}, or a recipe "
+                        "section (a mapping with a `recipe:` key, docs/reference.md#adding-a-recipe)"
+                    )
+        return raw
+
+    @property
+    def baseline(self) -> str:
+        """The recipe every other one is compared with: the first of `recipes`."""
+        return self.recipes[0]
+
+    @property
+    def encoders(self) -> tuple[str, ...]:
+        """What the readouts evaluate: the untrained encoder, then every recipe compared."""
+        return (RANDOM, *self.recipes)
+
+    def recipe_sections(self) -> dict[str, RecipeConfig]:
+        """Every recipe section of the file, compared or not (a study arm may override any)."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def recipe(self, name: str) -> RecipeConfig:
+        sections = self.recipe_sections()
+        if name not in sections:
+            raise ConfigError(f"unknown recipe {name!r}: params.yaml has recipe sections {', '.join(sections)}")
+        return sections[name]
 
     @model_validator(mode="after")
     def _valid(self):
+        sections = self.recipe_sections()
+        for name in sections:
+            _check(
+                RECIPE_NAME.fullmatch(name) is not None and name != RANDOM,
+                f"{name}: a recipe's name must be lower-case letters, digits and _, starting with a letter, and not "
+                f"{RANDOM!r} (the untrained encoder's)",
+            )
+        for name in self.recipes:
+            _check(
+                name in sections,
+                f"recipes: {name!r} has no section; add `{name}:` with a `recipe:` key (recipe sections: "
+                f"{', '.join(sections) or 'none'})",
+            )
+        for name in self.finetune.per_encoder:
+            _check(
+                name == RANDOM or name in sections,
+                f"finetune.per_encoder: {name!r} is neither {RANDOM!r} nor a recipe section ({', '.join(sections)})",
+            )
         size, patch = self.data.input_size, self.model.patch_size
         hint = ", ".join(str(d) for d in range(2, size // 2 + 1) if size % d == 0) or "1"
         _check(
@@ -335,18 +386,27 @@ class Params(Section):
             )
         # Only per-section checks here: inside an experiment the sections already carry the overrides, so
         # checks that compare arms (two giving the same params) belong to mae_exp.study.
+        for name, overrides in self.study.ablations.items():  # an arm changes recipe settings only
+            for key in overrides:
+                _check(
+                    key.split(".")[0] in sections and key.count(".") == 1,
+                    f"study.ablations.{name}: override {key!r} must be <recipe>.<key>, a recipe section's key "
+                    f"({', '.join(sections)})",
+                )
         for where, overrides in [
             ("overrides", self.study.overrides),
             *((f"ablations.{n}", o) for n, o in self.study.ablations.items()),
         ]:
             for section, values in _by_section(overrides).items():
-                model = type(self).model_fields.get(section)
-                if model is None or not isinstance(getattr(self, section), BaseModel):
+                known = type(self).model_fields.get(section) is not None or section in sections
+                if not known or not isinstance(getattr(self, section), BaseModel):
                     raise ValueError(f"study.{where}: unknown section {section!r}")
                 try:
                     type(getattr(self, section)).model_validate(_merged(getattr(self, section).model_dump(), values))
                 except ValidationError as e:
-                    raise ValueError(f"study.{where}: {_describe(e, type(getattr(self, section)), section)}") from None
+                    raise ValueError(
+                        f"study.{where}: {describe_error(e, type(getattr(self, section)), section)}"
+                    ) from None
         study = self.study
         arms = study.ablations
         _check(
@@ -358,7 +418,7 @@ class Params(Section):
                 PretrainConfig.model_validate(_merged(self.pretrain.model_dump(), {"epochs": budget}))
             except ValidationError as e:
                 raise ValueError(
-                    f"study.budgets: {budget} epochs: {_describe(e, PretrainConfig, 'pretrain')}"
+                    f"study.budgets: {budget} epochs: {describe_error(e, PretrainConfig, 'pretrain')}"
                 ) from None
         for name, budgets in study.ablation_budgets.items():
             _check(name in arms, f"study.ablation_budgets: {name!r} is not in study.ablations ({', '.join(arms)})")
@@ -415,7 +475,7 @@ _YAML_WORDS = {
 }
 
 
-def _describe(err: ValidationError, model: type[BaseModel], where: str = "") -> str:
+def describe_error(err: ValidationError, model: type[BaseModel], where: str = "") -> str:
     """pydantic's first error as one line naming the dotted key, e.g.
     `pretrain.epochs must be a valid integer, got 'ten' (str)`."""
     first = min(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo: unknown, not missing
@@ -440,7 +500,7 @@ def parse_params(raw: dict) -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as e:
-        raise ConfigError(_describe(e, Params)) from None
+        raise ConfigError(describe_error(e, Params)) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

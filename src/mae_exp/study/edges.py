@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 from ..evaluation.measures import FINETUNE, PROBE, READOUTS, grid_edges, searched
-from ..plumbing.config import ENCODERS
+from .metrics import ENCODERS
 from .results import cell, literal
 
 EDGE_LIMIT = 0.10  # a readout choosing an edge in more than this share of its choices: widen its grid

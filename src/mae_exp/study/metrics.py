@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from ..evaluation.measures import MEASURES
 
+# the studies' encoders: the random floor and the two recipes their designs compare (study.ablations override them)
+ENCODERS = ("random", "original", "improved")
+
 METRICS = {name: m for name, m in MEASURES.items() if m.study}
 
 

@@ -4,7 +4,7 @@ The experiments come as `dvc.api.exp_show` rows: one flat dict per baseline comm
 the workspace) and per experiment (`typ` "branch_base"/"branch_commit"), with `Experiment` (the name),
 `rev`, `Created`, `State`, and one column per metric and param. A column is named by the key alone
 (`seed`, `improved.psnr`, nested keys joined by ".") unless two files have that key, then `file:key`
-(`metrics/linear_probe_original/metrics.json:top1`). Values: numbers as floats, anything else as its
+(`metrics/linear_probe/original/metrics.json:top1`). Values: numbers as floats, anything else as its
 str() ("True", "['unlabeled', 'train']"); "None" for a key a file lacks, "!" for a file DVC could not read.
 `dvc exp show --csv` prints the same columns, with "" for missing values.
 """
@@ -15,16 +15,18 @@ import ast
 import csv
 import json
 import math
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
-from ..plumbing.config import ENCODERS, ConfigError, as_dict, load_params, parse_params, with_overrides
+from ..plumbing.config import ConfigError, as_dict, load_params, parse_params, with_overrides
 from ..plumbing.files import atomic_write
+from ..recipes import check_all
 from . import StudyError
-from .metrics import COSTS, METRICS
+from .metrics import COSTS, ENCODERS, METRICS
 
 # The study's own record of the experiments it has read, committed beside its report: DVC keeps experiments
 # as local refs (`git clone` does not copy them), so a study spread over several machines or sessions carries
@@ -101,10 +103,16 @@ def save_rows(rows: list[dict], revs, path: str | Path) -> None:
     atomic_write(path, write)
 
 
+def legacy_path(path: str) -> str:
+    """Where a stage's file was before metrics/<stage>/<encoder>/ (the studies run before recipes were data kept
+    metrics/<stage>_<encoder>/): metrics/pretrain/original/metrics.json -> metrics/pretrain_original/metrics.json."""
+    return re.sub(r"^metrics/(pretrain|linear_probe|finetune)/(\w+)/", r"metrics/\1_\2/", path)
+
+
 def cell(row: dict, path: str, key: str):
-    """The value of `key` in file `path` of one row, or None."""
+    """The value of `key` in file `path` of one row (or at its legacy_path, in an older experiment), or None."""
     # DVC names the column by the key alone when no other file (in any row) has that key
-    value = row.get(f"{path}:{key}", row.get(key))
+    value = row.get(f"{path}:{key}", row.get(f"{legacy_path(path)}:{key}", row.get(key)))
     return None if value is None or value in MISSING else value
 
 
@@ -112,7 +120,7 @@ def metric_values(row: dict) -> dict[str, float]:
     """`<metric>_<encoder>` -> value (NaN where the experiment has none), from the METRICS table."""
     values = {}
     for metric, m in {**METRICS, **COSTS}.items():
-        for enc in m.encoders:
+        for enc in m.encoders_in(ENCODERS):
             v = cell(row, m.file(enc), m.key.format(enc=enc))
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             values[f"{metric}_{enc}"] = float(v) if number else math.nan
@@ -137,14 +145,25 @@ def literal(value):
         return value  # a plain string ("shapes")
 
 
+# Keys added after some experiments ran, and the value those experiments ran with (the keys of recipes as data:
+# before them, `original` and `improved` were the recipes compared, both the one composition, `mae`)
+LEGACY = {"recipes": ["original", "improved"], "original.recipe": "mae", "improved.recipe": "mae"}
+
+
 def params_of(row: dict, current) -> dict:
     """The experiment's params.yaml, for every key params.yaml has today or an override of the study sets (a
-    finetune.per_encoder entry), the study section aside."""
+    finetune.per_encoder entry), the study section aside. A key the experiment lacks takes its LEGACY value;
+    a recipe section it lacks altogether (added since, e.g. smae) is taken as today's: it was not compared."""
     raw: dict = {}
     today = flatten(as_dict(current))
     set_by_study = {k for o in (current.study.overrides, *current.study.ablations.values()) for k in o}
+    sections = {k.split(":", 1)[-1].split(".")[0] for k in row if k.startswith("params.yaml:") or "." in k}
     for key in dict.fromkeys([*today, *sorted(set_by_study)]):
         value = literal(cell(row, "params.yaml", key))
+        if value is None and key in LEGACY:
+            value = LEGACY[key]
+        elif value is None and key.split(".")[0] in current.recipe_sections() and key.split(".")[0] not in sections:
+            value = today[key]
         if key.split(".")[0] == "study" or (value is None and key not in today):
             continue  # an override's key that the experiment lacks: left as params.yaml has it
         *parents, leaf = key.split(".")
@@ -332,9 +351,31 @@ def load_study(params_path: str | Path) -> tuple[object, dict]:
     """params.yaml's params and its raw study section (given to every experiment's params when parsing)."""
     import yaml
 
-    current = load_params(params_path)
+    raw = yaml.safe_load(Path(params_path).read_text())
+    if any(key.partition(".")[0] not in raw or legacy_missing(raw, key) for key in LEGACY):
+        current = parse_params(with_legacy(raw))  # a clone pinned to a design from before recipes were data
+    else:
+        current = load_params(params_path)
+    check_all(current)  # every recipe's and every arm's own settings, before any experiment is queued or read
     distinct_ablations(current)
-    return current, yaml.safe_load(Path(params_path).read_text())["study"]
+    return current, raw["study"]
+
+
+def legacy_missing(raw: dict, key: str) -> bool:
+    section, _, leaf = key.partition(".")
+    return bool(leaf) and isinstance(raw.get(section), dict) and leaf not in raw[section]
+
+
+def with_legacy(raw: dict) -> dict:
+    """A params.yaml from before recipes were data, with the LEGACY keys it lacks set to what it ran with."""
+    raw = json.loads(json.dumps(raw))
+    for key, value in LEGACY.items():
+        section, _, leaf = key.partition(".")
+        if not leaf:
+            raw.setdefault(section, value)
+        elif isinstance(raw.get(section), dict):
+            raw[section].setdefault(leaf, value)
+    return raw
 
 
 def saved_curves(root: str | Path = ".") -> pd.DataFrame:
@@ -369,9 +410,12 @@ def finetune_curves(
             if (group, r["seed"]) in seen:
                 continue  # random and original: the same encoder in every arm of a seed
             wanted_by_seed.add((group, r["seed"]))
-            path = f"metrics/finetune_{encoder}/plots/metrics/val_top1.tsv"
+            path = f"metrics/finetune/{encoder}/plots/metrics/val_top1.tsv"
             try:
-                text = dvc.api.read(path, repo=str(root), rev=r["rev"])
+                try:
+                    text = dvc.api.read(path, repo=str(root), rev=r["rev"])
+                except (DvcException, OSError):  # an experiment run before recipes were data
+                    text = dvc.api.read(legacy_path(path), repo=str(root), rev=r["rev"])
                 values = [float(line.split("\t")[1]) for line in text.splitlines()[1:]]  # header: step, val_top1
             except (DvcException, OSError, ValueError):
                 if (r["rev"], encoder) not in by_rev:

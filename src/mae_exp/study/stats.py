@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from .metrics import COSTS, METRICS
+from .metrics import COSTS, ENCODERS, METRICS
 
 FLOPS_TOLERANCE = 0.01  # two pre-trainings within 1% of each other's FLOPs count as equal compute
 
@@ -40,7 +40,7 @@ def summarize(runs: pd.DataFrame, original_arms=frozenset()) -> pd.DataFrame:
     budgets = sorted(set(plain["budget"])) if "budget" in plain else [None]
     for metric, m in {**METRICS, **COSTS}.items():
         for encoder in ("random", "original"):
-            if encoder not in m.encoders:
+            if encoder not in m.encoders_in(ENCODERS):
                 continue
             for budget in budgets[:1] if encoder == "random" else budgets:  # random: no pre-training budget
                 at = plain if budget is None or encoder == "random" else plain[plain["budget"] == budget]

@@ -1,7 +1,9 @@
 """FLOPs one pre-training spends, counted by PyTorch's FlopCounterMode (matmuls, attention, convolutions).
 
 A step's cost depends only on how many patches stay visible, k (the encoder's sequence is k + 1 tokens;
-the decoder always sees every token). The count runs one forward + backward of the variant's loss on
+the decoder always sees every token), not on which (so block masking costs what random masking does).
+The count runs one forward + backward of the recipe's loss (a frozen network it needs included, untrained:
+the same operations) on
 the CPU, whatever device trains, inside fork_rng on inputs of its own, so the training run's random
 draws are untouched; attention runs as SDPA's math kernel there, the one whose matmuls the counter sees
 (the fused CPU kernel is not counted at all).
@@ -23,19 +25,21 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..model import MaskedAutoencoderViT, visible_count
-from ..plumbing.config import ModelConfig, VariantConfig
-from ..recipes import mask_ratio_at, pretraining_terms
+from ..plumbing.config import ModelConfig
+from ..recipes import Recipe, build
+from .losses import LogVars, pretraining_terms
+from .needs import untrained
 
 
 def count_steps(
     model_cfg: ModelConfig,
     input_size: int,
-    variant: VariantConfig,
+    recipe: Recipe,
     batch_size: int,
     visible: list[int],
     direct: bool = False,
 ) -> dict[int, int]:
-    """visible count -> FLOPs of one training step (forward + backward, the variant's loss terms) at
+    """visible count -> FLOPs of one training step (forward + backward, the recipe's loss terms) at
     `batch_size`: counted at batches 2 and 4 and extrapolated (or, `direct`, counted at batch_size)."""
     num_patches = (input_size // model_cfg.patch_size) ** 2
     counts: dict[int, dict[int, int]] = {}
@@ -43,13 +47,15 @@ def count_steps(
     torch.set_num_threads(1)  # tiny ops: one thread is faster, and spares a shared CPU
     with torch.random.fork_rng(devices=[]), sdpa_kernel(SDPBackend.MATH):
         model = MaskedAutoencoderViT(model_cfg, input_size)
+        frozen = {recipe.needs.name: untrained(recipe.needs, input_size)} if recipe.needs else {}
+        log_vars = LogVars(recipe.log_vars) if recipe.log_vars is not None else None
         for b in (batch_size,) if direct else (2, 4):
             imgs = torch.zeros(b, 3, input_size, input_size)
             noise = torch.arange(b * num_patches, dtype=torch.float32).reshape(b, num_patches)
             for k in visible:
                 with FlopCounterMode(display=False) as counter:
                     out = model(imgs, 1 - (k + 0.5) / num_patches, noise)  # a ratio that keeps k
-                    pretraining_terms(model, imgs, out, variant).total.backward()
+                    pretraining_terms(model, imgs, out, recipe, frozen, log_vars).total.backward()
                 model.zero_grad(set_to_none=True)
                 counts.setdefault(k, {})[b] = counter.get_total_flops()
     torch.set_num_threads(threads)
@@ -74,42 +80,38 @@ def _quadratic(points: dict[int, int]):
     return at
 
 
-def schedule_flops(
-    model_cfg: ModelConfig, input_size: int, variant: VariantConfig, batch_size: int, total_steps: int
-) -> float:
-    """FLOPs of `total_steps` steps at the variant's mask-ratio schedule (as pretrain.py steps through it)."""
+def schedule_flops(model_cfg: ModelConfig, input_size: int, recipe: Recipe, batch_size: int, total_steps: int) -> float:
+    """FLOPs of `total_steps` steps at the recipe's mask-ratio schedule (as pretrain.py steps through it)."""
     num_patches = (input_size // model_cfg.patch_size) ** 2
-    steps = Counter(visible_count(num_patches, mask_ratio_at(i / total_steps, variant)) for i in range(total_steps))
+    steps = Counter(visible_count(num_patches, recipe.mask_ratio_at(i / total_steps)) for i in range(total_steps))
     ks = sorted(steps)
-    counted = count_steps(model_cfg, input_size, variant, batch_size, sorted({ks[0], ks[len(ks) // 2], ks[-1]}))
+    counted = count_steps(model_cfg, input_size, recipe, batch_size, sorted({ks[0], ks[len(ks) // 2], ks[-1]}))
     per_step = _quadratic(counted)
     return float(sum(n * per_step(k) for k, n in steps.items()))
 
 
-def pretraining_steps(p, variant_name: str, images: int) -> int:
-    """Steps of one variant's pre-training on `images` images. steps_factor: more (or fewer) steps at the same
-    schedule shape (warmup, cosine and curriculum stretched alike), e.g. to give the original the FLOPs the
-    improved recipe spends; the last epoch may be partial."""
-    steps_factor, cfg = p.variant(variant_name).steps_factor, p.pretrain
+def pretraining_steps(p, recipe_name: str, images: int) -> int:
+    """Steps of one recipe's pre-training on `images` images. steps_factor: more (or fewer) steps at the same
+    schedule shape (warmup, cosine and curriculum stretched alike), e.g. to give the baseline the FLOPs
+    another recipe spends; the last epoch may be partial."""
+    steps_factor, cfg = p.recipe(recipe_name).steps_factor, p.pretrain
     return max(1, round(steps_factor * cfg.epochs * (images // cfg.batch_size)))
 
 
-def pretraining_flops(p, variant_name: str, images: int) -> float:
-    """FLOPs of one variant's whole pre-training on `images` images, as pretrain.py schedules it."""
-    steps = pretraining_steps(p, variant_name, images)
-    return schedule_flops(p.model, p.data.input_size, p.variant(variant_name), p.pretrain.batch_size, steps)
+def pretraining_flops(p, recipe_name: str, images: int) -> float:
+    """FLOPs of one recipe's whole pre-training on `images` images, as pretrain.py schedules it."""
+    steps = pretraining_steps(p, recipe_name, images)
+    return schedule_flops(p.model, p.data.input_size, build(p, recipe_name), p.pretrain.batch_size, steps)
 
 
-if (
-    __name__ == "__main__"
-):  # python -m mae_exp.training.flops PARAMS IMAGES: both variants, and the factor that equalises them
+if __name__ == "__main__":  # python -m mae_exp.training.flops PARAMS IMAGES: each recipe, and its baseline's factor
     import sys
 
     from ..plumbing.config import load_params
 
     params, n = load_params(sys.argv[1]), int(sys.argv[2])
-    original, improved = (pretraining_flops(params, v, n) for v in ("original", "improved"))
-    print(
-        f"original {original:.4g} FLOPs, improved {improved:.4g} FLOPs; original.steps_factor "
-        f"{params.original.steps_factor * improved / original:.4f} gives the original the improved recipe's FLOPs"
-    )
+    spent = {name: pretraining_flops(params, name, n) for name in params.recipes}
+    base = params.baseline
+    for name, flops in spent.items():
+        factor = params.recipe(base).steps_factor * flops / spent[base]
+        print(f"{name} {flops:.4g} FLOPs; {base}.steps_factor {factor:.4f} gives {base} {name}'s FLOPs")

@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import checkpoints
+from ..checkpoints import read_checkpoint, restore_hint
 from ..model import MaskedAutoencoderViT, ViTEncoder, sincos_2d
-from ..training.augment import MEAN, STD
-from . import checkpoints
-from .checkpoints import read_checkpoint, restore_hint
-from .config import ModelConfig
-from .files import atomic_write, save_json
-from .progress import console
+from ..plumbing.config import ModelConfig
+from ..plumbing.files import atomic_write, save_json
+from ..plumbing.progress import console
+from .augment import MEAN, STD
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FIXED = ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed")  # sin-cos tables, not learned

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..training import distributed
-from ..training.augment import resize, to_float
-from .errors import names_full_disk
+from ..plumbing.errors import names_full_disk
+from . import distributed
+from .augment import resize, to_float
 
 
 def setup(precision: str, threads: int, seed: int) -> tuple[torch.device, torch.dtype | None]:
@@ -39,15 +39,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def open_live(directory: str | Path):
     """A DVCLive logger for `directory` (metrics.json, the curves under plots/), on rank 0 (None on the
-    other ranks). It logs into scratch/live/<name> beside it, and `end()` moves that over `directory`:
+    other ranks). It logs into scratch/live/<directory> (git-ignored), and `end()` moves that over `directory`:
     what DVC tracks changes only when a stage finishes, and a stopped stage leaves the last finished
     run's metrics whole. No dvc.yaml of its own: the stage's metrics and plots are in dvc.yaml."""
     if not distributed.is_rank0():
         return None
     from dvclive import Live
 
-    final = Path(directory)  # metrics/<name>
-    staging = final.parent.parent / "scratch" / "live" / final.name
+    final = Path(directory)  # metrics/<stage>/<encoder>
+    # outside metrics/, which the report depends on: a stopped stage's partial curves never enter a dependency
+    where = final.resolve()
+    here = Path.cwd().resolve()  # a stage runs from the repository's root
+    staging = Path("scratch") / "live" / (where.relative_to(here) if where.is_relative_to(here) else where.name)
 
     class StagedLive(Live):  # each write names its file when the disk is full (DVCLive's OSError names none)
         def log_metric(self, name, val, *args, **kwargs):
@@ -64,7 +67,7 @@ def open_live(directory: str | Path):
             if final.exists():
                 shutil.rmtree(final)
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, final)
+            shutil.move(staging, final)  # a rename where both are on one file system
 
     KEPT = f" ({final} was left as it was)"
     with names_full_disk(staging, KEPT):

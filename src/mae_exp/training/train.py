@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from ..plumbing.checkpoints import CorruptCheckpoint, read_checkpoint, save_checkpoint
+from ..checkpoints import CorruptCheckpoint, read_checkpoint, save_checkpoint
 from ..plumbing.errors import Interrupted, TrainingDiverged, diverged
 from ..plumbing.progress import console, progress
-from ..plumbing.runtime import autocast, batches
 from . import distributed
 from .optim import warmup_cosine
+from .runtime import autocast, batches
 
 LOG_EVERY = 10  # steps between reads of the loss on the host
 
