@@ -126,7 +126,7 @@ def test_killed_two_process_pretrain_resumes_at_the_next_epoch(two, one):
     metrics = json.loads((two.repo / "metrics" / "pretrain" / "original" / "metrics.json").read_text())
     assert metrics["resumed_at_epoch"] == two.killed_at
     assert [r["epoch"] for r in curve(two.repo, "original")] == [1, 2, 3]
-    assert not list((two.repo / "scratch" / "pretrain@original").glob("*/last.pt"))
+    assert not list((two.repo / "scratch" / "pretrain" / "original").glob("*/last.pt"))
     # an uninterrupted run (one process: the key leaves processes out, so either count resumes either's)
     for r2, r1 in zip(curve(two.repo, "original"), curve(one, "original")):
         assert r2["loss"] == pytest.approx(r1["loss"], rel=LOSS_RTOL)

@@ -200,6 +200,8 @@ def test_two_srun_tasks_pretrain_as_one_process_does(cluster_runs_jobs, tiny_dow
     one = copy_repo(tmp_path / "one")
     set_params(one, threads=1)
     shutil.copytree(two / "data" / "prepared", one / "data" / "prepared")
+    for repo in (two, one):  # what pre-training reads first (for the mae recipe, a file holding nothing)
+        run(stage_cmd("recipe_needs@original"), repo)
     cmd = stage_cmd("pretrain@original")
     proc = run(
         ["srun", "--immediate=120", "-n", "2", "--cpus-per-task", "1", "--kill-on-bad-exit=1", *cmd],
@@ -297,11 +299,11 @@ def test_each_child_gets_its_own_gpus(tmp_path, monkeypatch, visible, jobs, want
 
 
 def encoder_md5s(lock: dict) -> dict:
-    """models/<variant>/encoder.pt -> md5, as dvc.lock records the pre-training outputs."""
+    """models/<recipe>/encoder.pt -> md5, as dvc.lock records the pre-training outputs."""
     return {
         o["path"]: o["md5"]
         for name, stage in lock["stages"].items()
-        if name.startswith("pretrain_")
+        if name.startswith("pretrain@")
         for o in stage["outs"]
         if o["path"].endswith("encoder.pt")
     }
@@ -346,7 +348,7 @@ def test_a_study_on_slurm_reports_what_the_same_study_run_here_does(cluster_runs
     base = cluster / "scratch" / "slurm"
     work = base / "s42-all" / "repo"
     deadline = time.monotonic() + 600
-    while not list((work / "scratch" / "pretrain@original").glob("*/last.pt")):
+    while not list((work / "scratch" / "pretrain" / "original").glob("*/last.pt")):
         assert time.monotonic() < deadline, cluster_report(base)
         time.sleep(0.05)
     run(["scancel", "--signal=USR1", "--batch", first_id], cluster)
