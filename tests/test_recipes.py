@@ -29,7 +29,8 @@ def toy(mask_ratio: Ratio, lambda_unif: NonNegative) -> Recipe:
 TOY_SECTION = {"recipe": "toy", "mask_ratio": 0.6, "lambda_unif": 0.05, "steps_factor": 1.0}
 
 
-def params(**changes):
+def raw_with(changes: dict) -> dict:
+    """params.yaml with each `section__key` of `changes` set."""
     raw = copy.deepcopy(RAW)
     for dotted, value in changes.items():
         *parents, leaf = dotted.split("__")
@@ -37,7 +38,11 @@ def params(**changes):
         for part in parents:
             node = node[part]
         node[leaf] = value
-    return parse_params(raw)
+    return raw
+
+
+def params(**changes):
+    return parse_params(raw_with(changes))
 
 
 def test_the_default_recipes_are_two_settings_of_one_function():
@@ -73,14 +78,7 @@ def test_smae_builds_blocks_a_perceptual_term_a_cnn_and_learned_weights():
 )
 def test_a_bad_recipe_section_is_named(changes, words):
     with pytest.raises(ConfigError) as err:
-        raw = copy.deepcopy(RAW)
-        for dotted, value in changes.items():
-            *parents, leaf = dotted.split("__")
-            node = raw
-            for part in parents:
-                node = node[part]
-            node[leaf] = value
-        check_all(parse_params(raw))
+        check_all(parse_params(raw_with(changes)))
     for word in words:
         assert word in str(err.value)
 
