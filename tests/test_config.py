@@ -10,13 +10,13 @@ from conftest import REPO, copy_repo, dvc, run, stage_cmd
 from mae_exp.plumbing.config import (
     ConfigError,
     ModelConfig,
-    arm_params,
     as_dict,
     fingerprint,
     load_params,
     parse_params,
 )
 from mae_exp.recipes import build, check_all
+from mae_exp.study.design import arm_params, check_design
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -158,7 +158,7 @@ def test_the_shipped_params_and_configs_are_valid():
         ("study.ablations", {"a b": {}}, ["study.ablations", "'a b'", "letters, digits and _"]),
         (
             "study.ablations",
-            {"x": {"pretrain.epochs": 5}},
+            {"all": None, "x": {"pretrain.epochs": 5}},
             ["study.ablations.x", "override 'pretrain.epochs'", "<recipe>.<key>", "(original, improved, smae)"],
         ),
         (
@@ -185,9 +185,11 @@ def test_the_shipped_params_and_configs_are_valid():
 )
 def test_bad_values_name_the_key(path, value, words):
     """parse_params checks every section but the recipes' own settings, which their functions type and check
-    (recipes.check_all, called by every stage that reads them): together they name the key."""
+    (recipes.check_all, called by every stage that reads them), and the study checks its section and each of its
+    arms' params (study.design.check_design, called by the study alone): together they name the key."""
     with pytest.raises(ConfigError) as err:
-        check_all(parse_params(with_change(path, value)))
+        p = parse_params(with_change(path, value))
+        (check_design if path.startswith("study.") else check_all)(p)
     message = str(err.value)
     assert "\n" not in message
     for word in words:

@@ -22,10 +22,10 @@ import yaml
 from scipy import stats
 
 from conftest import BIN, REPO, copy_repo, dvc, git, ran_stages, run
-from mae_exp.plumbing.config import ConfigError, arm_params, as_dict, load_params, parse_params
-from mae_exp.recipes import check_all
+from mae_exp.plumbing.config import ConfigError, as_dict, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
+from mae_exp.study.design import arm_params, check_design
 from mae_exp.study.edges import choices, edge_counts, summary_warning, unsearched, warning_lines
 from mae_exp.study.jobs import Job, sigint_default
 from mae_exp.study.metrics import ENCODERS, METRICS
@@ -678,6 +678,9 @@ def test_the_study_section_parses_into_overrides():
         ({"ablations": {}}, ["study.ablations", "must not be empty"]),
         ({"ablations": {"x": [1]}}, ["study.ablations.x", "mapping"]),
         ({"colour": "red"}, ["unknown key", "study.colour"]),
+        ({"compare": ["original", "original"]}, ["study.compare", "must not repeat"]),
+        ({"compare": ["original", "smae"]}, ["study.compare", "'smae' is not in recipes (original, improved)"]),
+        ({"compare": ["original"]}, ["study.compare", "must name two recipes", "got ['original']"]),
     ],
 )
 def test_bad_study_sections_name_the_key(study, words):
@@ -694,8 +697,8 @@ def test_bad_study_sections_name_the_key(study, words):
             else TINY["study"]["primary"],
             **study,
         }
-    with pytest.raises(ConfigError) as err:  # the recipes' own settings: their functions check them (check_all)
-        check_all(parse_params(with_study(**study)))
+    with pytest.raises(ConfigError) as err:  # stages ignore the section: the study checks it (and each arm's recipes)
+        check_design(parse_params(with_study(**study)))
     for word in words:
         assert word in str(err.value)
 

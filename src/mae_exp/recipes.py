@@ -34,7 +34,6 @@ from .plumbing.config import (
     Params,
     Positive,
     Ratio,
-    arm_params,
     describe_error,
 )
 
@@ -119,17 +118,10 @@ def build(p: Params, name: str) -> Recipe:
 
 
 def check_all(p: Params) -> None:
-    """Build every recipe section, and every study arm's (study.overrides and the arm's applied): a bad setting
-    anywhere stops here, naming it. Every stage calls it at start-up (plumbing.cli.run_stage)."""
+    """Build every recipe section: a bad setting of any stops here, naming it. Every stage calls it at start-up
+    (plumbing.cli.run_stage); the study calls it for each arm's params (study.design.check_design)."""
     for name in p.recipe_sections():
         build(p, name)
-    for arm in p.study.ablations:
-        arm_p = arm_params(p, arm)
-        for name in arm_p.recipe_sections():
-            try:
-                build(arm_p, name)
-            except ConfigError as e:
-                raise ConfigError(f"study.ablations.{arm}: {e}") from None
 
 
 # --------------------------------------------------------------------------- the recipes

@@ -60,7 +60,7 @@ def _distinct(items: tuple) -> tuple:
     return items
 
 
-def _list_of(item):
+def list_of(item):
     """A non-empty YAML list without repeats, kept as a tuple (hashable); strict=False lets a list in."""
     return Annotated[tuple[item, ...], Field(strict=False, min_length=1), AfterValidator(_distinct)]
 
@@ -89,7 +89,7 @@ class DataConfig(Section):
     input_size: Annotated[int, Field(ge=8)]  # size fed to the model (crops are resampled to it, e.g. 96 -> 224)
     skip_bad_files: bool  # folder: skip (and count) unreadable files instead of stopping at the first
     verify_md5: bool  # stl10, cifar10: check the archive's MD5; false only for a locally made archive
-    pretrain_splits: _list_of(Literal["unlabeled", "train"])  # what MAE pre-trains on (labels unused); never test
+    pretrain_splits: list_of(Literal["unlabeled", "train"])  # what MAE pre-trains on (labels unused); never test
     val_fraction: Annotated[Number, Field(gt=0, le=0.5)]  # stratified share of train held out as validation
     shapes: ShapesConfig
 
@@ -172,14 +172,14 @@ LayerDecay = Annotated[Number, Field(gt=0, le=1)]  # lr factor per block below t
 class FinetuneGrid(Section):
     """One encoder's own fine-tuning grid, in place of finetune.base_lr x finetune.layer_decay."""
 
-    base_lr: _list_of(Positive)
-    layer_decay: _list_of(LayerDecay)
+    base_lr: list_of(Positive)
+    layer_decay: list_of(LayerDecay)
 
 
 class FinetuneConfig(TrainingConfig):
     # searched on validation for every encoder alike (optim.grid, optim.best): the grid, one point or more
-    base_lr: _list_of(Positive)  # lr = base_lr * batch_size / 256
-    layer_decay: _list_of(LayerDecay)
+    base_lr: list_of(Positive)  # lr = base_lr * batch_size / 256
+    layer_decay: list_of(LayerDecay)
     drop_path: Annotated[Number, Field(ge=0, lt=1)]  # stochastic depth rate of the last block
     label_smoothing: Annotated[Number, Field(ge=0, lt=1)]
     # an encoder's own grid where a design fixes one per recipe (chosen on a development seed): {original: ..}
@@ -217,13 +217,13 @@ class LinearProbeConfig(Section):
     (lr, weight_decay), each pooling's kNN its own (k, temperature)."""
 
     folds: Annotated[int, Field(ge=2)]  # k of the k-fold cross-validation that chooses every readout's setting
-    logreg_l2: _list_of(Positive)  # L2 strength of the logistic probe (loss = mean cross-entropy + l2/2 |W|^2)
+    logreg_l2: list_of(Positive)  # L2 strength of the logistic probe (loss = mean cross-entropy + l2/2 |W|^2)
     epochs: Count
     batch_size: Batch
-    lr: _list_of(Positive)
-    weight_decay: _list_of(NonNegative)
-    knn_k: _list_of(Count)  # neighbours of the weighted kNN readout
-    knn_temperature: _list_of(Positive)  # vote weight exp(cosine similarity / temperature)
+    lr: list_of(Positive)
+    weight_decay: list_of(NonNegative)
+    knn_k: list_of(Count)  # neighbours of the weighted kNN readout
+    knn_temperature: list_of(Positive)  # vote weight exp(cosine similarity / temperature)
 
 
 class VisualizeConfig(Section):
@@ -231,55 +231,6 @@ class VisualizeConfig(Section):
     eval_images: Count  # test images over which HF error and PSNR are averaged
     mask_ratio: Ratio
     mask_seed: Seed
-
-
-# {"<section>.<key>": value, ...}: params.yaml keys, dotted, and the values to give them
-# values are checked where they land (Params._valid validates each section with them applied)
-# a list sets a grid (e.g. finetune.base_lr: [4.0e-3, 8.0e-3])
-_Value = bool | StrictInt | float | str
-Overrides = Annotated[dict[str, _Value | list[_Value]], BeforeValidator(lambda v: {} if v is None else v)]
-
-
-class PrimaryConfig(Section):
-    """The one comparison the study is judged on (improved − original); every other one is Holm-corrected."""
-
-    arm: str  # a name in study.ablations
-    budget: Count  # the point of the compute curve it is read at: one of study.budgets (pretrain.epochs)
-    # against the original at equal steps, at equal FLOPs, or "both": at equal FLOPs matched both ways, the mean
-    # per seed of (the arm's improved - the original's curve at its FLOPs) and (the improved recipe's curve at
-    # the original's FLOPs - the original); the curve's other point is an arm that changes only improved.steps_factor
-    reading: Literal["steps", "flops", "both"]
-    metric: str  # a metric id of mae_exp.study.metrics.METRICS (checked by the study)
-    # equivalence margin, in the metric's stored units (0.015 = 1.5 pp); the verdict it enters is the one rule
-    # written in mae_exp.study.curves.VERDICT_RULE
-    margin: Positive
-
-
-class StudyConfig(Section):
-    """Seeds x arms for `python -m mae_exp.study` (no pipeline stage reads this section)."""
-
-    seeds: _list_of(Annotated[StrictInt, Field(ge=0, le=2**32 - 1)])
-    budgets: _list_of(Count)  # pretrain.epochs of each point of the compute curves, every arm alike
-    # arm name -> the budgets it runs at, for arms needed only at some (default: every one of budgets)
-    ablation_budgets: Annotated[dict[str, _list_of(Count)], BeforeValidator(lambda v: {} if v is None else v)]
-    primary: PrimaryConfig
-    overrides: Overrides  # applied to every arm alike (e.g. fine-tuning to a plateau)
-    ablations: Annotated[dict[str, Overrides], Field(min_length=1)]  # arm name -> its overrides of recipe settings
-
-    @model_validator(mode="after")
-    def _valid(self):
-        for name in self.ablations:  # names become experiment names
-            _check(
-                re.fullmatch(r"[A-Za-z0-9_]+", name) is not None,
-                f"ablations: name {name!r} must use only letters, digits and _",
-            )
-        for key in self.overrides:
-            _check(
-                key.split(".")[0] not in ("seed", "study") and key != "pretrain.epochs",
-                f"overrides: {key!r} may not be overridden study-wide (seeds come from study.seeds, "
-                "pre-training epochs from study.budgets)",
-            )
-        return self
 
 
 class Params(Section):
@@ -294,11 +245,11 @@ class Params(Section):
     data: DataConfig
     model: ModelConfig
     pretrain: PretrainConfig
-    recipes: _list_of(str)  # the recipes compared, each a section below; the first is the baseline
+    recipes: list_of(str)  # the recipes compared, each a section below; the first is the baseline
     linear_probe: LinearProbeConfig
     finetune: FinetuneConfig
     visualize: VisualizeConfig
-    study: StudyConfig
+    study: dict  # the study's design, read and checked by mae_exp.study.design alone: no stage reads it
 
     @model_validator(mode="before")
     @classmethod
@@ -384,64 +335,7 @@ class Params(Section):
                 f"pretrain.batch_size ({self.pretrain.batch_size}) must not exceed the {pretraining} images of "
                 f"data.pretrain_splits ({', '.join(self.data.pretrain_splits)})",
             )
-        # Only per-section checks here: inside an experiment the sections already carry the overrides, so
-        # checks that compare arms (two giving the same params) belong to mae_exp.study.
-        for name, overrides in self.study.ablations.items():  # an arm changes recipe settings only
-            for key in overrides:
-                _check(
-                    key.split(".")[0] in sections and key.count(".") == 1,
-                    f"study.ablations.{name}: override {key!r} must be <recipe>.<key>, a recipe section's key "
-                    f"({', '.join(sections)})",
-                )
-        for where, overrides in [
-            ("overrides", self.study.overrides),
-            *((f"ablations.{n}", o) for n, o in self.study.ablations.items()),
-        ]:
-            for section, values in _by_section(overrides).items():
-                known = type(self).model_fields.get(section) is not None or section in sections
-                if not known or not isinstance(getattr(self, section), BaseModel):
-                    raise ValueError(f"study.{where}: unknown section {section!r}")
-                try:
-                    type(getattr(self, section)).model_validate(_merged(getattr(self, section).model_dump(), values))
-                except ValidationError as e:
-                    raise ValueError(
-                        f"study.{where}: {describe_error(e, type(getattr(self, section)), section)}"
-                    ) from None
-        study = self.study
-        arms = study.ablations
-        _check(
-            study.primary.arm in arms,
-            f"study.primary.arm: {study.primary.arm!r} is not in study.ablations ({', '.join(arms)})",
-        )
-        for budget in study.budgets:  # each budget is pretrain.epochs for some experiments: valid as one
-            try:
-                PretrainConfig.model_validate(_merged(self.pretrain.model_dump(), {"epochs": budget}))
-            except ValidationError as e:
-                raise ValueError(
-                    f"study.budgets: {budget} epochs: {describe_error(e, PretrainConfig, 'pretrain')}"
-                ) from None
-        for name, budgets in study.ablation_budgets.items():
-            _check(name in arms, f"study.ablation_budgets: {name!r} is not in study.ablations ({', '.join(arms)})")
-            _check(
-                set(budgets) <= set(study.budgets),
-                f"study.ablation_budgets.{name}: "
-                f"{sorted(set(budgets) - set(study.budgets))} not in study.budgets ({list(study.budgets)})",
-            )
-        _check(
-            study.primary.budget in study.ablation_budgets.get(study.primary.arm, study.budgets),
-            f"study.primary.budget: {study.primary.arm!r} does not run at {study.primary.budget} epochs "
-            f"(study.budgets, study.ablation_budgets)",
-        )
         return self
-
-
-def _by_section(overrides: dict) -> dict[str, dict]:
-    """{"improved.lambda_freq": 0, "data.shapes.train": 9} -> {"improved": {"lambda_freq": 0}, "data": {...}}"""
-    out: dict[str, dict] = {}
-    for key, value in overrides.items():
-        section, _, rest = key.partition(".")
-        out.setdefault(section, {})[rest] = value
-    return out
 
 
 def _merged(raw: dict, dotted: dict) -> dict:
@@ -454,11 +348,6 @@ def _merged(raw: dict, dotted: dict) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = value
     return raw
-
-
-def arm_params(p: Params, name: str) -> Params:
-    """The params an experiment of study arm `name` runs with (study.overrides, then the arm's), at p's seed."""
-    return with_overrides(p, {**p.study.overrides, **p.study.ablations[name]})
 
 
 def with_overrides(p: Params, overrides: dict) -> Params:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import StudyError, dvc_command, out
+from .design import design_of
 from .jobs import Job, sigint_default
 from .results import (
     arm_overrides,
@@ -43,21 +44,22 @@ def plan(params, seeds: list[int] | None, ablations: list[str] | None, budgets: 
     ablation gives every seed its original branch; the others get it from DVC's run-cache instead of training
     it again (with -j N, `startable` holds them until it has). And a study cut short has every seed of the
     first arms rather than every arm of the first seeds (`--seeds S` one at a time: whole seeds)."""
-    known = params.study.ablations
+    design = design_of(params)
+    known = design.ablations
     distinct_ablations(params)
     for a in ablations or []:
         if a not in known:
             raise StudyError(f"unknown ablation {a!r}; study.ablations in params.yaml has: {', '.join(known)}")
     for b in budgets or []:
-        if b not in params.study.budgets:
+        if b not in design.budgets:
             raise StudyError(
-                f"unknown budget {b}; study.budgets in params.yaml has: {', '.join(map(str, params.study.budgets))}"
+                f"unknown budget {b}; study.budgets in params.yaml has: {', '.join(map(str, design.budgets))}"
             )
     jobs = []
     for name, arm in arms(params).items():
         if (ablations and arm.ablation not in ablations) or (budgets and arm.budget not in budgets):
             continue
-        for seed in seeds or params.study.seeds:
+        for seed in seeds or design.seeds:
             overrides = (f"seed={seed}", *arm_overrides(params, name))
             jobs.append(Job(f"s{seed}-{name}", seed, name, overrides, arm.budget))
     return jobs

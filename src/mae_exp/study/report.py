@@ -15,6 +15,7 @@ from rich.table import Table
 from ..plumbing.files import atomic_write
 from . import StudyError, edges, out
 from .arms_figure import save_arms_figure
+from .design import design_of
 from .figure import save_figure
 from .metrics import COSTS, METRICS
 from .predictions import SAVED_PREDICTIONS, read_predictions, save_table, saved_predictions
@@ -423,7 +424,7 @@ def report(
     against the original's curve, a panel per readout (arms_figure.py)."""
     root = Path(params_path).parent
     current, study_raw = load_study(params_path)
-    primary = current.study.primary
+    primary = design_of(current).primary
     if primary.metric not in METRICS:
         raise StudyError(f"study.primary.metric {primary.metric!r} is not a study metric; known: {', '.join(METRICS)}")
     primary = primary.model_copy(update={"arm": arm_name(current, primary.arm, primary.budget)})
@@ -463,7 +464,7 @@ def report(
     edge_counts, never_searched = edges.edge_counts(chosen), edges.unsearched(chosen)
     edge_warning = edges.summary_warning(edge_counts, primary.metric)
     trends = []
-    if len(current.study.budgets) > 1:
+    if len(design_of(current).budgets) > 1:
         trends = compute_curves(runs, current, originals, primary, compute_csv, compute_png)
     per_epoch = None
     if curves:

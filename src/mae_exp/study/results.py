@@ -24,8 +24,8 @@ import pandas as pd
 
 from ..plumbing.config import ConfigError, as_dict, load_params, parse_params, with_overrides
 from ..plumbing.files import atomic_write
-from ..recipes import check_all
 from . import StudyError
+from .design import check_design, design_of
 from .metrics import COSTS, ENCODERS, METRICS
 
 # The study's own record of the experiments it has read, committed beside its report: DVC keeps experiments
@@ -146,8 +146,14 @@ def literal(value):
 
 
 # Keys added after some experiments ran, and the value those experiments ran with (the keys of recipes as data:
-# before them, `original` and `improved` were the recipes compared, both the one composition, `mae`)
-LEGACY = {"recipes": ["original", "improved"], "original.recipe": "mae", "improved.recipe": "mae"}
+# before them, `original` and `improved` were the recipes compared, both the one composition, `mae`; and the
+# study's pair)
+LEGACY = {
+    "recipes": ["original", "improved"],
+    "original.recipe": "mae",
+    "improved.recipe": "mae",
+    "study.compare": ["original", "improved"],  # the one pair a study compared then
+}
 
 
 def params_of(row: dict, current) -> dict:
@@ -156,7 +162,8 @@ def params_of(row: dict, current) -> dict:
     a recipe section it lacks altogether (added since, e.g. smae) is taken as today's: it was not compared."""
     raw: dict = {}
     today = flatten(as_dict(current))
-    set_by_study = {k for o in (current.study.overrides, *current.study.ablations.values()) for k in o}
+    design = design_of(current)
+    set_by_study = {k for o in (design.overrides, *design.ablations.values()) for k in o}
     sections = {k.split(":", 1)[-1].split(".")[0] for k in row if k.startswith("params.yaml:") or "." in k}
     for key in dict.fromkeys([*today, *sorted(set_by_study)]):
         value = literal(cell(row, "params.yaml", key))
@@ -189,7 +196,7 @@ class Arm(NamedTuple):
 
 def arms(params) -> dict[str, Arm]:
     """Every arm of the study, ablation by ablation, budget by budget (study.ablation_budgets restricts some)."""
-    study = params.study
+    study = design_of(params)
     return {
         a.name: a
         for a in (
@@ -201,12 +208,13 @@ def arms(params) -> dict[str, Arm]:
 
 
 def arm_name(params, ablation: str, budget: int) -> str:
-    return f"{ablation}-e{budget}" if len(params.study.budgets) > 1 else ablation
+    return f"{ablation}-e{budget}" if len(design_of(params).budgets) > 1 else ablation
 
 
 def arm_override_values(params, arm: Arm) -> dict:
     """study.overrides, the budget, then the arm's ablation's overrides (the seed is the queue's)."""
-    return {**params.study.overrides, "pretrain.epochs": arm.budget, **params.study.ablations[arm.ablation]}
+    design = design_of(params)
+    return {**design.overrides, "pretrain.epochs": arm.budget, **design.ablations[arm.ablation]}
 
 
 def identify(row: dict, study_raw: dict, current) -> tuple[int, str] | str:
@@ -252,7 +260,7 @@ def arm_overrides(params, name: str) -> tuple[str, ...]:
 def steps_partners(params) -> dict[str, str]:
     """arm -> the arm that is its recipe given other steps (its overrides plus improved.steps_factor alone, at
     the same budget): the improved recipe matched to the original's FLOPs, for the reading both ways."""
-    ablations, design = params.study.ablations, arms(params)
+    ablations, design = design_of(params).ablations, arms(params)
     partners = {}
     for name, arm in design.items():
         mine = ablations[arm.ablation]
@@ -266,7 +274,7 @@ def steps_partners(params) -> dict[str, str]:
 
 def original_arms(params) -> set[str]:
     """Arms that change the original (e.g. give it the improved recipe's FLOPs): they supply baselines."""
-    changes = {name for name, o in params.study.ablations.items() if any(k.startswith("original.") for k in o)}
+    changes = {name for name, o in design_of(params).ablations.items() if any(k.startswith("original.") for k in o)}
     return {name for name, arm in arms(params).items() if arm.ablation in changes}
 
 
@@ -356,9 +364,9 @@ def load_study(params_path: str | Path) -> tuple[object, dict]:
         current = parse_params(with_legacy(raw))  # a clone pinned to a design from before recipes were data
     else:
         current = load_params(params_path)
-    check_all(current)  # every recipe's and every arm's own settings, before any experiment is queued or read
+    check_design(current)  # the design, every recipe's and every arm's settings, before anything is queued or read
     distinct_ablations(current)
-    return current, raw["study"]
+    return current, dict(current.study)
 
 
 def legacy_missing(raw: dict, key: str) -> bool:
