@@ -4,6 +4,7 @@ back from the returned Figure's artists (their gids name what they show), not on
 from __future__ import annotations
 
 import math
+import re
 
 import matplotlib
 
@@ -16,9 +17,13 @@ import pytest
 from matplotlib.collections import LineCollection
 from scipy import stats as scipy_stats
 
-from mae_exp.evaluation.palette import ENCODERS as COLOURS
+from mae_exp.evaluation.palette import encoder_colours
 from mae_exp.study.arms_figure import arms_figure, save_arms_figure
-from mae_exp.study.metrics import COSTS, ENCODERS, METRICS
+from mae_exp.study.metrics import COSTS, METRICS, encoders
+
+PAIR = ("original", "improved")  # study.compare: the baseline, the tested recipe
+ENCODERS = encoders(PAIR)
+COLOURS = encoder_colours(ENCODERS)
 
 SEEDS = [201, 202, 203]
 ORDER = ["all", "original_flops_matched", "improved_flops_matched", "curriculum_only"]
@@ -85,7 +90,7 @@ def panel(fig, metric: str):
 
 @pytest.fixture(scope="module")
 def fig():
-    f = arms_figure(make_runs(), ORIGINALS)
+    f = arms_figure(make_runs(), ORIGINALS, pair=PAIR)
     yield f
     plt.close(f)
 
@@ -97,14 +102,14 @@ def test_one_panel_per_shown_metric_in_metrics_order(fig):
     assert all(ax.get_xscale() == "log" for ax in fig.axes)
     assert "each small point a seed" in fig._suptitle.get_text()
 
-    chosen = arms_figure(make_runs(), ORIGINALS, metrics=["psnr"])
+    chosen = arms_figure(make_runs(), ORIGINALS, metrics=["psnr"], pair=PAIR)
     assert [ax.get_title().split("\n")[0] for ax in chosen.axes] == [METRICS["psnr"].label]
-    seven = arms_figure(make_runs(), ORIGINALS, metrics=list(METRICS)[:7])
+    seven = arms_figure(make_runs(), ORIGINALS, metrics=list(METRICS)[:7], pair=PAIR)
     assert len(seven.axes) == 7  # 2 rows of 5, the 3 unused cells removed
     assert {ax.get_subplotspec().get_gridspec().ncols for ax in seven.axes} == {5}
     assert [t.get_text() for t in seven.axes[1].texts] == ["no finished value"]  # logreg_mean_top1: all NaN
     with pytest.raises(ValueError, match="unknown metric"):
-        arms_figure(make_runs(), ORIGINALS, metrics=["no_such_metric"])
+        arms_figure(make_runs(), ORIGINALS, metrics=["no_such_metric"], pair=PAIR)
     for f in (chosen, seven):
         plt.close(f)
 
@@ -142,7 +147,7 @@ def test_arms_at_the_same_flops_and_seeds_are_set_apart(fig):
 
 
 def test_the_jitter_is_the_same_on_every_build(fig):
-    again = arms_figure(make_runs(), ORIGINALS)
+    again = arms_figure(make_runs(), ORIGINALS, pair=PAIR)
     for a, b in zip(fig.axes, again.axes):
         first, second = by_gid(a), by_gid(b)
         for gid in first:
@@ -215,7 +220,7 @@ def test_arm_colours_are_distinct_and_not_an_encoders(fig):
 
 
 def test_one_seed_draws_points_and_means_without_error_bars():
-    f = arms_figure(make_runs(seeds=[201]), ORIGINALS)
+    f = arms_figure(make_runs(seeds=[201]), ORIGINALS, pair=PAIR)
     for metric in SHOWN:
         ax = panel(f, metric)
         found = by_gid(ax)
@@ -229,9 +234,9 @@ def test_one_seed_draws_points_and_means_without_error_bars():
     plt.close(f)
 
 
-def test_no_original_arms_gives_a_curve_of_one_point_with_markers():
+def test_no_baseline_arms_gives_a_curve_of_one_point_with_markers():
     runs = make_runs(arms=["all", "improved_flops_matched"])
-    f = arms_figure(runs, set())
+    f = arms_figure(runs, set(), pair=PAIR)
     ax = panel(f, "logreg_cls_top1")
     found = by_gid(ax)
     (mean,) = found["original|mean"]
@@ -246,7 +251,7 @@ def test_an_arm_with_no_finished_value_is_named_in_the_legend_only():
     runs = make_runs()
     unfinished = runs["ablation"] == "curriculum_only"
     runs.loc[unfinished, [c for c in runs if c.endswith(("_improved", "_original", "_random"))]] = math.nan
-    f = arms_figure(runs, ORIGINALS)
+    f = arms_figure(runs, ORIGINALS, pair=PAIR)
     assert [ax.get_title().split("\n")[0] for ax in f.axes] == [METRICS[m].label for m in SHOWN]
     for ax in f.axes:
         assert not [g for g in by_gid(ax) if g.startswith("curriculum_only|")]
@@ -258,7 +263,7 @@ def test_an_arm_with_no_finished_value_is_named_in_the_legend_only():
 def test_saved_png(tmp_path):
     open_before = set(plt.get_fignums())
     path = tmp_path / "plots" / "study_arms.png"
-    save_arms_figure(make_runs(), ORIGINALS, path)
+    save_arms_figure(make_runs(), ORIGINALS, path, pair=PAIR)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["study_arms.png"]  # no temporary file left
     assert set(plt.get_fignums()) == open_before  # closed after saving
@@ -266,3 +271,29 @@ def test_saved_png(tmp_path):
 
 def _all_y(ax) -> list[float]:
     return [float(y) for line in ax.lines for y in np.atleast_1d(line.get_ydata())]
+
+
+def drawn(artist) -> tuple:
+    """What an artist draws, and in which colour."""
+    if isinstance(artist, LineCollection):
+        return [s.tolist() for s in artist.get_segments()], [matplotlib.colors.to_hex(c) for c in artist.get_colors()]
+    colour = matplotlib.colors.to_hex(artist.get_color())
+    return list(artist.get_xdata()), list(artist.get_ydata()), colour, matplotlib.colors.to_hex(artist.get_mfc())
+
+
+def test_the_recipes_are_named_by_the_pair(fig):
+    """The same runs with the baseline called `plain` and the tested recipe `fancy` (study.compare) draw the
+    same points in the same colours; the baseline's curve, legend and title carry its name."""
+    rename = {"original": "plain", "improved": "fancy"}
+    runs = make_runs().rename(columns=lambda c: re.sub(r"_(original|improved)$", lambda m: f"_{rename[m[1]]}", c))
+    other = arms_figure(runs, ORIGINALS, pair=("plain", "fancy"))
+    for metric in SHOWN:
+        found, again = by_gid(panel(fig, metric)), by_gid(panel(other, metric))
+        as_named = {gid.replace("original|", "plain|"): artists for gid, artists in found.items()}
+        assert set(again) == set(as_named) and "plain|mean" in again
+        for gid, artists in as_named.items():
+            assert [drawn(a) for a in again[gid]] == [drawn(a) for a in artists], gid
+    labels = [t.get_text() for t in other.legends[0].get_texts()]
+    assert "plain (plain, original_flops_matched)" in labels  # the arm keeps its name: design data
+    assert "against the plain's curve" in other.get_suptitle()
+    plt.close(other)

@@ -10,9 +10,11 @@ import pytest
 from scipy import stats
 
 from mae_exp.study import curves
+from mae_exp.study.design import design_of
 from mae_exp.study.metrics import METRICS
 
 BUDGETS = (4, 8, 16, 32)
+PAIR = ("original", "improved")  # study.compare: the baseline, the tested recipe
 
 
 def curve_study():
@@ -73,9 +75,9 @@ def constructed(gap_at, seeds=(1, 2, 3, 4, 5), noise=0.0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyse(runs):
-    pts = curves.points(runs, {"original_flops_matched-e32"}, lambda arm: arm.split("-e")[0])
-    return pts, curves.gaps(pts)
+def analyse(runs, pair=PAIR):
+    pts = curves.points(runs, {"original_flops_matched-e32"}, lambda arm: arm.split("-e")[0], pair=pair)
+    return pts, curves.gaps(pts, pair=pair)
 
 
 def test_equal_flops_gap_is_read_off_the_original_curve():
@@ -86,10 +88,12 @@ def test_equal_flops_gap_is_read_off_the_original_curve():
         assert lp.loc[(1, b), "equal_flops"] == pytest.approx(0.01 * math.log2(b), abs=1e-9)
         # at equal steps the improved recipe also gets its extra FLOPs' worth: 0.02 log2(1.146) more
         assert lp.loc[(1, b), "equal_steps"] == pytest.approx(0.01 * math.log2(b) + 0.02 * math.log2(RATIO))
-    t = curves.trend(g).set_index("metric").loc["linear_cls_top1"]
+    t = curves.trend(g, pair=PAIR).set_index("metric").loc["linear_cls_top1"]
     assert t["slope_per_doubling"] == pytest.approx(0.01 * math.log2(b) / math.log2(b), rel=1e-6)
     assert t["trend"] == "moves in the improved recipe's favour"
-    mse = curves.trend(g).set_index("metric").loc["mse"]  # lower is better: the same rise favours the original
+    mse = (
+        curves.trend(g, pair=PAIR).set_index("metric").loc["mse"]
+    )  # lower is better: the same rise favours the original
     assert mse["trend"] == "moves in the original's favour"
 
 
@@ -100,7 +104,7 @@ def test_a_constant_gap_stays_and_the_bootstrap_brackets_it():
     assert len(table) == len(BUDGETS) and (table["n"] == 5).all()
     assert table["gap"].mean() == pytest.approx(0.02, abs=0.003)  # noise 0.005 a point, 20 seed-budgets
     assert ((table["t_low"] < table["boot_low"]) & (table["t_high"] > table["boot_high"])).all()  # t: wider
-    words = curves.trend(g)["trend"]  # 8 metrics, each a 5% chance of a false trend: expect 0.4 of them
+    words = curves.trend(g, pair=PAIR)["trend"]  # 8 metrics, each a 5% chance of a false trend: expect 0.4 of them
     assert (words == "stays within noise").sum() >= 7 and not words.str.contains("improved").any()
 
 
@@ -166,8 +170,9 @@ def test_the_verdict_rule_is_written_once_and_quoted_verbatim():
 
     p = curve_study()
     runs = constructed(lambda b: 0.01, noise=0.002)
-    primary = p.study.primary.model_copy(update={"arm": "all-e32"})
-    lines = headline_lines(primary, runs, paired_differences(runs, {"original_flops_matched-e32"}, primary))
+    primary = design_of(p).primary.model_copy(update={"arm": "all-e32"})
+    diffs = paired_differences(runs, {"original_flops_matched-e32"}, primary, pair=PAIR)
+    lines = headline_lines(primary, runs, diffs, pair=PAIR)
     assert lines[1] == f"Verdict rule: {rule}"
 
 
@@ -178,14 +183,15 @@ def test_the_report_labels_the_slopes_exploratory():
 
     assert "exploratory" in TRENDS_HEADER and "no multiplicity family" in TRENDS_HEADER
     first_study = REPO / "metrics" / "history" / "photo_study_1" / "study.md"  # the one study of several budgets
-    assert any(line.startswith(TRENDS_HEADER) for line in first_study.read_text().splitlines())
+    header = TRENDS_HEADER.format(baseline="original", tested="improved")  # that study's pair
+    assert any(line.startswith(header) for line in first_study.read_text().splitlines())
 
 
 def test_correlation_finds_one_finding():
     runs = constructed(lambda b: 0.0, noise=0.01)
     runs["psnr_original"] = -10 * runs["mse_original"]
     runs["psnr_improved"] = -10 * runs["mse_improved"]
-    assert curves.correlation(runs, "mse", "psnr") == pytest.approx(-1.0)
+    assert curves.correlation(runs, "mse", "psnr", pair=PAIR) == pytest.approx(-1.0)
 
 
 def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
@@ -195,7 +201,7 @@ def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
 
     p = curve_study()
     runs = constructed(lambda b: 0.01 * math.log2(b), noise=0.002)
-    primary = p.study.primary.model_copy(update={"arm": "all-e32"})
+    primary = design_of(p).primary.model_copy(update={"arm": "all-e32"})
     lines = compute_curves(runs, p, {"original_flops_matched-e32"}, primary, tmp_path / "c.csv", tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 10_000
     frame = pd.read_csv(tmp_path / "c.csv")
@@ -203,9 +209,9 @@ def test_report_writes_the_curves_their_figure_and_a_line_per_readout(tmp_path):
     assert sum("per doubling" in line for line in lines) == len(METRICS)
     assert any(line.startswith("masked MSE and PSNR") for line in lines)
     # the primary: at 32 epochs the gap is 0.05 (> the 1.5 pp margin), beyond noise
-    d = primary_differences(runs, primary)
+    d = primary_differences(runs, primary, pair=PAIR)
     assert len(d) == 5 and d.mean() == pytest.approx(0.05, abs=0.005)
-    line = verdict_line(primary, curves.equivalence(d, primary.margin))
+    line = verdict_line(primary, curves.equivalence(d, primary.margin), pair=PAIR)
     assert "BEYOND NOISE" in line and "margin ±1.5 pp" in line
 
 
@@ -216,7 +222,7 @@ def test_one_seed_gives_a_slope_and_says_it_has_no_interval(tmp_path):
 
     p = curve_study()
     runs = constructed(lambda b: 0.01 * math.log2(b), seeds=(1,))
-    primary = p.study.primary.model_copy(update={"arm": "all-e32"})
+    primary = design_of(p).primary.model_copy(update={"arm": "all-e32"})
     lines = compute_curves(runs, p, {"original_flops_matched-e32"}, primary, tmp_path / "c.csv", tmp_path / "c.png")
     per_readout = [line for line in lines if "per doubling" in line]
     assert len(per_readout) == len(METRICS)
@@ -233,19 +239,20 @@ def test_one_seed_primary_gives_its_value_and_unpaired_readings_leave_the_table(
     p = curve_study()
     runs = constructed(lambda b: 0.01, seeds=(1,))
     runs = runs.assign(flops_random=math.nan, **{f"wall_time_s_{e}": 60.0 for e in ("original", "improved", "random")})
-    primary = p.study.primary.model_copy(update={"arm": "all-e32"})
-    line = verdict_line(primary, curves.equivalence(primary_differences(runs, primary), primary.margin))
+    primary = design_of(p).primary.model_copy(update={"arm": "all-e32"})
+    d = primary_differences(runs, primary, pair=PAIR)
+    line = verdict_line(primary, curves.equivalence(d, primary.margin), pair=PAIR)
     assert "equal FLOPs): 1 seed, improved − original +1.0 pp; no interval and no reading yet" in line, line
     assert "nan" not in line
 
     originals = {"original_flops_matched-e32"}
-    diffs = paired_differences(runs, originals, primary)
-    assert headline_lines(primary, runs, diffs) == [
+    diffs = paired_differences(runs, originals, primary, pair=PAIR)
+    assert headline_lines(primary, runs, diffs, pair=PAIR) == [
         line,
         f"Verdict rule: {curves.VERDICT_RULE}",
         "Every other comparison is exploratory: the primary has no reading yet.",
     ]
-    text = markdown(summarize(runs, originals), diffs, runs, [])
+    text = markdown(summarize(runs, originals, pair=PAIR), diffs, runs, [], pair=PAIR)
     rows = [r for r in text.splitlines() if r.startswith("| all-e")]
     assert {tuple(c.strip() for c in r.split("|")[1:3]) for r in rows} == {
         *((f"all-e{b}", "equal steps") for b in BUDGETS),
@@ -264,7 +271,7 @@ def test_the_gap_panels_band_is_the_verdicts_interval_and_each_point_names_its_s
     runs = constructed(lambda b: 0.02, seeds=(1, 2), noise=0.01)
     pts, g = analyse(runs)
     table = curves.gap_table(g)
-    fig = compute_figure(curves.curve(pts), table, None)
+    fig = compute_figure(curves.curve(pts), table, None, pair=PAIR)
     col = SHOWN.index("knn_mean_top1")
     ax = fig.axes[len(SHOWN) + col]  # the bottom row follows the top row
     t = table.query("metric == 'knn_mean_top1' and reading == 'equal FLOPs'").sort_values("flops")

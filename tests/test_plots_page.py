@@ -74,9 +74,10 @@ def test_every_encoder_and_study_arm_has_its_own_colour():
         "improved: a_new_arm",
         "improved: another",
     ]
-    colours = palette.colours(groups)
+    encoders = ("random", "original", "improved")  # the study's: random, its baseline, its tested recipe
+    colours = palette.colours(groups, encoders)
     assert len(set(colours.values())) == len(groups)
-    assert colours["improved: all"] == palette.ENCODERS["improved"]  # the full recipe is "improved"
+    assert colours["improved: all"] == palette.encoder_colours(encoders)["improved"]  # the full tested recipe
 
 
 def test_every_curated_plot_reads_one_combined_file_of_the_report():
@@ -174,7 +175,10 @@ def test_the_page_draws_every_plot_offline_in_story_order(built, tmp_path):
     assert f'id="{RAW_PREFIX}' not in story and raw.count(f'id="{RAW_PREFIX}') == len(raw_files)
     # one line per encoder, named by its rows' `encoder` and drawn in their `colour`
     finetune = specs(page)["finetune_val_top1"]["data"]["values"]
-    assert {(row["encoder"], row["colour"]) for row in finetune} == set(palette.ENCODERS.items())
+    recipes = yaml.safe_load((built / "params.yaml").read_text())["recipes"]
+    assert {(row["encoder"], row["colour"]) for row in finetune} == set(
+        palette.encoder_colours(("random", *recipes)).items()
+    )
 
 
 @pytest.mark.slow

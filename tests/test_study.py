@@ -25,10 +25,10 @@ from conftest import BIN, REPO, copy_repo, dvc, git, ran_stages, run
 from mae_exp.plumbing.config import ConfigError, as_dict, load_params, parse_params
 from mae_exp.study import StudyError
 from mae_exp.study import queue as study_queue
-from mae_exp.study.design import arm_params, check_design
+from mae_exp.study.design import arm_params, check_design, design_of
 from mae_exp.study.edges import choices, edge_counts, summary_warning, unsearched, warning_lines
 from mae_exp.study.jobs import Job, sigint_default
-from mae_exp.study.metrics import ENCODERS, METRICS
+from mae_exp.study.metrics import METRICS, encoders
 from mae_exp.study.queue import plan
 from mae_exp.study.report import sentence
 from mae_exp.study.results import (
@@ -44,6 +44,8 @@ from mae_exp.study.results import (
 from mae_exp.study.stats import mean_ci, paired_differences, summarize
 
 TINY = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+PAIR = ("original", "improved")  # study.compare of params.yaml and configs/tiny.yaml: the baseline, the tested recipe
+ENCODERS = encoders(PAIR)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -115,14 +117,14 @@ def test_a_clear_difference_is_beyond_noise():
         "psnr": [-0.5, -0.6, -0.4],
     }
     primary = SimpleNamespace(arm="all", reading="flops", metric="linear_mean_top1")  # taken as it is, not corrected
-    d = by_metric(paired_differences(runs_frame("all", ORIGINAL, diff), primary=primary), "all")
+    d = by_metric(paired_differences(runs_frame("all", ORIGINAL, diff), primary=primary, pair=PAIR), "all")
     lp = d["linear_mean_top1"]
     assert lp["n"] == 3 and lp["diff_mean"] == pytest.approx(0.05)
     assert lp["diff_std"] == pytest.approx(0.01)
     half = 4.3027 * 0.01 / math.sqrt(3)
     assert (lp["ci_low"], lp["ci_high"]) == pytest.approx((0.05 - half, 0.05 + half), abs=1e-5)
     assert lp["beyond_noise"]
-    text = sentence(lp)
+    text = sentence(lp, pair=PAIR)
     p = stats.ttest_rel([0.55, 0.58, 0.55], [0.50, 0.52, 0.51]).pvalue
     assert lp["p_value"] == pytest.approx(p) and lp["p_holm"] == lp["p_value"] and lp["primary"]
     assert text == (
@@ -130,10 +132,10 @@ def test_a_clear_difference_is_beyond_noise():
         f"it by +5.0 pp (95% CI +2.5 to +7.5 pp, p = {p:.2g}, 3 seeds): beyond seed-to-seed noise, better."
     )
     assert not d["hf_error"]["primary"] and d["hf_error"]["p_holm"] > d["hf_error"]["p_value"]
-    assert d["hf_error"]["beyond_noise"] and sentence(d["hf_error"]).endswith("better.")
-    assert "lower is better" in sentence(d["hf_error"])
-    assert d["psnr"]["beyond_noise"] and sentence(d["psnr"]).endswith("worse.")
-    assert not d["ft_top1"]["beyond_noise"] and "no difference" in sentence(d["ft_top1"])
+    assert d["hf_error"]["beyond_noise"] and sentence(d["hf_error"], pair=PAIR).endswith("better.")
+    assert "lower is better" in sentence(d["hf_error"], pair=PAIR)
+    assert d["psnr"]["beyond_noise"] and sentence(d["psnr"], pair=PAIR).endswith("worse.")
+    assert not d["ft_top1"]["beyond_noise"] and "no difference" in sentence(d["ft_top1"], pair=PAIR)
 
 
 def test_no_difference_stays_within_noise():
@@ -144,14 +146,14 @@ def test_no_difference_stays_within_noise():
         "hf_error": [0.002, -0.003, 0.001],
         "psnr": [0.3, -0.2, -0.1],
     }
-    d = by_metric(paired_differences(runs_frame("laplacian_only", ORIGINAL, diff)), "laplacian_only")
+    d = by_metric(paired_differences(runs_frame("laplacian_only", ORIGINAL, diff), pair=PAIR), "laplacian_only")
     for metric in diff:
         row = d[metric]
         assert row["n"] == 3
         assert row["ci_low"] < 0 < row["ci_high"], metric
         assert not row["beyond_noise"]
-        assert sentence(row).endswith("within seed-to-seed noise."), sentence(row)
-    assert sentence(d["linear_mean_top1"]).startswith(
+        assert sentence(row, pair=PAIR).endswith("within seed-to-seed noise."), sentence(row, pair=PAIR)
+    assert sentence(d["linear_mean_top1"], pair=PAIR).startswith(
         "linear probe mean top-1 (test), equal steps and FLOPs: the Laplacian loss alone changes it by +0.0 pp (95% CI "
     )
 
@@ -164,7 +166,7 @@ def test_the_paired_interval_is_that_of_scipys_paired_t_test():
         "psnr": [0.3, -0.2, 0.4],
     }
     runs = runs_frame("all", ORIGINAL, diff)
-    for metric, row in by_metric(paired_differences(runs, level=0.9), "all").items():
+    for metric, row in by_metric(paired_differences(runs, level=0.9, pair=PAIR), "all").items():
         if metric not in diff:  # no experiment has it
             continue
         test = stats.ttest_rel(runs[f"{metric}_improved"], runs[f"{metric}_original"])
@@ -176,15 +178,15 @@ def test_the_paired_interval_is_that_of_scipys_paired_t_test():
 def test_one_seed_gives_no_interval():
     diff = {m: [0.05] for m in ORIGINAL}
     runs = runs_frame("all", {m: v[:1] for m, v in ORIGINAL.items()}, diff, seeds=(42,))
-    row = by_metric(paired_differences(runs), "all")["linear_mean_top1"]
+    row = by_metric(paired_differences(runs, pair=PAIR), "all")["linear_mean_top1"]
     assert row["n"] == 1 and math.isnan(row["ci_low"]) and not row["beyond_noise"]
-    assert "needs at least 2 seeds" in sentence(row)
+    assert "needs at least 2 seeds" in sentence(row, pair=PAIR)
 
 
 def test_summary_counts_the_original_once_per_seed():
     zero = {m: [0.0, 0.0, 0.0] for m in ORIGINAL}
     runs = pd.concat([runs_frame("all", ORIGINAL, zero), runs_frame("laplacian_only", ORIGINAL, zero)])
-    s = summarize(runs).set_index(["group", "metric"])
+    s = summarize(runs, pair=PAIR).set_index(["group", "metric"])
     assert s.loc[("original", "linear_mean_top1"), "n"] == 3  # not 6: both ablations share a seed's original run
     assert s.loc[("original", "linear_mean_top1"), "mean"] == pytest.approx(0.51)
     assert s.loc[("original", "linear_mean_top1"), "std"] == pytest.approx(0.01)
@@ -212,7 +214,7 @@ def test_holm_corrects_within_two_families_and_beyond_noise_follows_it():
     longer = runs_frame("original_flops_matched", ORIGINAL, {}, flops=(1.15e12, 1.0e12))  # its baseline
     runs = pd.concat([runs_frame("all", ORIGINAL, diff), *single, costly, longer], ignore_index=True)
     primary = SimpleNamespace(arm="all", reading="steps", metric="ft_top1")
-    d = paired_differences(runs, {"original_flops_matched"}, primary=primary)
+    d = paired_differences(runs, {"original_flops_matched"}, primary=primary, pair=PAIR)
     assert d["primary"].sum() == 1
     first = d[d["primary"]].iloc[0]
     assert (first["ablation"], first["metric"], first["p_holm"]) == ("all", "ft_top1", first["p_value"])
@@ -227,12 +229,12 @@ def test_holm_corrects_within_two_families_and_beyond_noise_follows_it():
     untested = d[d["family"] == ""]
     assert set(untested["ablation"]) == {"curriculum_only"} and set(untested["reading"]) == {"equal steps"}
     assert untested["p_holm"].isna().all() and not untested["beyond_noise"].any()
-    assert "descriptive, not tested" in sentence(untested[untested["n"] > 0].iloc[0].to_dict())
+    assert "descriptive, not tested" in sentence(untested[untested["n"] > 0].iloc[0].to_dict(), pair=PAIR)
     assert list(d["beyond_noise"]) == list(d["p_holm"] < 0.05)
     # LP: beyond noise on its own (p 0.013), not after correcting within its family of 12
     lp = others[(others["ablation"] == "laplacian_only") & (others["metric"] == "linear_mean_top1")].iloc[0]
     assert lp["p_value"] < 0.05 and lp["p_holm"] >= 0.05 and not lp["beyond_noise"]
-    assert "within seed-to-seed noise" in sentence(lp.to_dict())
+    assert "within seed-to-seed noise" in sentence(lp.to_dict(), pair=PAIR)
 
 
 def test_the_primary_read_both_ways_averages_the_two_matched_differences_per_seed():
@@ -261,9 +263,9 @@ def test_the_primary_read_both_ways_averages_the_two_matched_differences_per_see
     primary = SimpleNamespace(arm="all", reading="both", metric="logreg_cls_top1")
     partners = {"all": "improved_flops_matched"}
     want = [((a - b) + (c - e)) / 2 for a, b, c, e in zip(i, o_long, i_short, o)]
-    got = primary_differences(runs, primary, partners)
+    got = primary_differences(runs, primary, partners, pair=PAIR)
     assert list(got) == pytest.approx(want) and list(got.index) == seeds
-    d = paired_differences(runs, {"original_flops_matched"}, primary, partners=partners)
+    d = paired_differences(runs, {"original_flops_matched"}, primary, partners=partners, pair=PAIR)
     row = d[d["primary"]].iloc[0]
     assert (row["reading"], row["n"]) == (BOTH_WAYS, 3)
     assert row["diff_mean"] == pytest.approx(sum(want) / 3)
@@ -271,7 +273,7 @@ def test_the_primary_read_both_ways_averages_the_two_matched_differences_per_see
     one_way = d[(d["metric"] == "logreg_cls_top1") & (d["reading"] != BOTH_WAYS) & d["reading"].str.contains("FLOPs")]
     assert len(one_way) == 2 and (one_way["family"] == "").all()  # shown beside it, not tested
     # the partner missing (its runs not done): no primary reading yet
-    assert primary_differences(runs[runs["ablation"] != "improved_flops_matched"], primary, partners).empty
+    assert primary_differences(runs[runs["ablation"] != "improved_flops_matched"], primary, partners, pair=PAIR).empty
 
 
 def test_an_arm_that_costs_more_is_read_at_equal_steps_and_at_equal_flops():
@@ -282,18 +284,20 @@ def test_an_arm_that_costs_more_is_read_at_equal_steps_and_at_equal_flops():
     longer = {m: [v + 0.02 for v in values] for m, values in ORIGINAL.items()}
     matched = runs_frame("original_flops_matched", longer, diff, flops=(1.1495e12, 1.15e12))
     runs = pd.concat([full, matched], ignore_index=True)
-    d = paired_differences(runs, original_arms={"original_flops_matched"})
+    d = paired_differences(runs, baseline_arms={"original_flops_matched"}, pair=PAIR)
     lp = d[d["metric"] == "linear_mean_top1"].set_index("reading")
     assert set(d["ablation"]) == {"all"}  # the matched arm supplies a baseline, it is no comparison itself
     assert lp.loc["equal steps", "diff_mean"] == pytest.approx(0.035)
     assert lp.loc["equal FLOPs", "diff_mean"] == pytest.approx(0.015)
-    summary = summarize(runs, {"original_flops_matched"}).set_index(["group", "metric"])
+    summary = summarize(runs, {"original_flops_matched"}, pair=PAIR).set_index(["group", "metric"])
     assert summary.loc[("original: original_flops_matched", "linear_mean_top1"), "mean"] == pytest.approx(0.53)
     assert summary.loc[("original: original_flops_matched", "flops"), "mean"] == pytest.approx(1.1495e12)
     assert ("improved: original_flops_matched", "linear_mean_top1") not in summary.index
     # FLOPs more than 1% apart are no match: the equal-FLOPs reading then has no pair
     far = runs.assign(flops_original=lambda r: r["flops_original"].where(r["ablation"] == "all", 1.3e12))
-    lp = paired_differences(far, original_arms={"original_flops_matched"}).query("metric == 'linear_mean_top1'")
+    lp = paired_differences(far, baseline_arms={"original_flops_matched"}, pair=PAIR).query(
+        "metric == 'linear_mean_top1'"
+    )
     assert lp.set_index("reading").loc["equal FLOPs", "n"] == 0
 
 
@@ -301,12 +305,104 @@ def test_the_study_csv_marks_the_primary_and_has_raw_and_adjusted_p_values(tmp_p
     from mae_exp.study.report import csv_frame
 
     runs = runs_frame("all", ORIGINAL, {"linear_mean_top1": [0.05, 0.06, 0.04]})
-    diffs = paired_differences(runs, primary=SimpleNamespace(arm="all", reading="flops", metric="ft_top1"))
-    frame = csv_frame(summarize(runs), diffs)
+    diffs = paired_differences(runs, primary=SimpleNamespace(arm="all", reading="flops", metric="ft_top1"), pair=PAIR)
+    frame = csv_frame(summarize(runs, pair=PAIR), diffs, pair=PAIR)
     assert {"p_value", "p_holm", "primary", "beyond_noise", "reading"} <= set(frame.columns)
     compared = frame[frame["diff_n"].notna()]
     assert compared["primary"].sum() == 1 and compared.loc[compared["primary"], "metric"].item() == "ft_top1"
     assert "mse" in set(compared["metric"])  # the original's own objective is compared too
+
+
+def test_the_compared_pair_is_data_other_names_give_the_same_numbers_under_their_names():
+    """study.compare names the two recipes: the same experiments with the baseline called `plain` and the
+    tested recipe `fancy` (columns ft_top1_fancy, flops_plain, ...; arms that change `plain.` keys supply
+    baselines) give the same numbers as with `original` and `improved`, under labels that carry the new names;
+    the report's text is the same but for those names. Nothing in the study assumes either name."""
+    from mae_exp.evaluation import palette
+    from mae_exp.study import curves
+    from mae_exp.study.predictions import wanted_encoders
+    from mae_exp.study.report import csv_frame, markdown, sentence, verdict_line
+    from mae_exp.study.results import baseline_arms, steps_partners
+    from mae_exp.study.stats import BOTH_WAYS, primary_differences
+
+    other = ("plain", "fancy")
+
+    def renamed(text: str) -> str:  # a label or text of the default pair, in the other names
+        return text.replace("original", "plain").replace("improved", "fancy")
+
+    def design(pair) -> SimpleNamespace:  # params whose study section is all that is read here
+        baseline, tested = pair
+        ablations = {  # arm names free of recipe names, so that `renamed` leaves them alone
+            "all": {},
+            "longer_baseline": {f"{baseline}.steps_factor": 1.15},
+            "shorter_tested": {f"{tested}.steps_factor": 0.87},
+            "laplacian_only": {f"{tested}.lambda_unif": 0.0},
+        }
+        primary = {**TINY["study"]["primary"], "budget": 32}
+        return SimpleNamespace(
+            study={**TINY["study"], "compare": list(pair), "budgets": [32], "ablations": ablations, "primary": primary}
+        )
+
+    diff = {"linear_mean_top1": [0.05, 0.06, 0.04], "ft_top1": [0.01, -0.01, 0.02], "psnr": [0.3, -0.2, 0.4]}
+    longer = {m: [v + 0.02 for v in values] for m, values in ORIGINAL.items()}
+    runs = pd.concat(
+        [
+            runs_frame("all", ORIGINAL, diff, flops=(1.0e12, 1.15e12)),
+            runs_frame("longer_baseline", longer, diff, flops=(1.1495e12, 1.15e12)),
+            runs_frame("shorter_tested", ORIGINAL, {"linear_mean_top1": [0.01, 0.03, 0.02]}, flops=(1.0e12, 1.0e12)),
+            runs_frame("laplacian_only", ORIGINAL, diff),
+        ],
+        ignore_index=True,
+    ).assign(budget=32)
+    runs["rev"] = runs["name"]
+    plain = runs.rename(columns=renamed)
+    assert "ft_top1_fancy" in plain and "flops_plain" in plain and not plain.columns.str.contains("improved").any()
+
+    bases, partners = baseline_arms(design(PAIR)), steps_partners(design(PAIR))
+    assert (bases, partners) == ({"longer_baseline"}, {"all": "shorter_tested"})
+    assert (baseline_arms(design(other)), steps_partners(design(other))) == (bases, partners)
+    primary = SimpleNamespace(arm="all", reading="both", metric="linear_mean_top1", margin=0.015)
+
+    summary, summary_other = summarize(runs, bases, pair=PAIR), summarize(plain, bases, pair=other)
+    pd.testing.assert_frame_equal(summary_other, summary.assign(group=summary["group"].map(renamed)))
+    assert {"random", "plain", "plain: longer_baseline", "fancy: all"} <= set(summary_other["group"])
+
+    diffs = paired_differences(runs, bases, primary, partners=partners, pair=PAIR)
+    diffs_other = paired_differences(plain, bases, primary, partners=partners, pair=other)
+    pd.testing.assert_frame_equal(diffs_other, diffs)
+    assert diffs_other["primary"].sum() == 1 and (diffs_other["reading"] == BOTH_WAYS).any()
+    assert diffs_other["n"].max() == 3
+    pd.testing.assert_series_equal(
+        primary_differences(plain, primary, partners, pair=other),
+        primary_differences(runs, primary, partners, pair=PAIR),
+    )
+
+    frame = csv_frame(summary_other, diffs_other, pair=other)
+    assert "fancy: all − plain" in set(frame["group"])
+    default_frame = csv_frame(summary, diffs, pair=PAIR)
+    pd.testing.assert_frame_equal(frame, default_frame.assign(group=default_frame["group"].map(renamed)))
+    text = markdown(summary_other, diffs_other, plain, [], pair=other)
+    assert "Paired difference fancy − plain (same seed)" in text
+    assert text == renamed(markdown(summary, diffs, runs, [], pair=PAIR))
+    e = curves.equivalence(primary_differences(plain, primary, partners, pair=other), primary.margin)
+    assert "fancy − plain" in verdict_line(primary, e, pair=other)
+    row = {**diffs_other.iloc[0].to_dict(), "ablation": "improved_flops_matched"}  # an arm described by name
+    assert "given the plain's FLOPs" in sentence(row, pair=other)
+
+    pts = curves.points(runs, bases, lambda arm: arm, pair=PAIR)
+    pts_other = curves.points(plain, bases, lambda arm: arm, pair=other)
+    pd.testing.assert_frame_equal(pts_other, pts.assign(group=pts["group"].map(renamed)))
+    assert set(pts_other["group"]) == {"random", "plain", "fancy"}
+    pd.testing.assert_frame_equal(curves.gaps(pts_other, pair=other), curves.gaps(pts, pair=PAIR))
+    assert curves.correlation(plain, "linear_mean_top1", "psnr", pair=other) == pytest.approx(
+        curves.correlation(runs, "linear_mean_top1", "psnr", pair=PAIR)
+    )
+
+    assert wanted_encoders("longer_baseline", bases, other) == ("plain",)
+    assert wanted_encoders("all", bases, other) == ("random", "plain", "fancy")
+    groups = list(summary["group"].drop_duplicates())
+    colours = palette.colours(groups, encoders(PAIR))
+    assert palette.colours([renamed(g) for g in groups], encoders(other)) == {renamed(g): c for g, c in colours.items()}
 
 
 # --------------------------------------------------------------------------- experiments -> runs
@@ -484,7 +580,7 @@ def test_real_dvc_experiments_and_their_csv_give_the_same_runs(tmp_path):
     pd.testing.assert_frame_equal(kept, runs)
 
     # each experiment's fine-tuning curve, read from its own commit through dvc.api
-    curves, read, curve_notes = finetune_curves(runs, set(), repo)
+    curves, read, curve_notes = finetune_curves(runs, set(), repo, pair=PAIR)
     assert curve_notes == []
     assert len(read) == len(curves) and set(read["rev"]) <= set(runs["rev"])
     last = curves[curves["epoch"] == 2].set_index(["group", "seed"])["val_top1"]
@@ -542,9 +638,9 @@ def test_choices_at_an_edge_are_counted_per_readout_and_encoder_and_over_ten_per
         )
         for seed in range(10)
     ]
-    chosen = choices(rows)
+    chosen = choices(rows, pair=PAIR)
     assert set(chosen["readout"]) == {"linear_cls", "knn_cls", "finetune"}  # no logistic probe then: skipped
-    counts = edge_counts(chosen).set_index(["readout", "encoder"])
+    counts = edge_counts(chosen, pair=PAIR).set_index(["readout", "encoder"])
     columns = ["searched", "at_edge", "share", "sides", "over_limit"]
     assert counts.loc[("linear_cls", "original"), columns].tolist() == [10, 2, 0.2, "lr highest 2", True]
     assert counts.loc[("linear_cls", "all"), columns].tolist() == [30, 2, 0.0667, "lr highest 2", False]
@@ -562,7 +658,9 @@ def test_choices_at_an_edge_are_counted_per_readout_and_encoder_and_over_ten_per
     )
     # the same from the saved `dvc exp show --csv` rows: the grids parsed from their text ("[0.03, 0.1, 0.3, 1.0]")
     save_rows(rows, [r["rev"] for r in rows], tmp_path / "saved.csv")
-    assert edge_counts(choices(csv_rows(tmp_path / "saved.csv"))).equals(edge_counts(chosen))
+    assert edge_counts(choices(csv_rows(tmp_path / "saved.csv"), pair=PAIR), pair=PAIR).equals(
+        edge_counts(chosen, pair=PAIR)
+    )
 
 
 def test_the_report_warns_of_a_readout_at_an_edge_beside_the_verdict(tmp_path):
@@ -609,8 +707,8 @@ def with_study(**study) -> dict:
 
 def test_the_study_section_parses_into_overrides():
     p = parse_params(TINY)
-    assert p.study.seeds == (42, 43, 44)
-    assert list(p.study.ablations) == [
+    assert design_of(p).seeds == (42, 43, 44)
+    assert list(design_of(p).ablations) == [
         "all",
         "original_flops_matched",
         "curriculum_only",
@@ -752,10 +850,10 @@ def test_a_curve_study_plans_each_ablation_at_its_budgets():
     assert [j.name for j in plan(p, [7], ["all"], [2])] == ["s7-all-e2"]
     matched_at_2 = {**raw["study"]["primary"], "arm": "original_flops_matched", "budget": 2}
     with pytest.raises(ConfigError, match="study.primary.budget: 'original_flops_matched' does not run at 2"):
-        parse_params({**raw, "study": {**raw["study"], "primary": matched_at_2}})
+        design_of(parse_params({**raw, "study": {**raw["study"], "primary": matched_at_2}}))
     raw["study"]["ablation_budgets"] = {"nope": [4]}
-    with pytest.raises(ConfigError, match="study.ablation_budgets: 'nope' is not in study.ablations"):
-        parse_params(raw)
+    with pytest.raises(ConfigError, match="study.ablation_budgets: 'nope' is not in ablations"):
+        design_of(parse_params(raw))
 
 
 def test_a_seeds_first_arm_runs_before_its_others_and_two_seeds_run_side_by_side(tmp_path, monkeypatch):
@@ -1123,20 +1221,22 @@ def test_the_second_interval_resamples_the_primarys_own_encoders_per_image():
             runs[f"{m}_{e}"] = runs.get(f"{m}_{e}", math.nan)
     primary = SimpleNamespace(arm="all", reading="both", metric="logreg_cls_top1", margin=0.015)
     partners = {"all": "improved_flops_matched"}
-    terms = primary_terms(runs, primary, partners)
+    terms = primary_terms(runs, primary, partners, pair=PAIR)
     assert sorted(terms) == seeds
     assert sorted(w for w, _, _ in terms[2]) == [-0.5, -0.5, 0.5, 0.5]
     assert {r for w, r, e in terms[2] if e == "improved"} == {"all-2", "improved_flops_matched-2"}
     assert "original_flops_matched-2" in {r for w, r, e in terms[2] if e == "original" and w < 0}
     per_image = np.stack([sum(w * correct[rev, enc] for w, rev, enc in terms[s]) for s in seeds])
-    assert per_image.mean(axis=1) == pytest.approx(list(primary_differences(runs, primary, partners)))
+    assert per_image.mean(axis=1) == pytest.approx(list(primary_differences(runs, primary, partners, pair=PAIR)))
     low, high = two_way_bootstrap(per_image, draws=IMAGE_DRAWS, seed=0)
-    line = image_interval_line(primary, runs, partners, pd.DataFrame(table, columns=COLUMNS))
+    line = image_interval_line(primary, runs, partners, pd.DataFrame(table, columns=COLUMNS), pair=PAIR)
     assert f"95% CI {low * 100:+.1f} to {high * 100:+.1f} pp".replace("-", "\u2212") in line
     assert "400 test images" in line and "3 seeds" in line and "Student-t" in line
     # a seed whose partner's predictions are missing is left out, and said so
     fewer = pd.DataFrame([t for t in table if t["rev"] != "improved_flops_matched-3"], columns=COLUMNS)
-    assert "2 seeds; 1 seed(s) without predictions left out" in image_interval_line(primary, runs, partners, fewer)
+    assert "2 seeds; 1 seed(s) without predictions left out" in image_interval_line(
+        primary, runs, partners, fewer, pair=PAIR
+    )
 
 
 def test_the_report_carries_each_earlier_studys_primary_as_it_stated_it(tmp_path):

@@ -25,6 +25,8 @@ from mae_exp.study.predictions import (
     unpack,
 )
 
+PAIR = ("original", "improved")  # study.compare: the baseline, the tested recipe
+
 # --------------------------------------------------------------------------- packing
 
 
@@ -181,7 +183,7 @@ def test_predictions_are_read_from_each_experiments_commit_else_from_the_saved_c
     changed_rev = git("rev-parse", "HEAD", cwd=repo).stdout.strip()
     runs = pd.DataFrame([run_row(1, "all", full_rev), run_row(1, "original_flops_matched", changed_rev)])
 
-    table, notes = read_predictions(runs, {"original_flops_matched"}, repo)
+    table, notes = read_predictions(runs, {"original_flops_matched"}, repo, pair=PAIR)
     assert notes == []
     assert set(zip(table["rev"], table["encoder"])) == {
         (full_rev, "random"),
@@ -208,7 +210,7 @@ def test_predictions_are_read_from_each_experiments_commit_else_from_the_saved_c
         dvc_read("predictions/finetune_original.npz", repo=str(clone), rev=full_rev, mode="rb")
     unknown = "f" * 40  # an experiment neither DVC nor the saved copy knows
     more = pd.concat([runs, pd.DataFrame([run_row(2, "all", unknown)])], ignore_index=True)
-    from_clone, notes = read_predictions(more, {"original_flops_matched"}, clone)
+    from_clone, notes = read_predictions(more, {"original_flops_matched"}, clone, pair=PAIR)
     order = ["rev", "encoder", "metric"]
     pd.testing.assert_frame_equal(
         from_clone.sort_values(order, ignore_index=True), table.sort_values(order, ignore_index=True)
@@ -220,7 +222,7 @@ def test_predictions_are_read_from_each_experiments_commit_else_from_the_saved_c
 
     # a saved copy that lacks one file of an experiment: that file is noted, the rest still read
     partial = table[~((table["rev"] == full_rev) & (table["encoder"] == "improved") & (table["metric"] == "ft_top1"))]
-    got, notes = read_predictions(runs, {"original_flops_matched"}, clone, saved=partial)
+    got, notes = read_predictions(runs, {"original_flops_matched"}, clone, saved=partial, pair=PAIR)
     assert len(got) == len(table) - 1 and correct(got, full_rev, "improved", "ft_top1") is None
     assert notes == [
         "1 prediction file(s) could not be read from their experiment or the saved copy: "

@@ -68,7 +68,7 @@ VENDOR = [
 # Where the page's story puts each plot, by the id DVC gives its <div> (its name, punctuation -> "_"):
 # a section heading opens before the first plot whose id starts with the prefix.
 SECTIONS = [
-    ("plots_comparison_png", "1. Original vs improved: every measure"),
+    ("plots_comparison_png", "1. Every recipe against the baseline: every measure"),
     ("pretrain_", "2. Pre-training"),
     ("linear_probe_", "3. Readouts of the frozen encoders (validation split)"),
     ("finetune_", "4. Fine-tuning"),
@@ -82,7 +82,7 @@ SKELETON = """<!DOCTYPE html>
 <meta charset="utf-8">
 <link rel="icon" href="data:,">
 {refresh_tag}
-<title>MAE pre-training: original vs improved</title>
+<title>MAE pre-training recipes compared</title>
 <style>
   body { font-family: sans-serif; margin: 16px; }
   #plots { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
@@ -115,7 +115,7 @@ SKELETON = """<!DOCTYPE html>
 </script>
 </head>
 <body>
-<h1>MAE pre-training: original vs improved</h1>
+<h1>MAE pre-training recipes compared</h1>
 <div id="plots">
 {plot_divs}
 </div>

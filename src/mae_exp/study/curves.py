@@ -1,12 +1,14 @@
-"""Compute curves: every readout against pre-training FLOPs, and improved − original read from them.
+"""Compute curves: every readout against pre-training FLOPs, and the tested recipe − the baseline read from them.
 
-A study with several budgets (study.budgets) trains both recipes at each; the original also at the improved
-recipe's largest FLOPs (an arm such as `original_flops_matched` at the top budget), so that its curve spans
-every FLOPs the improved recipe spent. Then, per seed and budget:
+A study with several budgets (study.budgets) trains both recipes of study.compare at each (`pair`: the
+baseline, then the tested recipe); the baseline also at the tested recipe's largest FLOPs (an arm that
+changes the baseline's steps at the top budget), so that its curve spans every FLOPs the tested recipe spent.
+Then, per seed and budget:
 
-- equal steps: improved − original at the same budget (the improved recipe spends more FLOPs per step);
-- equal FLOPs: improved − the original's curve read at the improved run's FLOPs, interpolated linearly in
-  log FLOPs between the original's own points of that seed (never extrapolated: NaN outside its range, but
+- equal steps: the tested recipe − the baseline at the same budget (the tested recipe may spend more FLOPs
+  per step);
+- equal FLOPs: the tested recipe − the baseline's curve read at the tested run's FLOPs, interpolated linearly
+  in log FLOPs between the baseline's own points of that seed (never extrapolated: NaN outside its range, but
   for FLOPs within stats.FLOPS_TOLERANCE of an end, which count as equal there as in the paired reading).
 
 Bands are percentile bootstraps over seeds (resampling whole seeds, so a seed's points stay together); the
@@ -25,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..plumbing.config import RANDOM
 from .metrics import METRICS
 from .stats import FLOPS_TOLERANCE, mean_ci
 
@@ -32,17 +35,19 @@ BOOTSTRAP = 10_000  # resamples of the seeds
 BOOTSTRAP_SEED = 0  # the intervals are a function of the committed rows alone
 
 
-def points(runs: pd.DataFrame, original_arms, ablation_of) -> pd.DataFrame:
-    """One row per (metric, group, seed, budget): group random | original | improved, with the run's FLOPs.
-    `ablation_of`: arm name -> ablation. The improved points are every arm's that does not change the
-    original; the original's are every arm's original side (an arm such as original_flops_matched adds one)."""
+def points(runs: pd.DataFrame, baseline_arms, ablation_of, *, pair) -> pd.DataFrame:
+    """One row per (metric, group, seed, budget): group random | the baseline | the tested recipe (each by its
+    name in `pair`, study.compare), with the run's FLOPs. `ablation_of`: arm name -> ablation. The tested
+    recipe's points are every arm's that does not change the baseline; the baseline's are every arm's baseline
+    side (an arm of `baseline_arms`, which gives the baseline other steps, adds one)."""
+    baseline, tested = pair
     rows = []
     for r in runs.to_dict("records"):
-        changes_original = r["ablation"] in original_arms
+        changes_baseline = r["ablation"] in baseline_arms
         for metric in METRICS:
-            if not changes_original:
-                for group in ("random", "improved"):
-                    flops = 0.0 if group == "random" else r["flops_improved"]
+            if not changes_baseline:
+                for group in (RANDOM, tested):
+                    flops = 0.0 if group == RANDOM else r[f"flops_{tested}"]
                     rows.append(
                         _point(
                             metric, group, r, flops, r.get(f"{metric}_{group}", math.nan), ablation_of(r["ablation"])
@@ -51,15 +56,15 @@ def points(runs: pd.DataFrame, original_arms, ablation_of) -> pd.DataFrame:
             rows.append(
                 _point(
                     metric,
-                    "original",
+                    baseline,
                     r,
-                    r["flops_original"],
-                    r.get(f"{metric}_original", math.nan),
+                    r[f"flops_{baseline}"],
+                    r.get(f"{metric}_{baseline}", math.nan),
                     ablation_of(r["ablation"]),
                 )
             )
     frame = pd.DataFrame(rows, columns=["metric", "group", "ablation", "seed", "budget", "flops", "value"])
-    # the original of a seed and budget is one run, whatever arm carried it (the run-cache shares it)
+    # the baseline of a seed and budget is one run, whatever arm carried it (the run-cache shares it)
     return frame.drop_duplicates(["metric", "group", "seed", "flops", "value"]).reset_index(drop=True)
 
 
@@ -78,7 +83,7 @@ def _point(metric, group, r, flops, value, ablation) -> dict:
 def curve(pts: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Mean, Student-t interval over seeds and mean FLOPs per (metric, group, budget) point of the curves."""
     rows = []
-    # the original's extra point (more steps at the top budget) is its own point of the curve: FLOPs tell it
+    # the baseline's extra point (more steps at the top budget) is its own point of the curve: FLOPs tell it
     # apart (to within a part in 10^3, so runs of the same schedule group together)
     key = np.round(np.log(pts["flops"].clip(lower=1.0)), 3).rename("flops_key")
     for (metric, group, budget, _), sub in pts.groupby(["metric", "group", "budget", key], sort=True):
@@ -98,15 +103,17 @@ def curve(pts: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["metric", "group", "budget", "flops", "n", "mean", "ci_low", "ci_high"])
 
 
-def gaps(pts: pd.DataFrame) -> pd.DataFrame:
-    """Per (metric, seed, budget): improved − original at equal steps and at equal FLOPs (interpolated)."""
+def gaps(pts: pd.DataFrame, *, pair) -> pd.DataFrame:
+    """Per (metric, seed, budget): the tested recipe − the baseline (`pair`, study.compare) at equal steps and
+    at equal FLOPs (interpolated)."""
+    baseline, tested = pair
     rows = []
     for (metric, seed), sub in pts.groupby(["metric", "seed"], sort=True):
-        orig = sub[sub["group"] == "original"].dropna(subset=["value"]).sort_values("flops")
-        x = np.log(orig["flops"].to_numpy(float))
-        y = orig["value"].to_numpy(float)
-        for r in sub[sub["group"] == "improved"].to_dict("records"):
-            same = orig[orig["budget"] == r["budget"]].sort_values("flops")
+        base = sub[sub["group"] == baseline].dropna(subset=["value"]).sort_values("flops")
+        x = np.log(base["flops"].to_numpy(float))
+        y = base["value"].to_numpy(float)
+        for r in sub[sub["group"] == tested].to_dict("records"):
+            same = base[base["budget"] == r["budget"]].sort_values("flops")
             steps = r["value"] - same["value"].iloc[0] if len(same) else math.nan  # fewest steps: the arm-free one
             at = math.log(r["flops"]) if r["flops"] > 0 else math.nan
             slack = math.log1p(FLOPS_TOLERANCE)  # FLOPs within 1% of an end of the curve count as that end
@@ -162,10 +169,11 @@ def gap_table(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     )
 
 
-def trend(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+def trend(g: pd.DataFrame, level: float = 0.95, *, pair) -> pd.DataFrame:
     """Per metric: how the equal-FLOPs gap changes per doubling of compute: the mean over seeds of each seed's
     least-squares slope of gap on log2 FLOPs, its Student-t and bootstrap intervals; the word (from the
-    t interval) says which way."""
+    t interval) says which way, naming the recipes of `pair` (study.compare)."""
+    baseline, tested = pair
     rows = []
     for metric, sub in g.groupby("metric", sort=True):
         slopes = []
@@ -175,13 +183,13 @@ def trend(g: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         v = np.array(slopes, dtype=float)
         n, mean, _, lo, hi = mean_ci(v, level)
         b_lo, b_hi = bootstrap_mean(v, level, np.random.default_rng(BOOTSTRAP_SEED))
-        better = 1 if METRICS[metric].higher_better else -1  # a rising MSE gap favours the original
+        better = 1 if METRICS[metric].higher_better else -1  # a rising MSE gap favours the baseline
         word = (
             "not enough seeds"
             if not np.isfinite(lo)
-            else "moves in the improved recipe's favour"
+            else f"moves in the {tested} recipe's favour"
             if better * lo > 0 and better * hi > 0
-            else "moves in the original's favour"
+            else f"moves in the {baseline}'s favour"
             if better * lo < 0 and better * hi < 0
             else "stays within noise"
         )
@@ -213,7 +221,7 @@ VERDICT_RULE = (
 
 
 def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
-    """Two one-sided paired t-tests (TOST) of improved − original against ±margin, and the verdict by
+    """Two one-sided paired t-tests (TOST) of the tested recipe − the baseline against ±margin, and the verdict by
     VERDICT_RULE (at alpha = 0.05): "no difference" when the 1 − 2·alpha interval lies inside ±margin,
     "beyond noise" when the 1 − alpha interval excludes 0 whatever the 1 − 2·alpha interval does at the
     margin, both when both hold, otherwise "inconclusive" (the data allow a difference as large as the
@@ -265,11 +273,11 @@ def equivalence(diff: pd.Series, margin: float, alpha: float = 0.05) -> dict:
     }
 
 
-def correlation(runs: pd.DataFrame, a: str, b: str) -> float:
-    """Pearson r of two measures over every (experiment, variant) that has both: one finding or two?"""
+def correlation(runs: pd.DataFrame, a: str, b: str, *, pair) -> float:
+    """Pearson r of two measures over every (experiment, recipe of `pair`) that has both: one finding or two?"""
     xs, ys = [], []
-    for variant in ("original", "improved"):
-        pair = runs[[f"{a}_{variant}", f"{b}_{variant}"]].dropna()
-        xs += pair.iloc[:, 0].tolist()
-        ys += pair.iloc[:, 1].tolist()
+    for recipe in pair:
+        both = runs[[f"{a}_{recipe}", f"{b}_{recipe}"]].dropna()
+        xs += both.iloc[:, 0].tolist()
+        ys += both.iloc[:, 1].tolist()
     return float(np.corrcoef(xs, ys)[0, 1]) if len(xs) >= 3 else math.nan

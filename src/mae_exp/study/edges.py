@@ -4,7 +4,8 @@ A setting chosen at its grid's highest or lowest value (measures.grid_edges) may
 grid, so that readout understates the encoder; a readout that does so more often than EDGE_LIMIT is a finding
 to fix (widen its grid), not a number to read. Each experiment's choices come from its probe and fine-tuning
 metrics (`chosen`), its grids from its params: `dvc exp show` keeps no list from a metrics file, so the
-stages' `search` is not in the rows, while params.yaml's grids are ("[0.03, 0.1, 0.3, 1.0]").
+stages' `search` is not in the rows, while params.yaml's grids are ("[0.03, 0.1, 0.3, 1.0]"). The encoders
+counted are the random one and the two recipes of `pair` (study.compare: the baseline, the tested recipe).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import pandas as pd
 
 from ..evaluation.measures import FINETUNE, PROBE, READOUTS, grid_edges, searched
-from .metrics import ENCODERS
+from .metrics import encoders
 from .results import cell, literal
 
 EDGE_LIMIT = 0.10  # a readout choosing an edge in more than this share of its choices: widen its grid
@@ -65,12 +66,12 @@ def _on_grid(value: float, grid: list[float]) -> float:
     return next((g for g in grid if math.isclose(g, value, rel_tol=1e-9)), value)
 
 
-def choices(rows: list[dict]) -> pd.DataFrame:
+def choices(rows: list[dict], *, pair) -> pd.DataFrame:
     """One row per experiment, encoder and readout with a chosen setting: rev, name, encoder, readout, searched
     (some axis of it had a grid of 2 values or more) and edges ({axis: "lowest" | "highest"}, empty if none)."""
     found = []
     for row in rows:
-        for encoder in ENCODERS:
+        for encoder in encoders(pair):
             for readout, axes in GRID_PARAMS.items():
                 setting, grids = {}, {}
                 for axis, key in axes.items():
@@ -100,14 +101,14 @@ def _sides(edges: pd.Series) -> str:
     return ", ".join(f"{what} {n}" for what, n in counts.items())
 
 
-def edge_counts(chosen: pd.DataFrame) -> pd.DataFrame:
+def edge_counts(chosen: pd.DataFrame, *, pair) -> pd.DataFrame:
     """Per readout, each encoder's searched choices and how many sit at an edge (share, and on which axis and
     side), then the readout's over every encoder ("all"); over_limit where the share exceeds EDGE_LIMIT."""
     rows = []
     done = chosen[chosen["searched"]]
     for readout in GRID_PARAMS:
         of_readout = done[done["readout"] == readout]
-        for encoder in [*ENCODERS, "all"]:
+        for encoder in [*encoders(pair), "all"]:
             part = of_readout if encoder == "all" else of_readout[of_readout["encoder"] == encoder]
             if part.empty:
                 continue
@@ -175,26 +176,26 @@ def summary_warning(counts: pd.DataFrame, primary_metric: str) -> str | None:
     return line + f' (see "{EDGES_HEADER}")'
 
 
-def table(counts: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def table(counts: pd.DataFrame, *, pair) -> tuple[list[str], list[list[str]]]:
     """(headers, rows): one row per readout, each encoder's "N of M (P%)" and all of them together (flagged ⚠
     where over EDGE_LIMIT), then which axis sat at which edge how often."""
-    encoders = [e for e in [*ENCODERS, "all"] if e in set(counts["encoder"])]
+    shown = [e for e in [*encoders(pair), "all"] if e in set(counts["encoder"])]
     rows = []
     for readout, part in counts.groupby("readout", sort=False):
         by = {r["encoder"]: r for r in part.to_dict("records")}
-        cells = [(_count(by[e]) + (" ⚠" if by[e]["over_limit"] else "")) if e in by else "–" for e in encoders]
+        cells = [(_count(by[e]) + (" ⚠" if by[e]["over_limit"] else "")) if e in by else "–" for e in shown]
         rows.append([readout, *cells, by["all"]["sides"] or "–"])
-    return ["readout", *encoders, "at the edge: axis, side, times"], rows
+    return ["readout", *shown, "at the edge: axis, side, times"], rows
 
 
-def markdown_lines(counts: pd.DataFrame, never_searched: list[str]) -> list[str]:
+def markdown_lines(counts: pd.DataFrame, never_searched: list[str], *, pair) -> list[str]:
     """metrics/study.md's section: a header, what it counts, the table, the readouts never searched, and the
     warnings again, so the table is not read without them."""
     if counts.empty and not never_searched:
         return []
     lines = [f"**{EDGES_HEADER}**", "", EDGES_NOTE]
     if not counts.empty:
-        headers, rows = table(counts)
+        headers, rows = table(counts, pair=pair)
         lines += [
             "",
             "| " + " | ".join(headers) + " |",

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from ..evaluation.measures import MEASURES
-
-# the studies' encoders: the random floor and the two recipes their designs compare (study.ablations override them)
-ENCODERS = ("random", "original", "improved")
+from ..plumbing.config import RANDOM
 
 METRICS = {name: m for name, m in MEASURES.items() if m.study}
+
+
+def encoders(pair) -> tuple[str, ...]:
+    """A study's encoders: the random floor, then the two recipes its design compares (`pair`: study.compare,
+    the baseline then the tested recipe)."""
+    return (RANDOM, *pair)
 
 
 # ---- study statistics (issue 19): what each pre-training spent, read per experiment to pair encoders at

@@ -1,6 +1,6 @@
 """Each experiment's per-image correctness on the test set, and a bootstrap over seeds and test images.
 
-A study difference (improved - original) varies with the seed and with which test images were drawn; the t
+A study difference (the tested recipe - the baseline) varies with the seed and with which test images were drawn; the t
 interval over seeds sees only the first. Every readout stage saves the predicted class of every test image
 (plumbing.files.save_predictions: `predictions/linear_probe_<encoder>.npz`, one array per probe readout, and
 `predictions/finetune_<encoder>.npz`, key "finetune"), so the report can resample both. Like the fine-tuning
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..plumbing.config import RANDOM
 from ..plumbing.files import atomic_write
 
 # one row per (rev, encoder, metric): how many test images, and which were right (np.packbits of the bool
@@ -78,19 +79,27 @@ def rows_of(data: bytes, stage: str, rev: str, encoder: str) -> list[dict]:
     return rows
 
 
-def wanted_encoders(ablation: str, originals: set[str]) -> tuple[str, ...]:
-    """The encoders an experiment supplies, as finetune_curves reads them: an arm that changes the original
-    supplies only its original; every other arm its random, original and improved encoders."""
-    return ("original",) if ablation in originals else ("random", "original", "improved")
+def wanted_encoders(ablation: str, baseline_arms: set[str], pair) -> tuple[str, ...]:
+    """The encoders an experiment supplies, as finetune_curves reads them (`pair`: study.compare, the baseline
+    then the tested recipe): an arm that changes the baseline supplies only its baseline; every other arm its
+    random, baseline and tested encoders."""
+    baseline, tested = pair
+    return (baseline,) if ablation in baseline_arms else (RANDOM, baseline, tested)
 
 
 def read_predictions(
-    runs: pd.DataFrame, originals: set[str], root: str | Path = ".", saved: pd.DataFrame | None = None
+    runs: pd.DataFrame,
+    baseline_arms: set[str],
+    root: str | Path = ".",
+    saved: pd.DataFrame | None = None,
+    *,
+    pair,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Every experiment's per-image correctness, one row per (rev, encoder, metric) in the SAVED_PREDICTIONS
     format, read from each experiment's commit through dvc.api, else from the `saved` table (default: the
-    committed one under `root`); and notes on what neither had. Each (rev, encoder) is read, even where another
-    arm of the seed holds the same random or original encoder, so a lookup by the experiment's rev always works."""
+    committed one under `root`); and notes on what neither had. `baseline_arms`: the arms that change the
+    baseline (results.baseline_arms); `pair`: study.compare. Each (rev, encoder) is read, even where another
+    arm of the seed holds the same random or baseline encoder, so a lookup by the experiment's rev always works."""
     import dvc.api
     from dvc.exceptions import DvcException
 
@@ -98,7 +107,7 @@ def read_predictions(
     kept = {key: part for key, part in saved.groupby(["rev", "encoder"])}
     rows, missing, done = [], [], set()
     for r in runs.to_dict("records"):
-        for encoder in wanted_encoders(r["ablation"], originals):
+        for encoder in wanted_encoders(r["ablation"], baseline_arms, pair):
             if (r["rev"], encoder) in done:
                 continue
             done.add((r["rev"], encoder))
@@ -144,7 +153,7 @@ def two_way_bootstrap(
     per_seed_image_diffs: np.ndarray, level: float = 0.95, draws: int = 10_000, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile interval of the mean over seeds of the mean over test images of a per-image difference
-    (shape seeds x images, e.g. correct_improved - correct_original), resampling seeds and test images, each with
+    (shape seeds x images, e.g. correct_tested - correct_baseline), resampling seeds and test images, each with
     replacement and independently: a new seed would give another encoder, a new test set other images. Every seed
     is read on the same test images, so a draw resamples the same images for all of them. With one seed it
     resamples images only (there is no seed variance to see). A fixed `seed` gives the same interval."""

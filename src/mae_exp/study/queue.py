@@ -41,7 +41,7 @@ LOCK_TRIES = 3
 
 def plan(params, seeds: list[int] | None, ablations: list[str] | None, budgets: list[int] | None = None) -> list[Job]:
     """One experiment per seed and arm (ablation x budget), ablation by ablation, budget by budget. The first
-    ablation gives every seed its original branch; the others get it from DVC's run-cache instead of training
+    ablation gives every seed its baseline branch; the others get it from DVC's run-cache instead of training
     it again (with -j N, `startable` holds them until it has). And a study cut short has every seed of the
     first arms rather than every arm of the first seeds (`--seeds S` one at a time: whole seeds)."""
     design = design_of(params)
@@ -85,8 +85,8 @@ def child_threads(params, jobs: int) -> tuple[str, ...]:
 
 def startable(job: Job, waiting: list[Job], running: set[str], first: dict[tuple[int, int], str]) -> bool:
     """Whether `job` may start now: the first job of its seed and budget trains the branches that every other
-    arm of that seed and budget takes from DVC's run-cache (the original, the random encoder, the full
-    recipe), so those wait until it has finished, rather than train the same branch side by side."""
+    arm of that seed and budget takes from DVC's run-cache (the baseline, the random encoder, the full
+    tested recipe), so those wait until it has finished, rather than train the same branch side by side."""
     head = first[(job.seed, job.budget)]
     return job.name == head or (head not in running and all(w.name != head for w in waiting))
 

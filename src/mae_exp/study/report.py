@@ -2,7 +2,9 @@
 metrics/study.md), metrics/study.csv, and the figure (figure.py). "Beyond noise" is the paired t-test's
 p-value after Holm's correction over every comparison but study.primary (stats.py). Readout settings chosen
 at an edge of their grid are counted per readout and encoder (edges.py, metrics/study_edges.csv), and a
-readout over edges.EDGE_LIMIT is a warning beside the verdict."""
+readout over edges.EDGE_LIMIT is a warning beside the verdict. Every comparison is the tested recipe − the
+baseline, the two recipes of study.compare (`pair`: the baseline, then the tested recipe), named as the design
+names them."""
 
 from __future__ import annotations
 
@@ -24,12 +26,12 @@ from .results import (
     SAVED_CURVES,
     arm_name,
     arms,
+    baseline_arms,
     collect_runs,
     dependency_disagreements,
     finetune_curves,
     load_study,
     merged,
-    original_arms,
     save_rows,
     saved_curves,
     saved_rows,
@@ -37,12 +39,12 @@ from .results import (
 )
 from .stats import paired_differences, primary_differences, primary_terms, summarize
 
-DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb); others: "ablation <name>"
+DESCRIPTIONS = {  # how a sentence names an ablation (subject, verb; {baseline}: its name); others: "arm <name>"
     "all": ("all three improvements", "change"),
     "curriculum_only": ("curriculum masking alone", "changes"),
     "laplacian_only": ("the Laplacian loss alone", "changes"),
     "uniformity_only": ("the uniformity loss alone", "changes"),
-    "improved_flops_matched": ("all three improvements, given the original's FLOPs", "change"),
+    "improved_flops_matched": ("all three improvements, given the {baseline}'s FLOPs", "change"),
 }
 READING_WORDS = {"steps": "steps", "flops": "FLOPs", "both": "FLOPs matched both ways"}
 NOISE = (
@@ -50,9 +52,15 @@ NOISE = (
     "uncorrected); (d) = descriptive: shown, not tested (equal steps, one-way FLOPs beside a both-ways primary)"
 )
 TRENDS_HEADER = (  # the slopes per doubling are in no Holm family: what the next study tests, not findings
-    "How improved − original at equal FLOPs changes with pre-training compute, exploratory: the slopes are in "
+    "How {tested} − {baseline} at equal FLOPs changes with pre-training compute, exploratory: the slopes are in "
     "no multiplicity family (not Holm-corrected), so none is a finding"
 )
+
+
+def difference(pair) -> str:
+    """The difference every comparison reads, by the recipes' names: "<tested> − <baseline>"."""
+    baseline, tested = pair
+    return f"{tested} − {baseline}"
 
 
 def number(value: float, metric: str, signed: bool = True) -> str:
@@ -66,7 +74,7 @@ def _with_unit(text: str, metric: str) -> str:
     return f"{text} {unit}" if unit else text
 
 
-def sentence(row: dict, level: float = 0.95) -> str:
+def sentence(row: dict, level: float = 0.95, *, pair) -> str:
     """One plain sentence: does this comparison exceed seed-to-seed noise, after Holm's correction?"""
     metric, n = row["metric"], row["n"]
     m = METRICS[metric]
@@ -74,6 +82,7 @@ def sentence(row: dict, level: float = 0.95) -> str:
     label = f"{label}, {row['reading']}" + (" [PRIMARY]" if row.get("primary") else "")
     ablation, _, budget = row["ablation"].partition("-e")
     who, verb = DESCRIPTIONS.get(ablation, (f"arm {ablation}", "changes"))
+    who = who.format(baseline=pair[0]) if ablation in DESCRIPTIONS else who
     who += f" at {budget} pre-training epochs" if budget else ""
     seeds = f"{n} seed{'s' if n != 1 else ''}"
     if n == 0:
@@ -102,8 +111,8 @@ def sentence(row: dict, level: float = 0.95) -> str:
     )
 
 
-def sentences(diffs: pd.DataFrame) -> list[str]:
-    return [sentence(row) for row in diffs.to_dict("records")]
+def sentences(diffs: pd.DataFrame, *, pair) -> list[str]:
+    return [sentence(row, pair=pair) for row in diffs.to_dict("records")]
 
 
 def _cell(mean: float, sd: float, metric: str) -> str:
@@ -166,12 +175,12 @@ def split_unpaired(diffs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 UNPAIRED = (
-    "No finished pair, so not in the table: {} (in a study of several budgets, equal FLOPs at a budget without a "
-    "FLOPs-matched arm is read off the original's compute curve, above)."
+    "No finished pair, so not in the table: {unpaired} (in a study of several budgets, equal FLOPs at a budget "
+    "without a FLOPs-matched arm is read off the {baseline}'s compute curve, above)."
 )
 
 
-def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> str:
+def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str], *, pair) -> str:
     diffs, unpaired = split_unpaired(diffs)
     headers, first, second = tables(summary, diffs)
 
@@ -191,25 +200,27 @@ def markdown(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, not
     lines += md(["encoder", "seeds", *headers, "FLOPs"], first)
     lines += [
         "",
-        "Paired difference improved − original (same seed), mean [95% CI, Student's t, n − 1 df], "
+        f"Paired difference {difference(pair)} (same seed), mean [95% CI, Student's t, n − 1 df], "
         f"at equal steps and at equal FLOPs; {NOISE}.",
         "",
     ]
     lines += md(["arm", "reading", "seeds", *headers], second, left=2)
     if unpaired:
-        lines += ["", UNPAIRED.format(", ".join(unpaired))]
-    lines += [""] + [f"- {s}" for s in sentences(diffs)]
+        lines += ["", UNPAIRED.format(unpaired=", ".join(unpaired), baseline=pair[0])]
+    lines += [""] + [f"- {s}" for s in sentences(diffs, pair=pair)]
     if notes:
         lines += [""] + [f"Note: {n}." for n in notes]
     return "\n".join(lines) + "\n"
 
 
-def csv_frame(summary: pd.DataFrame, diffs: pd.DataFrame) -> pd.DataFrame:
+def csv_frame(summary: pd.DataFrame, diffs: pd.DataFrame, *, pair) -> pd.DataFrame:
     """One row per group and metric (raw units: accuracy as a fraction; costs too), then one per comparison
-    (arm, reading, metric) with its paired difference, raw and Holm-adjusted p-values and the primary marked."""
+    (arm, reading, metric: group "<tested>: <arm> − <baseline>") with its paired difference, raw and
+    Holm-adjusted p-values and the primary marked."""
+    baseline, tested = pair
     groups = summary.assign(reading="", ablation=summary["ablation"].fillna(""))
     compared = diffs.rename(columns={"n": "diff_n"}).assign(
-        group=lambda d: "improved: " + d["ablation"] + " − original"
+        group=lambda d: f"{tested}: " + d["ablation"] + f" − {baseline}"
     )
     columns = [
         "group",
@@ -233,13 +244,13 @@ def csv_frame(summary: pd.DataFrame, diffs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([groups, compared], ignore_index=True).reindex(columns=columns)
 
 
-def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> None:
+def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame, notes: list[str], *, pair) -> None:
     diffs, unpaired = split_unpaired(diffs)
     headers, first, second = tables(summary, diffs)
     seeds = ", ".join(str(s) for s in sorted(set(runs["seed"])))
     for title, keys, rows in (
         (f"Study: mean ± std over seeds ({seeds}); accuracy in pp", ["encoder", "seeds"], first),
-        (f"Paired difference improved − original, mean [95% CI]; {NOISE}", ["arm", "reading", "seeds"], second),
+        (f"Paired difference {difference(pair)}, mean [95% CI]; {NOISE}", ["arm", "reading", "seeds"], second),
     ):
         t = Table(title=title)
         for i, h in enumerate([*keys, *headers] + (["FLOPs"] if rows is first else [])):
@@ -248,18 +259,18 @@ def print_report(summary: pd.DataFrame, diffs: pd.DataFrame, runs: pd.DataFrame,
             t.add_row(*r)
         out.print(t)
     if unpaired:
-        out.print(UNPAIRED.format(", ".join(unpaired)), soft_wrap=True)
-    for s in sentences(diffs):
+        out.print(UNPAIRED.format(unpaired=", ".join(unpaired), baseline=pair[0]), soft_wrap=True)
+    for s in sentences(diffs, pair=pair):
         out.print(f"- {s}", soft_wrap=True)
     for n in notes:
         out.print(f"[dim]note: {n}[/]")
 
 
-def print_edges(counts: pd.DataFrame, never_searched: list[str]) -> None:
+def print_edges(counts: pd.DataFrame, never_searched: list[str], *, pair) -> None:
     """The console's table of settings at an edge of their grid (edges.table), flagged readouts in red."""
     if counts.empty:
         return
-    headers, rows = edges.table(counts)
+    headers, rows = edges.table(counts, pair=pair)
     t = Table(title=f"{edges.EDGES_HEADER}: chosen at the grid's highest or lowest value, per experiment")
     for i, h in enumerate(headers):
         t.add_column(h, justify="right" if 0 < i < len(headers) - 1 else "left")
@@ -272,16 +283,18 @@ def print_edges(counts: pd.DataFrame, never_searched: list[str]) -> None:
         out.print(f"[bold red]warning:[/] {w}", soft_wrap=True)
 
 
-def headline_lines(primary, runs: pd.DataFrame, diffs: pd.DataFrame, partners=None, predictions=None) -> list[str]:
+def headline_lines(
+    primary, runs: pd.DataFrame, diffs: pd.DataFrame, partners=None, predictions=None, *, pair
+) -> list[str]:
     """The primary's equivalence reading, the second interval (seeds and test images resampled, where the
     per-image `predictions` are there), the rule it was read by (curves.VERDICT_RULE, verbatim), and what
     that makes of every other comparison."""
     from .curves import VERDICT_RULE, equivalence
 
-    reading = equivalence(primary_differences(runs, primary, partners), primary.margin)
-    lines = [verdict_line(primary, reading)]
+    reading = equivalence(primary_differences(runs, primary, partners, pair=pair), primary.margin)
+    lines = [verdict_line(primary, reading, pair=pair)]
     if predictions is not None and reading["n"] >= 1:
-        lines.append(image_interval_line(primary, runs, partners, predictions))
+        lines.append(image_interval_line(primary, runs, partners, predictions, pair=pair))
     lines.append(f"Verdict rule: {VERDICT_RULE}")
     if reading["n"] < 2:  # one seed has a value but no interval: it is neither beyond noise nor within it
         lines.append("Every other comparison is exploratory: the primary has no reading yet.")
@@ -306,13 +319,13 @@ def history_lines(root: Path) -> list[str]:
     return lines
 
 
-def image_interval_line(primary, runs: pd.DataFrame, partners, predictions: pd.DataFrame) -> str:
+def image_interval_line(primary, runs: pd.DataFrame, partners, predictions: pd.DataFrame, *, pair) -> str:
     """The primary recomputed on resampled seeds and test images (predictions.two_way_bootstrap over each
     seed's per-image difference, stats.primary_terms): an interval that also counts the test split's own
     sampling error. It is shown beside the verdict and decides nothing."""
     from .predictions import correct, two_way_bootstrap
 
-    terms = primary_terms(runs, primary, partners)
+    terms = primary_terms(runs, primary, partners, pair=pair)
     rows, missing = [], 0
     for seed in sorted(terms):
         parts = [(w, correct(predictions, rev, enc, primary.metric)) for w, rev, enc in terms[seed]]
@@ -332,14 +345,14 @@ def image_interval_line(primary, runs: pd.DataFrame, partners, predictions: pd.D
     )
 
 
-def verdict_line(primary, e: dict) -> str:
+def verdict_line(primary, e: dict, *, pair) -> str:
     """The primary's equivalence reading in one sentence (curves.equivalence)."""
     m = METRICS[primary.metric]
     margin = _with_unit(number(primary.margin, primary.metric, signed=False), primary.metric)
     what = f"Primary ({m.label}, {primary.arm}, equal {READING_WORDS[primary.reading]}"
     if e["n"] == 1:  # a value, but no interval: no verdict either way
         return (
-            f"{what}): 1 seed, improved − original {_with_unit(number(e['mean'], primary.metric), primary.metric)}; "
+            f"{what}): 1 seed, {difference(pair)} {_with_unit(number(e['mean'], primary.metric), primary.metric)}; "
             "no interval and no reading yet (a verdict needs at least 2 seeds)."
         )
     if e["n"] < 2:
@@ -351,29 +364,30 @@ def verdict_line(primary, e: dict) -> str:
     )
     return (
         f"{what}; margin ±{margin}, fixed before the "
-        f"runs): improved − original {_with_unit(number(e['mean'], primary.metric), primary.metric)} "
+        f"runs): {difference(pair)} {_with_unit(number(e['mean'], primary.metric), primary.metric)} "
         f"({ci95}, paired t p = {e['p_t']:.2g}; {ci90}, TOST p = {e['p_tost']:.2g}; {e['n']} seeds): "
         f"{e['verdict'].upper()}."
     )
 
 
-def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, csv_path, png_path) -> list[str]:
+def compute_curves(runs: pd.DataFrame, current, baselines: set[str], primary, csv_path, png_path) -> list[str]:
     """A study of several budgets: the curves' data (csv_path), figure (png_path), and a line per readout on
-    how improved − original at equal FLOPs changes with compute."""
+    how the tested recipe − the baseline at equal FLOPs changes with compute. `baselines`: the arms that
+    change the baseline (results.baseline_arms)."""
     from .curve_figure import save_compute_figure
     from .curves import correlation, curve, gap_table, gaps, points, trend
 
-    design = arms(current)
-    # the curves are the primary's recipe against the original: a single-change arm (laplacian_only, ...) is
-    # another recipe, and pooling its runs into the improved curve would average two recipes at a budget
+    design, pair = arms(current), tuple(design_of(current).compare)
+    # the curves are the primary's recipe against the baseline: a single-change arm (laplacian_only, ...) is
+    # another recipe, and pooling its runs into the tested recipe's curve would average two recipes at a budget
     recipe = design[primary.arm].ablation if primary.arm in design else primary.arm  # "all-e32" -> "all"
-    curve_arms = {a for a, arm in design.items() if arm.ablation == recipe} | set(originals)
-    pts = points(runs[runs["ablation"].isin(curve_arms)], originals, lambda arm: design[arm].ablation)
-    g = gaps(pts)
-    c, table, tr = curve(pts), gap_table(g), trend(g)
+    curve_arms = {a for a, arm in design.items() if arm.ablation == recipe} | set(baselines)
+    pts = points(runs[runs["ablation"].isin(curve_arms)], baselines, lambda arm: design[arm].ablation, pair=pair)
+    g = gaps(pts, pair=pair)
+    c, table, tr = curve(pts), gap_table(g), trend(g, pair=pair)
     frame = pd.concat([c.assign(kind="curve"), table.assign(kind="gap"), tr.assign(kind="trend")], ignore_index=True)
     atomic_write(csv_path, lambda tmp: frame.to_csv(tmp, index=False))
-    save_compute_figure(c, table, primary, png_path)
+    save_compute_figure(c, table, primary, png_path, pair=pair)
     lines = []
     for r in tr.to_dict("records"):
         m = METRICS[r["metric"]]
@@ -395,10 +409,10 @@ def compute_curves(runs: pd.DataFrame, current, originals: set[str], primary, cs
             f"95% CI {lo} to {hi}, {n} seeds" if pd.notna(r["ci_low"]) else f"{n} seed{'s' * (n != 1)}, no interval"
         )
         lines.append(
-            f"{m.label}: improved − original at equal FLOPs{span} {per} per doubling of pre-training "
+            f"{m.label}: {difference(pair)} at equal FLOPs{span} {per} per doubling of pre-training "
             f"compute ({interval}): {r['trend']}."
         )
-    r = correlation(runs, "mse", "psnr")
+    r = correlation(runs, "mse", "psnr", pair=pair)
     if pd.notna(r):
         lines.append(f"masked MSE and PSNR: r = {r:.2f} over every pre-trained encoder: one finding, read as PSNR.")
     return lines
@@ -421,10 +435,11 @@ def report(
     fine-tuning curve from its commit, else from the saved curves (not for a saved CSV's rows). A study of
     several budgets also gets its compute curves (compute_csv, compute_png). `edges_csv`: per readout and
     encoder, how many chosen settings sit at an edge of their grid. `arms_png`: every arm at its FLOPs
-    against the original's curve, a panel per readout (arms_figure.py)."""
+    against the baseline's curve, a panel per readout (arms_figure.py)."""
     root = Path(params_path).parent
     current, study_raw = load_study(params_path)
-    primary = design_of(current).primary
+    design = design_of(current)
+    primary, pair = design.primary, (design.baseline, design.tested)
     if primary.metric not in METRICS:
         raise StudyError(f"study.primary.metric {primary.metric!r} is not a study metric; known: {', '.join(METRICS)}")
     primary = primary.model_copy(update={"arm": arm_name(current, primary.arm, primary.budget)})
@@ -436,10 +451,10 @@ def report(
             + (f" ({'; '.join(notes)})" if notes else "")
             + ": run `python -m mae_exp.study queue` first"
         )
-    originals = original_arms(current)
-    summary = summarize(runs, originals)
+    baselines = baseline_arms(current)
+    summary = summarize(runs, baselines, pair=pair)
     partners = steps_partners(current)
-    diffs = paired_differences(runs, originals, primary, partners=partners)
+    diffs = paired_differences(runs, baselines, primary, partners=partners, pair=pair)
     if not diffs["primary"].any():
         notes.append(
             f"the primary comparison ({primary.arm}, equal {READING_WORDS[primary.reading]}, {primary.metric}) has no "
@@ -447,10 +462,10 @@ def report(
         )
     predictions = saved_predictions(root)
     if curves:  # the per-image predictions come from each experiment's commit, else from the saved ledger
-        predictions, more = read_predictions(runs, originals, root, predictions)
+        predictions, more = read_predictions(runs, baselines, root, predictions, pair=pair)
         notes += more
         save_table(predictions, root / SAVED_PREDICTIONS)
-    headline = headline_lines(primary, runs, diffs, partners, predictions)
+    headline = headline_lines(primary, runs, diffs, partners, predictions, pair=pair)
     differing = dependency_disagreements(rows, runs["rev"])
     if differing:
         headline.append(
@@ -460,38 +475,41 @@ def report(
     else:
         notes.append(f"all {len(runs)} experiments ran on the same code and data (their dependency hashes agree)")
     studied = set(runs["rev"])
-    chosen = edges.choices([r for r in rows if r["rev"] in studied])
-    edge_counts, never_searched = edges.edge_counts(chosen), edges.unsearched(chosen)
+    chosen = edges.choices([r for r in rows if r["rev"] in studied], pair=pair)
+    edge_counts, never_searched = edges.edge_counts(chosen, pair=pair), edges.unsearched(chosen)
     edge_warning = edges.summary_warning(edge_counts, primary.metric)
     trends = []
-    if len(design_of(current).budgets) > 1:
-        trends = compute_curves(runs, current, originals, primary, compute_csv, compute_png)
+    if len(design.budgets) > 1:
+        trends = compute_curves(runs, current, baselines, primary, compute_csv, compute_png)
     per_epoch = None
     if curves:
-        per_epoch, read, more = finetune_curves(runs, originals, root, saved_curves(root))
+        per_epoch, read, more = finetune_curves(runs, baselines, root, saved_curves(root), pair=pair)
         notes += more
         atomic_write(root / SAVED_CURVES, lambda tmp: read.to_csv(tmp, index=False))
     save_rows(rows, runs["rev"], root / SAVED)
-    atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs).to_csv(tmp, index=False))
+    atomic_write(csv_path, lambda tmp: csv_frame(summary, diffs, pair=pair).to_csv(tmp, index=False))
     atomic_write(edges_csv, lambda tmp: edge_counts.to_csv(tmp, index=False))
     top = "\n\n".join(headline + ([f"**Warning:** {edge_warning}."] if edge_warning else [])) + "\n\n"
+    trends_header = TRENDS_HEADER.format(baseline=design.baseline, tested=design.tested)
     if trends:
         top += (
-            f"{TRENDS_HEADER} (data: {compute_csv}, figure: {compute_png}):\n\n"
+            f"{trends_header} (data: {compute_csv}, figure: {compute_png}):\n\n"
             + "\n".join(f"- {t}" for t in trends)
             + "\n\n"
         )
-    edges_md = edges.markdown_lines(edge_counts, never_searched)
-    text = top + markdown(summary, diffs, runs, notes) + ("\n" + "\n".join(edges_md) + "\n" if edges_md else "")
+    edges_md = edges.markdown_lines(edge_counts, never_searched, pair=pair)
+    text = (
+        top + markdown(summary, diffs, runs, notes, pair=pair) + ("\n" + "\n".join(edges_md) + "\n" if edges_md else "")
+    )
     earlier = history_lines(root)
     if earlier:
         text += "\n**Earlier studies** (history, as their reports stated them):\n\n" + "\n".join(earlier) + "\n"
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(text))
-    save_figure(summary, diffs, runs, png_path, per_epoch)
-    save_arms_figure(runs, originals, arms_png)
-    print_report(summary, diffs, runs, notes)
-    print_edges(edge_counts, never_searched)
-    for h in [*headline, *([f"{TRENDS_HEADER}:"] if trends else []), *trends]:
+    save_figure(summary, diffs, runs, png_path, per_epoch, pair=pair)
+    save_arms_figure(runs, baselines, arms_png, pair=pair)
+    print_report(summary, diffs, runs, notes, pair=pair)
+    print_edges(edge_counts, never_searched, pair=pair)
+    for h in [*headline, *([f"{trends_header}:"] if trends else []), *trends]:
         out.print(f"[bold]{h}[/]" if h.startswith("Primary") else h, soft_wrap=True)
     if edge_warning:  # last, beside the verdict: readouts that understate the encoders
         out.print(f"[bold red]warning:[/] {edge_warning}", soft_wrap=True)

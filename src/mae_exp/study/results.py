@@ -3,8 +3,8 @@
 The experiments come as `dvc.api.exp_show` rows: one flat dict per baseline commit (`typ` "baseline", also
 the workspace) and per experiment (`typ` "branch_base"/"branch_commit"), with `Experiment` (the name),
 `rev`, `Created`, `State`, and one column per metric and param. A column is named by the key alone
-(`seed`, `improved.psnr`, nested keys joined by ".") unless two files have that key, then `file:key`
-(`metrics/linear_probe/original/metrics.json:top1`). Values: numbers as floats, anything else as its
+(`seed`, `<recipe>.steps_factor`, nested keys joined by ".") unless two files have that key, then `file:key`
+(`metrics/linear_probe/<recipe>/metrics.json:top1`). Values: numbers as floats, anything else as its
 str() ("True", "['unlabeled', 'train']"); "None" for a key a file lacks, "!" for a file DVC could not read.
 `dvc exp show --csv` prints the same columns, with "" for missing values.
 """
@@ -22,11 +22,11 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from ..plumbing.config import ConfigError, as_dict, load_params, parse_params, with_overrides
+from ..plumbing.config import RANDOM, ConfigError, as_dict, load_params, parse_params, with_overrides
 from ..plumbing.files import atomic_write
 from . import StudyError
 from .design import check_design, design_of
-from .metrics import COSTS, ENCODERS, METRICS
+from .metrics import COSTS, METRICS, encoders
 
 # The study's own record of the experiments it has read, committed beside its report: DVC keeps experiments
 # as local refs (`git clone` does not copy them), so a study spread over several machines or sessions carries
@@ -105,7 +105,7 @@ def save_rows(rows: list[dict], revs, path: str | Path) -> None:
 
 def legacy_path(path: str) -> str:
     """Where a stage's file was before metrics/<stage>/<encoder>/ (the studies run before recipes were data kept
-    metrics/<stage>_<encoder>/): metrics/pretrain/original/metrics.json -> metrics/pretrain_original/metrics.json."""
+    metrics/<stage>_<encoder>/): metrics/pretrain/<recipe>/metrics.json -> metrics/pretrain_<recipe>/metrics.json."""
     return re.sub(r"^metrics/(pretrain|linear_probe|finetune)/(\w+)/", r"metrics/\1_\2/", path)
 
 
@@ -116,11 +116,12 @@ def cell(row: dict, path: str, key: str):
     return None if value is None or value in MISSING else value
 
 
-def metric_values(row: dict) -> dict[str, float]:
-    """`<metric>_<encoder>` -> value (NaN where the experiment has none), from the METRICS table."""
+def metric_values(row: dict, pair) -> dict[str, float]:
+    """`<metric>_<encoder>` -> value (NaN where the experiment has none), from the METRICS table, for the
+    random encoder and the two recipes of `pair` (study.compare: the baseline, the tested recipe)."""
     values = {}
     for metric, m in {**METRICS, **COSTS}.items():
-        for enc in m.encoders_in(ENCODERS):
+        for enc in m.encoders_in(encoders(pair)):
             v = cell(row, m.file(enc), m.key.format(enc=enc))
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             values[f"{metric}_{enc}"] = float(v) if number else math.nan
@@ -258,23 +259,26 @@ def arm_overrides(params, name: str) -> tuple[str, ...]:
 
 
 def steps_partners(params) -> dict[str, str]:
-    """arm -> the arm that is its recipe given other steps (its overrides plus improved.steps_factor alone, at
-    the same budget): the improved recipe matched to the original's FLOPs, for the reading both ways."""
-    ablations, design = design_of(params).ablations, arms(params)
+    """arm -> the arm that is its recipe given other steps (its overrides plus the tested recipe's
+    steps_factor alone, at the same budget): the tested recipe matched to the baseline's FLOPs, for the
+    reading both ways."""
+    study = design_of(params)
+    ablations, design, stretch = study.ablations, arms(params), f"{study.tested}.steps_factor"
     partners = {}
     for name, arm in design.items():
         mine = ablations[arm.ablation]
         for other, o in design.items():
             theirs = dict(ablations[o.ablation])
-            stretched = theirs.pop("improved.steps_factor", None) is not None
+            stretched = theirs.pop(stretch, None) is not None
             if stretched and other != name and o.budget == arm.budget and theirs == mine:
                 partners.setdefault(name, other)
     return partners
 
 
-def original_arms(params) -> set[str]:
-    """Arms that change the original (e.g. give it the improved recipe's FLOPs): they supply baselines."""
-    changes = {name for name, o in design_of(params).ablations.items() if any(k.startswith("original.") for k in o)}
+def baseline_arms(params) -> set[str]:
+    """Arms that change the baseline recipe (e.g. give it the tested recipe's FLOPs): they supply baselines."""
+    study = design_of(params)
+    changes = {name for name, o in study.ablations.items() if any(k.startswith(f"{study.baseline}.") for k in o)}
     return {name for name, arm in arms(params).items() if arm.ablation in changes}
 
 
@@ -287,6 +291,7 @@ def finished(rows: list[dict]) -> list[dict]:
 def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFrame, list[str]]:
     """One row per (seed, ablation): the newest matching experiment. Also notes on what was left out."""
     found, notes, skipped = [], [], {}
+    pair = tuple(design_of(current).compare)
     for row in finished(rows):
         who = identify(row, study_raw, current)
         if isinstance(who, str):
@@ -300,7 +305,7 @@ def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFra
                 "name": row.get("Experiment") or row["rev"],
                 "rev": row["rev"],
                 "timestamp": row["Created"],
-                **metric_values(row),
+                **metric_values(row, pair),
             }
         )
     for why, count in skipped.items():
@@ -315,7 +320,7 @@ def collect_runs(rows: list[dict], study_raw: dict, current) -> tuple[pd.DataFra
         "name",
         "rev",
         "timestamp",
-        *(f"{m}_{e}" for m in {**METRICS, **COSTS} for e in ENCODERS),
+        *(f"{m}_{e}" for m in {**METRICS, **COSTS} for e in encoders(pair)),
     ]
     runs = pd.DataFrame(found, columns=columns)
     if runs.empty:
@@ -394,29 +399,37 @@ def saved_curves(root: str | Path = ".") -> pd.DataFrame:
 
 
 def finetune_curves(
-    runs: pd.DataFrame, originals: set[str], root: str | Path = ".", saved: pd.DataFrame | None = None
+    runs: pd.DataFrame,
+    baselines: set[str],
+    root: str | Path = ".",
+    saved: pd.DataFrame | None = None,
+    *,
+    pair,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Fine-tuning validation top-1 after each epoch (DVCLive's val_top1.tsv, read from each experiment's
     commit through dvc.api, else from the `saved` curves), one row per (group, seed, epoch); groups as in
-    stats.summarize. Also the curves read, by experiment (rev, encoder, epoch, val_top1), and notes."""
+    stats.summarize. `baselines`: the arms that change the baseline (baseline_arms); `pair`: study.compare
+    (the baseline, the tested recipe). Also the curves read, by experiment (rev, encoder, epoch, val_top1),
+    and notes."""
     import dvc.api
     from dvc.exceptions import DvcException
 
     saved = saved if saved is not None else saved_curves(root)
     by_rev = {key: part for key, part in saved.groupby(["rev", "encoder"])}
+    baseline, tested = pair
     rows, read, seen, wanted_by_seed = [], [], set(), set()
     for r in runs.to_dict("records"):
         arm = r["ablation"]
-        several = runs["budget"].nunique() > 1  # the original differs per budget, as summarize names it
-        plain = f"original-e{r['budget']}" if several else "original"
+        several = runs["budget"].nunique() > 1  # the baseline differs per budget, as summarize names it
+        plain = f"{baseline}-e{r['budget']}" if several else baseline
         wanted = (
-            [("original", f"original: {arm}")]
-            if arm in originals
-            else [("random", "random"), ("original", plain), ("improved", f"improved: {arm}")]
+            [(baseline, f"{baseline}: {arm}")]
+            if arm in baselines
+            else [(RANDOM, RANDOM), (baseline, plain), (tested, f"{tested}: {arm}")]
         )
         for encoder, group in wanted:
             if (group, r["seed"]) in seen:
-                continue  # random and original: the same encoder in every arm of a seed
+                continue  # random and the baseline: the same encoder in every arm of a seed
             wanted_by_seed.add((group, r["seed"]))
             path = f"metrics/finetune/{encoder}/plots/metrics/val_top1.tsv"
             try:

@@ -1,8 +1,10 @@
-"""Mean ± std over seeds, the paired difference improved − original with its Student-t interval and paired
-t-test, read at equal steps and at equal FLOPs, and Holm's correction over every comparison but the primary.
+"""Mean ± std over seeds, the paired difference the tested recipe − the baseline with its Student-t interval
+and paired t-test, read at equal steps and at equal FLOPs, and Holm's correction over every comparison but the
+primary.
 
 `runs`: one row per experiment with `seed`, `ablation` (the arm) and `<metric>_<encoder>` columns, including
-`flops_<variant>` (results.py)."""
+`flops_<encoder>` (results.py). `pair`: the two recipes compared, study.compare (the baseline, then the
+tested recipe; params.yaml's: original, then improved), whose names those columns and the groups carry."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from .metrics import COSTS, ENCODERS, METRICS
+from ..plumbing.config import RANDOM
+from .metrics import COSTS, METRICS, encoders
 
 FLOPS_TOLERANCE = 0.01  # two pre-trainings within 1% of each other's FLOPs count as equal compute
 
@@ -30,26 +33,27 @@ def mean_ci(values, level: float = 0.95) -> tuple[int, float, float, float, floa
     return n, mean, sd, mean - half, mean + half
 
 
-def summarize(runs: pd.DataFrame, original_arms=frozenset()) -> pd.DataFrame:
-    """Mean and std over seeds per group and metric: random init, the original (counted once per seed and
-    budget: it does not depend on the arm; "original-e<budget>" when the study has several budgets), each arm
-    that changes the original ("original: <arm>"), and the improved recipe of every other arm
-    ("improved: <arm>")."""
+def summarize(runs: pd.DataFrame, baseline_arms=frozenset(), *, pair) -> pd.DataFrame:
+    """Mean and std over seeds per group and metric: random init, the baseline (counted once per seed and
+    budget: it does not depend on the arm; "<baseline>-e<budget>" when the study has several budgets), each
+    arm that changes the baseline ("<baseline>: <arm>"), and the tested recipe of every other arm
+    ("<tested>: <arm>")."""
+    baseline, tested = pair
     rows = []
-    plain = runs[~runs["ablation"].isin(original_arms)]
+    plain = runs[~runs["ablation"].isin(baseline_arms)]
     budgets = sorted(set(plain["budget"])) if "budget" in plain else [None]
     for metric, m in {**METRICS, **COSTS}.items():
-        for encoder in ("random", "original"):
-            if encoder not in m.encoders_in(ENCODERS):
+        for encoder in (RANDOM, baseline):
+            if encoder not in m.encoders_in(encoders(pair)):
                 continue
-            for budget in budgets[:1] if encoder == "random" else budgets:  # random: no pre-training budget
-                at = plain if budget is None or encoder == "random" else plain[plain["budget"] == budget]
+            for budget in budgets[:1] if encoder == RANDOM else budgets:  # random: no pre-training budget
+                at = plain if budget is None or encoder == RANDOM else plain[plain["budget"] == budget]
                 per_seed = at.sort_values("seed").groupby("seed").first()
                 if len(per_seed):
-                    group = encoder if encoder == "random" or len(budgets) == 1 else f"{encoder}-e{budget}"
+                    group = encoder if encoder == RANDOM or len(budgets) == 1 else f"{encoder}-e{budget}"
                     rows.append(_summary_row(group, None, metric, per_seed[f"{metric}_{encoder}"]))
         for ablation, sub in runs.groupby("ablation", sort=False):
-            side = "original" if ablation in original_arms else "improved"
+            side = baseline if ablation in baseline_arms else tested
             rows.append(_summary_row(f"{side}: {ablation}", ablation, metric, sub[f"{metric}_{side}"]))
     return pd.DataFrame(rows)
 
@@ -63,22 +67,23 @@ def _equal(a: float, b: float) -> bool:
     return bool(np.isfinite(a) and np.isfinite(b) and abs(a - b) <= FLOPS_TOLERANCE * max(abs(a), abs(b)))
 
 
-def baselines(runs: pd.DataFrame, arm: str) -> dict[str, pd.DataFrame]:
-    """reading -> per seed (index), the experiment whose original `arm`'s improved is compared with:
+def baselines(runs: pd.DataFrame, arm: str, *, pair) -> dict[str, pd.DataFrame]:
+    """reading -> per seed (index), the experiment whose baseline `arm`'s tested recipe is compared with:
     "equal steps" (the arm's own experiment), "equal FLOPs" (the seed's experiment, of any arm, whose
-    original spent the FLOPs this improved did, within FLOPS_TOLERANCE); one reading, "equal steps and
-    FLOPs", where the own original already spent the same FLOPs. FLOPs not logged: "equal steps" alone."""
+    baseline spent the FLOPs this tested recipe did, within FLOPS_TOLERANCE); one reading, "equal steps and
+    FLOPs", where the own baseline already spent the same FLOPs. FLOPs not logged: "equal steps" alone."""
+    base_flops, tested_flops = (f"flops_{name}" for name in pair)
     own = runs[runs["ablation"] == arm].set_index("seed")
-    if own["flops_improved"].isna().all():
+    if own[tested_flops].isna().all():
         return {"equal steps": own}
-    if all(_equal(r["flops_improved"], r["flops_original"]) for _, r in own.iterrows()):
+    if all(_equal(r[tested_flops], r[base_flops]) for _, r in own.iterrows()):
         return {"equal steps and FLOPs": own}
     matched = {}
     for seed, r in own.iterrows():
         candidates = runs[runs["seed"] == seed]
-        gap = (candidates["flops_original"] - r["flops_improved"]).abs()
+        gap = (candidates[base_flops] - r[tested_flops]).abs()
         best = candidates.loc[gap.idxmin()] if gap.notna().any() else None
-        if best is not None and _equal(best["flops_original"], r["flops_improved"]):
+        if best is not None and _equal(best[base_flops], r[tested_flops]):
             matched[seed] = best
     flops = pd.DataFrame(list(matched.values()), index=list(matched), columns=runs.columns)
     return {"equal steps": own, "equal FLOPs": flops}
@@ -88,28 +93,30 @@ BOTH_WAYS = "equal FLOPs, both ways"
 
 
 def paired_differences(
-    runs: pd.DataFrame, original_arms=frozenset(), primary=None, level: float = 0.95, partners=None
+    runs: pd.DataFrame, baseline_arms=frozenset(), primary=None, level: float = 0.95, partners=None, *, pair
 ) -> pd.DataFrame:
-    """Per arm (those that change the original supply baselines only), reading and metric: improved −
-    original within each seed, its mean, std and Student-t interval over seeds, the paired t-test's p-value
+    """Per arm (those that change the baseline supply baselines only), reading and metric: the tested recipe
+    − the baseline within each seed, its mean, std and Student-t interval over seeds, the paired t-test's p-value
     (scipy.stats.ttest_rel), the p-value Holm-adjusted within its family (`families`; `primary`:
     study.primary, its own p-value used as it is), and whether it is beyond noise: adjusted p < 1 − level.
     `partners`: arm -> the arm that is the same recipe with other steps (results.steps_partners); such a pair
     also gets the reading "equal FLOPs, both ways" (both_ways)."""
+    baseline, tested = pair
     rows = []
     for arm in dict.fromkeys(runs["ablation"]):
-        if arm in original_arms:
+        if arm in baseline_arms:
             continue
-        improved = runs[runs["ablation"] == arm].set_index("seed")
-        for reading, base in baselines(runs, arm).items():
+        own = runs[runs["ablation"] == arm].set_index("seed")
+        for reading, base in baselines(runs, arm, pair=pair).items():
             for metric in METRICS:
-                pair = pd.concat(
-                    [improved[f"{metric}_improved"], base[f"{metric}_original"]], axis=1, keys=["i", "o"]
+                both = pd.concat(
+                    [own[f"{metric}_{tested}"], base[f"{metric}_{baseline}"]], axis=1, keys=["t", "b"]
                 ).dropna()
-                rows.append(_difference_row(arm, reading, metric, pair["i"] - pair["o"], level))
+                rows.append(_difference_row(arm, reading, metric, both["t"] - both["b"], level))
         if arm in (partners or {}) and (runs["ablation"] == partners[arm]).any():
             for metric in METRICS:
-                rows.append(_difference_row(arm, BOTH_WAYS, metric, both_ways(runs, arm, partners[arm], metric), level))
+                d = both_ways(runs, arm, partners[arm], metric, pair=pair)
+                rows.append(_difference_row(arm, BOTH_WAYS, metric, d, level))
     diffs = pd.DataFrame(
         rows, columns=["ablation", "reading", "metric", "n", "diff_mean", "diff_std", "ci_low", "ci_high", "p_value"]
     )
@@ -136,20 +143,22 @@ def _difference_row(arm: str, reading: str, metric: str, d: pd.Series, level: fl
     }
 
 
-def flops_matched(runs: pd.DataFrame, arm: str, metric: str) -> pd.Series:
-    """Per seed, the arm's improved − the original that spent its FLOPs (within FLOPS_TOLERANCE)."""
-    improved = runs[runs["ablation"] == arm].set_index("seed")[f"{metric}_improved"]
-    for reading, base in baselines(runs, arm).items():
+def flops_matched(runs: pd.DataFrame, arm: str, metric: str, *, pair) -> pd.Series:
+    """Per seed, the arm's tested recipe − the baseline that spent its FLOPs (within FLOPS_TOLERANCE)."""
+    baseline, tested = pair
+    own = runs[runs["ablation"] == arm].set_index("seed")[f"{metric}_{tested}"]
+    for reading, base in baselines(runs, arm, pair=pair).items():
         if "FLOPs" in reading:
-            return (improved - base[f"{metric}_original"]).dropna()
+            return (own - base[f"{metric}_{baseline}"]).dropna()
     return pd.Series(dtype=float)
 
 
-def both_ways(runs: pd.DataFrame, arm: str, partner: str, metric: str) -> pd.Series:
-    """Improved − original at equal FLOPs matched both ways, per seed: the mean of (the arm's improved − the
-    original given the arm's FLOPs) and (the partner's improved, the same recipe given the original's FLOPs,
-    − that original), so neither recipe alone is the one stretched. Seeds with both halves only."""
-    one, other = flops_matched(runs, arm, metric), flops_matched(runs, partner, metric)
+def both_ways(runs: pd.DataFrame, arm: str, partner: str, metric: str, *, pair) -> pd.Series:
+    """The tested recipe − the baseline at equal FLOPs matched both ways, per seed: the mean of (the arm's
+    tested recipe − the baseline given the arm's FLOPs) and (the partner's tested recipe, the same recipe given
+    the baseline's FLOPs, − that baseline), so neither recipe alone is the one stretched. Seeds with both
+    halves only."""
+    one, other = flops_matched(runs, arm, metric, pair=pair), flops_matched(runs, partner, metric, pair=pair)
     return ((one + other) / 2).dropna()
 
 
@@ -210,40 +219,42 @@ def holm(diffs: pd.DataFrame, primary, alpha: float, partners=None) -> pd.DataFr
     return diffs
 
 
-def primary_differences(runs: pd.DataFrame, primary, partners=None) -> pd.Series:
-    """Per seed, improved − original of study.primary (its `arm` the arm's name in the runs): the paired
-    differences its equivalence reading tests; empty where it has no finished pair."""
+def primary_differences(runs: pd.DataFrame, primary, partners=None, *, pair) -> pd.Series:
+    """Per seed, the tested recipe − the baseline of study.primary (its `arm` the arm's name in the runs): the
+    paired differences its equivalence reading tests; empty where it has no finished pair."""
+    baseline, tested = pair
     if not (runs["ablation"] == primary.arm).any():
         return pd.Series(dtype=float)
     if primary.reading == "both":
         partner = (partners or {}).get(primary.arm)
         if partner is None or not (runs["ablation"] == partner).any():
             return pd.Series(dtype=float)
-        return both_ways(runs, primary.arm, partner, primary.metric)
+        return both_ways(runs, primary.arm, partner, primary.metric, pair=pair)
     word = reading_of(primary)
-    improved = runs[runs["ablation"] == primary.arm].set_index("seed")[f"{primary.metric}_improved"]
-    for reading, base in baselines(runs, primary.arm).items():
+    own = runs[runs["ablation"] == primary.arm].set_index("seed")[f"{primary.metric}_{tested}"]
+    for reading, base in baselines(runs, primary.arm, pair=pair).items():
         if word in reading:
-            return (improved - base[f"{primary.metric}_original"]).dropna()
+            return (own - base[f"{primary.metric}_{baseline}"]).dropna()
     return pd.Series(dtype=float)
 
 
-def primary_terms(runs: pd.DataFrame, primary, partners=None) -> dict[int, list[tuple[float, str, str]]]:
+def primary_terms(runs: pd.DataFrame, primary, partners=None, *, pair) -> dict[int, list[tuple[float, str, str]]]:
     """Per seed, the primary's difference as a weighted sum of encoders' scores: [(weight, rev, encoder)], so
     that it can be recomputed on resampled test images (each encoder's per-image predictions, saved by its
     experiment). Seeds with a finished pair only; the same seeds primary_differences uses."""
+    baseline, tested = pair
 
     def flops_terms(arm: str) -> dict[int, list[tuple[float, str, str]]]:
         own = runs[runs["ablation"] == arm].set_index("seed")
-        for reading, base in baselines(runs, arm).items():
+        for reading, base in baselines(runs, arm, pair=pair).items():
             if (primary.reading == "steps" and "steps" in reading) or (
                 primary.reading != "steps" and "FLOPs" in reading
             ):
                 return {
-                    int(s): [(1.0, own.loc[s, "rev"], "improved"), (-1.0, base.loc[s, "rev"], "original")]
+                    int(s): [(1.0, own.loc[s, "rev"], tested), (-1.0, base.loc[s, "rev"], baseline)]
                     for s in own.index.intersection(base.index)
-                    if pd.notna(own.loc[s, f"{primary.metric}_improved"])
-                    and pd.notna(base.loc[s, f"{primary.metric}_original"])
+                    if pd.notna(own.loc[s, f"{primary.metric}_{tested}"])
+                    and pd.notna(base.loc[s, f"{primary.metric}_{baseline}"])
                 }
         return {}
 
