@@ -21,7 +21,7 @@ import torch
 import yaml
 from test_pipeline import start, wait_for_state
 
-from conftest import BIN, STAGES, copy_repo, dvc, ran_stages, run, stage_cmd
+from conftest import BIN, STAGES, copy_built, copy_repo, dvc, ran_stages, run, stage_cmd
 from mae_exp.plumbing.config import ConfigError, parse_params
 
 LOSS_RTOL = 1e-5  # per-epoch loss, mse, freq, unif: float reduction order only
@@ -131,6 +131,47 @@ def test_killed_two_process_pretrain_resumes_at_the_next_epoch(two, one):
     for r2, r1 in zip(curve(two.repo, "original"), curve(one, "original")):
         assert r2["loss"] == pytest.approx(r1["loss"], rel=LOSS_RTOL)
     assert_weights_close(weights(two.repo, "original"), weights(one, "original"))
+
+
+S_ATOL = 1e-5  # learned log-variances s_i (they move ~3e-3 in the tiny run); measured on 2 cores: equal
+
+
+@pytest.mark.slow
+def test_learned_loss_weights_are_averaged_over_two_processes(tiny_downloaded, tmp_path):
+    """SMAE's uncertainty weights (s_i, LogVars) are not part of the DDP-wrapped model: their gradients are
+    averaged by a hook instead. Two processes then learn the s_i of one process with the same global batch,
+    and both ranks end with the same s_i: the run's final check_same_weights covers them (a rank that drifted
+    fails the stage)."""
+    one = copy_built(tiny_downloaded, tmp_path / "one" / "repo")
+    run(stage_cmd("recipe_needs@smae"), one)  # its frozen CNN, once: both runs read the same one
+    two = copy_built(one, tmp_path / "two" / "repo")
+    set_params(two, pretrain__processes=2)
+    run(stage_cmd("pretrain@smae"), one)
+    proc = run(stage_cmd("pretrain@smae"), two)
+    assert (
+        "pretrain.processes: 2 -> torchrun --standalone --nproc-per-node 2 stages/pretrain.py smae"
+        in proc.stderr + proc.stdout
+    )
+
+    def learned(repo: Path) -> tuple[dict, dict, list[dict]]:
+        checkpoint = torch.load(repo / "models" / "smae" / "checkpoint.pt", weights_only=False)
+        metrics = json.loads((repo / "metrics" / "pretrain" / "smae" / "metrics.json").read_text())
+        return checkpoint["log_vars"], metrics, checkpoint["history"]
+
+    (s2, metrics2, rows2), (s1, metrics1, rows1) = learned(two), learned(one)
+    assert s2.keys() == s1.keys() == {"s.mse", "s.perceptual"}
+    for name, initial in (("s.mse", -1.0), ("s.perceptual", -6.0)):
+        assert abs(s1[name].item() - initial) > 100 * S_ATOL, name  # they moved: the comparison means something
+        torch.testing.assert_close(s2[name], s1[name], rtol=0, atol=S_ATOL, msg=name)
+    for key in ("s_mse", "s_perceptual"):
+        assert metrics2["final"][key] == pytest.approx(metrics1["final"][key], abs=S_ATOL), key
+    assert metrics2["loss_weights"]["perceptual"] == pytest.approx(metrics1["loss_weights"]["perceptual"], rel=1e-4)
+    assert [r["epoch"] for r in rows2] == [r["epoch"] for r in rows1] == [1, 2, 3]
+    for r2, r1 in zip(rows2, rows1):
+        for term in ("loss", "mse", "perceptual"):
+            assert r2[term] == pytest.approx(r1[term], rel=LOSS_RTOL), (r2["epoch"], term)
+        for term in ("s_mse", "s_perceptual"):
+            assert r2[term] == pytest.approx(r1[term], abs=S_ATOL), (r2["epoch"], term)
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ so the declared outputs (final checkpoint, encoder) are written once, at the end
 resumes from scratch/ when `dvc repro` runs it again with the same params (train.py).
 
 With `pretrain.processes` > 1 this runs in every process (distributed.py): each computes its rows of
-every global batch, DDP averages the gradients, rank 0 alone writes files and logs.
+every global batch, DDP averages the gradients (a hook those of learned loss weights, which DDP does not
+wrap), rank 0 alone writes files and logs.
 """
 
 from __future__ import annotations
@@ -55,11 +56,6 @@ def pretrain(
 ) -> dict:
     section, cfg = p.recipe(variant_name), p.pretrain
     recipe = build(p, variant_name)  # its settings checked before any work
-    if recipe.log_vars is not None and cfg.processes > 1:
-        raise ValueError(
-            f"{variant_name}: learned uncertainty weights run in one process only (their gradients are not "
-            "averaged over DDP's processes yet): set pretrain.processes to 1"
-        )
     device, amp_dtype = setup(cfg.precision, p.threads, p.seed)
     meta = load_meta(data_root)
     images, described = pretraining_set(data_root, p.data.pretrain_splits)
@@ -78,6 +74,12 @@ def pretrain(
     lr = cfg.base_lr * cfg.batch_size / 256  # batch_size is the global batch, whatever the number of processes
     frozen = {k: v.to(device) for k, v in (load_needs(needs) if needs else {}).items()}  # stage recipe_needs's
     log_vars = LogVars(recipe.log_vars).to(device) if recipe.log_vars is not None else None
+    if log_vars is not None and distributed.world_size() > 1:
+        # The learned s_i sit outside DDP (wrapping them would need a forward of their own and rename their
+        # checkpoint keys): a hook averages their gradients over the processes in backward, as DDP averages the
+        # model's, so every process applies the same step and keeps the same s_i.
+        for s in log_vars.parameters():
+            s.register_hook(distributed.mean)
     # what the optimiser trains and the resumable state holds: the model, and the learned loss weights if any
     trained = model if log_vars is None else torch.nn.ModuleDict({"mae": model, "log_vars": log_vars})
     optimizer = adamw(param_groups(trained, cfg.weight_decay), lr, device)
@@ -154,7 +156,7 @@ def pretrain(
         save_checkpoint({**config, "encoder_state": model.encoder.state_dict()}, out.encoder)
         trainer.live.summary.update(summary)
         trainer.live.end()  # the summary, and DVCLive's own clean-up
-    distributed.check_same_weights(model, f"pretrain {variant_name}")
+    distributed.check_same_weights(trained, f"pretrain {variant_name}")  # the learned s_i too
     trainer.finish()
     return summary
 
