@@ -66,7 +66,9 @@ def test_comparison_pairs_seeds_and_reads_both_recipes():
     values = pd.DataFrame(
         {"seed": [1, 2, 3], "flops": [1.05e13] * 3, **{m: [0.45, 0.47, 0.49] for m in METRICS}}
     ).set_index("seed")
-    table = comparison(values, study_runs(), parse_params(TINY), 3).set_index("metric")
+    p = parse_params(TINY)
+    curves = {name: curve_points(study_runs(), p, name, 3) for name in ("original", "improved")}
+    table = comparison(values, curves).set_index("metric")
     row = table.loc["logreg_cls_top1"]
     assert row["n"] == 3 and row["mean"] == pytest.approx(0.47)
     assert row["original_n"] == 2  # seed 3 has no study run

@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from ..evaluation.palette import encoder_colours
+from ..evaluation.report import collect as measures_of
 from ..plumbing.config import RANDOM, parse_params
 from ..plumbing.files import atomic_write
 from ..recipes import build
@@ -38,6 +39,7 @@ from .metrics import METRICS
 from .results import arms, collect_runs, load_study, merged, saved_rows
 
 STAGES = ("pretrain", "linear_probe", "finetune")
+FLOPS = "pretrain_flops"  # the measure of a pre-training's FLOPs (measures.MEASURES, study COSTS["flops"])
 
 
 def collect(recipe: str, workspaces: list[Path], dest: Path) -> list[Path]:
@@ -60,36 +62,26 @@ def collect(recipe: str, workspaces: list[Path], dest: Path) -> list[Path]:
 
 
 def recipe_values(recipe: str, runs_dir: Path) -> pd.DataFrame:
-    """One row per seed: that seed's value of every study metric the recipe has, and its FLOPs."""
-    rows = []
-    for seed_dir in sorted(runs_dir.glob("s*/")):
-        seed = yaml.safe_load((seed_dir / "params.yaml").read_text())["seed"]
-        row = {"seed": seed}
-        for metric, m in {**METRICS, "flops": None}.items():
-            path, key = (
-                (m.file(recipe, str(seed_dir)), m.key) if m else (f"{seed_dir}/pretrain/{recipe}/metrics.json", "flops")
-            )
-            value = json.loads(Path(path).read_text()) if Path(path).exists() else None
-            for part in key.split(".") if value is not None else []:
-                value = value.get(part) if isinstance(value, dict) else None
-            row[metric] = float(value) if isinstance(value, (int, float)) else math.nan
-        rows.append(row)
+    """One row per seed: that seed's value of every study metric the recipe has (NaN where its files lack
+    one), and its FLOPs. Each seed folder is laid out as metrics/ is, so the pipeline's report reads it."""
+    rows = {
+        yaml.safe_load((seed_dir / "params.yaml").read_text())["seed"]: measures_of(seed_dir, (recipe,)).loc[recipe]
+        for seed_dir in sorted(runs_dir.glob("s*/"))
+    }
     if not rows:
         raise StudyError(f"no runs under {runs_dir}: `collect` them first")
-    return pd.DataFrame(rows).set_index("seed")
+    frame = pd.DataFrame(rows).T.rename_axis("seed")
+    return frame[list(METRICS)].assign(flops=frame[FLOPS])
 
 
 def curve_points(runs: pd.DataFrame, current, recipe: str, budget: int) -> pd.DataFrame:
     """seed, flops, plain, <metric>...: a study recipe's points per seed at `budget`, from every arm that leaves
     it as params.yaml has it (plain) or changes only its steps_factor (its other arms are other recipes)."""
-    design, stretch = design_of(current), f"{recipe}.steps_factor"
-    own = {
-        name: not design.ablations[arm.ablation]
-        or all(not k.startswith(f"{recipe}.") for k in design.ablations[arm.ablation])
-        for name, arm in arms(current).items()
-        if arm.budget == budget
-        and {k for k in design.ablations[arm.ablation] if k.startswith(f"{recipe}.")} <= {stretch}
-    }
+    design, own = design_of(current), {}  # arm -> whether it leaves the recipe alone (its plain run)
+    for name, arm in arms(current).items():
+        touched = {k for k in design.ablations[arm.ablation] if k.startswith(f"{recipe}.")}
+        if arm.budget == budget and touched <= {f"{recipe}.steps_factor"}:
+            own[name] = not touched
     chosen = runs[runs["ablation"].isin(own)]
     frame = pd.DataFrame(
         {"seed": chosen["seed"], "flops": chosen[f"flops_{recipe}"], "plain": chosen["ablation"].map(own)}
@@ -103,17 +95,16 @@ def curve_points(runs: pd.DataFrame, current, recipe: str, budget: int) -> pd.Da
 def at_flops(points: pd.DataFrame, seed: int, metric: str, flops: float) -> float:
     """A seed's curve of `metric` read at `flops`, linear in log FLOPs between its points; NaN outside."""
     own = points[points["seed"] == seed].dropna(subset=[metric])
-    if len(own) < 1 or not own["flops"].min() <= flops <= own["flops"].max():
+    if own.empty or not own["flops"].min() <= flops <= own["flops"].max():
         return math.nan
     return float(np.interp(math.log(flops), np.log(own["flops"].to_numpy()), own[metric].to_numpy()))
 
 
-def comparison(values: pd.DataFrame, runs: pd.DataFrame, current, budget: int) -> pd.DataFrame:
+def comparison(values: pd.DataFrame, curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Per metric: the recipe's mean and std over its seeds, each study recipe's plain mean over the seeds the
-    study has of them, and per study recipe the mean over shared seeds of (recipe − it) at equal steps and at
-    equal FLOPs, with how many seeds each mean holds."""
+    study has of them, and per study recipe (`curves`: its name -> curve_points) the mean over shared seeds of
+    (recipe − it) at equal steps and at equal FLOPs, with how many seeds each mean holds."""
     rows = []
-    curves = {other: curve_points(runs, current, other, budget) for other in design_of(current).compare}
     for metric in METRICS:
         if values[metric].isna().all():
             continue  # a measure this recipe's runs did not produce (the reconstruction grid's)
@@ -141,7 +132,9 @@ def report(recipe: str, runs_dir: Path, params_path: str) -> str:
     runs, _ = collect_runs(merged([], saved_rows(Path(params_path).parent)), study_raw, current)
     values = recipe_values(recipe, runs_dir)
     budget = design.primary.budget
-    table = comparison(values, runs, current, budget)
+    curves = {name: curve_points(runs, current, name, budget) for name in design.compare}
+    table = comparison(values, curves)
+    plain_flops = {name: points[points["plain"]]["flops"].mean() for name, points in curves.items()}
     base, tested = design.compare
     seeds = ", ".join(map(str, values.index))
     flops = values["flops"].mean()
@@ -151,7 +144,7 @@ def report(recipe: str, runs_dir: Path, params_path: str) -> str:
         f"Written by `python -m mae_exp.study.exploratory report {recipe} --runs {runs_dir}` from the runs under "
         f"`{runs_dir}` (seeds {seeds}) and the study's committed ledger (metrics/study_experiments.csv). "
         f"{recipe}: {flops:.3g} pre-training FLOPs a run; the study's plain {base} and {tested} at {budget} epochs "
-        f"{_plain_flops(runs, current, base, budget):.3g} and {_plain_flops(runs, current, tested, budget):.3g}. "
+        f"{plain_flops[base]:.3g} and {plain_flops[tested]:.3g}. "
         "Top-1 on the test images, in %; differences in pp, per seed then averaged over the seeds both have "
         "(n); equal FLOPs reads each study recipe's curve (its plain run and the arm that only stretches its "
         "steps) at this recipe's FLOPs, never extrapolated. No interval, no p-value: a few seeds, a recipe "
@@ -174,7 +167,7 @@ def report(recipe: str, runs_dir: Path, params_path: str) -> str:
         )
     lines += ["", "Figure: `figure.png` beside this file, drawn by the command above (not committed: git ignores it)."]
     text = "\n".join(lines) + "\n"
-    save_figure(recipe, values, {o: curve_points(runs, current, o, budget) for o in design.compare}, runs_dir)
+    save_figure(recipe, values, curves, runs_dir)
     atomic_write(runs_dir / "summary.md", lambda tmp: Path(tmp).write_text(text))
     return text
 
@@ -262,11 +255,6 @@ def rests_on(recipe: str, runs_dir: Path, current) -> list[str]:
 
 def _shown(x: float, m, sign: str) -> str:
     return "–" if math.isnan(x) else f"{x * m.scale:{sign}.{m.decimals}f}"
-
-
-def _plain_flops(runs: pd.DataFrame, current, recipe: str, budget: int) -> float:
-    points = curve_points(runs, current, recipe, budget)
-    return float(points[points["plain"]]["flops"].mean())
 
 
 def main(argv=None) -> int:
