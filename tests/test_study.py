@@ -1291,3 +1291,42 @@ def test_a_design_from_before_recipes_were_data_still_reads(tmp_path):
     assert identify(row, study_raw, current)[1] == "all"
     broken = {**row, "params.yaml:improved.lambda_freq": 0.5}
     assert isinstance(identify(broken, study_raw, current), str)  # a changed value still tells arms apart
+
+
+def test_a_change_carries_an_effect_when_it_alone_moves_that_measure_beyond_noise_with_its_sign():
+    """The design's rule (params.yaml, study): per measure, the full recipe at the primary's reading, then
+    each single change; "carried by" names the changes beyond noise with the full recipe's sign."""
+    from mae_exp.study.carriers import carrier_lines
+
+    steady = [0.0500, 0.0502, 0.0498]  # a clear effect: beyond noise after Holm in any family here
+    full = {"ft_top1": steady, "psnr": [0.50, 0.51, 0.49], "hf_error": [0.001, -0.002, 0.001]}
+    uniformity = {"ft_top1": steady, "psnr": [-0.50, -0.51, -0.49]}  # carries fine-tuning, opposes PSNR
+    laplacian = {"hf_error": [-0.0100, -0.0101, -0.0099]}  # beyond noise where the full recipe is not
+    runs = pd.concat(
+        [
+            runs_frame("all", ORIGINAL, full),
+            runs_frame("uniformity_only", ORIGINAL, uniformity),
+            runs_frame("laplacian_only", ORIGINAL, laplacian),
+        ],
+        ignore_index=True,
+    )
+    primary = SimpleNamespace(arm="all", reading="steps", metric="ft_top1")
+    d = paired_differences(runs, primary=primary, pair=PAIR)
+    names = {"laplacian_only": "Laplacian alone", "uniformity_only": "uniformity alone"}
+    lines = {
+        line.split(":")[0].removesuffix(" (lower is better)"): line for line in carrier_lines(d, pair=PAIR, names=names)
+    }
+    ft, psnr, hf = (lines[METRICS[m].label] for m in ("ft_top1", "psnr", "hf_error"))
+    assert hf.startswith("masked HF error (test) (lower is better): ")
+    assert ft.startswith(
+        "fine-tune top-1 (test): full recipe +5.0 pp*; Laplacian alone +0.0 pp; uniformity alone +5.0 pp*"
+    )
+    assert ft.endswith("the full recipe is better beyond noise; carried by uniformity alone.")
+    assert psnr.endswith(
+        "uniformity alone −0.50 dB*: the full recipe is better beyond noise; no single change carries it beyond noise."
+    )
+    assert hf.endswith("beyond noise for Laplacian alone, not for the full recipe."), hf
+    assert lines[METRICS["linear_mean_top1"].label].endswith("nothing beyond noise.")
+    assert not any(line.startswith("No measure") for line in lines.values())
+    quiet = paired_differences(runs_frame("all", ORIGINAL, {}), primary=primary, pair=PAIR)
+    assert carrier_lines(quiet, pair=PAIR, names=names)[-1].startswith("No measure moves beyond noise")

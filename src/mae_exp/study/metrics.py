@@ -17,3 +17,15 @@ def encoders(pair) -> tuple[str, ...]:
 # ---- study statistics (issue 19): what each pre-training spent, read per experiment to pair encoders at
 # equal FLOPs; not compared (no p-value)
 COSTS = {"flops": MEASURES["pretrain_flops"], "wall_time_s": MEASURES["pretrain_wall_s"]}
+
+
+def number(value: float, metric: str, signed: bool = True) -> str:
+    """A study measure's value as the report writes it: its scale and decimals, a true minus sign."""
+    m = METRICS[metric]
+    v = round(value * m.scale, m.decimals) + 0.0  # + 0.0: no "-0.0"
+    return f"{v:{'+' if signed else ''}.{m.decimals}f}".replace("-", "\u2212")
+
+
+def with_unit(text: str, metric: str) -> str:
+    unit = METRICS[metric].unit
+    return f"{text} {unit}" if unit else text

@@ -17,9 +17,11 @@ from rich.table import Table
 from ..plumbing.files import atomic_write
 from . import StudyError, edges, out
 from .arms_figure import save_arms_figure
+from .carriers import HEADER as CARRIERS_HEADER
+from .carriers import carrier_lines
 from .design import design_of
 from .figure import save_figure
-from .metrics import COSTS, METRICS
+from .metrics import COSTS, METRICS, number, with_unit
 from .predictions import SAVED_PREDICTIONS, read_predictions, save_table, saved_predictions
 from .results import (
     SAVED,
@@ -63,17 +65,6 @@ def difference(pair) -> str:
     return f"{tested} − {baseline}"
 
 
-def number(value: float, metric: str, signed: bool = True) -> str:
-    m = METRICS[metric]
-    v = round(value * m.scale, m.decimals) + 0.0  # + 0.0: no "-0.0"
-    return f"{v:{'+' if signed else ''}.{m.decimals}f}".replace("-", "\u2212")
-
-
-def _with_unit(text: str, metric: str) -> str:
-    unit = METRICS[metric].unit
-    return f"{text} {unit}" if unit else text
-
-
 def sentence(row: dict, level: float = 0.95, *, pair) -> str:
     """One plain sentence: does this comparison exceed seed-to-seed noise, after Holm's correction?"""
     metric, n = row["metric"], row["n"]
@@ -87,7 +78,7 @@ def sentence(row: dict, level: float = 0.95, *, pair) -> str:
     seeds = f"{n} seed{'s' if n != 1 else ''}"
     if n == 0:
         return f"{label}: {who}: no finished experiment pair has this metric."
-    change = _with_unit(number(row["diff_mean"], metric), metric)
+    change = with_unit(number(row["diff_mean"], metric), metric)
     if n < 2:
         return (
             f"{label}: {who} {verb} it by {change} ({seeds}): a confidence interval needs at least "
@@ -96,8 +87,7 @@ def sentence(row: dict, level: float = 0.95, *, pair) -> str:
     if row["diff_std"] == 0 and row["diff_mean"] == 0:
         return f"{label}: {who} {verb} it by 0 in every one of the {seeds}: no difference."
     ci = (
-        f"{int(level * 100)}% CI {number(row['ci_low'], metric)} to "
-        f"{_with_unit(number(row['ci_high'], metric), metric)}"
+        f"{int(level * 100)}% CI {number(row['ci_low'], metric)} to {with_unit(number(row['ci_high'], metric), metric)}"
     )
     if not row.get("family", "x"):  # shown, not tested: no p-value enters a finding
         return f"{label}: {who} {verb} it by {change} ({ci}, {seeds}): descriptive, not tested."
@@ -341,30 +331,30 @@ def image_interval_line(primary, runs: pd.DataFrame, partners, predictions: pd.D
     return (
         f"Second interval, resampling seeds and the {len(rows[0]):,} test images alike (percentile bootstrap, "
         f"{IMAGE_DRAWS:,} draws, {len(rows)} seeds{left}): 95% CI {number(low, m)} to "
-        f"{_with_unit(number(high, m), m)}. The verdict uses the Student-t interval over seeds above."
+        f"{with_unit(number(high, m), m)}. The verdict uses the Student-t interval over seeds above."
     )
 
 
 def verdict_line(primary, e: dict, *, pair) -> str:
     """The primary's equivalence reading in one sentence (curves.equivalence)."""
     m = METRICS[primary.metric]
-    margin = _with_unit(number(primary.margin, primary.metric, signed=False), primary.metric)
+    margin = with_unit(number(primary.margin, primary.metric, signed=False), primary.metric)
     what = f"Primary ({m.label}, {primary.arm}, equal {READING_WORDS[primary.reading]}"
     if e["n"] == 1:  # a value, but no interval: no verdict either way
         return (
-            f"{what}): 1 seed, {difference(pair)} {_with_unit(number(e['mean'], primary.metric), primary.metric)}; "
+            f"{what}): 1 seed, {difference(pair)} {with_unit(number(e['mean'], primary.metric), primary.metric)}; "
             "no interval and no reading yet (a verdict needs at least 2 seeds)."
         )
     if e["n"] < 2:
         return f"{what}): {e['n']} seeds, no reading yet."
     ci95, ci90 = (
         f"{level}% CI {number(e[f'ci{level}_low'], primary.metric)} to "
-        f"{_with_unit(number(e[f'ci{level}_high'], primary.metric), primary.metric)}"
+        f"{with_unit(number(e[f'ci{level}_high'], primary.metric), primary.metric)}"
         for level in (95, 90)
     )
     return (
         f"{what}; margin ±{margin}, fixed before the "
-        f"runs): {difference(pair)} {_with_unit(number(e['mean'], primary.metric), primary.metric)} "
+        f"runs): {difference(pair)} {with_unit(number(e['mean'], primary.metric), primary.metric)} "
         f"({ci95}, paired t p = {e['p_t']:.2g}; {ci90}, TOST p = {e['p_tost']:.2g}; {e['n']} seeds): "
         f"{e['verdict'].upper()}."
     )
@@ -393,7 +383,7 @@ def compute_curves(runs: pd.DataFrame, current, baselines: set[str], primary, cs
         m = METRICS[r["metric"]]
         if r["n"] == 0:
             continue
-        per = _with_unit(number(r["slope_per_doubling"], r["metric"]), r["metric"])
+        per = with_unit(number(r["slope_per_doubling"], r["metric"]), r["metric"])
         lo, hi = number(r["ci_low"], r["metric"]), number(r["ci_high"], r["metric"])
         ends = table[(table["metric"] == r["metric"]) & (table["reading"] == "equal FLOPs") & (table["n"] > 0)]
         span = ""
@@ -402,7 +392,7 @@ def compute_curves(runs: pd.DataFrame, current, baselines: set[str], primary, cs
             epochs = f"epoch{'s' * (first['budget'] != 1)}"
             span = (
                 f" from {number(first['gap'], r['metric'])} at {first['budget']} {epochs} to "
-                f"{_with_unit(number(last['gap'], r['metric']), r['metric'])} at {last['budget']},"
+                f"{with_unit(number(last['gap'], r['metric']), r['metric'])} at {last['budget']},"
             )
         n = int(r["n"])
         interval = (
@@ -497,6 +487,10 @@ def report(
             + "\n".join(f"- {t}" for t in trends)
             + "\n\n"
         )
+    names = {arm: who.format(baseline=pair[0]) for arm, (who, _) in DESCRIPTIONS.items()}
+    carriers = carrier_lines(diffs, pair=pair, names=names)
+    if carriers:
+        top += CARRIERS_HEADER.format(baseline=pair[0]) + ":\n\n" + "\n".join(f"- {c}" for c in carriers) + "\n\n"
     edges_md = edges.markdown_lines(edge_counts, never_searched, pair=pair)
     text = (
         top + markdown(summary, diffs, runs, notes, pair=pair) + ("\n" + "\n".join(edges_md) + "\n" if edges_md else "")
@@ -511,6 +505,10 @@ def report(
     print_edges(edge_counts, never_searched, pair=pair)
     for h in [*headline, *([f"{trends_header}:"] if trends else []), *trends]:
         out.print(f"[bold]{h}[/]" if h.startswith("Primary") else h, soft_wrap=True)
+    if carriers:
+        out.print(CARRIERS_HEADER.format(baseline=pair[0]) + ":", soft_wrap=True)
+        for c in carriers:
+            out.print(f"- {c}", soft_wrap=True)
     if edge_warning:  # last, beside the verdict: readouts that understate the encoders
         out.print(f"[bold red]warning:[/] {edge_warning}", soft_wrap=True)
     out.print(
