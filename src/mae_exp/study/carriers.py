@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .metrics import METRICS, number, with_unit
+from .metrics import METRICS, label_of, number, with_unit
 from .stats import FAMILIES
 
 HEADER = (
@@ -30,6 +30,10 @@ def carrier_lines(diffs: pd.DataFrame, *, pair, names: dict[str, str]) -> list[s
     (report.DESCRIPTIONS' subjects); `diffs`: stats.holm's frame (family, beyond_noise)."""
     tested = diffs[diffs["family"].isin(FAMILIES[:2]) & (diffs["n"] >= 2)]
     singles = diffs[(diffs["family"] == FAMILIES[2]) & (diffs["n"] >= 2)]
+
+    def name(row: dict) -> str:
+        return names.get(row["ablation"], row["ablation"])
+
     lines, any_beyond = [], False
     for metric, m in METRICS.items():
         full = tested[tested["metric"] == metric].to_dict("records")
@@ -37,23 +41,22 @@ def carrier_lines(diffs: pd.DataFrame, *, pair, names: dict[str, str]) -> list[s
             continue
         full = full[0]
         alone = singles[singles["metric"] == metric].sort_values("ablation").to_dict("records")
-        cells = [_cell(full, "full recipe")] + [_cell(r, names.get(r["ablation"], r["ablation"])) for r in alone]
+        cells = [_cell(full, "full recipe")] + [_cell(r, name(r)) for r in alone]
         beyond = [r for r in alone if r["beyond_noise"]]
         any_beyond |= bool(full["beyond_noise"] or beyond)
         same_sign = [r for r in beyond if (r["diff_mean"] > 0) == (full["diff_mean"] > 0)]
         if full["beyond_noise"]:
             better = (full["diff_mean"] > 0) == m.higher_better
-            carried = ", ".join(names.get(r["ablation"], r["ablation"]) for r in same_sign)
+            carried = ", ".join(name(r) for r in same_sign)
             verdict = f"the full recipe is {'better' if better else 'worse'} beyond noise; " + (
                 f"carried by {carried}" if carried else "no single change carries it beyond noise"
             )
         elif beyond:
-            verdict = "beyond noise for " + ", ".join(names.get(r["ablation"], r["ablation"]) for r in beyond)
+            verdict = "beyond noise for " + ", ".join(name(r) for r in beyond)
             verdict += ", not for the full recipe"
         else:
             verdict = "nothing beyond noise"
-        label = m.label if m.higher_better else f"{m.label} (lower is better)"
-        lines.append(f"{label}: {'; '.join(cells)}: {verdict}.")
+        lines.append(f"{label_of(metric)}: {'; '.join(cells)}: {verdict}.")
     if lines and not any_beyond:
         lines.append(
             f"No measure moves beyond noise, for the full recipe or any single change: no change carries an "

@@ -26,6 +26,12 @@ def number(value: float, metric: str, signed: bool = True) -> str:
     return f"{v:{'+' if signed else ''}.{m.decimals}f}".replace("-", "\u2212")
 
 
+def label_of(metric: str) -> str:
+    """A study measure's name as a sentence starts with it, saying so when lower is better."""
+    m = METRICS[metric]
+    return m.label if m.higher_better else f"{m.label} (lower is better)"
+
+
 def with_unit(text: str, metric: str) -> str:
     unit = METRICS[metric].unit
     return f"{text} {unit}" if unit else text

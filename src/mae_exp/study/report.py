@@ -21,7 +21,7 @@ from .carriers import HEADER as CARRIERS_HEADER
 from .carriers import carrier_lines
 from .design import design_of
 from .figure import save_figure
-from .metrics import COSTS, METRICS, number, with_unit
+from .metrics import COSTS, METRICS, label_of, number, with_unit
 from .predictions import SAVED_PREDICTIONS, read_predictions, save_table, saved_predictions
 from .results import (
     SAVED,
@@ -69,8 +69,7 @@ def sentence(row: dict, level: float = 0.95, *, pair) -> str:
     """One plain sentence: does this comparison exceed seed-to-seed noise, after Holm's correction?"""
     metric, n = row["metric"], row["n"]
     m = METRICS[metric]
-    label = m.label if m.higher_better else f"{m.label} (lower is better)"
-    label = f"{label}, {row['reading']}" + (" [PRIMARY]" if row.get("primary") else "")
+    label = f"{label_of(metric)}, {row['reading']}" + (" [PRIMARY]" if row.get("primary") else "")
     ablation, _, budget = row["ablation"].partition("-e")
     who, verb = DESCRIPTIONS.get(ablation, (f"arm {ablation}", "changes"))
     who = who.format(baseline=pair[0]) if ablation in DESCRIPTIONS else who
