@@ -1293,6 +1293,23 @@ def test_a_design_from_before_recipes_were_data_still_reads(tmp_path):
     assert isinstance(identify(broken, study_raw, current), str)  # a changed value still tells arms apart
 
 
+def test_an_experiment_of_either_file_layout_reads_where_exp_show_gives_both_layouts_columns():
+    """exp_show gives every row the columns of every commit it reads, so in a clone of main checked out at
+    the design's commit an experiment of that commit has today's metrics/linear_probe/<enc>/ columns too,
+    empty ("None"), beside its metrics/linear_probe_<enc>/ ones; and today's experiments the other way round.
+    Each reads its own value, not the other layout's empty one."""
+    from mae_exp.study.results import cell, metric_values
+
+    today, older = "metrics/linear_probe/original/metrics.json", "metrics/linear_probe_original/metrics.json"
+    old_row = {f"{today}:logreg_cls_top1": None, f"{older}:logreg_cls_top1": 0.47}
+    new_row = {f"{today}:logreg_cls_top1": 0.52, f"{older}:logreg_cls_top1": "None"}
+    assert cell(old_row, today, "logreg_cls_top1") == 0.47
+    assert cell(new_row, today, "logreg_cls_top1") == 0.52
+    assert cell({f"{today}:logreg_cls_top1": "None"}, today, "logreg_cls_top1") is None
+    assert cell({"logreg_cls_top1": 0.5}, today, "logreg_cls_top1") == 0.5  # DVC's column named by the key alone
+    assert metric_values(old_row, ("original", "improved"))["logreg_cls_top1_original"] == 0.47
+
+
 def test_a_change_carries_an_effect_when_it_alone_moves_that_measure_beyond_noise_with_its_sign():
     """The design's rule (params.yaml, study): per measure, the full recipe at the primary's reading, then
     each single change; "carried by" names the changes beyond noise with the full recipe's sign."""

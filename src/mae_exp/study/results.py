@@ -111,9 +111,14 @@ def legacy_path(path: str) -> str:
 
 def cell(row: dict, path: str, key: str):
     """The value of `key` in file `path` of one row (or at its legacy_path, in an older experiment), or None."""
-    # DVC names the column by the key alone when no other file (in any row) has that key
-    value = row.get(f"{path}:{key}", row.get(f"{legacy_path(path)}:{key}", row.get(key)))
-    return None if value is None or value in MISSING else value
+    columns = [c for c in (f"{path}:{key}", f"{legacy_path(path)}:{key}") if c in row]
+    # exp_show gives every row the columns of every commit it reads: in a repository whose history has both
+    # layouts, an older experiment has today's column too, empty. DVC names the column by the key alone when
+    # no other file (in any row) has that key.
+    for value in [row[c] for c in columns] if columns else [row.get(key)]:
+        if value is not None and value not in MISSING:
+            return value
+    return None
 
 
 def metric_values(row: dict, pair) -> dict[str, float]:
