@@ -1289,6 +1289,15 @@ def test_a_design_from_before_recipes_were_data_still_reads(tmp_path):
     row = {"params.yaml:" + k: v for k, v in flatten(as_dict(p)).items() if k.split(".")[0] not in ("recipes", "smae")}
     row = {k: v for k, v in row.items() if not k.endswith(".recipe")}
     assert identify(row, study_raw, current)[1] == "all"
+    # today's report reads them too; and where their rows came from a clone of main checked out at that commit,
+    # exp_show gave each row today's keys as well, empty: a section with only empty keys is one it lacks
+    now, now_raw = load_study(REPO / "params.yaml")
+    p = as_dict(with_overrides(now, {**arm_override_values(now, arms(now)["all"]), "seed": 201}))
+    row = {"params.yaml:" + k: v for k, v in flatten(p).items() if k.split(".")[0] not in ("recipes", "smae")}
+    row = {k: v for k, v in row.items() if not k.endswith(".recipe")}
+    assert identify(row, now_raw, now)[1] == "all"
+    empty = {k: None for k in ("params.yaml:" + k for k in flatten(p)) if k not in row}
+    assert any(".smae" in k or ":smae" in k for k in empty) and identify({**row, **empty}, now_raw, now)[1] == "all"
     broken = {**row, "params.yaml:improved.lambda_freq": 0.5}
     assert isinstance(identify(broken, study_raw, current), str)  # a changed value still tells arms apart
 

@@ -170,7 +170,12 @@ def params_of(row: dict, current) -> dict:
     today = flatten(as_dict(current))
     design = design_of(current)
     set_by_study = {k for o in (design.overrides, *design.ablations.values()) for k in o}
-    sections = {k.split(":", 1)[-1].split(".")[0] for k in row if k.startswith("params.yaml:") or "." in k}
+    # the sections the experiment has a value in (a row also carries, empty, the columns of commits it is not of)
+    sections = {
+        k.split(":", 1)[-1].split(".")[0]
+        for k, v in row.items()
+        if (k.startswith("params.yaml:") or "." in k) and v is not None and v not in MISSING
+    }
     for key in dict.fromkeys([*today, *sorted(set_by_study)]):
         value = literal(cell(row, "params.yaml", key))
         if value is None and key in LEGACY:
