@@ -38,6 +38,11 @@ DESCRIBING = ("Experiment", "rev", "typ", "Created", "parent", "State", "Executo
 MISSING = ("None", "!", "")  # how exp_show / its CSV write a key that is not there or could not be read
 
 
+def absent(value) -> bool:
+    """An exp_show / CSV value that says the experiment has nothing there (None or one of MISSING)."""
+    return value is None or value in MISSING
+
+
 def experiment_rows(rev: str | None = None, root: str | Path = ".") -> list[dict]:
     """`dvc.api.exp_show` rows of the experiments of every commit (as `dvc exp show --all-commits`), or of
     those based on `rev`. `Created` becomes the ISO time of the experiment's commit, as in
@@ -98,7 +103,7 @@ def save_rows(rows: list[dict], revs, path: str | Path) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=columns)
             w.writeheader()
-            w.writerows({k: "" if r.get(k) is None or r.get(k) in MISSING else r[k] for k in columns} for r in keep)
+            w.writerows({k: "" if absent(r.get(k)) else r[k] for k in columns} for r in keep)
 
     atomic_write(path, write)
 
@@ -116,7 +121,7 @@ def cell(row: dict, path: str, key: str):
     # layouts, an older experiment has today's column too, empty. DVC names the column by the key alone when
     # no other file (in any row) has that key.
     for value in [row[c] for c in columns] if columns else [row.get(key)]:
-        if value is not None and value not in MISSING:
+        if not absent(value):
             return value
     return None
 
@@ -174,7 +179,7 @@ def params_of(row: dict, current) -> dict:
     sections = {
         k.split(":", 1)[-1].split(".")[0]
         for k, v in row.items()
-        if (k.startswith("params.yaml:") or "." in k) and v is not None and v not in MISSING
+        if (k.startswith("params.yaml:") or "." in k) and not absent(v)
     }
     for key in dict.fromkeys([*today, *sorted(set_by_study)]):
         value = literal(cell(row, "params.yaml", key))
@@ -363,7 +368,7 @@ def dependency_disagreements(rows: list[dict], revs) -> list[str]:
         hashes: dict[str, int] = {}
         for r in keep:
             value = r.get(path)
-            if value is not None and value not in MISSING:
+            if not absent(value):
                 hashes[str(value)] = hashes.get(str(value), 0) + 1
         if len(hashes) > 1:
             found.append(f"{path} ({', '.join(f'{h[:8]}: {n}' for h, n in sorted(hashes.items()))})")
